@@ -1,0 +1,69 @@
+# Two commands on a fresh Debian machine: `make demo` runs the main job, `make test` the tests.
+# Each installs what is missing (Debian packages, the virtualenv with pinned dependencies),
+# and does nothing more when everything is already there.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := mosquitto mosquitto-clients influxdb influxdb-client docker-compose wrk
+STAMP := $(VENV)/.installed
+
+.PHONY: all deps apt venv demo up test lint fmt lock bench clean
+
+all: deps
+
+deps: apt venv
+
+# Debian packages: installed only when a binary is missing; their system services are not needed
+# (the launcher starts its own on free ports), so they are stopped if the package started them.
+apt:
+	@missing=""; \
+	for b in mosquitto:mosquitto mosquitto_pub:mosquitto-clients influxd:influxdb influx:influxdb-client \
+	         docker-compose:docker-compose wrk:wrk; do \
+	  PATH="$$PATH:/usr/sbin" command -v $${b%%:*} >/dev/null || missing="$$missing $${b##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null && \
+	  ( $(SUDO) service mosquitto stop; $(SUDO) service influxdb stop ) >/dev/null 2>&1 || true; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP)
+
+demo: deps
+	$(BIN)/village demo
+
+up: deps
+	$(BIN)/village up
+
+test: deps
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: deps
+	$(BIN)/village bench ingest
+
+# Re-pin: install the direct dependencies of pyproject.toml fresh and write requirements.txt.
+lock:
+	rm -rf .venv-lock && $(PY) -m venv .venv-lock && .venv-lock/bin/pip install -q -e '.[dev]' && \
+	( echo "# Exact versions installed by 'make' (pip install -r requirements.txt). Regenerate with 'make lock'."; \
+	  .venv-lock/bin/pip freeze --exclude-editable ) > requirements.txt && rm -rf .venv-lock
+
+clean:
+	rm -rf var .pytest_cache .ruff_cache

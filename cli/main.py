@@ -1,0 +1,25 @@
+"""The `village` command: one entry point with a subcommand for every job."""
+
+from __future__ import annotations
+
+import typer
+
+from cli import bench, deadletters, devices, ingest, registry, simulate, stack
+
+app = typer.Typer(
+    name="village",
+    help="County digital-village backend: telemetry ingest, registry, simulators, benchmarks.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.command("up")(stack.up)
+app.command("demo")(stack.demo)
+app.command("ingest")(ingest.ingest)
+app.command("simulate")(simulate.simulate)
+app.add_typer(registry.app, name="registry")
+app.add_typer(devices.app, name="devices")
+app.add_typer(deadletters.app, name="deadletters")
+app.add_typer(bench.app, name="bench")
+
+if __name__ == "__main__":
+    app()

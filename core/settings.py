@@ -1,0 +1,81 @@
+"""Configuration, read from environment variables (and an optional `.env` file).
+
+Every variable is documented in `.env.example` and the README. Secrets can also be
+given as files (Docker secrets): a file named like the variable in `SECRETS_DIR`.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    # Where local state lives (SQLite registry, spool, generated broker files, local services).
+    data_dir: Path = Field(default=Path("var"), alias="VILLAGE_DATA_DIR")
+
+    # Registry database: any SQLAlchemy URL; SQLite file under data_dir by default.
+    database_url: str = Field(default="", alias="DATABASE_URL")
+
+    # MQTT broker and the ingest account.
+    mqtt_host: str = Field(default="127.0.0.1", alias="MQTT_HOST")
+    mqtt_port: int = Field(default=1883, alias="MQTT_PORT")
+    mqtt_ingest_username: str = Field(default="ingest", alias="MQTT_INGEST_USERNAME")
+    mqtt_ingest_password: SecretStr = Field(default=SecretStr(""), alias="MQTT_INGEST_PASSWORD")
+    mqtt_client_id: str = Field(default="ingest", alias="MQTT_CLIENT_ID")
+    mqtt_share_group: str = Field(default="ingest", alias="MQTT_SHARE_GROUP")
+    mqtt_receive_maximum: int = Field(default=2000, alias="MQTT_RECEIVE_MAXIMUM")
+    # Broker files generated from the registry (password and ACL); the broker reloads on SIGHUP.
+    mosquitto_passwd_file: Path | None = Field(default=None, alias="MOSQUITTO_PASSWD_FILE")
+    mosquitto_acl_file: Path | None = Field(default=None, alias="MOSQUITTO_ACL_FILE")
+    mosquitto_pid_file: Path | None = Field(default=None, alias="MOSQUITTO_PID_FILE")
+
+    # InfluxDB v1 HTTP API (1.x natively, 2.x through its v1 compatibility API, 3 Core natively).
+    influx_url: str = Field(default="http://127.0.0.1:8086", alias="INFLUX_URL")
+    influx_db: str = Field(default="village", alias="INFLUX_DB")
+    influx_rp: str = Field(default="", alias="INFLUX_RP")
+    influx_username: str = Field(default="", alias="INFLUX_USERNAME")
+    influx_password: SecretStr = Field(default=SecretStr(""), alias="INFLUX_PASSWORD")
+    influx_timeout_s: float = Field(default=10.0, alias="INFLUX_TIMEOUT_S")
+
+    # Device catalogue (kinds, metrics, ranges); the packaged core/catalogue.yaml by default.
+    catalogue_file: Path | None = Field(default=None, alias="CATALOGUE_FILE")
+
+    # Ingest behaviour.
+    ingest_batch_size: int = Field(default=5000, alias="INGEST_BATCH_SIZE")
+    ingest_batch_ms: int = Field(default=100, alias="INGEST_BATCH_MS")
+    ingest_max_payload_bytes: int = Field(default=65536, alias="INGEST_MAX_PAYLOAD_BYTES")
+    ingest_max_future_s: int = Field(default=300, alias="INGEST_MAX_FUTURE_S")
+    ingest_retention_days: int = Field(default=400, alias="INGEST_RETENTION_DAYS")
+    ingest_registry_ttl_s: float = Field(default=30.0, alias="INGEST_REGISTRY_TTL_S")
+    ingest_metrics_port: int = Field(default=9108, alias="INGEST_METRICS_PORT")
+    spool_dir: Path | None = Field(default=None, alias="SPOOL_DIR")
+    spool_max_bytes: int = Field(default=512 * 1024 * 1024, alias="SPOOL_MAX_BYTES")
+
+    log_level: str = Field(default="INFO", alias="LOG_LEVEL")
+    log_format: str = Field(default="console", alias="LOG_FORMAT")  # console | json
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'village.db').resolve()}"
+
+    def resolved_spool_dir(self) -> Path:
+        return self.spool_dir or self.data_dir / "spool"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Process-wide settings; `SECRETS_DIR` names a folder of secret files (e.g. /run/secrets)."""
+    secrets_dir = os.environ.get("SECRETS_DIR") or None
+    return Settings(_secrets_dir=secrets_dir)  # type: ignore[call-arg]
