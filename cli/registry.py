@@ -1,5 +1,121 @@
-"""`village registry` commands (being written)."""
+"""`village registry`: schema migration, import from YAML/CSV, the demo county, an overview."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
 
 import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import Engine
+from sqlmodel import Session
 
-app = typer.Typer(no_args_is_help=True)
+from core import registry_io
+from core.db import get_engine, migrate
+from core.settings import get_settings
+
+app = typer.Typer(no_args_is_help=True, help="Registry of divisions, farms, plots, herds, animals and devices.")
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print a one-line error and exit (1: the request failed, 2: bad usage or configuration)."""
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def registry_engine() -> Engine:
+    """The registry database, migrated to the newest schema first (so a fresh machine just works)."""
+    url = get_settings().resolved_database_url()
+    try:
+        migrate(url)
+    except Exception as e:
+        fail(f"cannot open the registry database: {type(e).__name__}: {e}", 2)
+    return get_engine(url)
+
+
+def _run_import(action: str, do: Callable[[Session], registry_io.ImportResult]) -> None:
+    with Session(registry_engine()) as session:
+        try:
+            result = do(session)
+        except registry_io.ImportErrors as e:
+            for error in e.errors:
+                err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            fail(f"{action}: {len(e.errors)} error(s); nothing was imported")
+        session.commit()
+    typer.echo(f"{action}: {result.summary()}")
+
+
+@app.command("migrate")
+def migrate_cmd() -> None:
+    """Create or upgrade the registry database schema."""
+    registry_engine()
+    typer.echo("registry schema is up to date")
+
+
+@app.command("import")
+def import_cmd(
+    file: Path = typer.Argument(..., help="A registry YAML file, or a CSV file with --csv."),
+    csv_entity: str | None = typer.Option(
+        None,
+        "--csv",
+        metavar="ENTITY",
+        help=f"Import FILE as CSV rows of one entity ({', '.join(registry_io.ENTITIES)}).",
+    ),
+) -> None:
+    """Import (upsert) registry data; nothing is imported when any row is wrong."""
+    if not file.is_file():
+        fail(f"{file}: no such file", 2)
+    if csv_entity is not None:
+        try:
+            entity = registry_io.entity_name(csv_entity)
+        except ValueError as e:
+            fail(str(e), 2)
+        _run_import(f"import {file}", lambda s: registry_io.import_csv(s, entity, file))
+    else:
+        _run_import(f"import {file}", lambda s: registry_io.import_yaml(s, file))
+
+
+@app.command("demo")
+def demo_cmd() -> None:
+    """Load the demo county (Panshan County, Panjin, Liaoning); safe to repeat."""
+    _run_import("demo county", registry_io.load_demo)
+
+
+@app.command("show")
+def show_cmd() -> None:
+    """Counts per entity and per village."""
+    with Session(registry_engine()) as session:
+        counts = registry_io.counts(session)
+        villages = registry_io.village_summary(session)
+    console = Console()
+    totals = Table(title="Registry")
+    for entity in registry_io.ENTITIES:
+        totals.add_column(entity, justify="right")
+    totals.add_row(*(str(counts[e]) for e in registry_io.ENTITIES))
+    console.print(totals)
+    table = Table(title="Villages")
+    for name, justify in [
+        ("code", "left"),
+        ("village", "left"),
+        ("farms", "right"),
+        ("plots", "right"),
+        ("area (mu)", "right"),
+        ("herds", "right"),
+        ("animals", "right"),
+        ("devices", "right"),
+        ("active", "right"),
+    ]:
+        table.add_column(name, justify=justify, no_wrap=name == "code")  # type: ignore[arg-type]
+    for v in villages:
+        name = f"{v['name_zh']} {v['name_en']}".strip()
+        table.add_row(
+            v["code"],
+            name,
+            *(str(v[k]) for k in ("farms", "plots")),
+            f"{v['area_mu']:g}",
+            *(str(v[k]) for k in ("herds", "animals", "devices", "active")),
+        )
+    console.print(table)

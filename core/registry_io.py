@@ -331,6 +331,7 @@ class _Importer:
         self._cache: dict[str, dict[str, Any]] = {}
         # keys of rows that failed: references to them are not reported again
         self._failed: dict[str, set[str]] = {e: set() for e in ENTITIES}
+        self._missing_ref = False
 
     def existing(self, entity: str) -> dict[str, Any]:
         if entity not in self._cache:
@@ -367,8 +368,9 @@ class _Importer:
                 err(key_field, f"duplicate {key_field} {key!r}{first}")
                 continue
             seen[key] = raw.line
+            self._missing_ref = False
             values = handler(row, err)
-            if values is None or len(self.errors) > errors_before:
+            if values is None or self._missing_ref or len(self.errors) > errors_before:
                 self._failed[entity].add(key)
                 continue
             self._upsert(entity, key, values)
@@ -395,8 +397,10 @@ class _Importer:
         if key is None:
             return None
         obj = self.existing(entity).get(key)
-        if obj is None and key not in self._failed[entity]:
-            err(fld, f"{what} {key!r} does not exist")
+        if obj is None:
+            self._missing_ref = True
+            if key not in self._failed[entity]:
+                err(fld, f"{what} {key!r} does not exist")
         return obj
 
     # one handler per entity: checks references, returns the column values to store
@@ -449,12 +453,13 @@ class _Importer:
             err("kind", f"unknown device kind {row.kind!r}; the catalogue has {known}")
             return None
         want = ATTACH_FIELD[kind.attach]
+        target_name = f"{'an' if kind.attach[0] in 'aeiou' else 'a'} {kind.attach}"
         given = [f for f in ATTACH_FIELD.values() if getattr(row, f) is not None]
         for other in given:
             if other != want:
-                err(other, f"a {row.kind} device attaches to a {kind.attach}: give {want}, not {other}")
+                err(other, f"a {row.kind} device attaches to {target_name}: give {want}, not {other}")
         if not given:
-            err(want, f"a {row.kind} device attaches to a {kind.attach}: {want} is required")
+            err(want, f"a {row.kind} device attaches to {target_name}: {want} is required")
         if given != [want]:
             return None
         entity = {"plot": "plots", "herd": "herds", "animal": "animals"}[kind.attach]
