@@ -17,6 +17,11 @@ from core.settings import Settings, get_settings
 app = typer.Typer(no_args_is_help=True, help="MQTT broker credentials generated from the registry.")
 
 
+@app.callback()
+def main() -> None:
+    """MQTT broker credentials (password and ACL files) generated from the registry."""
+
+
 def broker_files(settings: Settings) -> tuple[Path, Path, Path | None] | None:
     """(passwd, acl, pid) files from the settings, or None when they are not configured."""
     if settings.mosquitto_passwd_file is None or settings.mosquitto_acl_file is None:
