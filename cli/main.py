@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import bench, deadletters, devices, ingest, registry, simulate, stack
+from cli import bench, broker, deadletters, devices, ingest, registry, simulate, stack
 
 app = typer.Typer(
     name="village",
@@ -18,6 +18,7 @@ app.command("ingest")(ingest.ingest)
 app.command("simulate")(simulate.simulate)
 app.add_typer(registry.app, name="registry")
 app.add_typer(devices.app, name="devices")
+app.add_typer(broker.app, name="broker")
 app.add_typer(deadletters.app, name="deadletters")
 app.add_typer(bench.app, name="bench")
 
