@@ -304,7 +304,7 @@ class Barn(Model):
         self.co2_gen = 3600.0 + 1800.0 * r.random()  # ppm per hour with the stock inside
         self.nh3_gen = 22.0 + 14.0 * r.random()
         self.co2: float | None = None
-        self.nh3 = 4.0
+        self.nh3: float | None = None
 
     def values(self, ts_ms: int) -> dict[str, Any]:
         dt = self._dt_h(ts_ms, 300_000)
@@ -316,8 +316,9 @@ class Barn(Model):
         co2_ss = 420.0 + self.co2_gen / ach
         nh3_ss = 1.0 + self.nh3_gen / ach
         co2 = self.co2 if self.co2 is not None else co2_ss
+        nh3 = self.nh3 if self.nh3 is not None else nh3_ss
         self.co2 = co2 = co2_ss + (co2 - co2_ss) * k
-        self.nh3 = nh3 = nh3_ss + (self.nh3 - nh3_ss) * k
+        self.nh3 = nh3 = nh3_ss + (nh3 - nh3_ss) * k
         t_in = t_out + (2.0 if is_open else 7.0) + self.noise(0.2)
         rh = (62.0 if is_open else 82.0) + self.noise(2.0)
         return {

@@ -69,6 +69,24 @@ def device_start_ms(base_start_ms: int, device_id: str, kind: str, seed: int | s
     return base_start_ms + int(random.Random(f"{seed}:{device_id}:phase").random() * interval)
 
 
+def schedule(
+    device_id: str,
+    kind: str,
+    seed: int | str,
+    speed: float,
+    interval_s: float | None,
+    duration: float | None,
+    now_ms: int,
+) -> tuple[int, int, float]:
+    """(simulated time at the run's real start, first reading time, simulated speed) of a device.
+
+    With a duration, simulated time ends at `now_ms`; without, it starts there.
+    """
+    dev_speed = default_interval_ms(kind) / 1000 / interval_s if interval_s else speed
+    base = now_ms - int((duration or 0.0) * dev_speed * 1000)
+    return base, device_start_ms(base, device_id, kind, seed), dev_speed
+
+
 COUNTS = (
     "devices",
     "connected",
@@ -106,6 +124,7 @@ class SimulationReport:
     by_fault: dict[str, int] = field(default_factory=dict)
     by_kind: dict[str, int] = field(default_factory=dict)
     sim_start_ms: int = 0
+    now_ms: int = 0  # the run's reference time (simulated time ends here when the run has a duration)
     speed: float = 1.0
     elapsed_s: float = 0.0
 
@@ -169,17 +188,14 @@ class _Shard:
         self.by_kind: Counter[str] = Counter()
         self.stopping = False
         self.devices: list[_Device] = []
-        span_s = duration or 0.0
-        self.report.sim_start_ms = base_now_ms - int(span_s * speed * 1000)
+        self.report.sim_start_ms = base_now_ms - int((duration or 0.0) * speed * 1000)
+        self.report.now_ms = base_now_ms
         for cred in creds:
             if cred.kind not in MODELS:
                 raise ValueError(f"device {cred.id}: no simulator for kind {cred.kind!r}")
             d = _Device(cred, unknown=False)
-            d.speed = default_interval_ms(cred.kind) / 1000 / interval_s if interval_s else speed
-            base = base_now_ms - int(span_s * d.speed * 1000)
-            start = device_start_ms(base, cred.id, cred.kind, seed)
+            d.t0, start, d.speed = schedule(cred.id, cred.kind, seed, speed, interval_s, duration, base_now_ms)
             d.stream = messages(cred.id, cred.kind, start, seed=seed, rates=rates)
-            d.t0 = base
             self.devices.append(d)
         rng = random.Random(f"{seed}:unknown")
         for _ in range(unknown):
@@ -439,7 +455,7 @@ def run(
         mp_stop.set()
         for p in procs:
             p.join(timeout=10)
-    total = SimulationReport(sim_start_ms=base_now - int((duration or 0) * speed * 1000), speed=speed)
+    total = SimulationReport(sim_start_ms=base_now - int((duration or 0) * speed * 1000), now_ms=base_now, speed=speed)
     for r in reports:
         total.merge(r)
     if len(reports) < processes:
