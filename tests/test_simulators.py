@@ -22,7 +22,7 @@ from core.services import mosquitto
 from simulators.climate import climate_for
 from simulators.devices import generate, kinds
 from simulators.faults import FaultRates, messages
-from simulators.runner import DeviceCredential, run, schedule
+from simulators.runner import DeviceCredential, run, run_in_background, schedule
 
 CST = timezone(timedelta(hours=8))
 HOUR = 3_600_000
@@ -336,6 +336,17 @@ def test_run_against_mosquitto(tmp_path: Path) -> None:
         deadline = time.monotonic() + 5
         while len(received) < report.published and time.monotonic() < deadline:
             time.sleep(0.05)
+        first_run = list(received)
+        # In the background with a stop event and no duration, as `village demo` runs it.
+        thread, stop, result = run_in_background(
+            credentials=devices, host=broker.host, port=broker.port, duration=None, seed=1, interval_s=0.1
+        )
+        time.sleep(1.0)
+        stop.set()
+        thread.join(10)
+        assert not thread.is_alive()
+        assert result and result[0].connected == 3 and result[0].published > 0
+        assert result[0].acked == result[0].published
     finally:
         sub.loop_stop()
         sub.disconnect()
@@ -346,6 +357,7 @@ def test_run_against_mosquitto(tmp_path: Path) -> None:
     assert report.unknown_refused == 2 and report.unknown_accepted == 0
     assert report.published >= 3 * 8
     assert report.acked == report.published and report.refused == report.failed == 0
+    received = first_run
     assert len(received) == report.published
 
     by_topic: dict[str, list[bytes]] = defaultdict(list)
