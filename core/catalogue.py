@@ -24,23 +24,29 @@ class Metric(BaseModel):
     max: float | None = None
     fiware: str | None = None
 
-    def check(self, value: object) -> str | None:
-        """Return why `value` is not acceptable for this metric, or None when it is."""
+    def check(self, value: object) -> tuple[str, str] | None:
+        """Return (reason code, detail) when `value` is not acceptable for this metric, else None."""
         if self.type == "bool":
-            return None if isinstance(value, bool) else f"expected a boolean, got {type(value).__name__}"
+            return None if isinstance(value, bool) else ("wrong_type", f"expected a boolean, got {_kind(value)}")
         if self.type == "string":
             if not isinstance(value, str):
-                return f"expected a string, got {type(value).__name__}"
-            return None if len(value) <= 256 else "string longer than 256 characters"
+                return "wrong_type", f"expected a string, got {_kind(value)}"
+            return None if len(value) <= 256 else ("out_of_range", "string longer than 256 characters")
         if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"expected a number, got {type(value).__name__}"
+            return "wrong_type", f"expected a number, got {_kind(value)}"
         if not math.isfinite(value):
-            return f"value {value} is not finite"
+            return "not_finite", f"value {value} is not finite"
         if self.min is not None and value < self.min:
-            return f"value {value} below minimum {self.min:g} {self.unit}"
+            return "out_of_range", f"value {value} below minimum {self.min:g} {self.unit}"
         if self.max is not None and value > self.max:
-            return f"value {value} above maximum {self.max:g} {self.unit}"
+            return "out_of_range", f"value {value} above maximum {self.max:g} {self.unit}"
         return None
+
+
+def _kind(value: object) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
 
 
 class Kind(BaseModel):

@@ -178,9 +178,7 @@ def mosquitto(
             user=pwd.getpwuid(os.getuid()).pw_name,
         )
     )
-    return Mosquitto(
-        "mosquitto", [binary, "-c", str(conf)], workdir, host, port, workdir / "mosquitto.stdout.log"
-    )
+    return Mosquitto("mosquitto", [binary, "-c", str(conf)], workdir, host, port, workdir / "mosquitto.stdout.log")
 
 
 INFLUXD_CONF = """\
@@ -234,9 +232,5 @@ def influxd(workdir: Path, port: int | None = None, host: str = "127.0.0.1") -> 
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
     conf = workdir / "influxdb.conf"
-    conf.write_text(
-        INFLUXD_CONF.format(host=host, port=port, rpc_port=free_port(host), dir=workdir.resolve())
-    )
-    return InfluxD(
-        "influxd", [binary, "run", "-config", str(conf)], workdir, host, port, workdir / "influxd.log"
-    )
+    conf.write_text(INFLUXD_CONF.format(host=host, port=port, rpc_port=free_port(host), dir=workdir.resolve()))
+    return InfluxD("influxd", [binary, "run", "-config", str(conf)], workdir, host, port, workdir / "influxd.log")

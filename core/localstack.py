@@ -1,0 +1,159 @@
+"""The local stack on one machine: registry database, mosquitto, InfluxDB and ingest replicas.
+
+`village up`, `village demo`, the benchmarks and the integration tests all start the same
+stack, so what the tests check is what a user runs. Everything lives under one folder
+(`VILLAGE_DATA_DIR`, `var/` by default; a temporary folder in tests) and every server
+listens on a free port of 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.db import get_engine, migrate, session_scope
+from core.influx import InfluxV1
+from core.provisioning import ensure_ingest_account, sync_broker
+from core.services import InfluxD, Mosquitto, influxd, mosquitto
+from core.settings import Settings
+
+
+def _read_or_create_secret(path: Path) -> str:
+    """A service secret kept in a 0600 file of the stack folder (like a Docker secret)."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    return value
+
+
+@dataclass
+class LocalStack:
+    root: Path
+    influx_db: str = "village"
+    mosquitto: Mosquitto | None = None
+    influxd: InfluxD | None = None
+    ingest_procs: list[subprocess.Popen] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root = self.root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.ingest_password = _read_or_create_secret(self.root / "secrets" / "mqtt_ingest_password")
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.root / 'village.db'}"
+
+    @property
+    def passwd_file(self) -> Path:
+        return self.root / "mosquitto" / "passwd"
+
+    @property
+    def acl_file(self) -> Path:
+        return self.root / "mosquitto" / "acl"
+
+    @property
+    def credentials_file(self) -> Path:
+        """Device secrets as the simulated devices hold them (the server keeps only hashes)."""
+        return self.root / "secrets" / "devices.json"
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that point a `village` process at this stack."""
+        assert self.mosquitto and self.influxd, "start the stack first"
+        return {
+            "VILLAGE_DATA_DIR": str(self.root),
+            "DATABASE_URL": self.database_url,
+            "MQTT_HOST": self.mosquitto.host,
+            "MQTT_PORT": str(self.mosquitto.port),
+            "MQTT_INGEST_PASSWORD": self.ingest_password,
+            "MOSQUITTO_PASSWD_FILE": str(self.passwd_file),
+            "MOSQUITTO_ACL_FILE": str(self.acl_file),
+            "INFLUX_URL": self.influxd.url,
+            "INFLUX_DB": self.influx_db,
+            "SPOOL_DIR": str(self.root / "spool"),
+            "INGEST_METRICS_PORT": "0",
+            **self.extra_env,
+        }
+
+    def settings(self) -> Settings:
+        return Settings(**self.env())
+
+    def influx(self) -> InfluxV1:
+        assert self.influxd
+        return InfluxV1(self.influxd.url, self.influx_db)
+
+    def sync_broker(self) -> bool:
+        """Regenerate mosquitto's password and ACL files from the registry; reload it when they changed."""
+        with session_scope(get_engine(self.database_url)) as session:
+            ensure_ingest_account(session, "ingest", self.ingest_password)
+            changed = sync_broker(session, self.passwd_file, self.acl_file)
+        if changed and self.mosquitto and self.mosquitto.running:
+            self.mosquitto.reload()
+        return changed
+
+    def start(self, mqtt_port: int | None = None, influx_port: int | None = None) -> LocalStack:
+        migrate(self.database_url)
+        self.sync_broker()
+        self.mosquitto = mosquitto(self.root / "mosquitto", self.passwd_file, self.acl_file, port=mqtt_port)
+        self.influxd = influxd(self.root / "influxdb", port=influx_port)
+        self.mosquitto.start()
+        self.influxd.start()
+        with self.influx() as client:
+            client.ensure_database()
+        return self
+
+    def start_ingest(self, replicas: int = 1, log_file: Path | None = None, **env: str) -> list[subprocess.Popen]:
+        """Start ingest replicas as separate processes (`village ingest --replica i`)."""
+        out = open(log_file or self.root / "ingest.log", "ab")  # noqa: SIM115
+        procs = []
+        for i in range(replicas):
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "cli.main", "ingest", "--replica", str(i)],
+                    env={**os.environ, **self.env(), **env},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        out.close()
+        self.ingest_procs += procs
+        return procs
+
+    def stop_ingest(self, timeout: float = 15) -> None:
+        for p in self.ingest_procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.ingest_procs:
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.ingest_procs.clear()
+
+    def stop(self) -> None:
+        self.stop_ingest()
+        for service in (self.mosquitto, self.influxd):
+            if service:
+                service.stop()
+
+    def wait_for_count(self, measurement: str, field: str, expected: int, timeout: float = 60) -> int:
+        """Poll InfluxDB until `expected` points are stored (or time runs out); return the count."""
+        deadline = time.monotonic() + timeout
+        count = -1
+        with self.influx() as client:
+            while time.monotonic() < deadline:
+                count = client.count(measurement, field)
+                if count >= expected:
+                    return count
+                time.sleep(0.2)
+        return count

@@ -1,0 +1,267 @@
+"""From raw messages to stored readings: validate, enrich, write, spool, dead-letter.
+
+`Pipeline.handle(batch)` returns only when every reading of the batch is stored in
+InfluxDB or in the durable spool, and every rejection is in the dead-letter store; only
+then may the caller acknowledge the messages to the broker. When neither InfluxDB nor
+the spool can take a batch, it waits and tries again (backpressure), never drops.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from influxdb_client import Point, WritePrecision
+from sqlalchemy import Engine, insert, select
+
+from core.catalogue import Catalogue
+from core.influx import InfluxRejected, InfluxUnavailable, InfluxV1
+from core.log import get_logger
+from core.models import DeadLetter
+from ingest.enrich import DeviceDirectory
+from ingest.metrics import IngestMetrics
+from ingest.payload import Reading, Rejection, Validator
+from ingest.spool import Spool
+
+log = get_logger("ingest")
+
+
+@dataclass(slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    received_ms: int
+    redelivered: bool = False
+    mid: int = 0
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class DeadLetterRow:
+    message: Message
+    device_id: str | None
+    rejection: Rejection
+
+
+def to_line(reading: Reading, tags: tuple[tuple[str, str], ...]) -> str:
+    """One reading as line protocol: measurement = kind, registry tags, metric fields, ms time."""
+    point = Point(reading.kind)
+    for key, value in tags:
+        point.tag(key, value)
+    for key, value in reading.values.items():
+        point.field(key, value)
+    if reading.ts_missing:
+        point.field("ts_missing", True)
+    return point.time(reading.ts_ms, WritePrecision.MS).to_line_protocol()
+
+
+class SeqTracker:
+    """Recent sequence numbers per device, to count duplicates and gaps (bounded memory)."""
+
+    def __init__(self, window: int = 512, devices: int = 100_000) -> None:
+        self.window = window
+        self.devices = devices
+        self._seen: OrderedDict[str, tuple[set[int], deque[int], list[int]]] = OrderedDict()
+
+    def observe(self, device_id: str, seq: int) -> tuple[bool, int]:
+        """Return (is_duplicate, gap) for this sequence number."""
+        entry = self._seen.get(device_id)
+        if entry is None:
+            entry = self._seen[device_id] = (set(), deque(), [seq - 1])
+            if len(self._seen) > self.devices:
+                self._seen.popitem(last=False)
+        seen, order, top = entry
+        if seq in seen:
+            return True, 0
+        seen.add(seq)
+        order.append(seq)
+        if len(order) > self.window:
+            seen.discard(order.popleft())
+        gap = max(0, seq - top[0] - 1)
+        top[0] = max(top[0], seq)
+        return False, gap
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        catalogue: Catalogue,
+        validator: Validator,
+        directory: DeviceDirectory,
+        influx: InfluxV1,
+        spool: Spool,
+        engine: Engine,
+        metrics: IngestMetrics,
+        retry_s: float = 1.0,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.catalogue = catalogue
+        self.validator = validator
+        self.directory = directory
+        self.influx = influx
+        self.spool = spool
+        self.engine = engine
+        self.metrics = metrics
+        self.retry_s = retry_s
+        self.stop = stop or threading.Event()
+        self.seqs = SeqTracker()
+        self._influx_down_until = 0.0
+
+    # -- processing ---------------------------------------------------------------------------
+    def process(self, batch: list[Message]) -> tuple[list[str], list[int], list[DeadLetterRow]]:
+        """Validate and enrich a batch: line-protocol lines, their reading timestamps, rejections."""
+        lines: list[str] = []
+        stamps: list[int] = []
+        dead: list[DeadLetterRow] = []
+        m = self.metrics
+        for msg in batch:
+            m.messages.inc()
+            if msg.redelivered:
+                m.redelivered.inc()
+            device_id = msg.topic.split("/")[2] if msg.topic.count("/") == 3 else None
+            info = self.directory.get(device_id) if device_id else None
+            kind = info.kind if info is not None and info.kind in self.catalogue.kinds else None
+            parsed = self.validator.parse(msg.topic, msg.payload, kind, msg.received_ms)
+            if info is not None and not info.active and not parsed.rejections:
+                parsed.rejections.append(
+                    Rejection("device_not_active", f"device {info.id!r} is {info.status}, not active")
+                )
+                parsed.readings.clear()
+            m.received.inc(len(parsed.readings) + len(parsed.rejections))
+            for rejection in parsed.rejections:
+                dead.append(DeadLetterRow(msg, parsed.device_id, rejection))
+            for reading in parsed.readings:
+                if reading.seq is not None:
+                    duplicate, gap = self.seqs.observe(reading.device_id, reading.seq)
+                    if duplicate:
+                        m.duplicates.inc()
+                    elif gap:
+                        m.gaps.inc(gap)
+                if reading.ts_missing:
+                    m.ts_missing.inc()
+                assert info is not None
+                lines.append(to_line(reading, info.tags))
+                stamps.append(reading.ts_ms)
+        return lines, stamps, dead
+
+    def handle(self, batch: list[Message]) -> None:
+        """Process and durably store a batch; returns only when it is safe to acknowledge it."""
+        lines, stamps, dead = self.process(batch)
+        self.store_lines(lines, stamps)
+        self.store_dead_letters(dead)
+
+    # -- storing --------------------------------------------------------------------------------
+    def store_lines(self, lines: list[str], stamps: list[int]) -> None:
+        if not lines:
+            return
+        body = "\n".join(lines).encode()
+        while not self.stop.is_set():
+            if self.drain_spool() and self._try_write(lines, body):
+                now = time.time() * 1000
+                self.metrics.stored.inc(len(lines))
+                for ts in stamps:
+                    self.metrics.lag.observe(max(0.0, (now - ts) / 1000))
+                return
+            if not self.spool.full:
+                self.spool.push(body, len(lines))
+                self.metrics.spooled.inc(len(lines))
+                self.metrics.spool_batches.set(len(self.spool))
+                return
+            log.warning(
+                "spool full; holding acknowledgements until InfluxDB returns", spool_bytes=self.spool.size_bytes
+            )
+            self.stop.wait(self.retry_s)
+        raise InterruptedError("stopped before the batch was stored")
+
+    def _try_write(self, lines: list[str], body: bytes) -> bool:
+        """Write to InfluxDB; False when it is unavailable. Refused lines are dead-lettered."""
+        if time.monotonic() < self._influx_down_until:
+            return False
+        try:
+            self.influx.write(body)
+            return True
+        except InfluxUnavailable as e:
+            self.metrics.influx_errors.inc()
+            self._influx_down_until = time.monotonic() + self.retry_s
+            log.warning("InfluxDB unavailable; spooling", error=str(e))
+            return False
+        except InfluxRejected as e:
+            self.metrics.influx_errors.inc()
+            log.error("InfluxDB refused a batch; isolating the refused lines", error=str(e))
+            self._write_isolating(lines)
+            return True
+
+    def _write_isolating(self, lines: list[str]) -> None:
+        """Write halves recursively so that only the lines InfluxDB refuses are dead-lettered."""
+        try:
+            self.influx.write("\n".join(lines))
+            return
+        except InfluxRejected as e:
+            if len(lines) == 1:
+                msg = Message("influx", lines[0].encode(), int(time.time() * 1000))
+                self.store_dead_letters([DeadLetterRow(msg, None, Rejection("influx_rejected", str(e)[:1000]))])
+                return
+        mid = len(lines) // 2
+        self._write_isolating(lines[:mid])
+        self._write_isolating(lines[mid:])
+
+    def drain_spool(self) -> bool:
+        """Replay spooled batches oldest first; True when the spool is empty."""
+        while len(self.spool):
+            batch = self.spool.peek()
+            if batch is None:
+                break
+            batch_id, count, body = batch
+            if not self._try_write(body.decode().split("\n"), body):
+                return False
+            self.spool.remove(batch_id)
+            self.metrics.replayed.inc(count)
+            self.metrics.stored.inc(count)
+            self.metrics.spool_batches.set(len(self.spool))
+            log.info("replayed spooled batch", readings=count, left=len(self.spool))
+        return True
+
+    def store_dead_letters(self, dead: list[DeadLetterRow]) -> None:
+        if not dead:
+            return
+        rows = []
+        for d in dead:
+            if d.message.redelivered and self._already_dead(d):
+                continue
+            rows.append(
+                {
+                    "received_at": datetime.fromtimestamp(d.message.received_ms / 1000, UTC),
+                    "topic": d.message.topic,
+                    "device_id": d.device_id,
+                    "reason": d.rejection.reason,
+                    "detail": d.rejection.detail,
+                    "payload": d.message.payload,
+                    "index": d.rejection.index,
+                }
+            )
+            self.metrics.rejected.labels(d.rejection.reason).inc()
+        while rows:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(insert(DeadLetter), rows)
+                return
+            except Exception as e:  # the registry database is away: hold the acks and retry
+                log.error("dead-letter store unavailable; retrying", error=str(e))
+                if self.stop.wait(self.retry_s):
+                    raise InterruptedError("stopped before dead letters were stored") from e
+
+    def _already_dead(self, d: DeadLetterRow) -> bool:
+        """A redelivered message that was dead-lettered before its ack was lost: do not store it twice."""
+        t = DeadLetter.__table__
+        query = (
+            select(t.c.id)
+            .where(t.c.topic == d.message.topic, t.c.payload == d.message.payload, t.c.reason == d.rejection.reason)
+            .limit(1)
+        )
+        query = query.where(t.c.index.is_(None) if d.rejection.index is None else t.c.index == d.rejection.index)
+        with self.engine.connect() as conn:
+            return conn.execute(query).first() is not None
