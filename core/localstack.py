@@ -19,7 +19,7 @@ from pathlib import Path
 from core.db import get_engine, migrate, session_scope
 from core.influx import InfluxV1
 from core.provisioning import ensure_ingest_account, sync_broker
-from core.services import InfluxD, Mosquitto, influxd, mosquitto
+from core.services import InfluxD, Mosquitto, die_with_parent, influxd, mosquitto
 from core.settings import Settings
 
 
@@ -122,6 +122,7 @@ class LocalStack:
                     env={**os.environ, **self.env(), **env},
                     stdout=out,
                     stderr=subprocess.STDOUT,
+                    preexec_fn=die_with_parent,
                 )
             )
         out.close()

@@ -7,6 +7,8 @@ an error that says how to install it (`make deps` installs all of them).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import pwd
 import shutil
@@ -24,6 +26,12 @@ INSTALL_HINT = {
     "influxd": "Debian package 'influxdb' (run `make deps`, or `apt-get install influxdb influxdb-client`)",
 }
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin", "/sbin"])
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when the process that started it dies (Linux prctl)."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class ServiceError(RuntimeError):
@@ -71,7 +79,12 @@ class Service:
     def start(self, timeout: float = 20.0) -> Service:
         log = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the child's lifetime)
         self.proc = subprocess.Popen(
-            self.argv, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            self.argv,
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         log.close()
         try:

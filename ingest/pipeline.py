@@ -117,35 +117,34 @@ class Pipeline:
         lines: list[str] = []
         stamps: list[int] = []
         dead: list[DeadLetterRow] = []
-        m = self.metrics
+        redelivered = duplicates = gaps = ts_missing = 0
         for msg in batch:
-            m.messages.inc()
-            if msg.redelivered:
-                m.redelivered.inc()
+            redelivered += msg.redelivered
             device_id = msg.topic.split("/")[2] if msg.topic.count("/") == 3 else None
             info = self.directory.get(device_id) if device_id else None
             kind = info.kind if info is not None and info.kind in self.catalogue.kinds else None
             parsed = self.validator.parse(msg.topic, msg.payload, kind, msg.received_ms)
-            if info is not None and not info.active and not parsed.rejections:
-                parsed.rejections.append(
-                    Rejection("device_not_active", f"device {info.id!r} is {info.status}, not active")
-                )
-                parsed.readings.clear()
-            m.received.inc(len(parsed.readings) + len(parsed.rejections))
+            if info is not None and not info.active:
+                reason = Rejection("device_not_active", f"device {info.id!r} is {info.status}, not active")
+                parsed.rejections, parsed.readings = [reason], []
             for rejection in parsed.rejections:
                 dead.append(DeadLetterRow(msg, parsed.device_id, rejection))
             for reading in parsed.readings:
                 if reading.seq is not None:
                     duplicate, gap = self.seqs.observe(reading.device_id, reading.seq)
-                    if duplicate:
-                        m.duplicates.inc()
-                    elif gap:
-                        m.gaps.inc(gap)
-                if reading.ts_missing:
-                    m.ts_missing.inc()
+                    duplicates += duplicate
+                    gaps += gap
+                ts_missing += reading.ts_missing
                 assert info is not None
                 lines.append(to_line(reading, info.tags))
                 stamps.append(reading.ts_ms)
+        m = self.metrics
+        m.messages.inc(len(batch))
+        m.redelivered.inc(redelivered)
+        m.received.inc(len(lines) + len(dead))
+        m.duplicates.inc(duplicates)
+        m.gaps.inc(gaps)
+        m.ts_missing.inc(ts_missing)
         return lines, stamps, dead
 
     def handle(self, batch: list[Message]) -> None:

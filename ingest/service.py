@@ -1,20 +1,22 @@
 """The ingest service: an MQTT consumer on the shared subscription, acking only stored readings.
 
-paho's network thread only queues incoming messages; one worker thread takes them in
-batches, hands each batch to the `Pipeline` and acknowledges the batch's messages (in
-the order received) once it is stored. The session is persistent (MQTT 5, clean start
-off, a long session expiry), so messages that arrive while a replica is down, or that
-were received but not acknowledged when it died, are delivered again when it returns.
+One thread drives paho's client through its external-loop API (`loop_read`,
+`loop_write`, `loop_misc`): it reads messages until a batch is full or old enough, hands
+the batch to the `Pipeline`, and acknowledges its messages, in the order received, once
+the pipeline has stored them. No second thread means no locking per message, which is
+what makes one replica fast. The session is persistent (MQTT 5, clean start off, a long
+session expiry), so messages that arrive while a replica is down, or that it received
+but had not acknowledged when it died, are delivered again when it returns.
 """
 
 from __future__ import annotations
 
+import select
 import threading
 import time
-from collections import deque
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import start_http_server
@@ -45,8 +47,8 @@ class IngestService:
         self.metrics = metrics or IngestMetrics()
         self.connected = threading.Event()
         self.subscribed = threading.Event()
-        self._queue: deque[Message] = deque()
-        self._cond = threading.Condition()
+        self._pending: list[Message] = []
+        self._received = 0
         self._generation = 0
         catalogue = get_catalogue(settings.catalogue_file)
         self.influx = InfluxV1.from_settings(settings)
@@ -78,26 +80,21 @@ class IngestService:
             self.settings.mqtt_ingest_username, self.settings.mqtt_ingest_password.get_secret_value()
         )
         client.max_queued_messages_set(0)
-        client.reconnect_delay_set(0.2, 5)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         return client
 
-    # -- MQTT callbacks (paho's network thread) -----------------------------------------------
+    # -- MQTT callbacks ---------------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: object, flags: mqtt.ConnectFlags, rc: object, _p: object) -> None:
         if getattr(rc, "is_failure", False):
             log.error("broker refused the connection", reason=str(rc), client_id=self.client_id)
             return
-        with self._cond:
-            self._generation += 1
-            # Messages of the old connection can no longer be acked; the broker sends them again.
-            self._queue.clear()
+        self._generation += 1
         self.connected.set()
         log.info("connected", client_id=self.client_id, session_present=flags.session_present)
-        topic = f"$share/{self.settings.mqtt_share_group}/{TELEMETRY_FILTER}"
-        client.subscribe(topic, qos=1)
+        client.subscribe(f"$share/{self.settings.mqtt_share_group}/{TELEMETRY_FILTER}", qos=1)
 
     def _on_subscribe(self, _c: mqtt.Client, _u: object, _mid: int, codes: list, _p: object) -> None:
         if any(c.is_failure for c in codes):
@@ -108,62 +105,77 @@ class IngestService:
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, rc: object, _p: object) -> None:
         self.connected.clear()
         self.subscribed.clear()
+        # Messages of the lost connection can no longer be acked; the broker sends them again.
+        self._pending.clear()
         if not self.stop_event.is_set():
             log.warning("disconnected from broker; reconnecting", reason=str(rc))
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        m = Message(msg.topic, msg.payload, int(time.time() * 1000), bool(msg.dup), msg.mid, self._generation)
-        with self._cond:
-            self._queue.append(m)
-            if len(self._queue) == 1:
-                self._cond.notify()
+        self._received += 1
+        self._pending.append(
+            Message(msg.topic, msg.payload, int(time.time() * 1000), bool(msg.dup), msg.mid, self._generation)
+        )
 
-    # -- worker ---------------------------------------------------------------------------------
-    def _take_batch(self) -> list[Message]:
-        size, wait_s = self.settings.ingest_batch_size, self.settings.ingest_batch_ms / 1000
-        with self._cond:
-            if not self._queue:
-                self._cond.wait(0.5)
-            if not self._queue:
-                return []
-            deadline = time.monotonic() + wait_s
-            # Wait a little for more messages unless the batch is already full.
-            while len(self._queue) < size and not self.stop_event.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(min(left, 0.01))
-            batch = [self._queue.popleft() for _ in range(min(size, len(self._queue)))]
-        self.metrics.queue_depth.set(len(self._queue))
-        return batch
-
-    def _work(self) -> None:
-        while not self.stop_event.is_set():
-            batch = self._take_batch()
-            if not batch:
-                if len(self.spool):  # replay the spool while idle
-                    self.pipeline.drain_spool()
-                continue
-            try:
-                self.pipeline.handle(batch)
-            except InterruptedError:
-                return
-            generation = self._generation
-            for m in batch:
-                if m.generation == generation:
-                    self.client.ack(m.mid, 1)
-
-    def start(self) -> None:
-        self.influx.ensure_database()
+    # -- the loop -------------------------------------------------------------------------------
+    def _connect(self) -> None:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         props.ReceiveMaximum = self.settings.mqtt_receive_maximum
-        self.client.connect_async(
+        self.client.connect(
             self.settings.mqtt_host, self.settings.mqtt_port, keepalive=30, clean_start=False, properties=props
         )
-        self.client.loop_start()
-        self._worker = threading.Thread(target=self._work, name=f"ingest-worker-{self.replica}", daemon=True)
-        self._worker.start()
+
+    def _read_some(self, limit: int) -> None:
+        """Read up to `limit` packets that are already waiting (loop_read takes one per call)."""
+        for _ in range(limit):
+            before = self._received
+            if self.client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or self._received == before:
+                return
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        self.metrics.queue_depth.set(len(batch))
+        self.pipeline.handle(batch)
+        for m in batch:
+            if m.generation == self._generation and self.connected.is_set():
+                self.client.ack(m.mid, 1)
+
+    def _loop(self) -> None:
+        size, max_age = self.settings.ingest_batch_size, self.settings.ingest_batch_ms / 1000
+        backoff = 0.2
+        while not self.stop_event.is_set():
+            if self.client.socket() is None:
+                try:
+                    self._connect()
+                    backoff = 0.2
+                except OSError as e:
+                    log.warning("broker unreachable", error=str(e), retry_s=backoff)
+                    self.stop_event.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+            sock = self.client.socket()
+            first = self._pending[0].received_ms / 1000 if self._pending else None
+            timeout = 0.5 if first is None else max(0.0, first + max_age - time.time())
+            try:
+                readable, writable, _ = select.select([sock], [sock] if self.client.want_write() else [], [], timeout)
+            except (OSError, ValueError):
+                readable, writable = [], []
+            if readable:
+                self._read_some(size - len(self._pending))
+            if writable or self.client.want_write():
+                self.client.loop_write()
+            self.client.loop_misc()
+            if self._pending and (
+                len(self._pending) >= size or time.time() - self._pending[0].received_ms / 1000 >= max_age
+            ):
+                self._flush()
+            elif not self._pending and len(self.spool):
+                self.pipeline.drain_spool()  # replay while idle
+
+    def start(self) -> None:
+        self.influx.ensure_database()
+        self._thread = threading.Thread(target=self._run, name=f"ingest-{self.replica}", daemon=True)
+        self._thread.start()
         log.info(
             "ingest started",
             client_id=self.client_id,
@@ -172,14 +184,21 @@ class IngestService:
             spool=str(self.spool.path),
         )
 
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except InterruptedError:
+            pass
+        except Exception:
+            log.exception("ingest loop failed")
+            self.stop_event.set()
+            raise
+
     def stop(self) -> None:
         self.stop_event.set()
-        with self._cond:
-            self._cond.notify_all()
-        if hasattr(self, "_worker"):
-            self._worker.join(10)
+        if hasattr(self, "_thread"):
+            self._thread.join(15)
         self.client.disconnect()
-        self.client.loop_stop()
         self.spool.close()
         self.influx.close()
 
