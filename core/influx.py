@@ -49,6 +49,7 @@ class InfluxV1:
             s.influx_username,
             s.influx_password.get_secret_value(),
             s.influx_timeout_s,
+            s.influx_token.get_secret_value(),
         )
 
     def close(self) -> None:

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     influx_rp: str = Field(default="", alias="INFLUX_RP")
     influx_username: str = Field(default="", alias="INFLUX_USERNAME")
     influx_password: SecretStr = Field(default=SecretStr(""), alias="INFLUX_PASSWORD")
+    # InfluxDB 2.x / 3: an API token, sent as `Authorization: Token ...` (instead of username/password).
+    influx_token: SecretStr = Field(default=SecretStr(""), alias="INFLUX_TOKEN")
     influx_timeout_s: float = Field(default=10.0, alias="INFLUX_TIMEOUT_S")
 
     # Device catalogue (kinds, metrics, ranges); the packaged core/catalogue.yaml by default.
