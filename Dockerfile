@@ -1,0 +1,31 @@
+# The village image: every `village` subcommand (see docker-compose.yml for the services).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# The user has the uid/gid of the 'mosquitto' user of the eclipse-mosquitto image (1883), so the
+# broker files that broker-sync writes (mode 0600) are readable by the broker, and broker-sync may
+# send it SIGHUP (a signal needs the same uid without extra capabilities).
+ARG VILLAGE_UID=1883
+RUN groupadd --system --gid "${VILLAGE_UID}" village \
+ && useradd --system --uid "${VILLAGE_UID}" --gid village --home-dir /var/lib/village --shell /usr/sbin/nologin village
+
+WORKDIR /app
+# Pinned dependencies first: this layer is rebuilt only when requirements.txt changes.
+COPY requirements.txt .
+RUN pip install -r requirements.txt
+# Then the project itself (what .dockerignore lets through).
+COPY . /app
+RUN pip install --no-deps /app && rm -rf /app/build
+
+# State: SQLite registry when DATABASE_URL is unset, the ingest spool, the generated broker files.
+# Named volumes mounted below it start with this ownership (docker copies it on first mount).
+RUN mkdir -p /var/lib/village/spool /var/lib/village/broker && chown -R village:village /var/lib/village
+ENV VILLAGE_DATA_DIR=/var/lib/village
+
+USER village
+ENTRYPOINT ["village"]
+CMD ["--help"]
