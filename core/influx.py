@@ -30,14 +30,26 @@ class InfluxRejected(InfluxError):
 
 class InfluxV1:
     def __init__(
-        self, url: str, db: str, rp: str = "", username: str = "", password: str = "", timeout: float = 10.0
+        self,
+        url: str,
+        db: str,
+        rp: str = "",
+        username: str = "",
+        password: str = "",
+        timeout: float = 10.0,
+        token: str = "",
     ) -> None:
         self.url = url.rstrip("/")
         self.db = db
         self.rp = rp
         auth = httpx.BasicAuth(username, password) if username or password else None
+        headers = {"Authorization": f"Token {token}"} if token else {}
         self._http = httpx.Client(
-            base_url=self.url, auth=auth, timeout=timeout, limits=httpx.Limits(max_keepalive_connections=4)
+            base_url=self.url,
+            auth=auth,
+            headers=headers,
+            timeout=timeout,
+            limits=httpx.Limits(max_keepalive_connections=4),
         )
 
     @classmethod

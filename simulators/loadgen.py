@@ -1,154 +1,165 @@
 """The load generator: many devices publishing readings as fast as the broker takes them.
 
-Each device connects with its own credentials. One process drives many MQTT clients from
-a single thread (no thread per client): it publishes round-robin over its devices and
-reads the broker's acknowledgements from whichever sockets are ready. Every reading's
-`ts` is its publish time in milliseconds (unique per device), so the time it is stored
-minus `ts` is its publish-to-stored latency. Several processes split the devices.
+Each device is one `mosquitto_pub -l` process (Debian's mosquitto-clients, written in C)
+connected with the device's own credentials; this process writes JSON readings to their
+standard input, one line per message, round-robin over the devices. A C client per device
+keeps the publishing side cheap, so a benchmark on a small machine measures the broker and
+the ingest service rather than the publisher. Credentials go into each process's own 0600
+options file, never onto a command line. Every reading's `ts` is the time it was handed
+to its publisher, in milliseconds and unique per device, so the time it is stored minus
+`ts` is its publish-to-stored latency. Acknowledgements are counted from the clients'
+debug output (`received PUBACK (Mid: n, RC:0)`).
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import os
 import selectors
+import subprocess
+import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from core.broker_auth import TELEMETRY_TOPIC
+from core.services import die_with_parent, find_binary
+
+SAMPLE_VALUES = {
+    "soil": lambda i: {"soil_moisture": 20.0 + (i % 200) / 10, "soil_temp_c": 12.5},
+    "paddy": lambda i: {"water_level_cm": 5.0 + (i % 50) / 10, "water_temp_c": 18.0},
+    "weather": lambda i: {"air_temp_c": 10.0 + (i % 100) / 10, "humidity_pct": 60.0},
+    "collar": lambda i: {"body_temp_c": 38.5, "activity": float(i % 500)},
+    "barn": lambda i: {"nh3_ppm": 8.0 + (i % 30) / 10, "co2_ppm": 900.0},
+}
 
 
 @dataclass
 class LoadResult:
-    messages_acked: int = 0
-    readings_acked: int = 0
-    messages_refused: int = 0
+    messages: int = 0
+    readings: int = 0
+    acked: int = 0  # messages the broker acknowledged with success
+    refused: int = 0  # messages acknowledged with a failure reason code (e.g. 135 Not authorized)
+    exit_codes: list[int] = field(default_factory=list)
     seconds: float = 0.0
 
-    def add(self, other: LoadResult) -> None:
-        self.messages_acked += other.messages_acked
-        self.readings_acked += other.readings_acked
-        self.messages_refused += other.messages_refused
-        self.seconds = max(self.seconds, other.seconds)
+    @property
+    def readings_per_message(self) -> float:
+        return self.readings / self.messages if self.messages else 0.0
 
 
-class _Device:
-    __slots__ = ("client", "id", "last_ts", "seq", "sizes", "topic")
+class _AckCounter(threading.Thread):
+    """Reads all publishers' debug output in one thread and counts PUBACKs by outcome."""
 
-    def __init__(self, device_id: str, secret: str, host: str, port: int) -> None:
-        self.id = device_id
-        self.topic = TELEMETRY_TOPIC.format(device_id=device_id)
-        self.seq = 0
-        self.last_ts = 0
-        self.sizes: dict[int, int] = {}
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)
-        c.username_pw_set(device_id, secret)
-        c.max_inflight_messages_set(50)
-        c.max_queued_messages_set(0)
-        c.connect(host, port, keepalive=60)
-        self.client = c
+    def __init__(self, procs: list[subprocess.Popen]) -> None:
+        super().__init__(daemon=True, name="loadgen-acks")
+        self.sel = selectors.DefaultSelector()
+        for p in procs:
+            assert p.stdout is not None
+            os.set_blocking(p.stdout.fileno(), False)
+            self.sel.register(p.stdout, selectors.EVENT_READ, bytearray())
+        self.open = len(procs)
+        self.acked = 0
+        self.refused = 0
 
-    def payload(self, values: dict[str, float], readings: int) -> tuple[bytes, int]:
-        now = int(time.time() * 1000)
-        batch = []
-        for j in range(readings):
-            ts = max(now - (readings - 1 - j), self.last_ts + 1)
-            self.last_ts = ts
-            self.seq += 1
-            batch.append({"ts": ts, "seq": self.seq, "values": values})
-        return orjson.dumps(batch[0] if readings == 1 else batch), readings
-
-
-def _values(kind: str, i: int) -> dict[str, float]:
-    if kind == "soil":
-        return {"soil_moisture": 20.0 + (i % 200) / 10, "soil_temp_c": 12.5}
-    return {"water_level_cm": 5.0 + (i % 50) / 10, "water_temp_c": 18.0}
-
-
-def _run_process(
-    devices: list[tuple[str, str, str]], host: str, port: int, readings: int, per_message: int, queue: mp.Queue
-) -> None:
-    result = LoadResult()
-    sel = selectors.DefaultSelector()
-    clients: list[_Device] = []
-
-    def on_publish(dev: _Device):
-        def cb(_c: mqtt.Client, _u: object, mid: int, rc: mqtt.ReasonCode, _p: object) -> None:
-            n = dev.sizes.pop(mid, 0)
-            if rc.is_failure:
-                result.messages_refused += 1
-            else:
-                result.messages_acked += 1
-                result.readings_acked += n
-
-        return cb
-
-    for device_id, secret, _kind in devices:
-        d = _Device(device_id, secret, host, port)
-        d.client.on_publish = on_publish(d)
-        clients.append(d)
-    # Finish the CONNECT handshakes.
-    for d in clients:
-        sel.register(d.client.socket(), selectors.EVENT_READ, d)
-    deadline = time.monotonic() + 30
-    while not all(d.client.is_connected() for d in clients) and time.monotonic() < deadline:
-        for key, _ in sel.select(0.05):
-            key.data.client.loop_read()
-    kinds = {d.id: k for d, (_i, _s, k) in zip(clients, devices, strict=True)}
-    start = time.perf_counter()
-    sent = 0
-    i = 0
-    n = len(clients)
-    while sent < readings:
-        d = clients[i % n]
-        i += 1
-        k = min(per_message, readings - sent)
-        body, count = d.payload(_values(kinds[d.id], i), k)
-        info = d.client.publish(d.topic, body, qos=1)
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_QUEUE_SIZE):
-            raise RuntimeError(f"publish failed for {d.id}: {info.rc}")
-        d.sizes[info.mid] = count
-        sent += count
-        if i % 64 == 0:
-            for key, _ in sel.select(0):
-                key.data.client.loop_read()
-            if i % 1024 == 0:
-                for dev in clients:
-                    dev.client.loop_write()
-    # Drain: wait for every acknowledgement.
-    deadline = time.monotonic() + 120
-    while any(d.sizes for d in clients) and time.monotonic() < deadline:
-        for dev in clients:
-            dev.client.loop_write()
-        for key, _ in sel.select(0.05):
-            key.data.client.loop_read()
-    result.seconds = time.perf_counter() - start
-    for d in clients:
-        d.client.disconnect()
-        d.client.loop_write()
-    queue.put(result)
+    def run(self) -> None:
+        while self.open:
+            for key, _ in self.sel.select(0.5):
+                chunk = key.fileobj.read(65536)  # type: ignore[union-attr]
+                if not chunk:
+                    self.sel.unregister(key.fileobj)
+                    self.open -= 1
+                    chunk = b"\n"
+                buf: bytearray = key.data
+                buf += chunk
+                cut = buf.rfind(b"\n") + 1
+                lines, buf[:] = bytes(buf[:cut]), buf[cut:]
+                pubacks = lines.count(b"received PUBACK")
+                ok = lines.count(b"RC:0)")
+                self.acked += ok
+                self.refused += pubacks - ok
 
 
 def publish_load(
-    devices: list[tuple[str, str, str]], host: str, port: int, readings: int, per_message: int = 1, processes: int = 1
+    devices: list[tuple[str, str, str]],
+    host: str,
+    port: int,
+    readings: int,
+    per_message: int = 1,
+    max_inflight: int = 100,
 ) -> LoadResult:
-    """Publish `readings` readings from `devices` [(id, secret, kind)] split over `processes`."""
-    ctx = mp.get_context("spawn")
-    queue: mp.Queue = ctx.Queue()
-    procs = []
-    for p in range(processes):
-        share = readings // processes + (1 if p < readings % processes else 0)
-        procs.append(
-            ctx.Process(target=_run_process, args=(devices[p::processes], host, port, share, per_message, queue))
-        )
-    for proc in procs:
-        proc.start()
-    total = LoadResult()
-    for _ in procs:
-        total.add(queue.get(timeout=900))
-    for proc in procs:
-        proc.join()
-    return total
+    """Publish `readings` readings from `devices` [(id, secret, kind)], `per_message` per payload."""
+    binary = find_binary("mosquitto_pub")
+    result = LoadResult()
+    with tempfile.TemporaryDirectory(prefix="village-loadgen-") as tmp:
+        procs = []
+        for device_id, secret, _kind in devices:
+            home = Path(tmp) / device_id
+            home.mkdir(mode=0o700)
+            opts = home / "mosquitto_pub"
+            opts.touch(mode=0o600)
+            opts.write_text(f"-u {device_id}\n-P {secret}\n")
+            procs.append(
+                subprocess.Popen(
+                    [
+                        binary,
+                        "-h",
+                        host,
+                        "-p",
+                        str(port),
+                        "-V",
+                        "5",
+                        "-q",
+                        "1",
+                        "-M",
+                        str(max_inflight),
+                        "-l",
+                        "-d",
+                        "-i",
+                        device_id,
+                        "-t",
+                        TELEMETRY_TOPIC.format(device_id=device_id),
+                    ],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    bufsize=0,
+                    env={**os.environ, "XDG_CONFIG_HOME": str(home)},
+                    preexec_fn=die_with_parent,
+                )
+            )
+        acks = _AckCounter(procs)
+        acks.start()
+        time.sleep(0.5)  # let the clients connect
+        values = [SAMPLE_VALUES[kind] for _id, _s, kind in devices]
+        last_ts = [0] * len(devices)
+        seqs = [0] * len(devices)
+        start = time.perf_counter()
+        n = len(procs)
+        i = 0
+        while result.readings < readings:
+            d = i % n
+            k = min(per_message, readings - result.readings)
+            now = int(time.time() * 1000)
+            batch = []
+            for j in range(k):
+                ts = max(now - (k - 1 - j), last_ts[d] + 1)
+                last_ts[d] = ts
+                seqs[d] += 1
+                batch.append({"ts": ts, "seq": seqs[d], "values": values[d](i)})
+            stdin = procs[d].stdin
+            assert stdin is not None
+            stdin.write(orjson.dumps(batch[0] if k == 1 else batch) + b"\n")
+            result.messages += 1
+            result.readings += k
+            i += 1
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.close()  # mosquitto_pub exits once every message is acknowledged
+        result.exit_codes = [p.wait(timeout=300) for p in procs]
+        result.seconds = time.perf_counter() - start
+        acks.join(30)
+        result.acked, result.refused = acks.acked, acks.refused
+    return result
