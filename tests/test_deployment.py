@@ -1,0 +1,265 @@
+"""The production deployment stays true to the code.
+
+docker-compose.yml must validate, every village service must run a `village` command and
+options that exist, every variable it sets must be a setting of core/settings.py (all of them
+documented in .env.example, with their defaults), and the production mosquitto.conf must keep
+the broker settings the ingest relies on (core/services.py MOSQUITTO_CONF). Fast: no engine needed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path, PurePosixPath
+
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from cli.main import app
+from core.services import MOSQUITTO_CONF
+from core.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE = REPO / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+MOSQUITTO_CONF_FILE = REPO / "deploy" / "mosquitto" / "mosquitto.conf"
+SECRETS = REPO / "deploy" / "secrets"
+# Compose-level variables (interpolated by compose itself), and the one read outside Settings.
+NOT_SETTINGS = {"SECRETS_DIR"}
+ALIASES = {f.alias for f in Settings.model_fields.values() if f.alias}
+# Broker settings the code relies on: same values in production as in the tested local broker.
+ESSENTIAL = ["allow_anonymous", "persistence", "max_queued_messages", "max_queued_bytes", "max_inflight_messages"]
+
+
+def docker_compose() -> str:
+    path = shutil.which("docker-compose")
+    if path is None:
+        pytest.fail("docker-compose is not installed: apt-get install docker-compose (or run `make deps`)")
+    return path
+
+
+def run_compose(*args: str) -> subprocess.CompletedProcess[str]:
+    # The example secret files stand in for the real ones (never committed).
+    env = {**os.environ, "VILLAGE_SECRET_SUFFIX": ".example"}
+    for name in ("VILLAGE_IMAGE", "INGEST_REPLICAS", "INFLUX_ORG", "MQTT_PUBLISH_PORT", "COMPOSE_FILE"):
+        env.pop(name, None)
+    return subprocess.run(
+        [docker_compose(), "-f", str(COMPOSE), "--project-directory", str(REPO), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    """The compose file as compose resolves it (anchors merged, variables interpolated)."""
+    result = run_compose("config")
+    assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
+    return yaml.safe_load(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def village_services(config: dict) -> dict[str, dict]:
+    services = {name: s for name, s in config["services"].items() if "build" in s}
+    assert {"migrate", "broker-init", "broker-sync", "ingest"} <= services.keys()
+    images = {s["image"] for s in services.values()}
+    assert len(images) == 1, f"village services use several images: {images}"
+    return services
+
+
+def parse_conf(text: str) -> dict[str, list[str]]:
+    """mosquitto.conf as {key: [values]} (a key may repeat)."""
+    conf: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            conf.setdefault(key, []).append(value.strip())
+    return conf
+
+
+def mounts(service: dict) -> list[tuple[str, str]]:
+    """(source, container path) of a service's volumes, short or long syntax."""
+    out = []
+    for v in service.get("volumes", []):
+        if isinstance(v, dict):
+            out.append((str(v.get("source", "")), str(v["target"])))
+        else:
+            source, target = v.split(":")[:2]
+            out.append((source, target))
+    return out
+
+
+def on_volume(service: dict, path: str) -> tuple[str, PurePosixPath]:
+    """The volume holding `path` in this service's container, and the path inside that volume."""
+    p = PurePosixPath(path)
+    for source, target in mounts(service):
+        if p == PurePosixPath(target) or PurePosixPath(target) in p.parents:
+            return source, p.relative_to(target)
+    pytest.fail(f"{path} is on no volume of the service")
+
+
+def environment(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def secret_targets(service: dict) -> list[str]:
+    return [s["target"] if isinstance(s, dict) else s for s in service.get("secrets", [])]
+
+
+# -- (1) the compose file validates ---------------------------------------------------------------
+def test_compose_config_is_valid() -> None:
+    result = run_compose("config", "-q")
+    assert result.returncode == 0, f"docker-compose config -q failed:\n{result.stderr}"
+
+
+def test_secrets_have_examples_and_none_is_committed(config: dict) -> None:
+    for name, secret in config["secrets"].items():
+        path = Path(secret["file"])
+        assert path.name == f"{name}.example" and path.is_file(), f"secret {name}: no {path}"
+        assert path.read_text().strip(), f"{path} is empty"
+    tracked = subprocess.run(
+        ["git", "ls-files", "deploy/secrets"], capture_output=True, text=True, cwd=REPO, check=True
+    ).stdout.split()
+    committed = [f for f in tracked if not f.endswith((".example", "README.md"))]
+    assert not committed, f"real secret files are committed: {committed}"
+
+
+# -- (2) village services run commands and options that exist -----------------------------------
+def split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(subcommand path, option names) of a `village` command line."""
+    path: list[str] = []
+    for token in argv:
+        if token.startswith("-"):
+            break
+        path.append(token)
+    return path, [t.split("=", 1)[0] for t in argv if t.startswith("--")]
+
+
+def test_village_services_run_existing_commands(village_services: dict[str, dict]) -> None:
+    runner = CliRunner()
+    root = typer.main.get_command(app)
+    for name, service in village_services.items():
+        argv = [str(a) for a in service["command"]]
+        path, options = split_command(argv)
+        assert path, f"{name}: no subcommand in {argv}"
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+        assert result.exit_code == 0, f"{name}: `village {' '.join(path)} --help` failed:\n{result.output}"
+        for option in options:
+            assert option in result.output, f"{name}: {option} is not in `village {' '.join(path)} --help`"
+        # The whole command line parses (option names, types and ranges), without running it.
+        cmd = root
+        ctx = root.make_context("village", list(path), resilient_parsing=True)
+        for part in path:
+            assert hasattr(cmd, "get_command"), f"{name}: {part} is not a subcommand"
+            cmd = cmd.get_command(ctx, part)
+            assert cmd is not None, f"{name}: no subcommand {part}"
+        cmd.make_context(" ".join(["village", *path]), argv[len(path) :])  # raises on a bad option or value
+
+
+def test_image_runs_village_as_non_root() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert re.search(r'^ENTRYPOINT \["village"\]$', dockerfile, re.M)
+    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
+    user = re.findall(r"^USER (\S+)$", dockerfile, re.M)
+    assert user and user[-1] not in ("root", "0"), "the image must run as a non-root user"
+    assert 'village = "cli.main:app"' in (REPO / "pyproject.toml").read_text()
+
+
+# -- (3) variables are settings, and settings are documented -------------------------------------
+def test_compose_variables_are_settings(village_services: dict[str, dict]) -> None:
+    for name, service in village_services.items():
+        env = environment(service)
+        unknown = set(env) - ALIASES - NOT_SETTINGS
+        assert not unknown, f"{name}: not settings of core/settings.py: {sorted(unknown)}"
+        targets = secret_targets(service)
+        unknown = set(targets) - ALIASES
+        assert not unknown, f"{name}: secrets not named like a setting: {sorted(unknown)}"
+        if targets:
+            assert env.get("SECRETS_DIR") == "/run/secrets", f"{name}: secrets need SECRETS_DIR=/run/secrets"
+        # The values parse as settings (ports are numbers, formats exist...).
+        settings = Settings(_env_file=None, **{k: v for k, v in env.items() if k in ALIASES})  # type: ignore[arg-type]
+        assert settings.log_format in ("console", "json")
+
+
+def test_every_setting_is_in_env_example() -> None:
+    text = ENV_EXAMPLE.read_text()
+    missing = [a for a in sorted(ALIASES | NOT_SETTINGS) if not re.search(rf"^(# )?{a}=", text, re.M)]
+    assert not missing, f".env.example lacks {missing}"
+
+
+def test_env_example_values_are_the_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for alias in ALIASES:
+        monkeypatch.delenv(alias, raising=False)
+    (tmp_path / ".env").write_text(ENV_EXAMPLE.read_text())
+    monkeypatch.chdir(tmp_path)
+    from_example = Settings(_env_file=".env").model_dump()  # type: ignore[call-arg]
+    defaults = Settings(_env_file=None).model_dump()  # type: ignore[call-arg]
+    differ = {k: (from_example[k], defaults[k]) for k in defaults if from_example[k] != defaults[k]}
+    assert not differ, f".env.example differs from the defaults of core/settings.py: {differ}"
+
+
+# -- (4) the production broker keeps the settings the code relies on -------------------------------
+def test_mosquitto_conf_has_the_essential_settings() -> None:
+    prod = parse_conf(MOSQUITTO_CONF_FILE.read_text())
+    local = parse_conf(MOSQUITTO_CONF)
+    for key in ESSENTIAL:
+        assert prod.get(key) == local[key], f"mosquitto.conf: {key} is {prod.get(key)}, the code needs {local[key]}"
+    assert prod["allow_anonymous"] == ["false"] and prod["persistence"] == ["true"]
+    assert prod["max_queued_messages"] == ["0"]
+    for key in ("password_file", "acl_file", "pid_file", "persistence_location"):
+        assert len(prod.get(key, [])) == 1, f"mosquitto.conf needs one {key}"
+    assert prod["listener"] == ["1883 0.0.0.0"]
+
+
+def test_broker_files_are_shared_with_mosquitto(config: dict) -> None:
+    """broker-sync writes the files mosquitto reads and signals the process that wrote the pid file."""
+    services = config["services"]
+    mosquitto = services["mosquitto"]
+    conf_mount = [s for s, t in mounts(mosquitto) if t == "/mosquitto/config/mosquitto.conf"]
+    assert conf_mount and Path(conf_mount[0]).resolve() == MOSQUITTO_CONF_FILE
+    conf = parse_conf(MOSQUITTO_CONF_FILE.read_text())
+    broker_side = {key: on_volume(mosquitto, conf[key][0]) for key in ("password_file", "acl_file", "pid_file")}
+    assert on_volume(mosquitto, conf["persistence_location"][0])[0] not in {v for v, _ in broker_side.values()}
+    for name, keys in (("broker-init", ("password_file", "acl_file")), ("broker-sync", tuple(broker_side))):
+        env = environment(services[name])
+        for key in keys:
+            var = {"password_file": "MOSQUITTO_PASSWD_FILE", "acl_file": "MOSQUITTO_ACL_FILE"}.get(
+                key, "MOSQUITTO_PID_FILE"
+            )
+            assert var in env, f"{name}: {var} is not set"
+            assert on_volume(services[name], env[var]) == broker_side[key], f"{name}: {var} is not mosquitto's {key}"
+    # A stale pid would name the wrong process in broker-init's own PID namespace.
+    assert "MOSQUITTO_PID_FILE" not in environment(services["broker-init"])
+    assert services["broker-sync"]["pid"] == "service:mosquitto"
+    assert services["broker-sync"]["command"] == ["broker", "sync", "--watch"]
+    assert mosquitto["depends_on"]["broker-init"]["condition"] == "service_completed_successfully"
+
+
+def test_start_order_and_ingest_state(config: dict, village_services: dict[str, dict]) -> None:
+    services = config["services"]
+    for name, service in village_services.items():
+        if name != "migrate":
+            assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    ingest = services["ingest"]
+    assert ingest["depends_on"]["influxdb"]["condition"] == "service_healthy"
+    path, options = split_command([str(a) for a in ingest["command"]])
+    assert path == ["ingest"] and "--replicas" in options and "--replica" not in options
+    env = environment(ingest)
+    assert env["LOG_FORMAT"] == "json"
+    assert on_volume(ingest, env["SPOOL_DIR"])[0] == "ingest-spool"
+    assert env["INFLUX_URL"] == "http://influxdb:8086" and env["INFLUX_DB"] == "village"
+    assert services["influxdb"]["environment"]["DOCKER_INFLUXDB_INIT_BUCKET"] == env["INFLUX_DB"]
+    assert {"MQTT_INGEST_PASSWORD", "INFLUX_TOKEN", "DATABASE_URL"} <= set(secret_targets(ingest))
+    assert env["DATABASE_URL"] if "DATABASE_URL" in env else "DATABASE_URL" in secret_targets(ingest)
