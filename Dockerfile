@@ -13,18 +13,19 @@ ARG VILLAGE_UID=1883
 RUN groupadd --system --gid "${VILLAGE_UID}" village \
  && useradd --system --uid "${VILLAGE_UID}" --gid village --home-dir /var/lib/village --shell /usr/sbin/nologin village
 
-WORKDIR /app
+WORKDIR /src
 # Pinned dependencies first: this layer is rebuilt only when requirements.txt changes.
 COPY requirements.txt .
 RUN pip install -r requirements.txt
-# Then the project itself (what .dockerignore lets through).
-COPY . /app
-RUN pip install --no-deps /app && rm -rf /app/build
+# Then the project itself (what .dockerignore lets through); the source folder is not kept.
+COPY . /src
+RUN pip install --no-deps /src && cd / && rm -rf /src
 
 # State: SQLite registry when DATABASE_URL is unset, the ingest spool, the generated broker files.
 # Named volumes mounted below it start with this ownership (docker copies it on first mount).
 RUN mkdir -p /var/lib/village/spool /var/lib/village/broker && chown -R village:village /var/lib/village
 ENV VILLAGE_DATA_DIR=/var/lib/village
+WORKDIR /var/lib/village
 
 USER village
 ENTRYPOINT ["village"]

@@ -173,6 +173,9 @@ def test_image_runs_village_as_non_root() -> None:
     assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
     user = re.findall(r"^USER (\S+)$", dockerfile, re.M)
     assert user and user[-1] not in ("root", "0"), "the image must run as a non-root user"
+    # broker-sync writes files (0600) that mosquitto reads and signals it: the same uid as the
+    # eclipse-mosquitto image's 'mosquitto' user (1883).
+    assert re.search(r"^ARG VILLAGE_UID=1883$", dockerfile, re.M)
     assert 'village = "cli.main:app"' in (REPO / "pyproject.toml").read_text()
 
 
