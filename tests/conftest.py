@@ -1,0 +1,106 @@
+"""Fixtures that start the real services (mosquitto, InfluxDB, ingest) on free ports in temp folders.
+
+A missing service binary fails the test with an install hint (core.services.ServiceError);
+nothing is skipped and nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlmodel import Session, select
+
+from core.db import get_engine
+from core.localstack import LocalStack
+from core.models import Device
+from core.provisioning import provision
+from core.registry_io import load_demo
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[LocalStack]:
+    """mosquitto + InfluxDB + registry with the demo county, every device provisioned."""
+    s = LocalStack(tmp_path / "stack", extra_env={"INGEST_BATCH_MS": "20", "INGEST_REGISTRY_TTL_S": "1"})
+    s.start()
+    engine = get_engine(s.database_url)
+    with Session(engine) as session:
+        load_demo(session)
+        session.commit()
+        s.secrets = {d.id: provision(session, d.id) for d in session.exec(select(Device))}  # type: ignore[attr-defined]
+        session.commit()
+    s.sync_broker()
+    time.sleep(0.2)  # SIGHUP reload
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+class DeviceClient:
+    """A device connected with its own credentials; `send` waits for the broker's PUBACKs."""
+
+    def __init__(self, stack: LocalStack, device_id: str, secret: str | None = None) -> None:
+        assert stack.mosquitto
+        self.device_id = device_id
+        self.topic = f"v1/devices/{device_id}/telemetry"
+        self.results: dict[int, mqtt.ReasonCode] = {}
+        self._acked = threading.Condition()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{device_id}", protocol=mqtt.MQTTv5)
+        self.client.username_pw_set(device_id, secret if secret is not None else stack.secrets[device_id])
+        self.client.on_publish = self._on_publish
+        self.connack: list[mqtt.ReasonCode] = []
+        self.client.on_connect = lambda _c, _u, _f, rc, _p: self.connack.append(rc)
+        self.client.connect(stack.mosquitto.host, stack.mosquitto.port)
+        self.client.loop_start()
+        deadline = time.monotonic() + 10
+        while not self.connack and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def _on_publish(self, _c: mqtt.Client, _u: object, mid: int, rc: mqtt.ReasonCode, _p: object) -> None:
+        with self._acked:
+            self.results[mid] = rc
+            self._acked.notify_all()
+
+    def send(self, payloads: list[bytes | dict | list], topic: str | None = None) -> list[mqtt.ReasonCode]:
+        mids = []
+        for p in payloads:
+            body = p if isinstance(p, bytes) else orjson.dumps(p)
+            mids.append(self.client.publish(topic or self.topic, body, qos=1).mid)
+        with self._acked:
+            assert self._acked.wait_for(lambda: all(m in self.results for m in mids), 30), "no PUBACK"
+        return [self.results[m] for m in mids]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def wait_until(predicate, timeout: float = 30, interval: float = 0.1):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    value = predicate()
+    while not value and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = predicate()
+    return value
+
+
+def wait_ingest_ready(stack: LocalStack, device: DeviceClient, measurement: str, values: dict) -> None:
+    """Publish probe readings until one is stored: the ingest subscription is live."""
+    with stack.influx() as influx:
+        field = next(iter(values))
+        for _ in range(100):
+            device.send([{"ts": now_ms(), "values": values}])
+            if wait_until(lambda: influx.count(measurement, field) > 0, timeout=0.5):
+                return
+    raise AssertionError("ingest never stored a probe reading; see ingest.log in the stack folder")
