@@ -1,15 +1,249 @@
-"""`village stack` commands (being written)."""
+"""`village demo` and `village up`: the whole local stack on this machine.
 
+Both start mosquitto, InfluxDB and the ingest service on 127.0.0.1, load the demo county
+(Panshan County, Panjin) into the registry, provision its devices (their secrets go to
+the devices' own credentials file; the registry keeps only hashes) and run the
+simulators against the broker. `demo` runs for a short while, prints what arrived and
+stops; `up` keeps everything running with a live view until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
 import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from sqlmodel import Session, select
 
-app = typer.Typer(no_args_is_help=True)
+from core.catalogue import get_catalogue
+from core.db import get_engine
+from core.localstack import LocalStack
+from core.models import Device, Village
+from core.provisioning import provision, write_credentials
+from core.registry_io import load_demo
+from core.services import free_port
+from core.settings import get_settings
+from ingest.summary import rejected_by_reason, stored_by_kind_and_village
+from simulators.faults import FaultRates
+from simulators.runner import run_in_background
+
+console = Console()
+
+DEMO_FAULTS = FaultRates(duplicate=0.01, out_of_order=0.01, offline=0.01, malformed=0.005, out_of_range=0.005)
 
 
-def up() -> None:
-    """Run the local stack until Ctrl-C."""
-    raise typer.Exit(1)
+def _port_or_free(port: int) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            return free_port()
 
 
-def demo() -> None:
-    """Run the demo."""
-    raise typer.Exit(1)
+def _start(root: Path, fresh: bool, mqtt_port: int | None, influx_port: int | None) -> tuple[LocalStack, int]:
+    if fresh and root.exists():
+        shutil.rmtree(root)
+    metrics_port = free_port()
+    stack = LocalStack(root, extra_env={"INGEST_METRICS_PORT": str(metrics_port)})
+    with console.status("starting mosquitto and InfluxDB..."):
+        stack.start(mqtt_port=mqtt_port, influx_port=influx_port)
+    engine = get_engine(stack.database_url)
+    with Session(engine) as session:
+        result = load_demo(session)
+        session.commit()
+        unprovisioned = [d for d in session.exec(select(Device)) if not d.secret_hash]
+        issued = [(d.id, d.kind, provision(session, d.id)) for d in unprovisioned]
+        session.commit()
+    if issued:
+        write_credentials(stack.credentials_file, issued)
+    stack.sync_broker()
+    console.print(
+        f"registry: demo county loaded ({result.total_created} new rows), "
+        f"{len(issued)} devices provisioned; device secrets in {stack.credentials_file}"
+    )
+    stack.start_ingest(1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not _subscribed(metrics_port):
+        time.sleep(0.1)
+    if not _subscribed(metrics_port):
+        raise typer.Exit(_fail(f"ingest did not subscribe; see {root / 'ingest.log'}"))
+    return stack, metrics_port
+
+
+def _subscribed(metrics_port: int) -> bool:
+    try:
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=1).text
+    except httpx.HTTPError:
+        return False
+    return "village_ingest_subscribed 1.0" in text
+
+
+def _fail(message: str) -> int:
+    console.print(f"[red]error:[/red] {message}")
+    return 1
+
+
+def _village_names(stack: LocalStack) -> dict[str, str]:
+    with Session(get_engine(stack.database_url)) as session:
+        return {v.code: v.name_zh for v in session.exec(select(Village))}
+
+
+def _arrivals(stack: LocalStack) -> Table:
+    with stack.influx() as influx:
+        stored = stored_by_kind_and_village(influx, get_catalogue())
+    names = _village_names(stack)
+    table = Table(title="readings stored in InfluxDB, per device kind and village")
+    table.add_column("kind")
+    table.add_column("village")
+    table.add_column("readings", justify="right")
+    for (kind, village), n in sorted(stored.items()):
+        table.add_row(kind, f"{names.get(village, '?')} {village}", f"{n:,}")
+    table.caption = f"total {sum(stored.values()):,}"
+    return table
+
+
+def _rejections(stack: LocalStack) -> Table:
+    table = Table(title="readings rejected (dead letters), by reason")
+    table.add_column("reason")
+    table.add_column("count", justify="right")
+    rejected = rejected_by_reason(get_engine(stack.database_url))
+    for reason, n in sorted(rejected.items(), key=lambda kv: -kv[1]):
+        table.add_row(reason, str(n))
+    table.caption = "details: village deadletters list" if rejected else "none"
+    return table
+
+
+def _endpoints(stack: LocalStack, metrics_port: int) -> Panel:
+    assert stack.mosquitto and stack.influxd
+    lines = [
+        f"MQTT broker     mqtt://{stack.mosquitto.host}:{stack.mosquitto.port}  (devices: v1/devices/<id>/telemetry)",
+        f"InfluxDB        {stack.influxd.url}  (database '{stack.influx_db}', v1 API /write and /query)",
+        f"ingest metrics  http://127.0.0.1:{metrics_port}/metrics",
+        f"registry        {stack.database_url}",
+        f"data folder     {stack.root}  (logs: ingest.log, mosquitto/mosquitto.log, influxdb/influxd.log)",
+        "",
+        "point the CLI at this stack:  "
+        + " ".join(f"{k}={v}" for k, v in stack.env().items() if k in ("DATABASE_URL", "INFLUX_URL")),
+    ]
+    return Panel("\n".join(lines), title="where the services listen")
+
+
+def _settle(stack: LocalStack, seconds: float = 15) -> None:
+    """Wait until ingest has stored what the broker delivered (the stored count stops growing)."""
+    with stack.influx() as influx:
+        catalogue = get_catalogue()
+        last, deadline = -1, time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            total = sum(stored_by_kind_and_village(influx, catalogue).values())
+            if total == last:
+                return
+            last = total
+            time.sleep(1.0)
+
+
+def demo(
+    duration: float = typer.Option(40.0, min=5, help="Seconds the simulated devices run."),
+    speed: float = typer.Option(720.0, min=1, help="Simulated seconds per real second (720: 8 hours in 40 s)."),
+    seed: int = typer.Option(42, help="Simulator seed; the same seed sends the same readings."),
+    keep: bool = typer.Option(False, help="Keep the previous demo's data instead of starting fresh."),
+) -> None:
+    """Run the demo county for a short while and print what arrived (readings, rejections, endpoints)."""
+    settings = get_settings()
+    root = settings.data_dir / "demo"
+    stack, metrics_port = _start(root, fresh=not keep, mqtt_port=None, influx_port=None)
+    try:
+        thread, stop, report = run_in_background(
+            credentials=stack.credentials_file,
+            host=stack.mosquitto.host,
+            port=stack.mosquitto.port,  # type: ignore[union-attr]
+            duration=duration,
+            seed=seed,
+            speed=speed,
+            rates=DEMO_FAULTS,
+            unknown_devices=2,
+        )
+        with Live(console=console, refresh_per_second=1) as live:
+            start = time.monotonic()
+            while thread.is_alive():
+                live.update(
+                    Group(
+                        f"simulating {duration:.0f} s at x{speed:g} ({time.monotonic() - start:.0f} s)...",
+                        _arrivals(stack),
+                    )
+                )
+                thread.join(2)
+        stop.set()
+        with console.status("letting ingest store the last readings..."):
+            _settle(stack)
+        sim = report[0] if report else None
+        console.print(_arrivals(stack))
+        console.print(_rejections(stack))
+        if sim is not None:
+            console.print(
+                f"simulator: {sim.devices} devices, {sim.published:,} messages published, {sim.acked:,} acknowledged "
+                f"by the broker, {sim.readings:,} readings; {sim.unknown_refused} of {sim.unknown_devices} "
+                f"unknown devices refused by the broker; faults injected: {sim.by_fault}"
+            )
+        console.print(_endpoints(stack, metrics_port))
+        console.print("run [bold]village up[/bold] to keep the stack running with a live view.")
+    finally:
+        stack.stop()
+
+
+def up(
+    speed: float = typer.Option(60.0, min=1, help="Simulated seconds per real second for the demo devices."),
+    simulate: bool = typer.Option(True, help="Run the demo county's simulated devices."),
+    seed: int = typer.Option(42, help="Simulator seed."),
+) -> None:
+    """Run the local stack (broker, InfluxDB, ingest, simulators) with a live view until Ctrl-C."""
+    settings = get_settings()
+    influx_port = urlparse(settings.influx_url).port or 8086
+    stack, metrics_port = _start(
+        settings.data_dir / "stack",
+        fresh=False,
+        mqtt_port=_port_or_free(settings.mqtt_port),
+        influx_port=_port_or_free(influx_port),
+    )
+    stop_all = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop_all.set())
+    sim = None
+    try:
+        if simulate:
+            sim = run_in_background(
+                credentials=stack.credentials_file,
+                host=stack.mosquitto.host,  # type: ignore[union-attr]
+                port=stack.mosquitto.port,
+                duration=None,
+                seed=seed,
+                speed=speed,  # type: ignore[union-attr]
+                rates=DEMO_FAULTS,
+            )
+        with Live(console=console, refresh_per_second=1) as live:
+            while not stop_all.is_set():
+                live.update(
+                    Group(
+                        _endpoints(stack, metrics_port), _arrivals(stack), _rejections(stack), "Ctrl-C stops everything"
+                    )
+                )
+                if any(p.poll() is not None for p in stack.ingest_procs):
+                    raise typer.Exit(_fail(f"ingest exited; see {stack.root / 'ingest.log'}"))
+                stop_all.wait(2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if sim is not None:
+            sim[1].set()
+            sim[0].join(10)
+        stack.stop()
+        console.print("stopped; data kept in " + str(stack.root))

@@ -86,6 +86,6 @@ def reload_broker(pid_file: Path | None) -> bool:
         return False
     try:
         os.kill(int(pid_file.read_text().strip()), 1)
-    except (ValueError, ProcessLookupError, PermissionError):
+    except (ValueError, OSError):
         return False
     return True

@@ -101,10 +101,12 @@ class IngestService:
             log.error("subscription refused", reasons=[str(c) for c in codes])
         else:
             self.subscribed.set()
+            self.metrics.subscribed.set(1)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, rc: object, _p: object) -> None:
         self.connected.clear()
         self.subscribed.clear()
+        self.metrics.subscribed.set(0)
         # Messages of the lost connection can no longer be acked; the broker sends them again.
         self._pending.clear()
         if not self.stop_event.is_set():
