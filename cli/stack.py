@@ -69,7 +69,7 @@ def _start(root: Path, fresh: bool, mqtt_port: int | None, influx_port: int | No
         write_credentials(stack.credentials_file, issued)
     stack.sync_broker()
     console.print(
-        f"registry: demo county loaded ({result.total_created} new rows), "
+        f"registry: demo county loaded ({sum(result.created.values())} new rows), "
         f"{len(issued)} devices provisioned; device secrets in {stack.credentials_file}"
     )
     stack.start_ingest(1)
@@ -173,7 +173,7 @@ def demo(
             rates=DEMO_FAULTS,
             unknown_devices=2,
         )
-        with Live(console=console, refresh_per_second=1) as live:
+        with Live(console=console, refresh_per_second=1, transient=True) as live:
             start = time.monotonic()
             while thread.is_alive():
                 live.update(
