@@ -60,6 +60,11 @@ class _Row(BaseModel):
     )
 
 
+# Plot, herd and ear-tag numbers become InfluxDB tag values: printable text without backslashes,
+# which line protocol cannot carry unchanged (a trailing backslash or a control character is altered).
+TAG_SAFE = r"^[^\x00-\x1f\x7f\\]{1,64}$"
+
+
 class CountyRow(_Row):
     code: str = Field(pattern=r"^\d{6}$")
     name_zh: str = Field(min_length=1)
@@ -91,7 +96,7 @@ class FarmRow(_Row):
 
 
 class PlotRow(_Row):
-    plot_no: str = Field(min_length=1, max_length=64)
+    plot_no: str = Field(pattern=TAG_SAFE)
     farm_code: str = Field(min_length=1)
     village_code: str = Field(pattern=r"^\d{12}$")
     area_mu: float = Field(gt=0)
@@ -101,7 +106,7 @@ class PlotRow(_Row):
 
 
 class HerdRow(_Row):
-    herd_no: str = Field(min_length=1, max_length=64)
+    herd_no: str = Field(pattern=TAG_SAFE)
     farm_code: str = Field(min_length=1)
     village_code: str = Field(pattern=r"^\d{12}$")
     species: str = "cattle"
@@ -109,7 +114,7 @@ class HerdRow(_Row):
 
 
 class AnimalRow(_Row):
-    ear_tag: str = Field(min_length=1, max_length=64)
+    ear_tag: str = Field(pattern=TAG_SAFE)
     herd_no: str = Field(min_length=1)
     species: str = "cattle"
     sex: Literal["female", "male"] | None = None

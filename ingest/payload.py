@@ -54,6 +54,13 @@ def _raise_non_finite(token: str) -> Any:
     raise _NonFinite(token)
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFinite(text)
+    return value
+
+
 def device_from_topic(topic: str) -> str | None:
     if topic.startswith(TOPIC_PREFIX) and topic.endswith(TOPIC_SUFFIX):
         device = topic[len(TOPIC_PREFIX) : -len(TOPIC_SUFFIX)]
@@ -71,9 +78,11 @@ def _decode(payload: bytes) -> tuple[Any, Rejection | None]:
         except UnicodeDecodeError as ue:
             return None, Rejection("not_utf8", f"payload is not UTF-8: {ue.reason} at byte {ue.start}")
         try:
-            json.loads(text, parse_constant=_raise_non_finite)
+            json.loads(text, parse_constant=_raise_non_finite, parse_float=_finite_float)
         except _NonFinite as nf:
             return None, Rejection("not_finite", f"payload contains the non-finite number {nf.args[0]}")
+        except RecursionError:
+            return None, Rejection("not_json", "payload is nested too deeply")
         except ValueError:
             pass
         return None, Rejection("not_json", f"payload is not JSON: {e}")

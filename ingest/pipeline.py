@@ -69,7 +69,9 @@ class SeqTracker:
     def observe(self, device_id: str, seq: int) -> tuple[bool, int]:
         """Return (is_duplicate, gap) for this sequence number."""
         entry = self._seen.get(device_id)
-        if entry is None:
+        if entry is not None:
+            self._seen.move_to_end(device_id)  # least recently seen devices are forgotten first
+        else:
             entry = self._seen[device_id] = (set(), deque(), [seq - 1])
             if len(self._seen) > self.devices:
                 self._seen.popitem(last=False)

@@ -38,6 +38,34 @@ log = get_logger("ingest")
 SESSION_EXPIRY_S = 7 * 86_400
 
 
+class BufferedClient(mqtt.Client):
+    """A paho client that reads the socket in 64 KiB chunks.
+
+    paho reads every packet with at least three `recv` calls (command byte, length bytes,
+    body); at ten thousand messages a second those system calls are a large part of the
+    cost. This serves paho's small reads from a buffer instead. The owner of the loop must
+    call `loop_read` again while `buffered()` is true, since select() cannot see it.
+    """
+
+    _rbuf = b""
+    _rpos = 0
+    _rsock: object = None
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rsock is not self._sock:  # a new connection: drop what was left of the old one
+            self._rbuf, self._rpos, self._rsock = b"", 0, self._sock
+        if self._rpos >= len(self._rbuf):
+            self._rbuf, self._rpos = super()._sock_recv(65536), 0  # BlockingIOError when nothing waits
+            if not self._rbuf:
+                return b""
+        chunk = self._rbuf[self._rpos : self._rpos + bufsize]
+        self._rpos += len(chunk)
+        return chunk
+
+    def buffered(self) -> bool:
+        return self._rpos < len(self._rbuf) and self._rsock is self._sock
+
+
 class IngestService:
     def __init__(self, settings: Settings, replica: int = 0, metrics: IngestMetrics | None = None) -> None:
         self.settings = settings
@@ -72,8 +100,8 @@ class IngestService:
         self.metrics.spool_batches.set(len(self.spool))
         self.client = self._make_client()
 
-    def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(
+    def _make_client(self) -> BufferedClient:
+        client = BufferedClient(
             CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5, manual_ack=True
         )
         client.username_pw_set(
@@ -158,11 +186,13 @@ class IngestService:
             sock = self.client.socket()
             first = self._pending[0].received_ms / 1000 if self._pending else None
             timeout = 0.5 if first is None else max(0.0, first + max_age - time.time())
+            if self.client.buffered():
+                timeout = 0.0
             try:
                 readable, writable, _ = select.select([sock], [sock] if self.client.want_write() else [], [], timeout)
             except (OSError, ValueError):
                 readable, writable = [], []
-            if readable:
+            if readable or self.client.buffered():
                 self._read_some(size - len(self._pending))
             if writable or self.client.want_write():
                 self.client.loop_write()

@@ -109,17 +109,31 @@ def test_special_characters_round_trip_exactly(influx: InfluxV1) -> None:
     assert rows(series) == [{"time": TS, **SPECIAL_FIELDS}]
 
 
-@pytest.mark.parametrize(
-    "value", ["back\\slash", "two\\\\slashes", "ends with backslash\\", "tab\there", "line\nbreak"]
-)
-def test_backslashes_and_control_characters_in_tag_values_round_trip(influx: InfluxV1, value: str) -> None:
-    # plot_no, herd_no and ear_tag are free text in the registry (1..64 characters, no character rules), so
-    # to_line must either write them so that they come back exactly or refuse them; it must not alter them.
+@pytest.mark.parametrize("value", ["back\\slash", "two\\\\slashes"])
+def test_backslashes_inside_tag_values_round_trip(influx: InfluxV1, value: str) -> None:
     tags = (("county", "211122"), ("plot", value), ("device", "paddy-0001"))
     reading = Reading("paddy-0001", "paddy", TS, {"water_level_cm": 1.0})
     (series,) = roundtrip(influx, [to_line(reading, tags)], "paddy")
     assert series["tags"] == dict(tags)
     assert rows(series) == [{"time": TS, "water_level_cm": 1.0}]
+
+
+@pytest.mark.parametrize("value", ["ends with backslash\\", "tab\there", "line\nbreak", "back\\slash"])
+def test_registry_refuses_identifiers_line_protocol_would_alter(tmp_path, value: str) -> None:  # type: ignore[no-untyped-def]
+    # Line protocol cannot carry a trailing backslash or control characters unchanged, so the
+    # registry refuses such plot numbers instead of letting them become altered tag values.
+    from sqlmodel import Session
+
+    from core.db import make_engine, migrate
+    from core.registry_io import ImportErrors, import_data, load_demo
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    migrate(url)
+    with Session(make_engine(url)) as session:
+        load_demo(session)
+        plot = {"plot_no": value, "farm_code": "PS-F001", "village_code": "211122101201", "area_mu": 10, "crop": "rice"}
+        with pytest.raises(ImportErrors, match="plot_no"):
+            import_data(session, {"plots": [plot]})
 
 
 def test_ts_missing_becomes_a_boolean_field(influx: InfluxV1) -> None:
