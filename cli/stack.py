@@ -217,6 +217,7 @@ def up(
     )
     stop_all = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop_all.set())
+    console.print(_endpoints(stack, metrics_port))
     sim = None
     try:
         if simulate:

@@ -147,6 +147,7 @@ max_queued_messages 0
 max_queued_bytes 0
 max_inflight_messages 0
 max_packet_size {max_packet}
+pid_file {pid}
 log_dest file {log}
 log_type error
 log_type warning
@@ -187,6 +188,7 @@ def mosquitto(
             acl=acl_file.resolve(),
             data=(workdir / "data").resolve(),
             log=(workdir / "mosquitto.log").resolve(),
+            pid=(workdir / "mosquitto.pid").resolve(),
             max_packet=max_packet_bytes,
             user=pwd.getpwuid(os.getuid()).pw_name,
         )
