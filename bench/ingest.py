@@ -98,6 +98,7 @@ def run(
     replicas: int = 2,
     timeout: float = 600.0,
     keep: Path | None = None,
+    rate: float | None = None,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="village-bench-") as tmp:
         root = keep or Path(tmp)
@@ -115,9 +116,8 @@ def run(
             stack.start_ingest(replicas, INGEST_METRICS_PORT=str(metrics_base))
             _wait_ready(stack, creds[0])
             baseline = _stored(stack)
-            t0 = time.perf_counter()
-            load = publish_load(creds, stack.mosquitto.host, stack.mosquitto.port, readings, per_message)
-            published_s = time.perf_counter() - t0
+            load = publish_load(creds, stack.mosquitto.host, stack.mosquitto.port, readings, per_message, rate=rate)
+            t0 = load.started
             expected = baseline + load.readings
             deadline = time.monotonic() + timeout
             stored = _stored(stack)
@@ -133,13 +133,14 @@ def run(
             return {
                 "bench": "ingest",
                 "payload": "single" if per_message == 1 else f"array of {per_message}",
+                "paced_messages_per_s": rate,
                 "readings": load.readings,
                 "messages": load.messages,
                 "devices": devices,
                 "ingest_replicas": replicas,
                 "cores": os.cpu_count(),
                 "cores_note": "publishers, mosquitto, ingest and InfluxDB share these cores",
-                "published_per_s": round(load.readings / published_s),
+                "published_per_s": round(load.readings / load.seconds),
                 "stored_per_s": round(stored / elapsed),
                 "seconds": round(elapsed, 2),
                 "broker_acked_readings": acked_readings,

@@ -43,7 +43,8 @@ class LoadResult:
     acked: int = 0  # messages the broker acknowledged with success
     refused: int = 0  # messages acknowledged with a failure reason code (e.g. 135 Not authorized)
     exit_codes: list[int] = field(default_factory=list)
-    seconds: float = 0.0
+    started: float = 0.0  # time.perf_counter() at the first publish (after the clients connected)
+    seconds: float = 0.0  # first publish to the last acknowledgement
 
     @property
     def readings_per_message(self) -> float:
@@ -89,8 +90,12 @@ def publish_load(
     readings: int,
     per_message: int = 1,
     max_inflight: int = 100,
+    rate: float | None = None,
 ) -> LoadResult:
-    """Publish `readings` readings from `devices` [(id, secret, kind)], `per_message` per payload."""
+    """Publish `readings` readings from `devices` [(id, secret, kind)], `per_message` per payload.
+
+    Without `rate` as fast as the broker takes them; with it, paced at `rate` messages per second.
+    """
     binary = find_binary("mosquitto_pub")
     result = LoadResult()
     with tempfile.TemporaryDirectory(prefix="village-loadgen-") as tmp:
@@ -136,10 +141,12 @@ def publish_load(
         values = [SAMPLE_VALUES[kind] for _id, _s, kind in devices]
         last_ts = [0] * len(devices)
         seqs = [0] * len(devices)
-        start = time.perf_counter()
+        start = result.started = time.perf_counter()
         n = len(procs)
         i = 0
         while result.readings < readings:
+            if rate and i % 50 == 0 and (ahead := i / rate - (time.perf_counter() - start)) > 0:
+                time.sleep(ahead)
             d = i % n
             k = min(per_message, readings - result.readings)
             now = int(time.time() * 1000)

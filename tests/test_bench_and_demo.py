@@ -1,0 +1,71 @@
+"""The two user-facing jobs run end to end: a small `village bench ingest` and a short `village demo`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.ingest import run
+
+
+def test_bench_ingest_counts_every_reading_and_reports_its_figures() -> None:
+    figures = run(readings=3000, devices=6, per_message=3, replicas=1, timeout=120)
+    assert figures["readings"] == 3000 and figures["messages"] == 1000
+    assert figures["stored"] == 3000 and figures["lost"] == 0 and figures["rejected"] == 0
+    assert figures["broker_acked_readings"] == 3000
+    assert figures["stored_per_s"] > 0 and figures["cores"] == os.cpu_count()
+    assert 0 < figures["latency_ms_p50"] <= figures["latency_ms_p99"]
+
+
+def test_bench_cli_prints_one_json_line_last(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "bench",
+            "ingest",
+            "--readings",
+            "500",
+            "--devices",
+            "4",
+            "--replicas",
+            "1",
+            "--array-size",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        check=True,
+    )
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [r["payload"] for r in last["runs"]] == ["single", "array of 5"]
+    assert all(r["lost"] == 0 and r["stored"] == 500 for r in last["runs"])
+
+
+def test_demo_prints_what_arrived(tmp_path: Path) -> None:
+    env = {**os.environ, "VILLAGE_DATA_DIR": str(tmp_path / "var"), "COLUMNS": "200"}
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "demo", "--duration", "8", "--speed", "1800"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = out.stdout
+    assert "readings stored in InfluxDB, per device kind and village" in text
+    total = int(re.search(r"total ([\d,]+)", text).group(1).replace(",", ""))  # type: ignore[union-attr]
+    assert total > 100
+    for kind in ("paddy", "soil", "weather", "collar", "barn"):
+        assert f" {kind} " in text
+    assert "where the services listen" in text and "mqtt://127.0.0.1:" in text
+    assert "unknown devices refused by the broker" in text
+    assert (tmp_path / "var" / "demo" / "secrets" / "devices.json").stat().st_mode & 0o077 == 0
