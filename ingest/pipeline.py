@@ -23,7 +23,7 @@ from core.log import get_logger
 from core.models import DeadLetter
 from ingest.enrich import DeviceDirectory
 from ingest.metrics import IngestMetrics
-from ingest.payload import Reading, Rejection, Validator
+from ingest.payload import Parsed, Reading, Rejection, Validator
 from ingest.spool import Spool
 
 log = get_logger("ingest")
@@ -125,7 +125,11 @@ class Pipeline:
             device_id = msg.topic.split("/")[2] if msg.topic.count("/") == 3 else None
             info = self.directory.get(device_id) if device_id else None
             kind = info.kind if info is not None and info.kind in self.catalogue.kinds else None
-            parsed = self.validator.parse(msg.topic, msg.payload, kind, msg.received_ms)
+            try:
+                parsed = self.validator.parse(msg.topic, msg.payload, kind, msg.received_ms)
+            except Exception as e:  # a bug must not turn one message into a crash loop: keep it, say why
+                log.exception("validation failed unexpectedly", topic=msg.topic)
+                parsed = Parsed(device_id, rejections=[Rejection("internal_error", f"{type(e).__name__}: {e}")])
             if info is not None and not info.active:
                 reason = Rejection("device_not_active", f"device {info.id!r} is {info.status}, not active")
                 parsed.rejections, parsed.readings = [reason], []

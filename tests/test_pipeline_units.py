@@ -262,3 +262,16 @@ def test_bad_payloads_and_good_ones_in_one_batch(engine: Engine) -> None:
     assert m.received._value.get() == 7
     assert m.duplicates._value.get() == 1
     assert m.gaps._value.get() == 2
+
+
+def test_an_unexpected_validation_error_becomes_a_dead_letter_not_a_crash(engine: Engine) -> None:
+    pipeline = make_pipeline(engine)
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise RuntimeError("boom")
+
+    pipeline.validator.parse = broken  # type: ignore[method-assign]
+    lines, _, dead = pipeline.process([Message("v1/devices/paddy-0001/telemetry", b"{}", 0)])
+    assert lines == [] and [(d.rejection.reason, d.rejection.detail) for d in dead] == [
+        ("internal_error", "RuntimeError: boom")
+    ]
