@@ -12,7 +12,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,15 +145,3 @@ class LocalStack:
         for service in (self.mosquitto, self.influxd):
             if service:
                 service.stop()
-
-    def wait_for_count(self, measurement: str, field: str, expected: int, timeout: float = 60) -> int:
-        """Poll InfluxDB until `expected` points are stored (or time runs out); return the count."""
-        deadline = time.monotonic() + timeout
-        count = -1
-        with self.influx() as client:
-            while time.monotonic() < deadline:
-                count = client.count(measurement, field)
-                if count >= expected:
-                    return count
-                time.sleep(0.2)
-        return count

@@ -74,7 +74,6 @@ class IngestService:
         self.stop_event = threading.Event()
         self.metrics = metrics or IngestMetrics()
         self.connected = threading.Event()
-        self.subscribed = threading.Event()
         self._pending: list[Message] = []
         self._received = 0
         self._generation = 0
@@ -128,12 +127,10 @@ class IngestService:
         if any(c.is_failure for c in codes):
             log.error("subscription refused", reasons=[str(c) for c in codes])
         else:
-            self.subscribed.set()
             self.metrics.subscribed.set(1)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, rc: object, _p: object) -> None:
         self.connected.clear()
-        self.subscribed.clear()
         self.metrics.subscribed.set(0)
         # Messages of the lost connection can no longer be acked; the broker sends them again.
         self._pending.clear()
