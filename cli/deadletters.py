@@ -59,9 +59,7 @@ def replay_(
     settings = get_settings()
     migrate(settings.resolved_database_url())
     catalogue = get_catalogue(settings.catalogue_file)
-    validator = Validator(
-        catalogue, settings.ingest_max_payload_bytes, settings.ingest_max_future_s, settings.ingest_retention_days
-    )
+    validator = Validator.from_settings(catalogue, settings)
     try:
         with InfluxV1.from_settings(settings) as influx:
             report = replay(

@@ -18,7 +18,7 @@ from core.catalogue import Catalogue
 from core.influx import InfluxV1
 from core.models import DeadLetter
 from ingest.enrich import DeviceDirectory
-from ingest.payload import Rejection, Validator
+from ingest.payload import Rejection, Validator, device_from_topic
 from ingest.pipeline import to_line
 
 
@@ -71,7 +71,7 @@ def replay(
         lines: list[str] = []
         for row in rows:
             report.examined += 1
-            device_id = row.topic.split("/")[2] if row.topic.count("/") == 3 else None
+            device_id = device_from_topic(row.topic)
             info = directory.get(device_id) if device_id else None
             kind = info.kind if info is not None and info.kind in catalogue.kinds else None
             # Time limits are judged at the time the message was received, not now.

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from core.catalogue import Catalogue
+from core.settings import Settings
 
 TOPIC_PREFIX = "v1/devices/"
 TOPIC_SUFFIX = "/telemetry"
@@ -96,6 +97,12 @@ class Validator:
         self.max_payload_bytes = max_payload_bytes
         self.max_future_ms = max_future_s * 1000
         self.retention_ms = retention_days * 86_400_000
+
+    @classmethod
+    def from_settings(cls, catalogue: Catalogue, settings: Settings) -> Validator:
+        return cls(
+            catalogue, settings.ingest_max_payload_bytes, settings.ingest_max_future_s, settings.ingest_retention_days
+        )
 
     def parse(self, topic: str, payload: bytes, kind: str | None, now_ms: int) -> Parsed:
         """Validate `payload` published on `topic` by a device of `kind` (None: unknown device)."""

@@ -23,7 +23,7 @@ from core.log import get_logger
 from core.models import DeadLetter
 from ingest.enrich import DeviceDirectory
 from ingest.metrics import IngestMetrics
-from ingest.payload import Parsed, Reading, Rejection, Validator
+from ingest.payload import Parsed, Reading, Rejection, Validator, device_from_topic
 from ingest.spool import Spool
 
 log = get_logger("ingest")
@@ -122,7 +122,7 @@ class Pipeline:
         redelivered = duplicates = gaps = ts_missing = 0
         for msg in batch:
             redelivered += msg.redelivered
-            device_id = msg.topic.split("/")[2] if msg.topic.count("/") == 3 else None
+            device_id = device_from_topic(msg.topic)
             info = self.directory.get(device_id) if device_id else None
             kind = info.kind if info is not None and info.kind in self.catalogue.kinds else None
             try:

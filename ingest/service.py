@@ -83,12 +83,7 @@ class IngestService:
         engine = get_engine(settings.resolved_database_url())
         self.pipeline = Pipeline(
             catalogue=catalogue,
-            validator=Validator(
-                catalogue,
-                settings.ingest_max_payload_bytes,
-                settings.ingest_max_future_s,
-                settings.ingest_retention_days,
-            ),
+            validator=Validator.from_settings(catalogue, settings),
             directory=DeviceDirectory(engine, ttl=settings.ingest_registry_ttl_s),
             influx=self.influx,
             spool=self.spool,
