@@ -63,8 +63,8 @@ def alembic_config(url: str) -> Config:
 
 
 def migrate(url: str | None = None) -> None:
-    """Bring the database schema up to the newest Alembic revision (idempotent)."""
+    """Bring the database schema up to the newest Alembic revisions of every branch (idempotent)."""
     url = url or get_settings().resolved_database_url()
     if url.startswith("sqlite"):
         make_engine(url).dispose()  # creates the parent folder
-    command.upgrade(alembic_config(url), "head")
+    command.upgrade(alembic_config(url), "heads")  # several packages add migration branches
