@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from core.db import get_engine, migrate, session_scope
+from core.influx import InfluxV1
 from core.localstack import LocalStack
 from core.models import DeadLetter
 from core.provisioning import provision
@@ -86,9 +87,8 @@ def scrape_lag(ports: list[int]) -> list[tuple[float, float]]:
     return sorted(merged.items())
 
 
-def _stored(stack: LocalStack) -> int:
-    with stack.influx() as client:
-        return sum(client.count(kind, next(iter(SAMPLE_VALUES[kind](0)))) for kind in KINDS)
+def _stored(client: InfluxV1) -> int:
+    return sum(client.count(kind, next(iter(SAMPLE_VALUES[kind](0)))) for kind in KINDS)
 
 
 def run(
@@ -114,16 +114,17 @@ def run(
             stack.start()
             ports = [metrics_base + i for i in range(replicas)]
             stack.start_ingest(replicas, INGEST_METRICS_PORT=str(metrics_base))
-            _wait_ready(stack, creds[0])
-            baseline = _stored(stack)
+            influx = stack.influx()  # one client for all the polling below
+            _wait_ready(stack, influx, creds[0])
+            baseline = _stored(influx)
             load = publish_load(creds, stack.mosquitto.host, stack.mosquitto.port, readings, per_message, rate=rate)
             t0 = load.started
             expected = baseline + load.readings
             deadline = time.monotonic() + timeout
-            stored = _stored(stack)
+            stored = _stored(influx)
             while stored < expected and time.monotonic() < deadline:
-                time.sleep(0.05)
-                stored = _stored(stack)
+                time.sleep(0.2)  # each count scans the series: polling too often slows InfluxDB down
+                stored = _stored(influx)
             elapsed = time.perf_counter() - t0
             with session_scope(engine) as session:
                 rejected = session.exec(select(func.count()).select_from(DeadLetter)).one()[0]
@@ -154,14 +155,14 @@ def run(
             stack.stop()
 
 
-def _wait_ready(stack: LocalStack, cred: tuple[str, str, str], timeout: float = 60) -> None:
+def _wait_ready(stack: LocalStack, influx: InfluxV1, cred: tuple[str, str, str], timeout: float = 60) -> None:
     """Publish one probe reading until it is stored: the subscription and the pipeline are live."""
     assert stack.mosquitto
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         publish_load([cred], stack.mosquitto.host, stack.mosquitto.port, 1)
         for _ in range(20):
-            if _stored(stack) > 0:
+            if _stored(influx) > 0:
                 return
             time.sleep(0.1)
     raise RuntimeError(f"ingest did not store a probe reading within {timeout:.0f} s; see {stack.root}/ingest.log")

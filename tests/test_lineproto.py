@@ -10,6 +10,9 @@ import itertools
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from influxdb_client import Point, WritePrecision
 
 from core.influx import InfluxV1
 from core.services import InfluxD, influxd
@@ -183,3 +186,29 @@ def test_string_and_bool_field_values_round_trip(influx: InfluxV1) -> None:
     values = {"note": 'say "hi" \\ 你好, a=b', "door_open": False, "level": 2.0}
     (series,) = roundtrip(influx, [to_line(Reading("barn-0001", "barn", TS, values), PADDY_TAGS)], "barn")
     assert rows(series) == [{"time": TS, **values}]
+
+
+_text = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=_text,
+    tags=st.lists(st.tuples(_text, _text), max_size=4, unique_by=lambda t: t[0]),
+    values=st.dictionaries(_text, st.floats(allow_nan=False, allow_infinity=False) | st.booleans(), min_size=1),
+    ts_missing=st.booleans(),
+)
+def test_cached_series_key_gives_exactly_what_one_point_gives(
+    kind: str, tags: list[tuple[str, str]], values: dict, ts_missing: bool
+) -> None:
+    """to_line splices a per-device series key into each line; the result must equal a Point built whole."""
+    point = Point(kind)
+    for key, value in tags:
+        point.tag(key, value)
+    for key, value in values.items():
+        point.field(key, value)
+    if ts_missing:
+        point.field("ts_missing", True)
+    expected = point.time(TS, WritePrecision.MS).to_line_protocol()
+    reading = Reading("d-1", kind, TS, values, ts_missing=ts_missing)
+    assert to_line(reading, tuple(tags)) == expected
