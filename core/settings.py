@@ -35,7 +35,6 @@ class Settings(BaseSettings):
     mqtt_ingest_password: SecretStr = Field(default=SecretStr(""), alias="MQTT_INGEST_PASSWORD")
     mqtt_client_id: str = Field(default="ingest", alias="MQTT_CLIENT_ID")
     mqtt_share_group: str = Field(default="ingest", alias="MQTT_SHARE_GROUP")
-    mqtt_receive_maximum: int = Field(default=2000, alias="MQTT_RECEIVE_MAXIMUM")
     # Broker files generated from the registry (password and ACL); the broker reloads on SIGHUP.
     mosquitto_passwd_file: Path | None = Field(default=None, alias="MOSQUITTO_PASSWD_FILE")
     mosquitto_acl_file: Path | None = Field(default=None, alias="MOSQUITTO_ACL_FILE")
