@@ -24,6 +24,7 @@ import httpx
 INSTALL_HINT = {
     "mosquitto": "Debian package 'mosquitto' (run `make deps`, or `apt-get install mosquitto mosquitto-clients`)",
     "influxd": "Debian package 'influxdb' (run `make deps`, or `apt-get install influxdb influxdb-client`)",
+    "anvil": "npm package '@foundry-rs/anvil' pinned in package.json (run `make deps`, or `npm ci` in the repository)",
 }
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin", "/sbin"])
 
@@ -249,3 +250,87 @@ def influxd(workdir: Path, port: int | None = None, host: str = "127.0.0.1") -> 
     conf = workdir / "influxdb.conf"
     conf.write_text(INFLUXD_CONF.format(host=host, port=port, rpc_port=free_port(host), dir=workdir.resolve()))
     return InfluxD("influxd", [binary, "run", "-config", str(conf)], workdir, host, port, workdir / "influxd.log")
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ANVIL_PLATFORM = {("linux", "x86_64"): "linux-amd64", ("linux", "aarch64"): "linux-arm64"}
+
+
+def find_anvil() -> str:
+    """anvil from node_modules (npm's @foundry-rs/anvil installs it as @foundry-rs/anvil-<platform>),
+    else one on PATH (foundryup). The native binary, not the node wrapper in .bin, so that signals
+    reach anvil itself (it writes its --state file on SIGTERM)."""
+    platform = ANVIL_PLATFORM.get((os.uname().sysname.lower(), os.uname().machine), "")
+    local = REPO_ROOT / "node_modules" / "@foundry-rs" / f"anvil-{platform}" / "bin" / "anvil"
+    if platform and os.access(local, os.X_OK):
+        return str(local)
+    return find_binary("anvil")
+
+
+class Anvil(Service):
+    """A local Ethereum devnet (anvil). Its first default account is the dev anchoring key."""
+
+    chain_id: int = 31337
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def rpc(self, method: str, *params: object, timeout: float = 5.0) -> object:
+        """One JSON-RPC call (for readiness and devnet-only methods such as anvil_reorg)."""
+        reply = httpx.post(
+            self.url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}, timeout=timeout
+        )
+        body = reply.json()
+        if "error" in body:
+            raise ServiceError(f"{method}: {body['error']}")
+        return body["result"]
+
+    def _ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if int(str(self.rpc("eth_chainId", timeout=1)), 16) == self.chain_id:
+                    return
+            except (httpx.HTTPError, ValueError, ServiceError):
+                pass
+            time.sleep(0.05)
+        raise ServiceError(f"anvil did not answer eth_chainId {self.chain_id}")
+
+
+ANVIL_DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil's account 0, public
+
+
+def anvil(
+    workdir: Path,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    chain_id: int = 31337,
+    state_file: Path | None = None,
+    state_interval_s: int | None = None,
+    block_time_s: float | None = None,
+    slots_in_an_epoch: int | None = None,
+) -> Anvil:
+    """An anvil devnet on a free port (not started); quiet, logs in `workdir`.
+
+    `state_file` (anvil --state) loads the chain from that file if it exists and writes it back
+    when anvil stops (SIGTERM), so `village up` keeps its anchors across restarts;
+    `state_interval_s` also writes it periodically (survives a SIGKILL up to that interval).
+    Without `block_time_s` every transaction is mined at once in its own block. The "finalized"
+    block trails the head by two epochs (2 x 32 slots by default; `slots_in_an_epoch=1`: 2 blocks).
+    """
+    binary = find_anvil()
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port(host)
+    argv = [binary, "--host", host, "--port", str(port), "--chain-id", str(chain_id), "--quiet"]
+    if state_file is not None:
+        argv += ["--state", str(state_file.resolve())]
+    if state_interval_s is not None:
+        argv += ["--state-interval", str(state_interval_s)]
+    if block_time_s is not None:
+        argv += ["--block-time", f"{block_time_s:g}"]
+    if slots_in_an_epoch is not None:
+        argv += ["--slots-in-an-epoch", str(slots_in_an_epoch)]
+    service = Anvil("anvil", argv, workdir, host, port, workdir / "anvil.log")
+    service.chain_id = chain_id
+    return service

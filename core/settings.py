@@ -64,6 +64,19 @@ class Settings(BaseSettings):
     spool_dir: Path | None = Field(default=None, alias="SPOOL_DIR")
     spool_max_bytes: int = Field(default=512 * 1024 * 1024, alias="SPOOL_MAX_BYTES")
 
+    # Ledger chain: any EVM JSON-RPC endpoint (anvil locally) and the anchoring key (the contract owner).
+    # The key is a secret: CHAIN_PRIVATE_KEY, or a file holding it (CHAIN_PRIVATE_KEY_FILE, Docker secret).
+    chain_rpc_url: str = Field(default="http://127.0.0.1:8545", alias="CHAIN_RPC_URL")
+    chain_private_key: SecretStr = Field(default=SecretStr(""), alias="CHAIN_PRIVATE_KEY")
+    chain_private_key_file: Path | None = Field(default=None, alias="CHAIN_PRIVATE_KEY_FILE")
+    # Expected chain id; unset: whatever the node reports.
+    chain_id: int | None = Field(default=None, alias="CHAIN_ID")
+    # Blocks on top of an anchor's block before it counts as confirmed.
+    chain_confirmations: int = Field(default=2, alias="CHAIN_CONFIRMATIONS")
+    # A deployed TraceAnchor to use; unset: deploy one and record it under data_dir.
+    chain_contract_address: str = Field(default="", alias="CHAIN_CONTRACT_ADDRESS")
+    chain_timeout_s: float = Field(default=10.0, alias="CHAIN_TIMEOUT_S")
+
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
     log_format: str = Field(default="console", alias="LOG_FORMAT")  # console | json
 

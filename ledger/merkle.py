@@ -117,7 +117,8 @@ class _BatchKeccak:
         absorb, digest, reset = self.lib.keccak_absorb, self.lib.keccak_digest, self.lib.keccak_reset
         state = self.state.value
         src, dst = messages.ctypes.data, out.ctypes.data
-        for a, d in zip(range(src, src + length * m, length), range(dst, dst + HASH_BYTES * m, HASH_BYTES)):
+        pairs = zip(range(src, src + length * m, length), range(dst, dst + HASH_BYTES * m, HASH_BYTES), strict=True)
+        for a, d in pairs:
             absorb(state, a, length)
             digest(state, d, HASH_BYTES, 0x01)  # 0x01: Keccak padding (SHA-3 would be 0x06)
             reset(state)
@@ -127,7 +128,7 @@ def _as_matrix(leaves: Sequence[bytes] | np.ndarray) -> np.ndarray:
     """Leaves as a C-contiguous (n, 32) uint8 array, checking every length."""
     if isinstance(leaves, np.ndarray):
         if leaves.dtype != np.uint8 or leaves.ndim != 2 or leaves.shape[1] != HASH_BYTES:
-            raise ValueError(f"leaves array must be uint8 of shape (n, {HASH_BYTES}), got {leaves.dtype} {leaves.shape}")
+            raise ValueError(f"leaves must be a uint8 array (n, {HASH_BYTES}), got {leaves.dtype} {leaves.shape}")
         return np.ascontiguousarray(leaves)
     for leaf in leaves:
         if not isinstance(leaf, bytes | bytearray) or len(leaf) != HASH_BYTES:
@@ -167,11 +168,8 @@ class MerkleTree:
         n = len(values)
         if n == 0:
             raise ValueError("Expected non-zero number of leaves")
-        if sort_leaves:
-            # stable sort by bytes, as OpenZeppelin's Array.sort with its byte compare
-            order = np.argsort(values.view(f"S{HASH_BYTES}").ravel(), kind="stable")
-        else:
-            order = np.arange(n)
+        # stable sort by bytes, as OpenZeppelin's Array.sort with its byte compare
+        order = np.argsort(values.view(f"S{HASH_BYTES}").ravel(), kind="stable") if sort_leaves else np.arange(n)
         nodes = np.empty((2 * n - 1, HASH_BYTES), dtype=np.uint8)
         nodes[n - 1 :] = values[order[::-1]]
         tree_index = np.empty(n, dtype=np.int64)
@@ -249,7 +247,8 @@ class MerkleTree:
         for start in range(0, len(matrix), chunk):
             rows = matrix[start : start + chunk]
             gathered = self.nodes[rows]  # -1 pads pick the last node: cut off by the lengths below
-            for blob, size in zip(gathered.reshape(len(rows), -1), (rows >= 0).sum(axis=1).tolist()):
+            sizes = (rows >= 0).sum(axis=1).tolist()
+            for blob, size in zip(gathered.reshape(len(rows), -1), sizes, strict=True):
                 data = blob[: size * HASH_BYTES].tobytes()
                 yield [data[k : k + HASH_BYTES] for k in range(0, len(data), HASH_BYTES)]
 
