@@ -21,8 +21,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from datetime import UTC, datetime, timedelta, timezone
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -151,25 +150,41 @@ def _split_iri(iri: str) -> tuple[str, str] | None:
 # --- value canonicalisation ------------------------------------------------------------------------------------
 
 
+def parse_time(text: str) -> datetime | None:
+    """An RFC 3339 time with offset (``Z``, ``+08:00``; ``T``, ``t`` or space) as an aware datetime, or None.
+
+    Decimals beyond microseconds are cut off, which never changes the millisecond the hash rounds to.
+    """
+    m = _TIME.match(text.strip()) if isinstance(text, str) else None
+    if not m:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    micro = int(((m.group(7) or "") + "000000")[:6])
+    if m.group(8):
+        tz = UTC
+    else:
+        sign = 1 if m.group(9) == "+" else -1
+        tz = timezone(sign * timedelta(hours=int(m.group(10)), minutes=int(m.group(11))))
+    try:
+        return datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
+    except ValueError:
+        return None
+
+
 def utc_millis(text: str) -> str | None:
     """An RFC 3339 time with offset as UTC with exactly three decimals (``2020-03-04T10:00:30.000Z``).
 
     A fourth decimal of 5 to 9 rounds the third up (the algorithm's rule). A time without offset or that is not
     RFC 3339 gives None.
     """
-    m = _TIME.match(text.strip())
-    if not m:
+    t = parse_time(text)
+    if t is None:
         return None
-    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    rest = t.microsecond % 1000
     try:
-        base = datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-    except ValueError:
+        t = t.astimezone(UTC) + timedelta(microseconds=(1000 if rest >= 500 else 0) - rest)
+    except OverflowError:
         return None
-    millis = int((Decimal("0." + (m.group(7) or "0")) * 1000).quantize(Decimal(1), rounding=ROUND_HALF_UP))
-    if not m.group(8):
-        sign = 1 if m.group(9) == "+" else -1
-        base -= sign * timedelta(hours=int(m.group(10)), minutes=int(m.group(11)))
-    t = base + timedelta(milliseconds=millis)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
