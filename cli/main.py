@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import bench, broker, deadletters, devices, ingest, registry, simulate, stack
+from cli import bench, broker, deadletters, devices, ingest, registry, simulate, stack, trace
 
 app = typer.Typer(
     name="village",
@@ -21,6 +21,7 @@ app.add_typer(devices.app, name="devices")
 app.add_typer(broker.app, name="broker")
 app.add_typer(deadletters.app, name="deadletters")
 app.add_typer(bench.app, name="bench")
+app.add_typer(trace.app, name="lots")
 
 if __name__ == "__main__":
     app()

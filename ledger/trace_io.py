@@ -940,3 +940,40 @@ def event_counts(session: Session) -> Counter[int]:
     counts.update(session.exec(select(TraceEvent.lot_id).where(col(TraceEvent.lot_id).is_not(None))).all())
     counts.update(session.exec(select(TraceEventLot.lot_id)).all())
     return counts
+
+
+# ---------------------------------------------------------------- finding lots
+
+
+class LotNotFound(LookupError):
+    """No lot answers to the code, URI or reference."""
+
+
+def find_lot(session: Session, text: str) -> Lot:
+    """A lot by trace code (any typed form), trace URI (Digital Link or /t/ code) or "product:lot_no".
+
+    Raises LotNotFound, or the codes module's TraceCodeError / GtinCheckDigitError / DigitalLinkError
+    (all ValueError) with the reason when `text` is malformed.
+    """
+    text = text.strip()
+    if "://" in text:
+        named = codes.parse_uri(text)
+        if isinstance(named, str):
+            lot = session.exec(select(Lot).where(Lot.code == named)).first()
+        else:
+            gtin, lot_no = named
+            if lot_no is None:
+                raise codes.DigitalLinkError(f"{text!r} names a product (GTIN {gtin}), not a lot: add /10/{{lot}}")
+            lot = session.exec(
+                select(Lot).join(Product).where(Product.gtin == gtin, Lot.lot_no == lot_no)  # type: ignore[arg-type]
+            ).first()
+    elif ":" in text:
+        product_code, lot_no = text.split(":", 1)
+        lot = session.exec(
+            select(Lot).join(Product).where(Product.code == product_code, Lot.lot_no == lot_no)  # type: ignore[arg-type]
+        ).first()
+    else:
+        lot = session.exec(select(Lot).where(Lot.code == codes.normalize_code(text))).first()
+    if lot is None:
+        raise LotNotFound(f"no lot {text!r}")
+    return lot

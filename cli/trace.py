@@ -1,0 +1,252 @@
+"""`village lots`: trace lots, their origins, events and inspections; import, demo season, QR labels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlmodel import Session, col, select
+
+from cli.registry import err_console, fail, registry_engine
+from core.models import Farm, Plot
+from core.registry_io import ImportErrors
+from ledger import codes, trace_io
+from ledger.models import Facility, Inspection, InspectionItem, Lot, LotParent, LotSource, TraceEvent
+from ledger.records import EVENT, INSPECTION, event_lots, records_of_lot, rfc3339
+from ledger.vocab import get_vocab
+
+app = typer.Typer(no_args_is_help=True, help="Trace lots: origins, events, inspections, QR labels.")
+DEFAULT_BASE = "http://127.0.0.1:8000"
+BASE_OPTION = typer.Option(
+    DEFAULT_BASE, "--base", envvar="TRACE_BASE_URL", help="Base URL of the public trace resolver (label URIs)."
+)
+
+
+def _run_import(action: str, do: Callable[[Session], trace_io.TraceImportResult]) -> None:
+    with Session(registry_engine()) as session:
+        try:
+            result = do(session)
+        except ImportErrors as e:
+            for error in e.errors:
+                err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            fail(f"{action}: {len(e.errors)} error(s); nothing was imported")
+        session.commit()
+    typer.echo(f"{action}: {result.summary()}")
+
+
+def _find(session: Session, text: str) -> Lot:
+    try:
+        return trace_io.find_lot(session, text)
+    except trace_io.LotNotFound as e:
+        fail(str(e))
+    except ValueError as e:
+        fail(str(e), 2)
+
+
+def _qty(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    decimals = get_vocab().units[unit].decimals if unit in get_vocab().units else 3
+    text = f"{value:,.{decimals}f}"
+    return f"{text.rstrip('0').rstrip('.') if decimals else text} {unit}"
+
+
+def _lot_label(lot: Lot) -> str:
+    assert lot.product is not None
+    return f"{lot.product.code}:{lot.lot_no}"
+
+
+@app.command("list")
+def list_cmd(year: int | None = typer.Option(None, "--year", help="Only lots of this harvest year.")) -> None:
+    """List lots with their origin, event count and inspection result."""
+    with Session(registry_engine()) as session:
+        query = select(Lot).order_by(Lot.id)
+        if year is not None:
+            query = query.where(Lot.harvest_year == year)
+        lots = session.exec(query).all()
+        events = trace_io.event_counts(session)
+        results: dict[int, list[bool]] = {}
+        for lot_id, passed in session.exec(select(Inspection.lot_id, Inspection.passed)):
+            results.setdefault(lot_id, []).append(passed)
+        farms = dict(session.exec(select(Farm.id, Farm.code)).all())
+        facilities = dict(session.exec(select(Facility.id, Facility.code)).all())
+        table = Table(title=f"Lots ({len(lots)})")
+        for column in ("code", "lot", "product", "quantity", "year", "at", "events", "inspections"):
+            table.add_column(
+                column, no_wrap=column in ("code", "lot"), justify="right" if column == "quantity" else "left"
+            )
+        for lot in lots:
+            assert lot.product is not None and lot.id is not None
+            at = farms.get(lot.farm_id) if lot.farm_id else facilities.get(lot.facility_id) if lot.facility_id else None
+            passed = results.get(lot.id, [])
+            verdict = "-" if not passed else "[green]pass[/green]" if all(passed) else "[red]FAIL[/red]"
+            table.add_row(
+                codes.format_code(lot.code),
+                _lot_label(lot),
+                lot.product.name_zh,
+                _qty(lot.quantity, lot.unit),
+                str(lot.harvest_year or "-"),
+                at or "-",
+                str(events.get(lot.id, 0)),
+                verdict,
+            )
+    Console().print(table)
+
+
+@app.command("show")
+def show_cmd(
+    lot_ref: str = typer.Argument(..., metavar="CODE", help="Trace code, trace URI or product:lot_no."),
+    base: str = BASE_OPTION,
+) -> None:
+    """Show a lot: what it is, where it came from, and every event and inspection of its trace
+    (including those of the lots it was made from)."""
+    vocab = get_vocab()
+    console = Console()
+    with Session(registry_engine()) as session:
+        lot = _find(session, lot_ref)
+        assert lot.product is not None and lot.id is not None
+        head = Table(title=f"Lot {codes.format_code(lot.code)}", show_header=False)
+        head.add_column("field", style="bold")
+        head.add_column("value")
+        farm = session.get(Farm, lot.farm_id) if lot.farm_id else None
+        facility = session.get(Facility, lot.facility_id) if lot.facility_id else None
+        for name, value in (
+            ("URI", codes.lot_uri(base, lot)),
+            ("product", f"{lot.product.name_zh} {lot.product.name_en}".strip()),
+            ("GTIN", lot.product.gtin or "-"),
+            ("lot number", lot.lot_no),
+            ("quantity", _qty(lot.quantity, lot.unit)),
+            ("harvest year", str(lot.harvest_year or "-")),
+            ("farm", f"{farm.code} {farm.name}" if farm else "-"),  # never the contact fields
+            ("facility", f"{facility.code} {facility.name}" if facility else "-"),
+        ):
+            head.add_row(name, value)
+        console.print(head)
+
+        sources = session.exec(select(LotSource).where(LotSource.lot_id == lot.id)).all()
+        if sources:
+            table = Table(title="Sources")
+            for column in ("plot", "village", "area (mu)"):
+                table.add_column(column)
+            for s in sources:
+                plot = session.get(Plot, s.plot_id) if s.plot_id else None
+                table.add_row(
+                    plot.plot_no if plot else f"herd {s.herd_id}",
+                    plot.village_code if plot else "-",
+                    f"{s.area_mu or '-'}",
+                )
+            console.print(table)
+
+        parents = session.exec(select(LotParent).where(LotParent.child_lot_id == lot.id)).all()
+        if parents:
+            table = Table(title="Made from")
+            for column in ("code", "lot", "relation", "quantity used"):
+                table.add_column(column)
+            for p in parents:
+                parent = session.get(Lot, p.parent_lot_id)
+                assert parent is not None
+                table.add_row(
+                    codes.format_code(parent.code), _lot_label(parent), p.relation, _qty(p.quantity, parent.unit)
+                )
+            console.print(table)
+
+        refs = records_of_lot(session, lot.id)
+        event_ids = [r.id for r in refs if r.kind == EVENT]
+        if event_ids:
+            table = Table(title=f"Events ({len(event_ids)}, with those of the lots it was made from)")
+            for column in ("time", "step", "lot(s)", "where", "disposition", "attributes"):
+                table.add_column(column, no_wrap=column in ("time", "step"))
+            events = sorted(
+                session.exec(select(TraceEvent).where(col(TraceEvent.id).in_(event_ids))).all(),
+                key=lambda e: (e.event_time, e.id),
+            )
+            for ev in events:
+                assert ev.id is not None
+                if ev.lot_id is not None:
+                    subject = session.get(Lot, ev.lot_id)
+                    assert subject is not None
+                    lots = subject.lot_no
+                else:
+                    inputs, outputs = event_lots(session, ev.id)
+                    names = [session.get(Lot, i).lot_no for i in inputs]  # type: ignore[union-attr]
+                    made = [session.get(Lot, o).lot_no for o in outputs]  # type: ignore[union-attr]
+                    lots = f"{', '.join(names)} -> {', '.join(made)}"
+                where = (
+                    session.get(Plot, ev.read_point_plot_id).plot_no  # type: ignore[union-attr]
+                    if ev.read_point_plot_id
+                    else session.get(Facility, ev.read_point_facility_id).code  # type: ignore[union-attr]
+                )
+                attrs = ", ".join(f"{k}={v}" for k, v in ev.attributes.items())
+                disposition = vocab.short_name(ev.disposition) if ev.disposition else "-"
+                table.add_row(
+                    rfc3339(ev.event_time, ev.event_time_zone_offset)[:16].replace("T", " "),
+                    vocab.short_name(ev.biz_step),
+                    lots,
+                    where,
+                    disposition,
+                    attrs,
+                )
+            console.print(table)
+
+        inspection_ids = [r.id for r in refs if r.kind == INSPECTION]
+        if inspection_ids:
+            table = Table(title="Inspections")
+            for column in ("lot", "lab / report", "sampled", "result", "items"):
+                table.add_column(column)
+            for insp in session.exec(select(Inspection).where(col(Inspection.id).in_(inspection_ids))):
+                items = session.exec(select(InspectionItem).where(InspectionItem.inspection_id == insp.id)).all()
+                lines = [
+                    f"{'[green]✓[/green]' if i.passed else '[red]✗[/red]'} {i.item} {i.value:g} {i.unit}"
+                    f" ({'≤' if i.limit_kind == 'max' else '≥'} {i.limit_value:g}, {i.method})"
+                    for i in sorted(items, key=lambda i: i.item)
+                ]
+                subject = session.get(Lot, insp.lot_id)
+                assert subject is not None
+                table.add_row(
+                    subject.lot_no,
+                    f"{insp.lab}\n{insp.report_no}",
+                    insp.sampled_on.isoformat(),
+                    "[green]pass[/green]" if insp.passed else "[red]FAIL[/red]",
+                    "\n".join(lines),
+                )
+            console.print(table)
+
+
+@app.command("import")
+def import_cmd(file: Path = typer.Argument(..., help="A trace YAML file (see ledger/trace_io.py).")) -> None:
+    """Import products, facilities, lots, events and inspections; nothing is imported when any row is wrong."""
+    if not file.is_file():
+        fail(f"{file}: no such file", 2)
+    _run_import(f"import {file}", lambda s: trace_io.import_trace(s, file))
+
+
+@app.command("demo")
+def demo_cmd() -> None:
+    """Load the demo county and its 2026 rice season (paddy to 5 kg bags, one failed inspection); safe to repeat."""
+    _run_import("demo trace", trace_io.load_demo_trace)
+
+
+@app.command("qr")
+def qr_cmd(
+    lot_ref: str = typer.Argument(..., metavar="CODE", help="Trace code, trace URI or product:lot_no."),
+    svg: Path | None = typer.Option(None, "--svg", help="Write the QR code as SVG to this file."),
+    png: Path | None = typer.Option(None, "--png", help="Write the QR code as PNG to this file."),
+    scale: int = typer.Option(8, "--scale", min=1, max=64, help="PNG pixels per module."),
+    base: str = BASE_OPTION,
+) -> None:
+    """The QR code of a lot's label URI: printed in the terminal, or written as SVG / PNG."""
+    with Session(registry_engine()) as session:
+        lot = _find(session, lot_ref)
+        uri = codes.lot_uri(base, lot)
+    if svg is None and png is None:
+        typer.echo(codes.qr_terminal(uri), nl=False)
+    if svg is not None:
+        svg.write_bytes(codes.qr_svg(uri))
+        typer.echo(f"wrote {svg}")
+    if png is not None:
+        png.write_bytes(codes.qr_png(uri, scale))
+        typer.echo(f"wrote {png}")
+    typer.echo(uri)
