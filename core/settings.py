@@ -77,6 +77,15 @@ class Settings(BaseSettings):
     chain_contract_address: str = Field(default="", alias="CHAIN_CONTRACT_ADDRESS")
     chain_timeout_s: float = Field(default=10.0, alias="CHAIN_TIMEOUT_S")
 
+    # Anchoring worker: a window closes at ANCHOR_WINDOW_LEAVES leaves or when its oldest leaf is
+    # ANCHOR_WINDOW_SECONDS old; a sent transaction not mined after ANCHOR_RESEND_S is sent again.
+    anchor_window_leaves: int = Field(default=1000, ge=1, alias="ANCHOR_WINDOW_LEAVES")
+    anchor_window_seconds: float = Field(default=60.0, ge=0, alias="ANCHOR_WINDOW_SECONDS")
+    anchor_interval_s: float = Field(default=5.0, gt=0, alias="ANCHOR_INTERVAL_S")
+    anchor_resend_s: float = Field(default=120.0, gt=0, alias="ANCHOR_RESEND_S")
+    # The county's time zone: days of telemetry digests and growth summaries are cut in it.
+    county_timezone: str = Field(default="Asia/Shanghai", alias="COUNTY_TIMEZONE")
+
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
     log_format: str = Field(default="console", alias="LOG_FORMAT")  # console | json
 

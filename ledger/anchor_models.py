@@ -1,0 +1,120 @@
+"""Tables of the anchoring side of the ledger: leaves, windows, and the derived records it hashes.
+
+- `LedgerLeaf`: one leaf per trace record (records are append-only: a correction is a new
+  event, a changed lot gets a new manifest), with the canonical bytes it was computed
+  from (the proof bundle carries them, and a verifier names what changed by diffing against them),
+  its window and its Merkle proof once the window is built.
+- `AnchorWindow`: a batch of leaves whose Merkle root goes on chain in one transaction, chained
+  to the previous window's root, with the state of that transaction (`AnchorState`).
+- `GrowthSummary`, `TelemetryDigest`, `LotManifest`: records computed by the ledger itself (from
+  InfluxDB and from the other records), stored with their content and salt so that they can be
+  hashed again and compared with a fresh computation.
+
+Migration 0003 creates them.
+"""
+
+# No `from __future__ import annotations`: SQLModel reads the annotations at class creation.
+
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from core.models import utcnow
+from ledger.models import new_salt
+
+
+class AnchorState(StrEnum):
+    """The same words in the API, the CLI and the pages (DESIGN "Ledger")."""
+
+    pending = "pending"  # not yet in a block (built, or sent and waiting)
+    included = "included"  # in a block
+    confirmed = "confirmed"  # CHAIN_CONFIRMATIONS blocks deep
+    final = "final"  # at or below the chain's finalized block
+    requeued = "re-queued"  # its transaction was dropped by a reorganisation; waits to be sent again
+
+
+ON_CHAIN = (AnchorState.included, AnchorState.confirmed, AnchorState.final)
+
+
+class AnchorWindow(SQLModel, table=True):
+    __tablename__ = "anchor_window"
+
+    seq: int = Field(primary_key=True)  # 1, 2, 3...: the order windows go on chain
+    window_id: str = Field(unique=True, index=True)  # e.g. "211122-w000001"
+    root: str = Field(unique=True, index=True)  # 0x + 64 hex
+    prev_root: str  # the previous window's root, 0x00..00 for the first
+    leaf_count: int
+    state: AnchorState = Field(default=AnchorState.pending, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    tx_hash: str | None = Field(default=None, index=True)
+    sent_at: datetime | None = None
+    attempts: int = 0
+    block_number: int | None = None
+    block_hash: str | None = None
+    block_time: datetime | None = None
+    log_index: int | None = None
+    gas_used: int | None = None
+    chain_id: int | None = None
+    contract: str | None = None
+    last_error: str | None = None
+
+
+class LedgerLeaf(SQLModel, table=True):
+    __tablename__ = "ledger_leaf"
+    __table_args__ = (UniqueConstraint("kind", "record_id", name="uq_ledger_leaf_record"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(index=True)  # a record kind, e.g. "inspection/1"
+    record_id: int = Field(index=True)
+    leaf: str = Field(index=True)  # 0x + 64 hex: keccak256(keccak256(canonical))
+    canonical: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    window_seq: int | None = Field(default=None, foreign_key="anchor_window.seq", index=True)
+    proof: list[str] | None = Field(default=None, sa_column=Column(JSON))
+
+
+class GrowthSummary(SQLModel, table=True):
+    """A lot's growing season as the sensors saw it (ledger/growth.py); record kind "growth/1"."""
+
+    __tablename__ = "growth_summary"
+
+    id: int | None = Field(default=None, primary_key=True)
+    lot_id: int = Field(foreign_key="lot.id", unique=True, index=True)
+    season_start: date
+    season_end: date
+    content: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    computed_at: datetime = Field(default_factory=utcnow)
+    salt: str = Field(default_factory=new_salt, min_length=32, max_length=32)
+
+
+class TelemetryDigest(SQLModel, table=True):
+    """A hash over one plot's (or herd's) readings of one local day (ledger/digests.py); "digest/1"."""
+
+    __tablename__ = "telemetry_digest"
+    __table_args__ = (UniqueConstraint("tag", "value", "day", name="uq_telemetry_digest_day"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    tag: str  # "plot" or "herd": the InfluxDB tag the readings are selected by
+    value: str = Field(index=True)  # its plot_no or herd_no
+    day: date = Field(index=True)  # in the county's time zone
+    readings: int
+    sha256: str  # hex digest of the day's readings in canonical order
+    computed_at: datetime = Field(default_factory=utcnow)
+    salt: str = Field(default_factory=new_salt, min_length=32, max_length=32)
+
+
+class LotManifest(SQLModel, table=True):
+    """The list of a lot's records and their leaves; a new version whenever it changes ("manifest/1")."""
+
+    __tablename__ = "lot_manifest"
+    __table_args__ = (UniqueConstraint("lot_id", "version", name="uq_lot_manifest_version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    lot_id: int = Field(foreign_key="lot.id", index=True)
+    version: int
+    content: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    salt: str = Field(default_factory=new_salt, min_length=32, max_length=32)

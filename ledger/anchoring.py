@@ -1,0 +1,337 @@
+"""The anchoring worker: records -> leaves -> windows -> one `anchor` transaction per window.
+
+One pass (`Anchorer.run_once`) does, in order:
+
+1. derive: per-plot daily telemetry digests for finished days and growth summaries for finished
+   seasons (from InfluxDB), then lot manifests (from the leaves of each lot's records);
+2. leaves: every record without a leaf gets one, computed from its canonical bytes, which are
+   kept with it (records are append-only from here on: changing one is tampering);
+3. windows: leaves without a window are closed into a window when there are
+   ANCHOR_WINDOW_LEAVES of them or the oldest is ANCHOR_WINDOW_SECONDS old; the Merkle tree is
+   built, and root, previous window's root and every leaf's proof are stored;
+4. send: windows go on chain strictly in order (the contract refuses a `prevRoot` that is not
+   its last root); before sending, the contract is asked whether the root is already there, so
+   a window is never anchored twice, even after a crash between sending and recording;
+5. track: receipts, confirmations and finality; a transaction whose block left the canonical
+   chain (a reorganisation) puts its window back to `re-queued`, and it is sent again.
+
+The chain being down only delays steps 4 and 5: leaves and windows wait in the database.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine, func
+from sqlmodel import Session, SQLModel, col, select
+
+from core.catalogue import get_catalogue
+from core.db import session_scope
+from core.influx import InfluxUnavailable, InfluxV1
+from core.log import get_logger
+from core.settings import Settings
+from ledger import digests, growth, manifest
+from ledger.anchor_models import (
+    ON_CHAIN,
+    AnchorState,
+    AnchorWindow,
+    GrowthSummary,
+    LedgerLeaf,
+    LotManifest,
+    TelemetryDigest,
+)
+from ledger.chain import AnchorReceipt, Chain, ChainError, ChainUnavailable
+from ledger.merkle import MerkleTree, leaf_hash
+from ledger.models import Inspection, Lot, TraceEvent
+from ledger.records import EVENT, INSPECTION, LOT, canonical_bytes, record
+
+log = get_logger("anchor")
+
+ZERO_ROOT = "0x" + "00" * 32
+
+#: record kind -> the table whose rows are its records (every row gets a leaf)
+SOURCES: dict[str, type[SQLModel]] = {
+    LOT: Lot,
+    EVENT: TraceEvent,
+    INSPECTION: Inspection,
+    growth.GROWTH: GrowthSummary,
+    digests.DIGEST: TelemetryDigest,
+    manifest.MANIFEST: LotManifest,
+}
+
+
+def hex32(b: bytes) -> str:
+    return "0x" + b.hex()
+
+
+def unhex(s: str) -> bytes:
+    return bytes.fromhex(s.removeprefix("0x"))
+
+
+@dataclass
+class PassReport:
+    """What one pass did; the CLI prints it and the tests read it."""
+
+    derived: dict[str, int] = field(default_factory=dict)
+    leaves: int = 0
+    windows: list[str] = field(default_factory=list)
+    sent: list[str] = field(default_factory=list)
+    states: dict[str, str] = field(default_factory=dict)  # window id -> state, for windows that changed
+    chain_error: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.leaves or self.windows or self.sent or self.states or any(self.derived.values()))
+
+
+class Anchorer:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        chain: Chain | None = None,
+        influx: InfluxV1 | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.chain = chain
+        self.influx = influx
+        self.clock = clock
+        self.tz = settings.county_timezone
+
+    # -- 1 and 2: derived records and leaves ------------------------------------------------------------
+    def derive(self, session: Session) -> dict[str, int]:
+        out = {"digests": 0, "growth": 0}
+        if self.influx is not None:
+            today = self.clock().astimezone(ZoneInfo(self.tz)).date()
+            try:
+                out["digests"] = digests.ensure_digests(session, self.influx, self.tz, today - timedelta(days=1))
+                cat = get_catalogue(self.settings.catalogue_file)
+                out["growth"] = growth.ensure_summaries(session, self.influx, cat, self.tz, today)
+            except InfluxUnavailable as e:
+                log.warning("InfluxDB unavailable; telemetry records wait", error=str(e))
+        return out
+
+    def make_leaves(self, session: Session, kinds: list[str] | None = None) -> int:
+        added = 0
+        for kind in kinds or list(SOURCES):
+            table = SOURCES[kind]
+            have = select(LedgerLeaf.record_id).where(LedgerLeaf.kind == kind)
+            ids = session.exec(select(table.id).where(col(table.id).not_in(have)).order_by(table.id)).all()  # type: ignore[attr-defined]
+            for record_id in ids:
+                canonical = canonical_bytes(record(session, kind, record_id))
+                session.add(
+                    LedgerLeaf(kind=kind, record_id=record_id, leaf=hex32(leaf_hash(canonical)), canonical=canonical)
+                )
+                added += 1
+            session.flush()
+        return added
+
+    # -- 3: windows -------------------------------------------------------------------------------------
+    def close_windows(self, session: Session, force: bool = False) -> list[AnchorWindow]:
+        size, max_age = self.settings.anchor_window_leaves, self.settings.anchor_window_seconds
+        windows = []
+        while True:
+            waiting = session.exec(
+                select(LedgerLeaf).where(col(LedgerLeaf.window_seq).is_(None)).order_by(LedgerLeaf.id).limit(size)
+            ).all()
+            if not waiting:
+                break
+            oldest = waiting[0].created_at
+            oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+            age = (self.clock() - oldest).total_seconds()
+            if len(waiting) < size and age < max_age and not force:
+                break
+            windows.append(self._window(session, list(waiting)))
+        return windows
+
+    def _window(self, session: Session, leaves: list[LedgerLeaf]) -> AnchorWindow:
+        last = session.exec(select(AnchorWindow).order_by(col(AnchorWindow.seq).desc())).first()
+        seq = (last.seq + 1) if last else 1
+        tree = MerkleTree.build([unhex(x.leaf) for x in leaves])
+        window = AnchorWindow(
+            seq=seq,
+            window_id=f"w{seq:06d}",
+            root=hex32(tree.root),
+            prev_root=last.root if last else ZERO_ROOT,
+            leaf_count=len(leaves),
+        )
+        session.add(window)
+        session.flush()
+        for row in leaves:
+            row.window_seq = seq
+            row.proof = [hex32(p) for p in tree.proof(unhex(row.leaf))]
+            session.add(row)
+        session.flush()
+        log.info("window closed", window=window.window_id, leaves=len(leaves), root=window.root)
+        return window
+
+    # -- 4 and 5: chain -------------------------------------------------------------------------------
+    def send(self, session: Session, report: PassReport) -> None:
+        assert self.chain is not None
+        for window in session.exec(
+            select(AnchorWindow).where(col(AnchorWindow.state).not_in(list(ON_CHAIN))).order_by(AnchorWindow.seq)
+        ).all():
+            earlier = session.exec(
+                select(func.count())
+                .select_from(AnchorWindow)
+                .where(AnchorWindow.seq < window.seq, col(AnchorWindow.state).not_in(list(ON_CHAIN)))
+            ).one()
+            if earlier:
+                return  # the contract takes windows in order
+            if window.tx_hash and window.sent_at is not None:
+                sent = window.sent_at if window.sent_at.tzinfo else window.sent_at.replace(tzinfo=UTC)
+                if (self.clock() - sent).total_seconds() < self.settings.anchor_resend_s:
+                    self._track_one(session, window, report)
+                    if window.state not in ON_CHAIN:
+                        return  # still waiting to be mined
+                    continue
+            existing = self.chain.anchor_of(window.root)
+            if existing is not None:  # already on chain (a resend after a crash, or an old tx mined late)
+                found = self._find_anchor_tx(window.root, existing.block_number)
+                if found is not None:
+                    self._record_receipt(session, window, found, report)
+                    continue
+            try:
+                tx = self.chain.send_anchor(
+                    unhex(window.root), unhex(window.prev_root), window.leaf_count, window.window_id
+                )
+            except ChainUnavailable:
+                raise
+            except ChainError as e:  # refused (e.g. another writer moved lastRoot): say why, try next pass
+                window.last_error = str(e)[:500]
+                session.add(window)
+                log.error("anchor refused", window=window.window_id, error=str(e))
+                return
+            window.tx_hash, window.sent_at = hex32(tx), self.clock()
+            window.attempts += 1
+            window.chain_id, window.contract = self.chain.chain_id, self.chain.address
+            session.add(window)
+            session.flush()
+            report.sent.append(window.window_id)
+            log.info("anchor sent", window=window.window_id, tx=window.tx_hash)
+            self._track_one(session, window, report)
+            if window.state not in ON_CHAIN:
+                return
+
+    def _find_anchor_tx(self, root: str, block_number: int) -> AnchorReceipt | None:
+        assert self.chain is not None
+        logs = self.chain.contract.events.Anchored().get_logs(
+            from_block=block_number, to_block=block_number, argument_filters={"root": unhex(root)}
+        )
+        for entry in logs:
+            r = self.chain.receipt(entry["transactionHash"])
+            if r is not None and r.ok:
+                return r
+        return None
+
+    def track(self, session: Session, report: PassReport) -> None:
+        for window in session.exec(
+            select(AnchorWindow)
+            .where(col(AnchorWindow.tx_hash).is_not(None), AnchorWindow.state != AnchorState.final)
+            .order_by(AnchorWindow.seq)
+        ).all():
+            self._track_one(session, window, report)
+
+    def _track_one(self, session: Session, window: AnchorWindow, report: PassReport) -> None:
+        assert self.chain is not None and window.tx_hash
+        receipt = self.chain.receipt(window.tx_hash)
+        if receipt is None:
+            if window.state in ON_CHAIN:  # it was in a block that is no longer canonical
+                log.warning("anchor dropped by a reorganisation; re-queued", window=window.window_id, tx=window.tx_hash)
+                self._clear(window, AnchorState.requeued)
+                session.add(window)
+                report.states[window.window_id] = window.state
+            return
+        if not receipt.ok:
+            window.last_error = f"transaction {window.tx_hash} reverted in block {receipt.block_number}"
+            self._clear(window, window.state if window.state == AnchorState.requeued else AnchorState.pending)
+            session.add(window)
+            return
+        self._record_receipt(session, window, receipt, report)
+
+    def _record_receipt(self, session: Session, window: AnchorWindow, r: AnchorReceipt, report: PassReport) -> None:
+        assert self.chain is not None
+        depth = self.chain.depth(r.block_number)
+        state = AnchorState.included
+        if depth >= max(1, self.chain.confirmations):
+            state = AnchorState.confirmed
+        if r.block_number <= self.chain.finalized_block():
+            state = AnchorState.final
+        if window.block_time is None or window.block_hash != hex32(r.block_hash):
+            anchored = self.chain.anchor_of(window.root)
+            window.block_time = datetime.fromtimestamp(anchored.timestamp, UTC) if anchored else None
+        window.tx_hash = hex32(r.tx_hash)
+        window.block_number, window.block_hash, window.log_index = r.block_number, hex32(r.block_hash), r.log_index
+        window.gas_used, window.chain_id, window.contract = r.gas_used, self.chain.chain_id, self.chain.address
+        window.last_error = None
+        if state != window.state:
+            window.state = state
+            report.states[window.window_id] = state
+        session.add(window)
+
+    @staticmethod
+    def _clear(window: AnchorWindow, state: AnchorState) -> None:
+        window.state = state
+        window.tx_hash = window.block_hash = None
+        window.block_number = window.log_index = window.gas_used = None
+        window.block_time = window.sent_at = None
+
+    # -- the loop ---------------------------------------------------------------------------------------
+    def run_once(self, force_window: bool = False) -> PassReport:
+        report = PassReport()
+        with session_scope(self.engine) as session:
+            report.derived = self.derive(session)
+            report.leaves = self.make_leaves(session, [k for k in SOURCES if k != manifest.MANIFEST])
+            report.derived["manifests"] = manifest.ensure_manifests(session)
+            report.leaves += self.make_leaves(session, [manifest.MANIFEST])
+            report.windows = [w.window_id for w in self.close_windows(session, force=force_window)]
+        if self.chain is not None:
+            with session_scope(self.engine) as session:
+                try:
+                    self.track(session, report)
+                    self.send(session, report)
+                except ChainUnavailable as e:
+                    report.chain_error = str(e)
+                    log.warning("chain unavailable; windows wait", error=str(e))
+        return report
+
+    def run_forever(self, stop: threading.Event, on_pass: Callable[[PassReport], Any] | None = None) -> None:
+        while not stop.is_set():
+            try:
+                report = self.run_once()
+                if on_pass is not None:
+                    on_pass(report)
+            except Exception:  # one bad pass must not stop anchoring; the next one retries
+                log.exception("anchoring pass failed")
+            stop.wait(self.settings.anchor_interval_s)
+
+
+def status(session: Session) -> dict[str, Any]:
+    """Counts for dashboards and the CLI: leaves waiting, windows by state, the latest windows."""
+    waiting = session.exec(
+        select(func.count()).select_from(LedgerLeaf).where(col(LedgerLeaf.window_seq).is_(None))
+    ).one()
+    by_state = dict(session.exec(select(AnchorWindow.state, func.count()).group_by(AnchorWindow.state)).all())
+    latest = session.exec(select(AnchorWindow).order_by(col(AnchorWindow.seq).desc()).limit(5)).all()
+    return {
+        "leaves_waiting": waiting,
+        "windows": {str(k): v for k, v in by_state.items()},
+        "latest": [
+            {
+                "window": w.window_id,
+                "state": str(w.state),
+                "leaves": w.leaf_count,
+                "root": w.root,
+                "tx": w.tx_hash,
+                "block": w.block_number,
+                "anchored_at": w.block_time.isoformat() if w.block_time else None,
+            }
+            for w in latest
+        ],
+    }

@@ -1,0 +1,151 @@
+"""Per-plot, per-day digests of stored telemetry: record kind "digest/1".
+
+A digest is a SHA-256 over one plot's (or herd's) readings of one local day, taken from
+InfluxDB in a canonical order, so anyone with read access to InfluxDB can recompute it and a
+reading changed or deleted after anchoring shows as a changed digest.
+
+Canonical form, one line per reading, joined with "\n":
+  RFC 8785 JSON of {"device": id, "fields": {metric: value}, "measurement": kind, "time": epoch ms}
+ordered by measurement, device, then time; fields that are null in a row are left out. The day
+is cut in the county's time zone (Asia/Shanghai by default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from datetime import date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import rfc8785
+from sqlmodel import Session, col, select
+
+from core.influx import InfluxV1
+from core.models import Herd, Plot
+from ledger.anchor_models import TelemetryDigest
+from ledger.models import LotSource
+from ledger.records import RecordRef, register_kind
+
+DIGEST = "digest/1"
+
+
+def day_bounds(day: date, tz: str) -> tuple[datetime, datetime]:
+    """[start, end) of a local day as aware datetimes."""
+    start = datetime.combine(day, time(), ZoneInfo(tz))
+    return start, datetime.combine(day + timedelta(days=1), time(), ZoneInfo(tz))
+
+
+def quote(value: str) -> str:
+    """An InfluxQL string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _rfc3339(t: datetime) -> str:
+    return t.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def canonical_readings(influx: InfluxV1, tag: str, value: str, day: date, tz: str) -> Iterator[bytes]:
+    """The day's readings of one plot or herd as canonical lines (see the module docstring)."""
+    start, end = day_bounds(day, tz)
+    series = influx.query(
+        f'SELECT * FROM /.*/ WHERE "{tag}" = {quote(value)} '
+        f"AND time >= '{_rfc3339(start)}' AND time < '{_rfc3339(end)}' GROUP BY \"device\""
+    )
+    for s in sorted(series, key=lambda s: (s["name"], s.get("tags", {}).get("device", ""))):
+        cols = s["columns"]
+        device = s.get("tags", {}).get("device", "")
+        tag_cols = {"county", "village", "plot", "herd", "animal", "device"}
+        for row in s["values"]:
+            rec: dict[str, Any] = {"device": device, "measurement": s["name"], "time": row[0], "fields": {}}
+            for name, v in zip(cols[1:], row[1:], strict=True):
+                if v is not None and name not in tag_cols:
+                    rec["fields"][name] = v
+            if rec["fields"]:
+                yield rfc8785.dumps(rec)
+
+
+def compute(influx: InfluxV1, tag: str, value: str, day: date, tz: str) -> tuple[int, str]:
+    """(number of readings, SHA-256 hex) of a plot's or herd's day."""
+    h = hashlib.sha256()
+    n = 0
+    for line in canonical_readings(influx, tag, value, day, tz):
+        if n:
+            h.update(b"\n")
+        h.update(line)
+        n += 1
+    return n, h.hexdigest()
+
+
+def content(d: TelemetryDigest) -> dict[str, Any]:
+    return {"day": d.day.isoformat(), "readings": d.readings, "sha256": d.sha256, "tag": d.tag, "value": d.value}
+
+
+def _load(session: Session, digest_id: int) -> tuple[dict[str, Any], str]:
+    d = session.get(TelemetryDigest, digest_id)
+    if d is None:
+        from ledger.records import RecordNotFound
+
+        raise RecordNotFound(f"telemetry digest {digest_id} does not exist")
+    return content(d), d.salt
+
+
+def origins_of(session: Session, lot_ids: list[int]) -> list[tuple[str, str]]:
+    """(tag, value) of the plots and herds the lots came from."""
+    out: set[tuple[str, str]] = set()
+    for src in session.exec(select(LotSource).where(col(LotSource.lot_id).in_(lot_ids))):
+        if src.plot_id is not None and (plot := session.get(Plot, src.plot_id)):
+            out.add(("plot", plot.plot_no))
+        if src.herd_id is not None and (herd := session.get(Herd, src.herd_id)):
+            out.add(("herd", herd.herd_no))
+    return sorted(out)
+
+
+def _collect(session: Session, lot_ids: list[int]) -> list[RecordRef]:
+    """The digests of the days of the lots' seasons, for their plots and herds."""
+    from ledger.growth import season_of
+
+    refs: list[RecordRef] = []
+    for tag, value in origins_of(session, lot_ids):
+        q = select(TelemetryDigest).where(TelemetryDigest.tag == tag, TelemetryDigest.value == value)
+        for lot_id in lot_ids:
+            season = season_of(session, lot_id)
+            if season is None:
+                continue
+            rows = session.exec(
+                q.where(col(TelemetryDigest.day) >= season[0], col(TelemetryDigest.day) <= season[1])
+            ).all()
+            refs += [RecordRef(DIGEST, d.id) for d in rows if d.id is not None]
+    return sorted(set(refs), key=lambda r: r.id)
+
+
+def ensure_digests(session: Session, influx: InfluxV1, tz: str, up_to: date) -> int:
+    """Compute the missing digests of every lot origin for the days of its season up to `up_to`
+    (a finished day: readings of today may still arrive). Returns how many were added."""
+    from ledger.growth import season_of
+    from ledger.models import Lot
+
+    added = 0
+    for lot_id in session.exec(select(Lot.id)).all():
+        season = season_of(session, lot_id)
+        if season is None:
+            continue
+        for tag, value in origins_of(session, [lot_id]):
+            day = season[0]
+            last = min(season[1], up_to)
+            have = set(
+                session.exec(
+                    select(TelemetryDigest.day).where(TelemetryDigest.tag == tag, TelemetryDigest.value == value)
+                ).all()
+            )
+            while day <= last:
+                if day not in have:
+                    n, sha = compute(influx, tag, value, day, tz)
+                    session.add(TelemetryDigest(tag=tag, value=value, day=day, readings=n, sha256=sha))
+                    added += 1
+                day += timedelta(days=1)
+            session.flush()
+    return added
+
+
+register_kind(DIGEST, _load, _collect)

@@ -1,0 +1,188 @@
+"""A lot's growing season as the sensors saw it: record kind "growth/1".
+
+Computed inside InfluxDB (InfluxQL aggregates with `GROUP BY time(1d)` in the county's time
+zone) over the lot's plots for its season: days monitored and data completeness, paddy water
+level and soil moisture statistics, growing degree days and rain from the village's weather
+stations, and the alerts the crop's thresholds (core/data/crops.yaml) would have raised.
+Numbers are rounded (2 decimals) so that a recomputation from the same readings gives the same
+record; verification recomputes it and compares.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlmodel import Session, col, select
+
+from core.catalogue import Catalogue
+from core.crops import thresholds
+from core.influx import InfluxV1
+from core.models import Device, Plot
+from ledger.anchor_models import GrowthSummary
+from ledger.codes import canonical_lot_uri
+from ledger.digests import day_bounds, quote
+from ledger.models import Lot, LotSource, TraceEvent
+from ledger.records import RecordNotFound, RecordRef, register_kind
+from ledger.vocab import get_vocab
+
+GROWTH = "growth/1"
+SEASON_STEPS = ("sowing", "transplanting", "fertilising", "spraying", "irrigating", "harvesting")
+
+
+def season_of(session: Session, lot_id: int, tz: str = "Asia/Shanghai") -> tuple[date, date] | None:
+    """First field event to harvest of a lot grown on plots (None for lots without plots)."""
+    if not session.exec(
+        select(LotSource.id).where(LotSource.lot_id == lot_id, col(LotSource.plot_id).is_not(None))
+    ).first():
+        return None
+    vocab = get_vocab()
+    steps = [vocab.normalize_step(s) for s in SEASON_STEPS]
+    times = session.exec(
+        select(TraceEvent.event_time, TraceEvent.biz_step).where(
+            TraceEvent.lot_id == lot_id, col(TraceEvent.biz_step).in_(steps)
+        )
+    ).all()
+    zone = ZoneInfo(tz)
+
+    def local(t: datetime) -> date:
+        return (t if t.tzinfo else t.replace(tzinfo=ZoneInfo("UTC"))).astimezone(zone).date()
+
+    if times:
+        start = min(local(t) for t, _ in times)
+        harvest = [local(t) for t, s in times if s == vocab.normalize_step("harvesting")]
+        return start, max(harvest) if harvest else max(local(t) for t, _ in times)
+    lot = session.get(Lot, lot_id)
+    if lot is None or lot.harvest_year is None:
+        return None
+    return date(lot.harvest_year, 4, 15), date(lot.harvest_year, 10, 15)
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 2)
+
+
+def _daily(influx: InfluxV1, q: str, tz: str) -> list[list[Any]]:
+    series = influx.query(f"{q} GROUP BY time(1d) fill(none) tz('{tz}')")
+    return series[0]["values"] if series else []
+
+
+def _where(tag: str, values: list[str], start: datetime, end: datetime) -> str:
+    ors = " OR ".join(f'"{tag}" = {quote(v)}' for v in values) or "false"
+    t0 = start.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%dT%H:%M:%SZ")
+    t1 = end.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f"WHERE ({ors}) AND time >= '{t0}' AND time < '{t1}'"
+
+
+def compute(session: Session, influx: InfluxV1, catalogue: Catalogue, lot_id: int, tz: str) -> dict[str, Any] | None:
+    """The summary content of a lot's season, or None when the lot was not grown on plots."""
+    season = season_of(session, lot_id, tz)
+    if season is None:
+        return None
+    plots = session.exec(
+        select(Plot).join(LotSource, col(LotSource.plot_id) == Plot.id).where(LotSource.lot_id == lot_id)
+    ).all()
+    plot_nos = sorted(p.plot_no for p in plots)
+    crop = plots[0].crop if plots else None
+    limits = thresholds(crop)
+    start, _ = day_bounds(season[0], tz)
+    _, end = day_bounds(season[1], tz)
+    days = (season[1] - season[0]).days + 1
+    where = _where("plot", plot_nos, start, end)
+
+    devices = session.exec(select(Device).where(col(Device.plot_id).in_([p.id for p in plots]))).all()
+    expected = sum(days * 86_400 / catalogue.kinds[d.kind].interval_s for d in devices if d.kind in catalogue.kinds)
+    stored = 0
+    monitored: set[Any] = set()
+    for kind in sorted({d.kind for d in devices}):
+        first_metric = next(iter(catalogue.kinds[kind].metrics))
+        for t, n in _daily(influx, f'SELECT count("{first_metric}") FROM "{kind}" {where}', tz):
+            stored += int(n or 0)
+            if n:
+                monitored.add(t)
+
+    water = _daily(
+        influx, f'SELECT mean("water_level_cm"), min("water_level_cm"), max("water_level_cm") FROM "paddy" {where}', tz
+    )
+    soil = _daily(
+        influx, f'SELECT mean("soil_moisture"), min("soil_moisture"), max("soil_moisture") FROM "soil" {where}', tz
+    )
+    villages = sorted({p.village_code for p in plots})
+    wx_where = _where("village", villages, start, end)
+    weather = _daily(
+        influx, f'SELECT max("air_temp_c"), min("air_temp_c"), sum("rain_mm") FROM "weather" {wx_where}', tz
+    )
+    base = float(limits["gdd_base_c"])
+    gdd = sum(max(0.0, (hi + lo) / 2 - base) for _, hi, lo, _ in weather if hi is not None and lo is not None)
+    rain = sum(r or 0.0 for *_, r in weather)
+
+    def stats(rows: list[list[Any]]) -> dict[str, Any] | None:
+        if not rows:
+            return None
+        return {
+            "days": len(rows),
+            "mean": _r(sum(r[1] for r in rows) / len(rows)),
+            "min": _r(min(r[2] for r in rows)),
+            "max": _r(max(r[3] for r in rows)),
+        }
+
+    low_water = sum(1 for r in water if r[2] is not None and r[2] < limits.get("paddy_water_min_cm", -5))
+    drought = sum(1 for r in soil if r[1] is not None and r[1] < limits["soil_moisture_min"])
+    lot = session.get(Lot, lot_id)
+    assert lot is not None
+    return {
+        "lot": canonical_lot_uri(lot),
+        "plots": plot_nos,
+        "crop": crop,
+        "season": {"start": season[0].isoformat(), "end": season[1].isoformat(), "days": days, "time_zone": tz},
+        "days_monitored": len(monitored),
+        "completeness_pct": _r(min(100.0, 100.0 * stored / expected)) if expected else None,
+        "readings": stored,
+        "water_level_cm": stats(water),
+        "soil_moisture_pct": stats(soil),
+        "gdd": {"base_c": base, "sum": _r(gdd)},
+        "rain_mm": _r(rain) if weather else None,
+        "alerts": {
+            "low_water_days": low_water,
+            "drought_days": drought,
+            "thresholds": {
+                "paddy_water_min_cm": limits.get("paddy_water_min_cm"),
+                "soil_moisture_min_pct": limits["soil_moisture_min"],
+            },
+        },
+    }
+
+
+def _load(session: Session, summary_id: int) -> tuple[dict[str, Any], str]:
+    g = session.get(GrowthSummary, summary_id)
+    if g is None:
+        raise RecordNotFound(f"growth summary {summary_id} does not exist")
+    return g.content, g.salt
+
+
+def _collect(session: Session, lot_ids: list[int]) -> list[RecordRef]:
+    rows = session.exec(select(GrowthSummary).where(col(GrowthSummary.lot_id).in_(lot_ids))).all()
+    return [RecordRef(GROWTH, g.id) for g in sorted(rows, key=lambda g: g.id or 0) if g.id is not None]
+
+
+def ensure_summaries(session: Session, influx: InfluxV1, catalogue: Catalogue, tz: str, today: date) -> int:
+    """Compute the summary of every plot-grown lot whose season has ended (once; it is then anchored)."""
+    have = set(session.exec(select(GrowthSummary.lot_id)).all())
+    added = 0
+    for lot_id in session.exec(select(Lot.id)).all():
+        if lot_id in have:
+            continue
+        season = season_of(session, lot_id, tz)
+        if season is None or season[1] >= today:
+            continue
+        content = compute(session, influx, catalogue, lot_id, tz)
+        if content is None:
+            continue
+        session.add(GrowthSummary(lot_id=lot_id, season_start=season[0], season_end=season[1], content=content))
+        added += 1
+    session.flush()
+    return added
+
+
+register_kind(GROWTH, _load, _collect)
