@@ -16,7 +16,7 @@ from core.settings import Settings
 from ledger.chain import Chain
 
 # anvil's second default account: a key that does not own the contract.
-OTHER_DEV_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a7abed5b4d0bb24b56d"
+OTHER_DEV_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
 
 
 def chain_settings(anvil: Anvil, **extra: object) -> Settings:
