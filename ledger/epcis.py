@@ -32,12 +32,11 @@ from typing import Any
 import jsonschema_rs
 from pyld import jsonld
 
+from ledger import epcis_hash
 from ledger.epcis_dl import dl_normalise
 from ledger.epcis_hash import (
     DATA_DIR,
     EventHashError,
-    event_hash,
-    event_prehash,
     expand_curie,
     expand_value,
     gs1_prefixes,
@@ -159,6 +158,21 @@ def project_namespace() -> tuple[str, str]:
 def _known_prefixes(declared: Mapping[str, str] | None = None) -> dict[str, str]:
     prefix, namespace = project_namespace()
     return {**gs1_prefixes(), prefix: namespace, **(declared or {})}
+
+
+def event_hash(
+    event: Mapping[str, Any], prefixes: Mapping[str, str] | None = None, *, algorithm: str = "sha-256"
+) -> str:
+    """The GS1 event hash ``ni:///sha-256;<hex>?ver=CBV2.0`` of an event in any of its forms.
+
+    The project prefix (``vt:``) and GS1's are known; ``prefixes`` adds others (a document's ``@context``).
+    """
+    return epcis_hash.event_hash(event, _known_prefixes(prefixes), algorithm=algorithm)
+
+
+def event_prehash(event: Mapping[str, Any], prefixes: Mapping[str, str] | None = None) -> str:
+    """The canonical pre-hash string of an event (what ``event_hash`` digests), for inspection."""
+    return epcis_hash.event_prehash(event, _known_prefixes(prefixes))
 
 
 # --- vendored GS1 files, JSON-LD -----------------------------------------------------------------------------------
