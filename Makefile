@@ -9,11 +9,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PACKAGES := mosquitto mosquitto-clients influxdb influxdb-client docker-compose wrk
 STAMP := $(VENV)/.installed
 
-.PHONY: all deps apt venv demo up test lint fmt lock bench clean
+.PHONY: all deps apt venv node demo up test lint fmt lock bench clean
 
 all: deps
 
-deps: apt venv
+deps: apt venv node
 
 # Debian packages: installed only when a binary is missing; their system services are not needed
 # (the launcher starts its own on free ports), so they are stopped if the package started them.
@@ -37,6 +37,24 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $(STAMP)
+
+# Node tooling of the ledger (package.json: anvil devnet, solc-js, OpenZeppelin): `npm ci` only when
+# node_modules is missing or package.json/package-lock.json changed; the contract is compiled only
+# when its source is newer than the artifact (ledger/build, not committed).
+NODE_STAMP := node_modules/.installed
+CONTRACT_ARTIFACT := ledger/build/TraceAnchor.json
+
+node: $(NODE_STAMP) $(CONTRACT_ARTIFACT)
+
+$(NODE_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "installing Debian packages: nodejs npm"; $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }
+	npm ci --silent
+	@touch $(NODE_STAMP)
+
+$(CONTRACT_ARTIFACT): ledger/contracts/TraceAnchor.sol ledger/contracts/solc.mjs ledger/solc.py $(NODE_STAMP) | venv
+	$(BIN)/python -m ledger.solc TraceAnchor
+	@touch $(CONTRACT_ARTIFACT)
 
 demo: deps
 	$(BIN)/village demo
