@@ -42,6 +42,7 @@ from ledger.epcis_hash import (
     gs1_prefixes,
     hash_algorithm,
     parse_time,
+    split_iri,
     vocab_words,
 )
 
@@ -227,12 +228,29 @@ def _validator() -> Any:
     return jsonschema_rs.validator_for(_data_file(SCHEMA_FILE), validate_formats=True)
 
 
+def _describe(err: Any) -> str:
+    """A schema error in words: the offending property name, or what each alternative wanted."""
+    kind = err.kind
+    if kind.name == "propertyNames":
+        inner = kind.as_dict().get("error")
+        name = getattr(inner, "instance", None)
+        if isinstance(name, str):
+            return f"property {name!r} is not allowed here (not a field of this type, and not a namespaced extension)"
+    if kind.name == "anyOf":
+        wanted = []
+        for branch in getattr(kind, "context", []) or []:
+            for sub in branch:
+                if len(sub.message) <= 200 and sub.message not in wanted:
+                    wanted.append(sub.message)
+        if wanted:
+            return "matches none of the allowed forms: " + "; or ".join(wanted[:6])
+    message = err.message
+    return message if len(message) <= 300 else message[:297] + "..."
+
+
 def _schema_errors(doc: Any) -> list[tuple[str, str]]:
-    errors = []
-    for err in _validator().iter_errors(doc):
-        message = err.message if len(err.message) <= 300 else err.message[:297] + "..."
-        errors.append((pointer(*err.instance_path), f"schema: {message}"))
-    return sorted(set(errors))
+    errors = {(pointer(*err.instance_path), f"schema: {_describe(err)}") for err in _validator().iter_errors(doc)}
+    return sorted(errors)
 
 
 def validate_document(doc: Any) -> None:
@@ -360,18 +378,39 @@ def _bare_words() -> dict[tuple[str, ...], dict[str, str]]:
     return {path: {iri: word for word, iri in words.items()} for path, words in vocab_words().items()}
 
 
-def _compact(value: Any, path: tuple[str, ...], prefix: str, namespace: str) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _compact(v, (*path, k), prefix, namespace) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_compact(v, path, prefix, namespace) for v in value]
-    if isinstance(value, str) and path in vocab_words():
-        word = _bare_words()[path].get(value)
-        if word is not None:
-            return word
-        if value.startswith(namespace) and len(value) > len(namespace):
-            return f"{prefix}:{value[len(namespace) :]}"
-    return value
+class _Compactor:
+    """Normalised event -> document form: CBV bare words, and every IRI key as a CURIE whose prefix the
+    document declares, so that any implementation of the event hash reads the key as {namespace}name."""
+
+    def __init__(self) -> None:
+        self.prefix, self.namespace = project_namespace()
+        self.used: dict[str, str] = {self.namespace: self.prefix}  # namespace -> prefix
+        self._gs1 = {ns: p for p, ns in gs1_prefixes().items()}
+
+    def context(self) -> dict[str, str]:
+        return {p: ns for ns, p in self.used.items()}
+
+    def key(self, key: str) -> str:
+        split = split_iri(key)
+        if split is None:
+            return key
+        namespace, local = split
+        if namespace not in self.used:
+            self.used[namespace] = self._gs1.get(namespace) or f"ns{len(self.used)}"
+        return f"{self.used[namespace]}:{local}"
+
+    def value(self, value: Any, path: tuple[str, ...]) -> Any:
+        if isinstance(value, Mapping):
+            return {self.key(k): self.value(v, (*path, k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.value(v, path) for v in value]
+        if isinstance(value, str) and path in vocab_words():
+            word = _bare_words()[path].get(value)
+            if word is not None:
+                return word
+            if value.startswith(self.namespace) and len(value) > len(self.namespace):
+                return f"{self.prefix}:{value[len(self.namespace) :]}"
+        return value
 
 
 def _event_id_problem(event_id: Any, event: Mapping[str, Any], prefixes: Mapping[str, str]) -> str | None:
@@ -393,7 +432,7 @@ def to_document(events: Iterable[Mapping[str, Any]], *, created: datetime, sende
     """
     if not isinstance(created, datetime) or created.tzinfo is None:
         raise EpcisError([(pointer("creationDate"), "creationDate needs a timezone-aware datetime")])
-    prefix, namespace = project_namespace()
+    compactor = _Compactor()
     prefixes = _known_prefixes()
     errors: list[tuple[str, str]] = []
     out_events: list[dict[str, Any]] = []
@@ -415,12 +454,12 @@ def to_document(events: Iterable[Mapping[str, Any]], *, created: datetime, sende
             continue
         seen[digest] = at
         compact = {"type": body["type"], "eventID": given or digest}
-        compact.update(_compact({k: v for k, v in body.items() if k != "type"}, (), prefix, namespace))
+        compact.update(compactor.value({k: v for k, v in body.items() if k != "type"}, ()))
         out_events.append(compact)
     if errors:
         raise EpcisError(errors)
     doc: dict[str, Any] = {
-        "@context": [GS1_CONTEXT_URL, {prefix: namespace}],
+        "@context": [GS1_CONTEXT_URL, compactor.context()],
         "type": "EPCISDocument",
         "schemaVersion": "2.0",
         "creationDate": _format_time(created),

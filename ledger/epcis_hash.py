@@ -137,7 +137,7 @@ def expand_curie(value: str, prefixes: Mapping[str, str]) -> str:
     return value
 
 
-def _split_iri(iri: str) -> tuple[str, str] | None:
+def split_iri(iri: str) -> tuple[str, str] | None:
     """Namespace and local name of a full IRI used as a key (namespace up to the last '/', '#' or ':')."""
     if "://" not in iri and not iri.startswith("urn:"):
         return None
@@ -233,7 +233,7 @@ class _TreeBuilder:
         head, sep, tail = key.partition(":")
         if sep and head in self.prefixes and not tail.startswith("//"):
             return "{" + self.prefixes[head] + "}" + tail
-        split = _split_iri(key)
+        split = split_iri(key)
         return "{" + split[0] + "}" + split[1] if split else key
 
     def scalar(self, value: Any, path: tuple[str, ...]) -> str:
