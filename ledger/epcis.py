@@ -285,7 +285,16 @@ class _Normaliser:
             return str(key)
         if ":" not in key:
             return key  # an EPCIS term
+        head, _, local = key.partition(":")
         iri = expand_curie(key, self.prefixes)
+        if iri != key and split_iri(iri) != (self.prefixes[head], local):
+            # The hash reads prefix:a/b as {ns}a/b but the IRI ns+a/b as {ns+a/}b: no one form keeps both.
+            self.error(
+                at,
+                f"extension key {key!r} has no stable full form (its prefix IRI must end in / or #, "
+                "its local name must not contain / # :)",
+            )
+            return key
         if iri.startswith(self.project_ns) and len(iri) > len(self.project_ns):
             return f"{self.project_prefix}:{iri[len(self.project_ns) :]}"
         return iri

@@ -491,3 +491,27 @@ def test_export_refuses_what_it_cannot_name() -> None:
     with pytest.raises(EpcisError) as err:
         to_document([sowing(action="MOVE")], created=CREATED)
     assert "/epcisBody/eventList/0/action" in {path for path, _ in err.value.errors}
+
+
+def test_foreign_extension_namespaces_get_declared_prefixes() -> None:
+    event = sowing(**{"https://ns.example.com/epcis/moisture": 14.5, "ilmd": {"urn:epcglobal:cbv:mda:lotNumber": "L1"}})
+    doc = to_document([event], created=CREATED)
+    context = doc["@context"][1]
+    (exported_event,) = doc["epcisBody"]["eventList"]
+    assert context["cbvmda"] == "urn:epcglobal:cbv:mda:" and exported_event["ilmd"] == {"cbvmda:lotNumber": "L1"}
+    (ns_prefix,) = (p for p, ns in context.items() if ns == "https://ns.example.com/epcis/")
+    assert exported_event[f"{ns_prefix}:moisture"] == 14.5
+    assert exported_event["eventID"] == event_hash(event) == event_hash(exported_event, context)
+    (expanded_event,) = epcis.expand(doc)[0]["https://ref.gs1.org/epcis/epcisBody"][0][
+        "https://ref.gs1.org/epcis/eventList"
+    ]
+    assert expanded_event["https://ns.example.com/epcis/moisture"][0]["@value"] == 14.5
+
+
+def test_extension_keys_without_a_stable_form_are_refused() -> None:
+    """ex:a/b hashes as {ns}a/b, its IRI as {ns a/}b: there is no normalised form that keeps the hash."""
+    with pytest.raises(EpcisError) as err:
+        normalise_event(sowing(**{"vt:a/b": 1}))
+    assert err.value.errors[0][0] == "/vt:a~1b" and "no stable full form" in err.value.errors[0][1]
+    with pytest.raises(EpcisError):
+        normalise_event(sowing(**{"ex:x": 1}), {"ex": "https://ns.example.com/no-slash"})
