@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from analytics.results import Result, jsonable, text_table
+from analytics.results import Result, Table, jsonable
 
 AGRI = "employment_primary"
 TOTAL = "employment_total"
@@ -34,17 +34,19 @@ class LocationQuotientResult(Result):
     def lq(self) -> pd.Series:
         return self.table["lq"]
 
-    def summary(self) -> str:
+    def tables(self) -> list[Table]:
         rows = [
             ["/".join(str(k) for k in key) if isinstance(key, tuple) else str(key), *r.tolist()]
             for key, r in self.table.sort_values("lq", ascending=False).iterrows()
         ]
-        return text_table(
-            ["County", self.agri, self.total, "Share", "Region share", "LQ"],
-            rows,
-            title="Location quotient of agricultural employment",
-            notes=[f"region: {self.region_label}; LQ = (agri/total in the county) / (agri/total in the region)"],
-        )
+        return [
+            Table(
+                ["County", self.agri, self.total, "Share", "Region share", "LQ"],
+                rows,
+                title="Location quotient of agricultural employment",
+                notes=[f"region: {self.region_label}; LQ = (agri/total in the county) / (agri/total in the region)"],
+            )
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from analytics.catalogue import Catalogue, CompositeIndex, Direction, get_catalogue
-from analytics.results import Result, jsonable, text_table
+from analytics.results import Result, Table, jsonable
 
 DEFAULT_SHIFT = 0.0001
 DEFAULT_SCALE = 100.0
@@ -108,13 +108,13 @@ class EntropyResult(Result):
             }
         ).loc[list(self.weights.index)]
 
-    def summary(self) -> str:
+    def tables(self) -> list[Table]:
         rows = [
             [ind, "+" if r["direction"] == "higher_is_better" else "-", r["entropy"], r["divergence"], r["weight"]]
             for ind, r in self.table().iterrows()
         ]
         rows.append(["Sum", "", None, float(self.divergence.sum()), float(self.weights.sum())])
-        weights = text_table(
+        weights = Table(
             ["Indicator", "Attr", "Entropy e", "Divergence d", "Weight w"],
             rows,
             title=f"Entropy weights (m = {self.m} objects, shift = {self.shift:g})",
@@ -122,8 +122,8 @@ class EntropyResult(Result):
         )
         ranked = self.scores.sort_values(ascending=False)
         score_rows = [[_object_label(k), i + 1, v] for i, (k, v) in enumerate(ranked.items())]
-        scores = text_table(["Object", "Rank", f"Score (0-{self.scale:g})"], score_rows, title="Scores")
-        return weights + "\n\n" + scores
+        scores = Table(["Object", "Rank", f"Score (0-{self.scale:g})"], score_rows, title="Scores")
+        return [weights, scores]
 
     def to_dict(self) -> dict[str, Any]:
         names = [n or f"level_{i}" for i, n in enumerate(self.scores.index.names)]
@@ -246,7 +246,7 @@ class CompositeResult(Result):
     def m(self) -> int:
         return int(self.scores.shape[0])
 
-    def summary(self) -> str:
+    def tables(self) -> list[Table]:
         has_published = self.weights["published_weight"].notna().any()
         headers = ["Dimension / indicator", "Attr", "Entropy e", "Divergence d", "Weight w", "w in dim."]
         if has_published:
@@ -284,17 +284,17 @@ class CompositeResult(Result):
             notes.append(
                 f"published weights: {self.published_source}; they sum to {self.published_weight_sum:g} as printed"
             )
-        weights = text_table(headers, rows, title=f"{self.name_en} ({self.name_zh}): weights", notes=notes)
+        weights = Table(headers, rows, title=f"{self.name_en} ({self.name_zh}): weights", notes=notes)
         ranked = self.scores.sort_values(ascending=False)
         dims = list(self.dimension_weights.index)
         score_rows = [
             [_object_label(k), i + 1, v, *(self.dimension_scores.loc[k, d] for d in dims)]
             for i, (k, v) in enumerate(ranked.items())
         ]
-        scores = text_table(
+        scores = Table(
             ["Object", "Rank", self.index_id.upper(), *dims], score_rows, title=f"{self.name_en}: scores", digits=2
         )
-        return weights + "\n\n" + scores
+        return [weights, scores]
 
     def to_dict(self) -> dict[str, Any]:
         names = [n or f"level_{i}" for i, n in enumerate(self.scores.index.names)]

@@ -53,9 +53,9 @@ from analytics.results import (
     RegressionResult,
     RegressionTable,
     Result,
+    Table,
     jsonable,
     stars,
-    text_table,
 )
 
 ENTITY = "county_code"
@@ -192,7 +192,7 @@ def fixed_effects(
         periods=int(frame.index.get_level_values(1).nunique()),
         r2=float(res.rsquared),
         r2_within=r2_within,
-        r2_overall=float(res.rsquared_overall),
+        r2_inclusive=float(res.rsquared_inclusive),
         entity_effects=entity_effects,
         time_effects=time_effects,
         cov_type="Clustered" if cov == "clustered" else cov.capitalize(),
@@ -264,15 +264,15 @@ class MediationResult(Result):
             return "mediation by the Sobel test / bootstrap CI, though a or b is not significant on its own"
         return "no significant mediation"
 
-    def summary(self) -> str:
+    def tables(self) -> list[Table]:
         table = RegressionTable(
             models=self.steps,
             names=[f"(1) {self.y}", f"(2) {self.m}", f"(3) {self.y}"],
             title=f"Mediation: {self.x} -> {self.m} -> {self.y}",
-        ).summary()
+        ).tables()
         lo, hi = self.boot_ci
         level = f"{100 * (1 - self.alpha):g} %"
-        effects = text_table(
+        effects = Table(
             ["Effect", "Estimate", "Std. Err.", "z / CI"],
             [
                 ["Total effect c (1)", f"{self.c:.4f}{stars(self.steps[0].pvalues[self.x])}", "", ""],
@@ -288,7 +288,7 @@ class MediationResult(Result):
                 f"conclusion: {self.conclusion()}",
             ],
         )
-        return table + "\n\n" + effects
+        return [*table, effects]
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(
@@ -522,9 +522,9 @@ class ThresholdResult(Result):
     def p_value(self) -> float:
         return self.tests[0].p_value
 
-    def summary(self) -> str:
+    def tables(self) -> list[Table]:
         s = self.settings
-        tests = text_table(
+        tests = Table(
             ["Model", "F-stat", "P-value", "Crit 10%", "Crit 5%", "Crit 1%", "BS reps"],
             [
                 [t.name, f"{t.f_stat:.2f}{stars(t.p_value)}", f"{t.p_value:.4f}", *(t.crit[k] for k in LEVELS), t.reps]
@@ -537,13 +537,17 @@ class ThresholdResult(Result):
             ],
         )
         level = f"{100 * (1 - s['alpha']):g}%"
-        estimates = text_table(
+        estimates = Table(
             ["Threshold", "Estimate", f"Lower ({level})", f"Upper ({level})"],
             [[e.name, e.estimate, e.ci_lower, e.ci_upper] for e in self.thresholds],
             title="Threshold estimates",
             notes=[f"LR confidence set: LR(g) <= c(alpha) = {s['c_alpha']:.4f}"],
         )
-        return "\n\n".join([tests, estimates, self.regression.summary()])
+        return [tests, estimates, *self.regression.tables()]
+
+    def summary(self) -> str:
+        tests, estimates = self.tables()[:2]
+        return "\n\n".join([tests.text(), estimates.text(), self.regression.summary()])
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(
@@ -871,15 +875,17 @@ class HausmanResult(Result):
     fe: pd.Series
     re: pd.Series
 
-    def summary(self) -> str:
+    def tables(self) -> list[Table]:
         rows = [[v, self.fe[v], self.re[v], self.fe[v] - self.re[v]] for v in self.fe.index]
         verdict = "fixed effects" if self.p_value < 0.05 else "random effects (not rejected)"
-        return text_table(
-            ["Variable", "FE", "RE", "Difference"],
-            rows,
-            title="Hausman test",
-            notes=[f"chi2({self.df}) = {self.statistic:.4f}, p = {self.p_value:.4f}: {verdict}"],
-        )
+        return [
+            Table(
+                ["Variable", "FE", "RE", "Difference"],
+                rows,
+                title="Hausman test",
+                notes=[f"chi2({self.df}) = {self.statistic:.4f}, p = {self.p_value:.4f}: {verdict}"],
+            )
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(

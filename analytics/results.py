@@ -114,11 +114,28 @@ def key_values(pairs: Sequence[tuple[str, Any]], *, columns: int = 2, digits: in
     return "\n".join(out)
 
 
-class Result:
-    """Base: `__str__` is the summary table."""
+@dataclass
+class Table:
+    """One table of a result: rendered as text by `summary()` and as a rich table by the CLI."""
 
-    def summary(self) -> str:  # pragma: no cover - overridden
+    headers: list[str]
+    rows: list[list[Any]]
+    title: str | None = None
+    notes: list[str] = field(default_factory=list)
+    digits: int = 4
+
+    def text(self) -> str:
+        return text_table(self.headers, self.rows, title=self.title, notes=self.notes, digits=self.digits)
+
+
+class Result:
+    """Base: `summary()` renders `tables()` as text; `__str__` is the summary."""
+
+    def tables(self) -> list[Table]:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def summary(self) -> str:
+        return "\n\n".join(t.text() for t in self.tables())
 
     def to_dict(self) -> dict[str, Any]:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -139,7 +156,8 @@ class RegressionResult(Result):
 
     `coefficients` has the columns coef, std_err, t, p, ci_lower, ci_upper, one row per regressor.
     `r2_within` counts the year effects as explained (as Stata's `xtreg y x i.year, fe`);
-    `r2` is linearmodels' R-squared of the model once both effects are removed.
+    `r2` is linearmodels' R-squared of the model once both effects are removed; `r2_inclusive`
+    counts the effects too (the R-squared of the dummy-variable regression).
     """
 
     dependent: str
@@ -149,7 +167,7 @@ class RegressionResult(Result):
     periods: int
     r2: float
     r2_within: float
-    r2_overall: float
+    r2_inclusive: float
     entity_effects: bool
     time_effects: bool
     cov_type: str
@@ -173,31 +191,40 @@ class RegressionResult(Result):
         effects = [name for flag, name in ((self.entity_effects, "Entity"), (self.time_effects, "Time")) if flag]
         return ", ".join(effects) or "None"
 
-    def summary(self) -> str:
-        header = key_values(
-            [
-                ("Dep. Variable", self.dependent),
-                ("R-squared (within)", self.r2_within),
-                ("Estimator", self.estimator),
-                ("R-squared (effects removed)", self.r2),
-                ("No. Observations", self.nobs),
-                ("R-squared (overall)", self.r2_overall),
-                ("Entities", self.entities),
-                ("Cov. Estimator", self.cov_type),
-                ("Time periods", self.periods),
-                ("Effects", self.effects_label()),
-            ]
-        )
+    def _info(self) -> list[tuple[str, Any]]:
+        return [
+            ("Dep. Variable", self.dependent),
+            ("R-squared (within)", self.r2_within),
+            ("Estimator", self.estimator),
+            ("R-squared (effects removed)", self.r2),
+            ("No. Observations", self.nobs),
+            ("R-squared (incl. effects)", self.r2_inclusive),
+            ("Entities", self.entities),
+            ("Cov. Estimator", self.cov_type),
+            ("Time periods", self.periods),
+            ("Effects", self.effects_label()),
+        ]
+
+    def tables(self) -> list[Table]:
+        info = self._info()
+        pairs = [[*info[i], *info[i + 1]] for i in range(0, len(info), 2)]
         rows = [
             [name, r["coef"], r["std_err"], r["t"], f"{r['p']:.4f}", r["ci_lower"], r["ci_upper"]]
             for name, r in self.coefficients.iterrows()
         ]
-        table = text_table(
-            ["", "Parameter", "Std. Err.", "T-stat", "P-value", "Lower CI", "Upper CI"],
-            rows,
-            title="Parameter Estimates",
-            notes=[self.cov_note] if self.cov_note else [],
-        )
+        return [
+            Table(["", "", "", ""], pairs, title=f"{self.estimator} Estimation Summary"),
+            Table(
+                ["", "Parameter", "Std. Err.", "T-stat", "P-value", "Lower CI", "Upper CI"],
+                rows,
+                title="Parameter Estimates",
+                notes=[self.cov_note] if self.cov_note else [],
+            ),
+        ]
+
+    def summary(self) -> str:
+        header = key_values(self._info())
+        table = self.tables()[1].text()
         title = f"{self.estimator} Estimation Summary"
         width = max(len(x) for x in [*header.splitlines(), table.splitlines()[1]])
         return "\n".join([title.center(width).rstrip(), "=" * width, header, "", table])
@@ -217,7 +244,7 @@ class RegressionResult(Result):
                 "periods": self.periods,
                 "r2": self.r2,
                 "r2_within": self.r2_within,
-                "r2_overall": self.r2_overall,
+                "r2_inclusive": self.r2_inclusive,
                 "entity_effects": self.entity_effects,
                 "time_effects": self.time_effects,
                 "cov_type": self.cov_type,
@@ -251,7 +278,7 @@ class RegressionTable(Result):
                     seen.append(str(v))
         return seen
 
-    def summary(self) -> str:
+    def tables(self) -> list[Table]:
         cols = self.column_names()
         rows: list[list[Any]] = []
         for v in self.variables():
@@ -273,12 +300,9 @@ class RegressionTable(Result):
         rows.append(["Within R²", *(f"{m.r2_within:.4f}" for m in self.models)])
         below_label = "t statistics" if self.show == "t" else "standard errors"
         cov = self.models[0].cov_type if self.models else ""
-        return text_table(
-            ["", *cols],
-            rows,
-            title=self.title,
-            notes=[f"{below_label} in parentheses ({cov}); {STAR_NOTE}"],
-        )
+        return [
+            Table(["", *cols], rows, title=self.title, notes=[f"{below_label} in parentheses ({cov}); {STAR_NOTE}"])
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(
@@ -297,9 +321,9 @@ class DescriptiveResult(Result):
 
     table: pd.DataFrame
 
-    def summary(self) -> str:
+    def tables(self) -> list[Table]:
         rows = [[v, int(r["n"]), r["mean"], r["sd"], r["min"], r["max"]] for v, r in self.table.iterrows()]
-        return text_table(["Variable", "N", "Mean", "Std. Dev.", "Min", "Max"], rows, title="Descriptive statistics")
+        return [Table(["Variable", "N", "Mean", "Std. Dev.", "Min", "Max"], rows, title="Descriptive statistics")]
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(

@@ -113,7 +113,7 @@ class StatisticsImportResult:
             return "nothing to import"
         years = f"{min(self.years)}-{max(self.years)}" if self.years else "-"
         return (
-            f"{total} values ({len(self.counties)} counties, years {years}, {len(self.indicators)} indicators): "
+            f"{total} values ({len(self.counties)} divisions, years {years}, {len(self.indicators)} indicators): "
             f"{self.created} new, {self.updated} updated, {self.unchanged} unchanged"
         )
 

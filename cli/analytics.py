@@ -1,0 +1,409 @@
+"""`village stats ...` (county statistics) and `village models ...` (indices and panel models).
+
+Models read the statistics stored in the database (`village stats import` / `village stats demo`)
+or, with `--csv FILE`, a statistics CSV directly. Variables are catalogue indicator ids, composite
+index ids (dvi, rri, dei: pooled entropy scores over the panel), `lq_agri` (location quotient of
+primary-industry employment) and `ln_` before any of them. `--json` prints the result as JSON, the
+same object the API returns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from analytics.catalogue import get_catalogue
+from cli.registry import err_console, fail, registry_engine
+
+if TYPE_CHECKING:  # pandas and the models load only when a command runs, so `village --help` stays fast
+    import pandas as pd
+
+    from analytics.results import Result, Table
+
+stats_app = typer.Typer(no_args_is_help=True, help="County statistics per year: import from CSV, demo panel, overview.")
+models_app = typer.Typer(
+    no_args_is_help=True,
+    help="Indicator catalogue, entropy indices, location quotient and panel models (FE, mediation, threshold).",
+)
+
+DEFAULT_CONTROLS = "fiscal_agri_support,ln_gdp_per_capita,fixed_asset_investment"
+CsvOption = typer.Option(None, "--csv", help="Read this statistics CSV instead of the database.")
+JsonOption = typer.Option(False, "--json", help="Print the result as JSON (what the API returns).")
+YearsOption = typer.Option(None, "--years", help="Only these years, e.g. 2015-2024 or 2020,2022.")
+CountiesOption = typer.Option(None, "--counties", help="Only these county codes, comma-separated.")
+
+
+# ---------------------------------------------------------------- output
+
+
+def print_result(result: Result, as_json: bool = False) -> None:
+    """A result as rich tables (one per `tables()` entry), or as its JSON."""
+    if as_json:
+        typer.echo(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode())
+        return
+    console = wide_console()
+    for table in result.tables():
+        console.print(rich_table(table))
+        console.print()
+
+
+def wide_console() -> Console:
+    """Regression tables need width: at least 140 columns when the output is not a terminal."""
+    console = Console()
+    return console if console.is_terminal else Console(width=max(console.width, 140))
+
+
+def rich_table(table: Table) -> RichTable:
+    from analytics.results import fmt
+
+    out = RichTable(
+        title=table.title,
+        caption="\n".join(table.notes) or None,
+        caption_justify="left",
+        show_header=any(table.headers),
+    )
+    for i, h in enumerate(table.headers):
+        out.add_column(h, justify="left" if i == 0 else "right")
+    for row in table.rows:
+        out.add_row(*(fmt(c, table.digits) for c in row))
+    return out
+
+
+def _split(text: str | None) -> list[str]:
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
+
+
+def _years(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    years: list[int] = []
+    try:
+        for part in _split(text):
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                years += list(range(int(lo), int(hi) + 1))
+            else:
+                years.append(int(part))
+    except ValueError:
+        fail(f"--years {text!r}: expected years like 2015-2024 or 2020,2022", 2)
+    return years
+
+
+def load_wide(csv: Path | None, years: str | None = None, counties: str | None = None) -> pd.DataFrame:
+    """County-year statistics (one column per indicator) from the database or a CSV file."""
+    from sqlmodel import Session
+
+    from analytics import statistics_io
+
+    try:
+        if csv is not None:
+            if not csv.is_file():
+                fail(f"{csv}: no such file", 2)
+            long = statistics_io.read_statistics_frame(csv)
+        else:
+            with Session(registry_engine()) as session:
+                long = statistics_io.load_statistics(session)
+    except statistics_io.StatisticsImportError as e:
+        for error in e.errors[:20]:
+            err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        fail(f"{csv}: {len(e.errors)} error(s)")
+    if long.empty:
+        fail("no county statistics yet: run `village stats demo` or `village stats import FILE` (or pass --csv)")
+    wide = statistics_io.to_wide(long)
+    if years is not None:
+        wide = wide[wide.index.get_level_values("year").isin(_years(years) or [])]
+    if counties:
+        wide = wide[wide.index.get_level_values("county_code").isin(_split(counties))]
+    if wide.empty:
+        fail("no county-year rows left after the --years/--counties filters")
+    return wide
+
+
+def _run(compute: Any) -> Any:
+    """Run a model, turning bad variable names and unusable data into one-line errors."""
+    try:
+        return compute()
+    except KeyError as e:
+        fail(str(e.args[0]) if e.args else str(e), 2)
+    except ValueError as e:
+        fail(str(e))
+
+
+def _variables(wide: pd.DataFrame, names: list[str], method: str = "flat") -> pd.DataFrame:
+    from analytics.dataset import build_variables
+
+    return _run(lambda: build_variables(wide, names, method=method))
+
+
+# ---------------------------------------------------------------- village stats
+
+
+@stats_app.command("import")
+def import_cmd(
+    file: Path = typer.Argument(..., help="A statistics CSV (long: county_code,year,indicator_id,value; or wide)."),
+    layout: str = typer.Option("auto", help="auto (from the header), long or wide."),
+    source: str | None = typer.Option(None, help="Source note kept with every value (e.g. the yearbook)."),
+) -> None:
+    """Import county statistics; nothing is imported when any cell is wrong; safe to repeat."""
+    from sqlmodel import Session
+
+    from analytics import statistics_io
+
+    if layout not in ("auto", "long", "wide"):
+        fail(f"--layout {layout!r}: use auto, long or wide", 2)
+    if not file.is_file():
+        fail(f"{file}: no such file", 2)
+    with Session(registry_engine()) as session:
+        try:
+            result = statistics_io.import_statistics(session, file, layout=layout, source_note=source)  # type: ignore[arg-type]
+        except statistics_io.StatisticsImportError as e:
+            for error in e.errors:
+                err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            fail(f"import {file}: {len(e.errors)} error(s); nothing was imported")
+        session.commit()
+    typer.echo(f"import {file}: {result.summary()}")
+
+
+@stats_app.command("demo")
+def demo_cmd() -> None:
+    """Load the illustrative Liaoning panel (14 counties, 2015-2024; synthesised values, see its source column)."""
+    from sqlmodel import Session
+
+    from analytics import statistics_io
+
+    with Session(registry_engine()) as session:
+        result = statistics_io.load_demo(session)
+        session.commit()
+    typer.echo(f"demo statistics: {result.summary()}")
+
+
+@stats_app.command("show")
+def show_cmd(csv: Path | None = CsvOption) -> None:
+    """Which indicators are stored: counties, years and values per indicator."""
+    wide = load_wide(csv)
+    catalogue = get_catalogue()
+    table = RichTable(title=f"County statistics ({wide.index.get_level_values(0).nunique()} counties)")
+    for name in ("indicator", "name", "unit", "counties", "years", "values"):
+        table.add_column(name, justify="right" if name in ("counties", "values") else "left")
+    for ind in catalogue.of_source("statistics"):
+        if ind.id not in wide.columns:
+            continue
+        col = wide[ind.id].dropna()
+        years = col.index.get_level_values("year")
+        table.add_row(
+            ind.id,
+            ind.name_en,
+            ind.unit,
+            str(col.index.get_level_values("county_code").nunique()),
+            f"{years.min()}-{years.max()}",
+            str(len(col)),
+        )
+    wide_console().print(table)
+
+
+# ---------------------------------------------------------------- village models
+
+
+@models_app.command("catalogue")
+def catalogue_cmd(
+    source: str | None = typer.Option(None, help="Only this source: statistics, influx, ledger or registry."),
+    index: str | None = typer.Option(None, help="Show the members of this composite index (dvi, rri, dei)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """The indicator catalogue (analytics/indicators.yaml)."""
+    catalogue = get_catalogue()
+    console = wide_console()
+    if index:
+        idx = _run(lambda: catalogue.index(index))
+        if as_json:
+            typer.echo(orjson.dumps(idx.model_dump(), option=orjson.OPT_INDENT_2).decode())
+            return
+        table = RichTable(title=f"{idx.name_en} ({idx.name_zh})", caption=idx.formula, caption_justify="left")
+        for name in ("dimension", "indicator", "transform", "attr", "unit", "published weight"):
+            table.add_column(name)
+        for dim in idx.dimensions:
+            for m in dim.members:
+                ind = catalogue.indicator(m.indicator)
+                table.add_row(
+                    dim.id,
+                    f"{ind.id} {ind.name_zh}",
+                    m.transform,
+                    "+" if ind.direction == "higher_is_better" else "-",
+                    ind.unit,
+                    "" if m.published_weight is None else f"{m.published_weight:g}",
+                )
+        console.print(table)
+        total = idx.published_weight_sum()
+        if total is not None and idx.published is not None:
+            console.print(f"published weights sum to {total:g} as printed ({idx.published.source})")
+        return
+    indicators = [i for i in catalogue.indicators if source is None or i.source == source]
+    if as_json:
+        typer.echo(orjson.dumps([i.model_dump() for i in indicators], option=orjson.OPT_INDENT_2).decode())
+        return
+    table = RichTable(title=f"Indicators ({len(indicators)})")
+    for name in ("id", "name", "dimension", "unit", "attr", "source", "reference"):
+        table.add_column(name, overflow="fold")
+    for i in indicators:
+        table.add_row(
+            i.id,
+            f"{i.name_zh} {i.name_en}",
+            i.dimension,
+            i.unit,
+            "+" if i.direction == "higher_is_better" else "-",
+            i.source,
+            "; ".join(r.label() for r in i.references),
+        )
+    console.print(table)
+    console.print("composite indices: " + ", ".join(f"{x.id} ({x.name_en})" for x in catalogue.indices))
+
+
+@models_app.command("entropy")
+def entropy_cmd(
+    index: str = typer.Option("dvi", help="Composite index id (dvi, rri, dei)."),
+    year: int | None = typer.Option(None, help="Compare the counties of this year (default: pool all county-years)."),
+    method: str = typer.Option("flat", help="flat (one entropy step over all members) or hierarchical."),
+    shift: float = typer.Option(0.0001, help="Added to the normalised values so that no log of zero is taken."),
+    years: str | None = YearsOption,
+    counties: str | None = CountiesOption,
+    csv: Path | None = CsvOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Entropy weights and scores of a composite index (with the published weights beside ours)."""
+    from analytics.entropy import composite_index
+
+    if method not in ("flat", "hierarchical"):
+        fail(f"--method {method!r}: use flat or hierarchical", 2)
+    wide = load_wide(csv, years, counties)
+    if year is not None:
+        if year not in wide.index.get_level_values("year"):
+            fail(f"no statistics for {year}")
+        wide = wide.xs(year, level="year")
+    result = _run(lambda: composite_index(wide, index, method=method, shift=shift))  # type: ignore[arg-type]
+    print_result(result, as_json)
+
+
+@models_app.command("lq")
+def lq_cmd(
+    year: int | None = typer.Option(None, help="Only this year (the region's share is per year)."),
+    years: str | None = YearsOption,
+    counties: str | None = CountiesOption,
+    csv: Path | None = CsvOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Location quotient of primary-industry employment (region = the counties in the data)."""
+    from analytics.agglomeration import location_quotient
+
+    wide = load_wide(csv, years if year is None else str(year), counties)
+    print_result(_run(lambda: location_quotient(wide)), as_json)
+
+
+@models_app.command("describe")
+def describe_cmd(
+    variables: str = typer.Option(f"rri,dvi,lq_agri,{DEFAULT_CONTROLS}", "--vars", help="Comma-separated variables."),
+    years: str | None = YearsOption,
+    counties: str | None = CountiesOption,
+    csv: Path | None = CsvOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Descriptive statistics (N, mean, sd, min, max) of model variables."""
+    from analytics.results import describe
+
+    names = _split(variables)
+    data = _variables(load_wide(csv, years, counties), names)
+    print_result(_run(lambda: describe(data, names)), as_json)
+
+
+@models_app.command("fe")
+def fe_cmd(
+    y: str = typer.Option("rri", "--y", help="Dependent variable."),
+    x: str = typer.Option("dvi", "--x", help="Explanatory variable(s), comma-separated."),
+    controls: str = typer.Option(DEFAULT_CONTROLS, help="Control variables, comma-separated ('' for none)."),
+    stepwise: bool = typer.Option(True, help="One column per added control (as papers print it)."),
+    time_effects: bool = typer.Option(True, help="Year fixed effects besides the county effects."),
+    years: str | None = YearsOption,
+    counties: str | None = CountiesOption,
+    csv: Path | None = CsvOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Two-way fixed-effects regression (PanelOLS, SEs clustered by county), controls added one at a time."""
+    from analytics.panel import fixed_effects_table
+
+    xs, ctrl = _split(x), _split(controls)
+    data = _variables(load_wide(csv, years, counties), [y, *xs, *ctrl])
+    result = _run(lambda: fixed_effects_table(data, y, xs, ctrl, stepwise=stepwise, time_effects=time_effects))
+    print_result(result, as_json)
+
+
+@models_app.command("mediation")
+def mediation_cmd(
+    y: str = typer.Option("rri", "--y", help="Dependent variable."),
+    x: str = typer.Option("dvi", "--x", help="Explanatory variable."),
+    m: str = typer.Option("lq_agri", "--m", help="Mediator."),
+    controls: str = typer.Option(DEFAULT_CONTROLS, help="Control variables, comma-separated ('' for none)."),
+    reps: int = typer.Option(1000, min=0, help="Cluster-bootstrap replications for the CI of a*b."),
+    seed: int = typer.Option(0, help="Random seed of the bootstrap."),
+    years: str | None = YearsOption,
+    counties: str | None = CountiesOption,
+    csv: Path | None = CsvOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Three-step mediation (two-way FE in each step), Sobel test and bootstrap CI of the indirect effect."""
+    from analytics.panel import mediation
+
+    ctrl = _split(controls)
+    data = _variables(load_wide(csv, years, counties), [y, x, m, *ctrl])
+    print_result(_run(lambda: mediation(data, y, x, m, ctrl, reps=reps, seed=seed)), as_json)
+
+
+@models_app.command("threshold")
+def threshold_cmd(
+    y: str = typer.Option("rri", "--y", help="Dependent variable."),
+    x: str = typer.Option("dvi", "--x", help="Regressor(s) whose slope changes at the threshold, comma-separated."),
+    q: str = typer.Option("lq_agri", "--q", help="Threshold variable."),
+    controls: str = typer.Option(DEFAULT_CONTROLS, help="Control variables, comma-separated ('' for none)."),
+    reps: int = typer.Option(300, min=0, help="Bootstrap replications of the F tests."),
+    grid: int = typer.Option(300, min=10, help="Maximum number of candidate thresholds."),
+    trim: float = typer.Option(0.15, help="Share of observations each regime keeps at least."),
+    double: bool = typer.Option(True, help="Also test a second threshold."),
+    time_effects: bool = typer.Option(False, help="Year effects too (Hansen's model has county effects only)."),
+    seed: int = typer.Option(0, help="Random seed of the bootstrap."),
+    years: str | None = YearsOption,
+    counties: str | None = CountiesOption,
+    csv: Path | None = CsvOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Hansen (1999) panel threshold model: grid search, LR confidence interval, bootstrap F tests."""
+    from analytics.panel import panel_threshold
+
+    xs, ctrl = _split(x), _split(controls)
+    data = _variables(load_wide(csv, years, counties), list(dict.fromkeys([y, *xs, q, *ctrl])))
+    result = _run(
+        lambda: panel_threshold(
+            data, y, xs, q, ctrl, reps=reps, grid=grid, trim=trim, double=double, time_effects=time_effects, seed=seed
+        )
+    )
+    print_result(result, as_json)
+
+
+@models_app.command("hausman")
+def hausman_cmd(
+    y: str = typer.Option("rri", "--y", help="Dependent variable."),
+    x: str = typer.Option("dvi", "--x", help="Explanatory variable(s), comma-separated."),
+    controls: str = typer.Option(DEFAULT_CONTROLS, help="Control variables, comma-separated ('' for none)."),
+    years: str | None = YearsOption,
+    counties: str | None = CountiesOption,
+    csv: Path | None = CsvOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Hausman test of county fixed against random effects."""
+    from analytics.panel import hausman
+
+    xs, ctrl = _split(x), _split(controls)
+    data = _variables(load_wide(csv, years, counties), [y, *xs, *ctrl])
+    print_result(_run(lambda: hausman(data, y, xs, ctrl)), as_json)
