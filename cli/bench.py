@@ -49,3 +49,35 @@ def ingest(
         )
     console.print(table)
     print(json.dumps({"bench": "ingest", "runs": runs}, ensure_ascii=False))
+
+
+@app.command("anchor")
+def anchor(
+    leaves: int = typer.Option(1_000_000, min=1, help="Leaves of the large tree (built, proven, anchored)."),
+    verify_samples: int = typer.Option(2000, min=1, help="Proofs checked to time one check."),
+) -> None:
+    """Merkle tree and proofs for many leaves, one proof check, gas per anchor on a local anvil."""
+    from bench.anchor import run
+
+    console = Console(stderr=True)
+    with console.status(f"building a tree of {leaves:,} leaves and anchoring windows on anvil..."):
+        r = run(leaves=leaves, verify_samples=verify_samples)
+    table = Table(title="village bench anchor")
+    for col in ("figure", "value", "target"):
+        table.add_column(col, justify="right" if col != "figure" else "left")
+    rows = [
+        (f"tree of {r['leaves']:,} leaves", f"{r['tree_s']} s", ""),
+        ("all proofs (index matrix)", f"{r['proofs_s']} s", ""),
+        ("tree + all proofs", f"{r['tree_and_proofs_s']} s", "< 10 s for 1,000,000"),
+        ("one proof as bytes", f"{r['proof_bytes_us']} µs", ""),
+        ("verify one proof, median / p99", f"{r['verify_us_median']} / {r['verify_us_p99']} µs", "< 1000 µs"),
+        ("verify on chain (eth_call), median", f"{r['onchain_verify_ms_median']} ms", ""),
+        ("gas, first window", f"{r['first_window_gas']:,}", ""),
+    ]
+    sizes = [int(k[4:]) for k in r if k.startswith("gas_")]
+    rows += [(f"gas, window of {n:,} leaves", f"{r[f'gas_{n}']:,}", "same for any size") for n in sizes]
+    rows.append(("cores (single-threaded build)", str(r["cores"]), ""))
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    print(json.dumps({"bench": "anchor", **r}, ensure_ascii=False))

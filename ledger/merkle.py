@@ -232,25 +232,25 @@ class MerkleTree:
         padded with -1 (leaves sit at two depths). `nodes[row[row >= 0]]` are the proof's bytes."""
         n = len(self)
         depth = (2 * n - 1).bit_length() - 1  # deepest leaf's level
-        matrix = np.full((n, depth), -1, dtype=np.int32 if 2 * n < 2**31 else np.int64)
-        cur = self.tree_index.copy()
+        dtype = np.int32 if 2 * n < 2**31 else np.int64
+        levels = np.empty((depth, n), dtype=dtype)  # filled level by level, contiguously
+        cur = self.tree_index.astype(dtype)
         for level in range(depth):
-            active = cur > 0
-            sibling = np.where(cur % 2 == 1, cur + 1, cur - 1)
-            matrix[:, level] = np.where(active, sibling, -1)
-            cur = np.where(active, (cur - 1) // 2, 0)
-        return matrix
+            sibling = cur + ((cur & 1) * 2 - 1)  # odd: right sibling i + 1; even: left sibling i - 1
+            np.copyto(levels[level], np.where(cur > 0, sibling, -1))
+            cur = (cur - 1) >> 1  # parent; the root (0) goes to -1 and stays there
+        return levels.T  # (n, depth) view
 
     def proofs(self, matrix: np.ndarray | None = None, chunk: int = 4096) -> Iterator[list[bytes]]:
         """Every proof as bytes, in input order, gathered from the index matrix a chunk at a time."""
         matrix = self.proof_matrix() if matrix is None else matrix
         for start in range(0, len(matrix), chunk):
-            rows = matrix[start : start + chunk]
-            gathered = self.nodes[rows]  # -1 pads pick the last node: cut off by the lengths below
-            sizes = (rows >= 0).sum(axis=1).tolist()
-            for blob, size in zip(gathered.reshape(len(rows), -1), sizes, strict=True):
-                data = blob[: size * HASH_BYTES].tobytes()
-                yield [data[k : k + HASH_BYTES] for k in range(0, len(data), HASH_BYTES)]
+            rows = np.ascontiguousarray(matrix[start : start + chunk])
+            data = self.nodes[rows].tobytes()  # -1 pads pick the last node: cut off by the sizes below
+            stride = rows.shape[1] * HASH_BYTES
+            for r, size in enumerate((rows >= 0).sum(axis=1).tolist()):
+                base = r * stride
+                yield [data[k : k + HASH_BYTES] for k in range(base, base + size * HASH_BYTES, HASH_BYTES)]
 
     def _node_bytes(self) -> bytes:
         if self._blob is None:

@@ -173,3 +173,16 @@ def test_key_from_file_and_never_shown(anvil: Anvil, tmp_path: Path) -> None:
     assert "zz" not in str(bad.value) and bad.value.__cause__ is None and bad.value.__context__ is not None
     with pytest.raises(ContractMismatch, match="CHAIN_ID"):
         Chain.connect(chain_settings(anvil, CHAIN_ID=1))
+
+
+def test_bench_anchor_prints_its_figures_last() -> None:
+    from typer.testing import CliRunner
+
+    from cli.bench import app
+
+    result = CliRunner().invoke(app, ["anchor", "--leaves", "3000", "--verify-samples", "50"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["bench"] == "anchor" and figures["leaves"] == 3000 and figures["cores"] == os.cpu_count()
+    assert figures["proof_length"] == 12 and 0 < figures["verify_us_median"] < 1000
+    assert max(figures[f"gas_{n}"] for n in (1, 1000, 3000)) - min(figures[f"gas_{n}"] for n in (1, 1000, 3000)) < 300
