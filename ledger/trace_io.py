@@ -39,10 +39,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints, ValidationError
 from pydantic import Field as PField
 from sqlmodel import Session, col, select
 
@@ -169,7 +169,8 @@ class InspectionRow(_Row):
     sampled_on: date
     reported_on: date | None = None
     certificate_sha256: str | None = PField(default=None, pattern=r"^[0-9a-fA-F]{64}$")
-    certificate_text: str | None = PField(default=None, min_length=1)
+    # hashed byte for byte (UTF-8), so never stripped
+    certificate_text: Annotated[str, StringConstraints(strip_whitespace=False, min_length=1)] | None = None
     items: list[ItemRow] = PField(min_length=1)
     salt: str | None = PField(default=None, pattern=SALT)
 
@@ -562,10 +563,13 @@ class _Importer:
                     err(fld, f"duplicate source {s.plot_no or s.herd_no!r}")
                 sources.add(origin)
             parents: set[tuple[int, str, float | None]] = set()
+            quiet = False  # a parent whose own row failed: reported there, not again
             for j, p in enumerate(row.parents):
                 fld = f"parents[{j}].lot"
+                errors_before = len(self.errors)
                 parent = self.lot(p.lot, err, fld)
                 if parent is None:
+                    quiet = quiet or len(self.errors) == errors_before
                     continue
                 if parent.id == lot.id:
                     err(fld, "a lot cannot be its own parent")
@@ -575,7 +579,8 @@ class _Importer:
                     continue
                 decimals = self.vocab.units[parent.unit].decimals if parent.unit in self.vocab.units else 3
                 parents.add((parent.id, p.relation, _round(p.quantity, decimals)))  # type: ignore[arg-type]
-            if len(self.errors) > before:
+            if quiet or len(self.errors) > before:
+                self.failed_lots.update({f"{row.product}:{row.lot_no}", lot.code})
                 continue
             if not new:
                 stored_sources = {
@@ -772,6 +777,7 @@ class _Importer:
     # ---- inspections
 
     def inspections(self, row: InspectionRow, err: Err, i: int) -> None:
+        before = len(self.errors)
         key = (row.lab, row.report_no)
         if key in self.seen["inspections"]:
             err("report_no", f"duplicate report {row.report_no!r} of {row.lab!r}")
@@ -786,7 +792,7 @@ class _Importer:
         for j, name in enumerate(names):
             if name in names[:j]:
                 err(f"items[{j}].item", f"duplicate item {name!r}")
-        if lot is None or len(self.errors):
+        if lot is None or len(self.errors) > before:
             return
         digest = row.certificate_sha256.lower() if row.certificate_sha256 else None
         if row.certificate_text is not None:
