@@ -36,7 +36,7 @@ _HASHES: dict[str, Callable[[bytes], Any]] = {
     "sha-384": hashlib.sha384,
     "sha-512": hashlib.sha512,
 }
-_EVENT_HASH = re.compile(r"^ni:///(sha-256|sha3-256|sha-384|sha-512);([0-9a-f]+)\?ver=CBV\d+\.\d+(\.\d+)?$")
+_EVENT_HASH = re.compile(r"^ni:///(sha-256|sha3-256|sha-384|sha-512);[0-9a-fA-F]+\?ver=CBV2\.0$")
 _CBV_URNS = (
     ("urn:epcglobal:cbv:bizstep:", "https://ref.gs1.org/cbv/BizStep-"),
     ("urn:epcglobal:cbv:disp:", "https://ref.gs1.org/cbv/Disp-"),
@@ -367,7 +367,8 @@ def event_prehash(event: Mapping[str, Any], prefixes: Mapping[str, str] | None =
     (epcis, cbv, cbvmda, gs1, ...) are always known. Where this port takes the algorithm's form rather than the
     reference's accident: a bizTransaction/source/destination is always written type first, then its value,
     whatever the JSON key order, and one without type is just its value (the reference fails on it); JSON booleans
-    are written ``true``/``false`` as in XML (the reference writes Python's ``True``); a full IRI used as a key
+    are written ``true``/``false`` as in XML and in OpenEPCIS's implementation (the reference writes Python's
+    ``True``); a full IRI used as a key
     is written ``{namespace}local`` like a CURIE (the reference leaves it as it is); CBV bare words are expanded
     only in the vocabulary fields of the GS1 context (the reference expands any matching string in the document);
     a fourth decimal of a time rounds half up; ``null`` values are left out; ``@context`` in an event is ignored.
@@ -395,6 +396,6 @@ def event_hash(
 
 
 def hash_algorithm(event_id: str) -> str | None:
-    """The digest algorithm named by an event-hash eventID, or None if the value is not an event hash."""
+    """The digest algorithm named by an eventID that is a CBV 2.0 event hash, or None if it is not one."""
     m = _EVENT_HASH.match(event_id) if isinstance(event_id, str) else None
     return m.group(1) if m else None

@@ -515,3 +515,11 @@ def test_extension_keys_without_a_stable_form_are_refused() -> None:
     assert err.value.errors[0][0] == "/vt:a~1b" and "no stable full form" in err.value.errors[0][1]
     with pytest.raises(EpcisError):
         normalise_event(sowing(**{"ex:x": 1}), {"ex": "https://ns.example.com/no-slash"})
+
+
+def test_json_booleans_hash_as_their_xml_text() -> None:
+    """true is written as XML writes it (the reference's Python port would write True)."""
+    organic = sowing(**{"vt:organic": True})
+    assert "{https://w3id.org/village-trace/voc/}organic=true" in event_prehash(organic)
+    assert event_hash(organic) == event_hash(sowing(**{"vt:organic": "true"}))
+    assert event_hash(organic) != event_hash(sowing(**{"vt:organic": False}))
