@@ -186,3 +186,19 @@ def test_bench_anchor_prints_its_figures_last() -> None:
     assert figures["bench"] == "anchor" and figures["leaves"] == 3000 and figures["cores"] == os.cpu_count()
     assert figures["proof_length"] == 12 and 0 < figures["verify_us_median"] < 1000
     assert max(figures[f"gas_{n}"] for n in (1, 1000, 3000)) - min(figures[f"gas_{n}"] for n in (1, 1000, 3000)) < 300
+
+
+def test_artifact_is_recompiled_when_stale_and_missing_node_says_make_deps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ledger import solc
+
+    fresh = solc.load_artifact()
+    record = fresh.to_json()
+    (tmp_path / "TraceAnchor.json").write_text(json.dumps({**record, "sourceHash": "0" * 64, "abi": []}))
+    rebuilt = solc.load_artifact(build_dir=tmp_path)  # stale: compiled again, not trusted
+    assert rebuilt.abi == fresh.abi and rebuilt.deployed_bytecode == fresh.deployed_bytecode
+    assert json.loads((tmp_path / "TraceAnchor.json").read_text())["sourceHash"] == solc.source_hash()
+    monkeypatch.setenv("PATH", str(tmp_path))  # no node on PATH
+    with pytest.raises(solc.CompileError, match="make deps"):
+        solc.compile_contract(build_dir=tmp_path)
