@@ -326,6 +326,7 @@ class _Importer:
         self.seen: dict[str, set[Any]] = {s: set() for s in (*SECTIONS, "codes")}  # keys met in this file
         self.event_keys: dict[tuple[Any, ...], int] = {}  # event key -> its row index in this file
         self.pending_origins: list[tuple[LotRow, Err, Lot, bool]] = []
+        self.created_events: dict[int, tuple[int, Err]] = {}  # event id -> (row index, its error reporter)
         self._cache: dict[tuple[str, str], Any] = {}
 
     # ---- lookups
@@ -745,6 +746,7 @@ class _Importer:
                 self.session.add(TraceEventLot(trace_event_id=event.id, lot_id=x.id, role=role))  # type: ignore[arg-type]
         self.result.created["events"] += 1
         self.result.event_ids.append(event.id)  # type: ignore[arg-type]
+        self.created_events[event.id] = (i, err)  # type: ignore[index]
 
     @staticmethod
     def _event_key(e: TraceEvent, inputs: list[int], outputs: list[int]) -> tuple[Any, ...]:
@@ -885,7 +887,19 @@ def _import(
     if importer.errors:
         session.rollback()
         raise ImportErrors(importer.errors)
-    fill_event_ids(session, importer.result.event_ids)
+    try:
+        duplicates = fill_event_ids(session, importer.result.event_ids)
+    except BaseException:
+        session.rollback()
+        raise
+    for event_id, other in duplicates.items():
+        _, err = importer.created_events[event_id]
+        twin = importer.created_events.get(other)
+        where = f"events[{twin[0]}] of this file" if twin is not None else f"stored event {other}"
+        err(None, f"the same EPCIS event (same GS1 event hash) as {where}")
+    if importer.errors:
+        session.rollback()
+        raise ImportErrors(importer.errors)
     log.info("trace import from %s: %s", source, importer.result.summary())
     return importer.result
 
@@ -919,25 +933,30 @@ def load_demo_trace(session: Session) -> TraceImportResult:
     return import_trace(session, DEMO_TRACE_FILE)
 
 
-def fill_event_ids(session: Session, event_ids: list[int]) -> int:
-    """Set `event_id` (the GS1 EPCIS event hash) of the given events when ledger.epcis provides it."""
-    try:
-        from ledger import epcis  # written separately; optional here
-    except ImportError:
-        return 0
-    hash_event = getattr(epcis, "event_hash", None)
-    if hash_event is None:
-        return 0
+def fill_event_ids(session: Session, event_ids: list[int]) -> dict[int, int]:
+    """Set `event_id`, the GS1 EPCIS event hash (ledger.epcis), of the given events that have none.
+
+    Returns {event id: id of the other event with the same hash} for events that are the same EPCIS
+    event as another one; those are left without `event_id`.
+    """
+    from ledger.epcis import event_hash  # imported here: it loads the JSON-LD machinery
     from ledger.records import epcis_event
 
-    filled = 0
+    duplicates: dict[int, int] = {}
+    taken: dict[str, int] = {}
     for event_id in event_ids:
         event = session.get(TraceEvent, event_id)
-        if event is not None and event.event_id is None:
-            event.event_id = hash_event(epcis_event(session, event_id))
-            filled += 1
+        if event is None or event.event_id is not None:
+            continue
+        digest = event_hash(epcis_event(session, event_id))
+        other = taken.get(digest) or session.exec(select(TraceEvent.id).where(TraceEvent.event_id == digest)).first()
+        if other is not None:
+            duplicates[event_id] = other
+            continue
+        event.event_id = digest
+        taken[digest] = event_id
     session.flush()
-    return filled
+    return duplicates
 
 
 def event_counts(session: Session) -> Counter[int]:

@@ -38,7 +38,14 @@ from ledger.models import (
     TraceEventLot,
 )
 from ledger.records import RecordRef, canonical_bytes, record, records_of_lot, register_kind
-from ledger.trace_io import DEMO_TRACE_FILE, find_lot, import_trace, import_trace_data, load_demo_trace
+from ledger.trace_io import (
+    DEMO_TRACE_FILE,
+    fill_event_ids,
+    find_lot,
+    import_trace,
+    import_trace_data,
+    load_demo_trace,
+)
 from ledger.vocab import AttributeErrors, UnknownTerm, normalize_disposition, normalize_step, validate_attributes
 
 TRACE_TABLES = {
@@ -243,6 +250,25 @@ def test_demo_data_set_shape(demo_db: Engine) -> None:
         texts = {i["report_no"]: i["certificate_text"] for i in doc["inspections"]}
         for report_no, digest in session.exec(select(Inspection.report_no, Inspection.certificate_sha256)):
             assert digest == hashlib.sha256(texts[report_no].encode()).hexdigest()
+
+
+def test_events_carry_their_epcis_event_hash(demo_db: Engine) -> None:
+    from ledger.epcis import event_hash
+
+    with Session(demo_db) as session:
+        events = session.exec(select(TraceEvent).order_by(TraceEvent.id)).all()
+        ids = [e.event_id for e in events]
+        assert all(re.fullmatch(r"ni:///sha-256;[0-9a-f]{64}\?ver=CBV2\.0", i or "") for i in ids), ids[:3]
+        assert len(set(ids)) == len(ids)
+        first = events[0]
+        assert first.event_id == event_hash(records.epcis_event(session, first.id))  # type: ignore[arg-type]
+        # a second row for the same EPCIS event is reported, not given the same id
+        twin = TraceEvent(**first.model_dump(exclude={"id", "event_id", "salt", "recorded_at"}))
+        session.add(twin)
+        session.flush()
+        assert fill_event_ids(session, [twin.id]) == {twin.id: first.id}  # type: ignore[list-item,dict-item]
+        assert twin.event_id is None
+        session.rollback()
 
 
 def test_find_lot_by_code_uri_and_reference(demo_db: Engine) -> None:
