@@ -6,6 +6,7 @@ import typer
 
 from cli import analytics as analytics_cli
 from cli import bench, broker, deadletters, devices, ingest, registry, simulate, stack, trace
+from cli import ledger as ledger_cli
 
 app = typer.Typer(
     name="village",
@@ -17,6 +18,11 @@ app.command("up")(stack.up)
 app.command("demo")(stack.demo)
 app.command("ingest")(ingest.ingest)
 app.command("simulate")(simulate.simulate)
+app.command("anchor")(ledger_cli.anchor)
+app.command("verify")(ledger_cli.verify_cmd)
+app.command("proof")(ledger_cli.proof)
+app.command("evidence")(ledger_cli.evidence)
+app.command("verify-bundle")(ledger_cli.verify_bundle_cmd)
 app.add_typer(registry.app, name="registry")
 app.add_typer(devices.app, name="devices")
 app.add_typer(broker.app, name="broker")

@@ -13,7 +13,6 @@ is cut in the county's time zone (Asia/Shanghai by default).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -45,36 +44,41 @@ def _rfc3339(t: datetime) -> str:
     return t.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def canonical_readings(influx: InfluxV1, tag: str, value: str, day: date, tz: str) -> Iterator[bytes]:
-    """The day's readings of one plot or herd as canonical lines (see the module docstring)."""
-    start, end = day_bounds(day, tz)
+TAG_COLUMNS = frozenset({"county", "village", "plot", "herd", "animal", "device"})
+
+
+def canonical_days(influx: InfluxV1, tag: str, value: str, first: date, last: date, tz: str) -> dict[date, list[bytes]]:
+    """The readings of one plot or herd from `first` to `last` (local days, inclusive) as canonical
+    lines per day, in canonical order (see the module docstring). One query for the whole range."""
+    start, _ = day_bounds(first, tz)
+    _, end = day_bounds(last, tz)
+    zone = ZoneInfo(tz)
     series = influx.query(
         f'SELECT * FROM /.*/ WHERE "{tag}" = {quote(value)} '
         f"AND time >= '{_rfc3339(start)}' AND time < '{_rfc3339(end)}' GROUP BY \"device\""
     )
+    days: dict[date, list[bytes]] = {}
     for s in sorted(series, key=lambda s: (s["name"], s.get("tags", {}).get("device", ""))):
         cols = s["columns"]
         device = s.get("tags", {}).get("device", "")
-        tag_cols = {"county", "village", "plot", "herd", "animal", "device"}
-        for row in s["values"]:
-            rec: dict[str, Any] = {"device": device, "measurement": s["name"], "time": row[0], "fields": {}}
-            for name, v in zip(cols[1:], row[1:], strict=True):
-                if v is not None and name not in tag_cols:
-                    rec["fields"][name] = v
-            if rec["fields"]:
-                yield rfc8785.dumps(rec)
+        for row in s["values"]:  # InfluxDB returns each series in time order
+            fields = {n: v for n, v in zip(cols[1:], row[1:], strict=True) if v is not None and n not in TAG_COLUMNS}
+            if not fields:
+                continue
+            rec: dict[str, Any] = {"device": device, "fields": fields, "measurement": s["name"], "time": row[0]}
+            day = datetime.fromtimestamp(row[0] / 1000, zone).date()
+            days.setdefault(day, []).append(rfc8785.dumps(rec))
+    return days
+
+
+def digest(lines: list[bytes]) -> tuple[int, str]:
+    """(number of readings, SHA-256 hex of the lines joined by newlines)."""
+    return len(lines), hashlib.sha256(b"\n".join(lines)).hexdigest()
 
 
 def compute(influx: InfluxV1, tag: str, value: str, day: date, tz: str) -> tuple[int, str]:
     """(number of readings, SHA-256 hex) of a plot's or herd's day."""
-    h = hashlib.sha256()
-    n = 0
-    for line in canonical_readings(influx, tag, value, day, tz):
-        if n:
-            h.update(b"\n")
-        h.update(line)
-        n += 1
-    return n, h.hexdigest()
+    return digest(canonical_days(influx, tag, value, day, day, tz).get(day, []))
 
 
 def content(d: TelemetryDigest) -> dict[str, Any]:
@@ -138,12 +142,18 @@ def ensure_digests(session: Session, influx: InfluxV1, tz: str, up_to: date) -> 
                     select(TelemetryDigest.day).where(TelemetryDigest.tag == tag, TelemetryDigest.value == value)
                 ).all()
             )
+            missing = []
             while day <= last:
                 if day not in have:
-                    n, sha = compute(influx, tag, value, day, tz)
-                    session.add(TelemetryDigest(tag=tag, value=value, day=day, readings=n, sha256=sha))
-                    added += 1
+                    missing.append(day)
                 day += timedelta(days=1)
+            if not missing:
+                continue
+            lines = canonical_days(influx, tag, value, missing[0], missing[-1], tz)
+            for d in missing:
+                n, sha = digest(lines.get(d, []))
+                session.add(TelemetryDigest(tag=tag, value=value, day=d, readings=n, sha256=sha))
+                added += 1
             session.flush()
     return added
 
