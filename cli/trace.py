@@ -11,7 +11,7 @@ from rich.table import Table
 from sqlmodel import Session, col, select
 
 from cli.registry import err_console, fail, registry_engine
-from core.models import Farm, Plot
+from core.models import Farm, Herd, Plot
 from core.registry_io import ImportErrors
 from ledger import codes, trace_io
 from ledger.models import Facility, Inspection, InspectionItem, Lot, LotParent, LotSource, TraceEvent
@@ -129,15 +129,13 @@ def show_cmd(
         sources = session.exec(select(LotSource).where(LotSource.lot_id == lot.id)).all()
         if sources:
             table = Table(title="Sources")
-            for column in ("plot", "village", "area (mu)"):
+            for column in ("plot / herd", "village", "area (mu)"):
                 table.add_column(column)
             for s in sources:
-                plot = session.get(Plot, s.plot_id) if s.plot_id else None
-                table.add_row(
-                    plot.plot_no if plot else f"herd {s.herd_id}",
-                    plot.village_code if plot else "-",
-                    f"{s.area_mu or '-'}",
-                )
+                origin = session.get(Plot, s.plot_id) if s.plot_id else session.get(Herd, s.herd_id)
+                assert origin is not None
+                name = origin.plot_no if isinstance(origin, Plot) else f"herd {origin.herd_no}"
+                table.add_row(name, origin.village_code, f"{s.area_mu:g}" if s.area_mu else "-")
             console.print(table)
 
         parents = session.exec(select(LotParent).where(LotParent.child_lot_id == lot.id)).all()
