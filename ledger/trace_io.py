@@ -354,6 +354,8 @@ class _Importer:
             return None
         if ":" in reference:
             product_code, lot_no = reference.split(":", 1)
+            if product_code in self.failed["products"]:
+                return None  # its product's row failed and was reported
             product = self._get(Product, "code", product_code)
             found = None
             if product is not None:
