@@ -874,6 +874,7 @@ class HausmanResult(Result):
     p_value: float
     fe: pd.Series
     re: pd.Series
+    sigmamore: bool = True
 
     def tables(self) -> list[Table]:
         rows = [[v, self.fe[v], self.re[v], self.fe[v] - self.re[v]] for v in self.fe.index]
@@ -883,7 +884,8 @@ class HausmanResult(Result):
                 ["Variable", "FE", "RE", "Difference"],
                 rows,
                 title="Hausman test",
-                notes=[f"chi2({self.df}) = {self.statistic:.4f}, p = {self.p_value:.4f}: {verdict}"],
+                notes=[f"chi2({self.df}) = {self.statistic:.4f}, p = {self.p_value:.4f}: {verdict}"]
+                + (["covariances with the random-effects disturbance variance (sigmamore)"] if self.sigmamore else []),
             )
         ]
 
@@ -896,21 +898,34 @@ class HausmanResult(Result):
                 "p_value": self.p_value,
                 "fe": self.fe,
                 "re": self.re,
+                "sigmamore": self.sigmamore,
             }
         )
 
 
-def hausman(data: pd.DataFrame, y: str, x: str | Sequence[str], controls: Sequence[str] = ()) -> HausmanResult:
-    """Fixed against random entity effects: H = d' (V_FE - V_RE)^-1 d, chi2 with k degrees of freedom."""
+def hausman(
+    data: pd.DataFrame,
+    y: str,
+    x: str | Sequence[str],
+    controls: Sequence[str] = (),
+    *,
+    sigmamore: bool = True,
+) -> HausmanResult:
+    """Fixed against random entity effects: H = d' (V_FE - V_RE)^-1 d, chi2 with k degrees of freedom.
+
+    With `sigmamore` (the default, Stata's `hausman ..., sigmamore`) both covariances use the random
+    effects estimate of the disturbance variance, so that V_FE - V_RE is positive semi-definite and
+    H is not negative, as it can be in finite samples when each uses its own.
+    """
     from linearmodels.panel import RandomEffects
 
-    regs = ([x] if isinstance(x, str) else list(x)) + [c for c in controls]
+    regs = ([x] if isinstance(x, str) else list(x)) + list(controls)
     frame = _columns(as_panel(data), [y, *regs])
     fe = PanelOLS(frame[y], frame[regs], entity_effects=True).fit()
-    exog = frame[regs].assign(const=1.0)
-    re = RandomEffects(frame[y], exog).fit()
+    re = RandomEffects(frame[y], frame[regs].assign(const=1.0)).fit()
     diff = fe.params[regs] - re.params[regs]
-    vdiff = fe.cov.loc[regs, regs] - re.cov.loc[regs, regs]
+    v_fe = fe.cov.loc[regs, regs] * (float(re.s2) / float(fe.s2) if sigmamore else 1.0)
+    vdiff = v_fe - re.cov.loc[regs, regs]
     stat = float(diff.to_numpy() @ np.linalg.pinv(vdiff.to_numpy()) @ diff.to_numpy())
     return HausmanResult(
         statistic=stat,
@@ -918,4 +933,5 @@ def hausman(data: pd.DataFrame, y: str, x: str | Sequence[str], controls: Sequen
         p_value=float(stats.chi2.sf(stat, len(regs))),
         fe=fe.params[regs],
         re=re.params[regs],
+        sigmamore=sigmamore,
     )
