@@ -49,6 +49,8 @@ def print_result(result: Result, as_json: bool = False) -> None:
     console = wide_console()
     for table in result.tables():
         console.print(rich_table(table))
+        for note in table.notes:  # below the table, not as a caption squeezed to its width
+            console.print(note, highlight=False, soft_wrap=True)
         console.print()
 
 
@@ -61,12 +63,7 @@ def wide_console() -> Console:
 def rich_table(table: Table) -> RichTable:
     from analytics.results import fmt
 
-    out = RichTable(
-        title=table.title,
-        caption="\n".join(table.notes) or None,
-        caption_justify="left",
-        show_header=any(table.headers),
-    )
+    out = RichTable(title=table.title, show_header=any(table.headers))
     for i, h in enumerate(table.headers):
         out.add_column(h, justify="left" if i == 0 else "right")
     for row in table.rows:
