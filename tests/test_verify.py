@@ -224,7 +224,7 @@ def test_production_record_bundle_for_a_cooperative(world, chain: Chain, anvil) 
 
 
 def test_cli_verify_and_verify_bundle(world, chain: Chain, anvil, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    engine, influx, settings = world
+    _engine, influx, settings = world
     from cli.main import app
 
     env = {
