@@ -86,6 +86,18 @@ class Settings(BaseSettings):
     # The county's time zone: days of telemetry digests and growth summaries are cut in it.
     county_timezone: str = Field(default="Asia/Shanghai", alias="COUNTY_TIMEZONE")
 
+    # API (village serve): listen address, token signing secret (or a file holding it; unset: one is
+    # generated under data_dir/secrets), access token lifetime, public rate limit per client IP,
+    # the public base URL printed in QR codes, and how long a lot's verification is cached.
+    api_host: str = Field(default="127.0.0.1", alias="API_HOST")
+    api_port: int = Field(default=8000, ge=1, le=65535, alias="API_PORT")
+    api_jwt_secret: SecretStr = Field(default=SecretStr(""), alias="API_JWT_SECRET")
+    api_jwt_secret_file: Path | None = Field(default=None, alias="API_JWT_SECRET_FILE")
+    api_token_ttl_s: int = Field(default=3600, ge=60, alias="API_TOKEN_TTL_S")
+    api_rate_limit_per_min: int = Field(default=120, ge=1, alias="API_RATE_LIMIT_PER_MIN")
+    trace_base_url: str = Field(default="http://127.0.0.1:8000", alias="TRACE_BASE_URL")
+    api_verify_cache_s: float = Field(default=60.0, ge=0, alias="API_VERIFY_CACHE_S")
+
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
     log_format: str = Field(default="console", alias="LOG_FORMAT")  # console | json
 
