@@ -9,13 +9,16 @@ stops; `up` keeps everything running with a live view until Ctrl-C.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlparse
+from zoneinfo import ZoneInfo
 
 import httpx
 import typer
@@ -23,7 +26,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from core.catalogue import get_catalogue
 from core.db import get_engine
@@ -34,8 +37,17 @@ from core.registry_io import load_demo
 from core.services import free_port
 from core.settings import get_settings
 from ingest.summary import rejected_by_reason, stored_by_kind_and_village
+from ledger import anchoring
+from ledger.anchor_models import ON_CHAIN, AnchorWindow
+from ledger.anchoring import Anchorer
+from ledger.codes import format_code, lot_uri, qr_terminal
+from ledger.connect import anchoring_chain
+from ledger.models import Lot, LotSource
+from ledger.trace_io import load_demo_trace
+from ledger.verify import verify_lot
+from simulators.backfill import BackfillResult, backfill
 from simulators.faults import FaultRates
-from simulators.runner import run_in_background
+from simulators.runner import load_credentials, run_in_background
 
 console = Console()
 
@@ -51,16 +63,19 @@ def _port_or_free(port: int) -> int:
             return free_port()
 
 
-def _start(root: Path, fresh: bool, mqtt_port: int | None, influx_port: int | None) -> tuple[LocalStack, int]:
+def _start(
+    root: Path, fresh: bool, mqtt_port: int | None, influx_port: int | None, chain_port: int | None = None
+) -> tuple[LocalStack, int]:
     if fresh and root.exists():
         shutil.rmtree(root)
     metrics_port = free_port()
     stack = LocalStack(root, extra_env={"INGEST_METRICS_PORT": str(metrics_port)})
-    with console.status("starting mosquitto and InfluxDB..."):
-        stack.start(mqtt_port=mqtt_port, influx_port=influx_port)
+    with console.status("starting mosquitto, InfluxDB and anvil..."):
+        stack.start(mqtt_port=mqtt_port, influx_port=influx_port, chain=True, chain_port=chain_port)
     engine = get_engine(stack.database_url)
     with Session(engine) as session:
         result = load_demo(session)
+        trace = load_demo_trace(session)
         session.commit()
         unprovisioned = [d for d in session.exec(select(Device)) if not d.secret_hash]
         issued = [(d.id, d.kind, provision(session, d.id)) for d in unprovisioned]
@@ -69,7 +84,8 @@ def _start(root: Path, fresh: bool, mqtt_port: int | None, influx_port: int | No
         write_credentials(stack.credentials_file, issued)
     stack.sync_broker()
     console.print(
-        f"registry: demo county loaded ({sum(result.created.values())} new rows), "
+        f"registry: demo county loaded ({sum(result.created.values())} new rows, "
+        f"{sum(trace.created.values())} new trace rows), "
         f"{len(issued)} devices provisioned; device secrets in {stack.credentials_file}"
     )
     stack.start_ingest(1)
@@ -124,6 +140,20 @@ def _rejections(stack: LocalStack) -> Table:
     return table
 
 
+def _windows(stack: LocalStack) -> Table:
+    with Session(get_engine(stack.database_url)) as session:
+        status = anchoring.status(session)
+    table = Table(title="anchoring windows (latest first)")
+    for col_name in ("window", "state", "leaves", "block", "anchored at", "transaction"):
+        table.add_column(col_name)
+    for w in status["latest"]:
+        table.add_row(
+            w["window"], w["state"], str(w["leaves"]), str(w["block"] or "-"), w["anchored_at"] or "-", w["tx"] or "-"
+        )
+    table.caption = f"leaves waiting for a window: {status['leaves_waiting']}"
+    return table
+
+
 def _endpoints(stack: LocalStack, metrics_port: int) -> Panel:
     assert stack.mosquitto and stack.influxd
     lines = [
@@ -131,7 +161,8 @@ def _endpoints(stack: LocalStack, metrics_port: int) -> Panel:
         f"InfluxDB        {stack.influxd.url}  (database '{stack.influx_db}', v1 API /write and /query)",
         f"ingest metrics  http://127.0.0.1:{metrics_port}/metrics",
         f"registry        {stack.database_url}",
-        f"data folder     {stack.root}  (logs: ingest.log, mosquitto/mosquitto.log, influxdb/influxd.log)",
+        f"chain (anvil)   {stack.anvil.url if stack.anvil else '-'}  (TraceAnchor deployed by the anchoring worker)",
+        f"data folder     {stack.root}  (logs: ingest.log, anchor.log, mosquitto/, influxdb/, anvil/)",
         "",
         "point the CLI at this stack:  "
         + " ".join(f"{k}={v}" for k, v in stack.env().items() if k in ("DATABASE_URL", "INFLUX_URL")),
@@ -152,6 +183,60 @@ def _settle(stack: LocalStack, seconds: float = 15) -> None:
             time.sleep(1.0)
 
 
+DEMO_BAG = "M35CW3XRD6R"  # 5 kg bags of Panjin rice from the demo season (ledger/data/demo_trace.yaml)
+SEASON = ("2026-04-10", "2026-10-12")  # the demo season's sensor history, sent as offline backfill
+
+
+def _season_backfill(stack: LocalStack) -> BackfillResult:
+    """The demo plots' devices send the 2026 season they 'buffered', as arrays over MQTT."""
+    creds = {c.id: c for c in load_credentials(stack.credentials_file)}
+    with Session(get_engine(stack.database_url)) as session:
+        plots = select(LotSource.plot_id).where(col(LotSource.plot_id).is_not(None))
+        ids = session.exec(select(Device.id).where(col(Device.plot_id).in_(plots))).all()
+    zone = ZoneInfo("Asia/Shanghai")
+    start, end = (int(datetime.fromisoformat(d).replace(tzinfo=zone).timestamp() * 1000) for d in SEASON)
+    assert stack.mosquitto
+    return backfill(
+        [creds[i] for i in sorted(ids) if i in creds], stack.mosquitto.host, stack.mosquitto.port, start, end
+    )
+
+
+def _anchor_and_verify(stack: LocalStack) -> Panel:
+    """Anchor everything recorded so far (one pass per window), then verify a demo bag."""
+    settings = stack.settings()
+    engine = get_engine(stack.database_url)
+    chain = anchoring_chain(settings)
+    with stack.influx() as influx:
+        worker = Anchorer(engine, settings, chain=chain, influx=influx)
+        report = worker.run_once(force_window=True)
+        for _ in range(10):
+            with Session(engine) as session:
+                if not session.exec(select(AnchorWindow).where(col(AnchorWindow.state).not_in(list(ON_CHAIN)))).first():
+                    break
+            worker.run_once()
+        with Session(engine) as session:
+            lot = session.exec(select(Lot).where(Lot.code == DEMO_BAG)).one()
+            v = verify_lot(session, lot, chain, influx, settings)
+            status = anchoring.status(session)
+            uri = lot_uri(os.environ.get("TRACE_BASE_URL", "http://127.0.0.1:8000"), lot)
+    windows = ", ".join(f"{k} {n}" for k, n in status["windows"].items())
+    lines = [
+        f"chain {chain.chain_id} at {settings.chain_rpc_url}, TraceAnchor {chain.address}",
+        f"telemetry records derived: {report.derived}; leaves anchored: {report.leaves}; windows: {windows}",
+        f"demo bag {format_code(lot.code)}: [bold]{v.status}[/bold] "
+        f"({v.counts['verified']} records verified, {v.counts['pending']} pending, {v.counts['tampered']} tampered)",
+        f"trace URI {uri}",
+        "check it yourself: village verify "
+        + format_code(lot.code)
+        + "   |   village proof "
+        + format_code(lot.code)
+        + " -o bundle.json && village verify-bundle bundle.json",
+        "",
+        qr_terminal(uri),
+    ]
+    return Panel("\n".join(lines), title="traceability ledger")
+
+
 def demo(
     duration: float = typer.Option(40.0, min=5, help="Seconds the simulated devices run."),
     speed: float = typer.Option(720.0, min=1, help="Simulated seconds per real second (720: 8 hours in 40 s)."),
@@ -163,6 +248,12 @@ def demo(
     root = settings.data_dir / "demo"
     stack, metrics_port = _start(root, fresh=not keep, mqtt_port=None, influx_port=None)
     try:
+        with console.status(f"backfilling the demo plots' sensor history {SEASON[0]} to {SEASON[1]} over MQTT..."):
+            filled = _season_backfill(stack)
+        console.print(
+            f"backfill: {filled.devices} devices sent {filled.readings:,} buffered readings"
+            f" in {filled.messages:,} arrays"
+        )
         thread, stop, report = run_in_background(
             credentials=stack.credentials_file,
             host=stack.mosquitto.host,
@@ -195,6 +286,9 @@ def demo(
                 f"by the broker, {sim.readings:,} readings; {sim.unknown_refused} of {sim.unknown_devices} "
                 f"unknown devices refused by the broker; faults injected: {sim.by_fault}"
             )
+        with console.status("anchoring the trace records and telemetry digests on the local chain..."):
+            ledger_panel = _anchor_and_verify(stack)
+        console.print(ledger_panel)
         console.print(_endpoints(stack, metrics_port))
         console.print("run [bold]village up[/bold] to keep the stack running with a live view.")
     finally:
@@ -202,7 +296,9 @@ def demo(
 
 
 def up(
-    speed: float = typer.Option(60.0, min=1, help="Simulated seconds per real second for the demo devices."),
+    speed: float = typer.Option(
+        1.0, min=1, help="Simulated seconds per real second (above 1 the devices run ahead of the clock: rejected)."
+    ),
     simulate: bool = typer.Option(True, help="Run the demo county's simulated devices."),
     seed: int = typer.Option(42, help="Simulator seed."),
 ) -> None:
@@ -214,12 +310,19 @@ def up(
         fresh=False,
         mqtt_port=_port_or_free(settings.mqtt_port),
         influx_port=_port_or_free(influx_port),
+        chain_port=_port_or_free(urlparse(settings.chain_rpc_url).port or 8545),
     )
     stop_all = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop_all.set())
     console.print(_endpoints(stack, metrics_port))
     sim = None
     try:
+        marker = stack.root / "season-backfilled"
+        if not marker.exists():  # first start: the demo plots' season history, as in `village demo`
+            with console.status(f"backfilling the demo plots' sensor history {SEASON[0]} to {SEASON[1]}..."):
+                _season_backfill(stack)
+            marker.touch()
+        stack.start_anchor(ANCHOR_WINDOW_SECONDS="10")
         if simulate:
             sim = run_in_background(
                 credentials=stack.credentials_file,
@@ -234,11 +337,17 @@ def up(
             while not stop_all.is_set():
                 live.update(
                     Group(
-                        _endpoints(stack, metrics_port), _arrivals(stack), _rejections(stack), "Ctrl-C stops everything"
+                        _endpoints(stack, metrics_port),
+                        _arrivals(stack),
+                        _rejections(stack),
+                        _windows(stack),
+                        "Ctrl-C stops everything",
                     )
                 )
                 if any(p.poll() is not None for p in stack.ingest_procs):
                     raise typer.Exit(_fail(f"ingest exited; see {stack.root / 'ingest.log'}"))
+                if any(p.poll() is not None for p in stack.anchor_procs):
+                    raise typer.Exit(_fail(f"the anchoring worker exited; see {stack.root / 'anchor.log'}"))
                 stop_all.wait(2)
     except KeyboardInterrupt:
         pass

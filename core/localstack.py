@@ -1,4 +1,5 @@
-"""The local stack on one machine: registry database, mosquitto, InfluxDB and ingest replicas.
+"""The local stack on one machine: registry database, mosquitto, InfluxDB, anvil, ingest replicas
+and the anchoring worker.
 
 `village up`, `village demo`, the benchmarks and the integration tests all start the same
 stack, so what the tests check is what a user runs. Everything lives under one folder
@@ -18,7 +19,7 @@ from pathlib import Path
 from core.db import get_engine, migrate, session_scope
 from core.influx import InfluxV1
 from core.provisioning import ensure_ingest_account, sync_broker
-from core.services import InfluxD, Mosquitto, die_with_parent, influxd, mosquitto
+from core.services import ANVIL_DEV_KEY, Anvil, InfluxD, Mosquitto, anvil, die_with_parent, influxd, mosquitto
 from core.settings import Settings
 
 
@@ -40,13 +41,22 @@ class LocalStack:
     influx_db: str = "village"
     mosquitto: Mosquitto | None = None
     influxd: InfluxD | None = None
+    anvil: Anvil | None = None
     ingest_procs: list[subprocess.Popen] = field(default_factory=list)
+    anchor_procs: list[subprocess.Popen] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.root = self.root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.ingest_password = _read_or_create_secret(self.root / "secrets" / "mqtt_ingest_password")
+        # The devnet's anchoring key: anvil's first, publicly known dev account. A real chain
+        # takes a key of its own through CHAIN_PRIVATE_KEY_FILE (see the README).
+        self.chain_key_file = self.root / "secrets" / "chain_key"
+        if not self.chain_key_file.exists():
+            fd = os.open(self.chain_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(ANVIL_DEV_KEY)
 
     @property
     def database_url(self) -> str:
@@ -80,6 +90,11 @@ class LocalStack:
             "INFLUX_DB": self.influx_db,
             "SPOOL_DIR": str(self.root / "spool"),
             "INGEST_METRICS_PORT": "0",
+            **(
+                {"CHAIN_RPC_URL": self.anvil.url, "CHAIN_PRIVATE_KEY_FILE": str(self.chain_key_file)}
+                if self.anvil
+                else {}
+            ),
             **self.extra_env,
         }
 
@@ -99,49 +114,71 @@ class LocalStack:
             self.mosquitto.reload()
         return changed
 
-    def start(self, mqtt_port: int | None = None, influx_port: int | None = None) -> LocalStack:
+    def start(
+        self,
+        mqtt_port: int | None = None,
+        influx_port: int | None = None,
+        chain: bool = False,
+        chain_port: int | None = None,
+    ) -> LocalStack:
+        """Start the servers; with `chain`, also anvil (its state kept in the stack folder)."""
         migrate(self.database_url)
         self.sync_broker()
         self.mosquitto = mosquitto(self.root / "mosquitto", self.passwd_file, self.acl_file, port=mqtt_port)
         self.influxd = influxd(self.root / "influxdb", port=influx_port)
+        if chain:
+            state = self.root / "anvil" / "state.json"
+            self.anvil = anvil(self.root / "anvil", port=chain_port, state_file=state, state_interval_s=30)
+            self.anvil.start()
         self.mosquitto.start()
         self.influxd.start()
         with self.influx() as client:
             client.ensure_database()
         return self
 
+    def _spawn(self, args: list[str], log_file: Path, env: dict[str, str]) -> subprocess.Popen:
+        with open(log_file, "ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "cli.main", *args],
+                env={**os.environ, **self.env(), **env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
+            )
+
     def start_ingest(self, replicas: int = 1, log_file: Path | None = None, **env: str) -> list[subprocess.Popen]:
         """Start ingest replicas as separate processes (`village ingest --replica i`)."""
-        out = open(log_file or self.root / "ingest.log", "ab")  # noqa: SIM115
-        procs = []
-        for i in range(replicas):
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "cli.main", "ingest", "--replica", str(i)],
-                    env={**os.environ, **self.env(), **env},
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    preexec_fn=die_with_parent,
-                )
-            )
-        out.close()
+        log = log_file or self.root / "ingest.log"
+        procs = [self._spawn(["ingest", "--replica", str(i)], log, env) for i in range(replicas)]
         self.ingest_procs += procs
         return procs
 
+    def start_anchor(self, **env: str) -> subprocess.Popen:
+        """Start the anchoring worker (`village anchor`) against this stack's anvil."""
+        assert self.anvil, "start the stack with chain=True"
+        proc = self._spawn(["anchor"], self.root / "anchor.log", env)
+        self.anchor_procs.append(proc)
+        return proc
+
     def stop_ingest(self, timeout: float = 15) -> None:
-        for p in self.ingest_procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.ingest_procs:
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        self.ingest_procs.clear()
+        _terminate(self.ingest_procs, timeout)
 
     def stop(self) -> None:
+        _terminate(self.anchor_procs, 15)
         self.stop_ingest()
-        for service in (self.mosquitto, self.influxd):
+        for service in (self.mosquitto, self.influxd, self.anvil):
             if service:
                 service.stop()
+
+
+def _terminate(procs: list[subprocess.Popen], timeout: float) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    procs.clear()
