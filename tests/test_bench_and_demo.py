@@ -71,3 +71,9 @@ def test_demo_prints_what_arrived(tmp_path: Path) -> None:
     assert "where the services listen" in text and "mqtt://127.0.0.1:" in text
     assert "unknown devices refused by the broker" in text
     assert (tmp_path / "var" / "demo" / "secrets" / "devices.json").stat().st_mode & 0o077 == 0
+    # the ledger: every record anchored on the local chain, the demo bag verified, its trace URI printed
+    flat = " ".join(text.split())
+    assert "traceability ledger" in flat
+    assert re.search(r"demo bag M35C-W3XR-D6R: verified \(\d+ records verified, 0 pending, 0 tampered\)", flat), flat
+    assert "/01/06947512300010/10/2026-M01-A" in flat
+    assert re.search(r"backfill: \d+ devices sent [\d,]+ buffered readings", flat)
