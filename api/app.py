@@ -1,0 +1,84 @@
+"""The FastAPI application: public trace pages and JSON, authentication, registry admin, dashboard,
+time series. `create_app(settings)` builds one; `village serve` runs it with uvicorn workers
+(`api.app:app_from_env` as the factory, so each worker builds its own from the environment).
+
+Paths: public pages at `/01/{gtin}/10/{lot}` (GS1 Digital Link), `/t/{code}` and `/dashboard`;
+everything machine-readable under `/api/v1` (OpenAPI at `/api/v1/openapi.json`, docs at
+`/api/v1/docs`). Every error is an RFC 9457 problem (api/problems.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from api import charts, problems
+from api.ratelimit import RateLimiter
+from api.routers import admin, auth, dashboard, resolver, timeseries, trace
+from api.security import jwt_secret
+from api.services.tracing import TraceService
+from core.db import make_engine
+from core.settings import Settings, get_settings
+
+HERE = Path(__file__).parent
+API_VERSION = "1.0.0"
+
+TAGS = [
+    {"name": "resolver", "description": "GS1 Digital Link resolver and the consumer trace page (public)."},
+    {"name": "trace", "description": "A lot's trace as JSON, its verification, proof bundle, QR code, EPCIS (public)."},
+    {"name": "auth", "description": "OAuth2 password flow (JWT) and API keys."},
+    {"name": "admin", "description": "Registry administration, by role and area."},
+    {"name": "dashboard", "description": "County indicators, device health, alerts, coverage, anchoring; exports."},
+    {"name": "timeseries", "description": "Sensor time series of a device, plot or village."},
+]
+
+
+def templates() -> Jinja2Templates:
+    t = Jinja2Templates(directory=str(HERE / "templates"))
+    t.env.globals.update(sparkline=charts.sparkline, range_bar=charts.range_bar, hbars=charts.hbars)
+    t.env.trim_blocks = True
+    t.env.lstrip_blocks = True
+    return t
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    engine = make_engine(settings.resolved_database_url())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        app.state.trace.close()
+        engine.dispose()
+
+    app = FastAPI(
+        title="Digital village API",
+        version=API_VERSION,
+        description=__doc__,
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.templates = templates()
+    app.state.trace = TraceService(engine, settings)
+    app.state.jwt_secret = jwt_secret(settings)
+    problems.install(app)
+    app.add_middleware(RateLimiter, per_minute=settings.api_rate_limit_per_min)
+    for module in (resolver, trace, auth, admin, dashboard, timeseries):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The uvicorn factory (`uvicorn --factory api.app:app_from_env`): settings from the environment."""
+    return create_app(get_settings())

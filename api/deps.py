@@ -1,0 +1,194 @@
+"""Dependencies of the routes: the database session, the caller and the area their role covers.
+
+A caller authenticates with a bearer token (OAuth2 password flow, `/api/v1/auth/token`), an API key
+(`X-API-Key`, for machines), or the dashboard's session cookie (only for GET: a cookie is sent by
+the browser on its own, so it never authorises a change; this is the CSRF defence). No credentials
+is a 401; a role or area that does not cover the request is a 403.
+
+Areas follow the division tiers: a county administrator and an analyst cover their county, a
+township officer their township, a village operator their village. Analysts only read. Personal
+data (farm contact name and phone) is for the county administrator and the farm's own village
+operator.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyCookie, APIKeyHeader, OAuth2PasswordBearer
+from sqlmodel import Session, col, select
+
+from api.models import ApiKey, Role, User
+from api.problems import Problem
+from api.security import TokenError, api_key_prefix, decode_token, hash_api_key
+from core.models import Township, Village
+from core.settings import Settings
+
+SESSION_COOKIE = "village_session"
+TOKEN_URL = "/api/v1/auth/token"
+
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
+api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key (machines)")
+cookie_scheme = APIKeyCookie(name=SESSION_COOKIE, auto_error=False, description="Dashboard session (GET only)")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with Session(request.app.state.engine) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: int
+    username: str
+    role: Role
+    scope: str
+    via: str  # token | key | cookie
+
+
+@dataclass
+class Area:
+    """The division codes a principal's role covers."""
+
+    counties: set[str] = field(default_factory=set)
+    townships: set[str] = field(default_factory=set)
+    villages: set[str] = field(default_factory=set)
+
+
+def area_of(session: Session, role: Role, scope: str) -> Area:
+    area = Area()
+    if role in (Role.county_admin, Role.analyst):
+        area.counties = {scope}
+        area.townships = set(session.exec(select(Township.code).where(Township.county_code == scope)).all())
+    elif role == Role.township_officer:
+        t = session.get(Township, scope)
+        area.townships = {scope}
+        area.counties = {t.county_code} if t else set()
+    else:
+        v = session.get(Village, scope)
+        t = session.get(Township, v.township_code) if v else None
+        area.townships = {t.code} if t else set()
+        area.counties = {t.county_code} if t else set()
+        area.villages = {scope} if v else set()
+        return area
+    area.villages = set(session.exec(select(Village.code).where(col(Village.township_code).in_(area.townships))).all())
+    return area
+
+
+@dataclass
+class Actor:
+    """The caller and their area, with the checks every registry and dashboard route applies."""
+
+    principal: Principal
+    area: Area
+
+    @property
+    def role(self) -> Role:
+        return self.principal.role
+
+    def can_read_village(self, village_code: str | None) -> bool:
+        return village_code is not None and village_code in self.area.villages
+
+    def sees_personal_data(self, village_code: str | None) -> bool:
+        if self.role == Role.county_admin:
+            return self.can_read_village(village_code)
+        return self.role == Role.village_operator and village_code == self.principal.scope
+
+    def require_read(self, village_code: str | None, what: str) -> None:
+        if not self.can_read_village(village_code):
+            raise Problem(
+                403,
+                "outside-scope",
+                f"{what} is outside the area of your role ({self.role} of {self.principal.scope})",
+            )
+
+    def require_write(self, village_code: str | None, what: str) -> None:
+        if self.role == Role.analyst:
+            raise Problem(403, "read-only-role", "an analyst may read but not change the registry")
+        self.require_read(village_code, what)
+
+    def require_county_admin(self, county_code: str | None, what: str) -> None:
+        if self.role != Role.county_admin:
+            raise Problem(403, "forbidden-role", f"only a county administrator may change {what}")
+        if county_code not in self.area.counties:
+            raise Problem(403, "outside-scope", f"{what} is outside your county {self.principal.scope}")
+
+
+def _unauthorized(detail: str) -> Problem:
+    return Problem(401, "unauthenticated", detail, headers={"WWW-Authenticate": 'Bearer realm="village"'})
+
+
+def _principal_from_token(request: Request, session: Session, token: str, via: str) -> Principal:
+    try:
+        claims = decode_token(request.app.state.jwt_secret, token)
+    except TokenError as e:
+        raise _unauthorized(str(e)) from None
+    user = session.exec(select(User).where(User.username == claims["sub"])).first()
+    if user is None or not user.active or user.id is None:
+        raise _unauthorized("the account of this token no longer exists or is disabled")
+    return Principal(user.id, user.username, Role(user.role), user.scope, via)
+
+
+def _principal_from_key(session: Session, key: str) -> Principal:
+    prefix = api_key_prefix(key)
+    row = session.exec(select(ApiKey).where(ApiKey.prefix == prefix)).first() if prefix else None
+    if row is None or row.revoked_at is not None or not hmac.compare_digest(row.key_hash, hash_api_key(key)):
+        raise _unauthorized("unknown or revoked API key")
+    user = session.get(User, row.user_id)
+    if user is None or not user.active or user.id is None:
+        raise _unauthorized("the account of this API key is disabled")
+    now = datetime.now(UTC)
+    last = row.last_used_at
+    if last is not None and last.tzinfo is None:
+        last = last.replace(tzinfo=UTC)
+    if last is None or now - last > timedelta(minutes=5):  # not a write on every request
+        row.last_used_at = now
+        session.add(row)
+        session.commit()
+    return Principal(user.id, user.username, Role(user.role), user.scope, "key")
+
+
+def current_principal(
+    request: Request,
+    session: SessionDep,
+    token: Annotated[str | None, Depends(oauth2_scheme)],
+    api_key: Annotated[str | None, Depends(api_key_scheme)],
+    cookie: Annotated[str | None, Depends(cookie_scheme)],
+) -> Principal:
+    if token:
+        return _principal_from_token(request, session, token, "token")
+    if api_key:
+        return _principal_from_key(session, api_key)
+    if cookie and request.method in ("GET", "HEAD"):
+        return _principal_from_token(request, session, cookie, "cookie")
+    if cookie:
+        raise _unauthorized("the dashboard session cookie only authorises reading; send a bearer token or an API key")
+    raise _unauthorized("sign in: a bearer token from /api/v1/auth/token, or an X-API-Key header")
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+
+def current_actor(principal: PrincipalDep, session: SessionDep) -> Actor:
+    return Actor(principal, area_of(session, principal.role, principal.scope))
+
+
+ActorDep = Annotated[Actor, Depends(current_actor)]
+
+
+def county_of_village(session: Session, village_code: str) -> str | None:
+    v = session.get(Village, village_code)
+    t = session.get(Township, v.township_code) if v else None
+    return t.county_code if t else None

@@ -1,0 +1,55 @@
+"""API accounts: people who sign in (users) and machines that call with a key (API keys).
+
+A user has one role along the county > township > village tiers and a scope, the division code
+of the area the role covers (6 digits for a county, 9 for a township, 12 for a village). An API
+key acts as the user it belongs to, so a machine never has more rights than its owner. Passwords
+and keys are stored only as hashes (api/security.py). Migration 0005 creates the tables.
+"""
+
+# No `from __future__ import annotations`: SQLModel reads the annotations at class creation.
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlmodel import Field, SQLModel
+
+import core.models  # noqa: F401  (the registry tables share the metadata)
+from core.models import utcnow
+
+
+class Role(StrEnum):
+    county_admin = "county_admin"  # everything in their county, personal data included
+    township_officer = "township_officer"  # their township; no personal data
+    village_operator = "village_operator"  # their village, personal data of its farms included
+    analyst = "analyst"  # read-only, whole county, no personal data
+
+
+# The length of the division code each role's scope must have.
+SCOPE_DIGITS = {Role.county_admin: 6, Role.township_officer: 9, Role.village_operator: 12, Role.analyst: 6}
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "api_user"
+
+    id: int | None = Field(default=None, primary_key=True)
+    username: str = Field(unique=True, index=True, regex=r"^[A-Za-z][A-Za-z0-9_.@-]{1,63}$")
+    password_hash: str
+    role: Role
+    scope: str = Field(regex=r"^\d{6}(\d{3}(\d{3})?)?$", index=True)
+    active: bool = True
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiKey(SQLModel, table=True):
+    """A machine credential: `X-API-Key: {prefix}.{secret}`; only the SHA-256 of the whole key is kept."""
+
+    __tablename__ = "api_key"
+
+    id: int | None = Field(default=None, primary_key=True)
+    prefix: str = Field(unique=True, index=True)  # public part, names the key in lists and logs
+    key_hash: str  # hex SHA-256 of the full key (the key has 256 random bits: no slow hash needed)
+    name: str
+    user_id: int = Field(foreign_key="api_user.id", index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None

@@ -1,0 +1,175 @@
+"""Errors as RFC 9457 problem details, everywhere: raised problems, HTTP errors, validation errors.
+
+Every error answer is `application/problem+json` with `type`, `title`, `status`, `detail` (the
+precise reason) and `instance` (the path). Validation errors list each problem under `errors`
+(where and why) without echoing the input, which may be personal data. A browser that asks for
+HTML on a page route (not under /api/) gets the same status with a readable page instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "https://w3id.org/village-trace/problems/"
+
+
+class ProblemDetail(BaseModel):
+    """RFC 9457 problem details (the OpenAPI schema of every error answer)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+
+
+# Titles of the problem types (the `type` URI is TYPE_BASE + slug); a slug not listed gets its words.
+TITLES = {
+    "gtin-check-digit": "Wrong GTIN check digit",
+    "digital-link-syntax": "Not a valid GS1 Digital Link",
+    "bad-trace-code": "Malformed trace code",
+    "unknown-lot": "No such lot",
+    "lot-required": "A lot number is required",
+    "validation": "Invalid request",
+    "rate-limited": "Too many requests",
+    "unauthenticated": "Authentication required",
+    "bad-credentials": "Wrong user name or password",
+    "outside-scope": "Outside your area",
+    "read-only-role": "Read-only role",
+    "forbidden-role": "Not allowed for your role",
+    "not-found": "Not found",
+    "conflict": "Already exists",
+    "dependency-unavailable": "A service this needs is unavailable",
+}
+
+
+class Problem(Exception):
+    """Raise to answer with a problem: `Problem(404, "unknown-lot", "no lot M35C-...")`.
+
+    `slug` names the problem type (`{TYPE_BASE}{slug}`); extension members go in `extra`.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        slug: str | None,
+        detail: str,
+        *,
+        title: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        self.status = status
+        self.type = f"{TYPE_BASE}{slug}" if slug else "about:blank"
+        self.title = title or (
+            TITLES.get(slug) or slug.replace("-", " ").capitalize() if slug else HTTPStatus(status).phrase
+        )
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra
+        super().__init__(detail)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for the problems an operation can answer with."""
+    return {
+        s: {"model": ProblemDetail, "description": HTTPStatus(s).phrase, "content": {PROBLEM_JSON: {}}}
+        for s in statuses
+    }
+
+
+def wants_html(request: Request) -> bool:
+    """A page route asked for by a browser (HTML preferred over JSON)."""
+    if request.url.path.startswith("/api/"):
+        return False
+    accept = request.headers.get("accept", "")
+    if not accept:
+        return False
+    html = "text/html" in accept
+    json_first = "json" in accept.split(",")[0]
+    return html and not json_first
+
+
+def render(
+    request: Request,
+    status: int,
+    title: str,
+    detail: str | None,
+    type_: str = "about:blank",
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    body: dict[str, Any] = {"type": type_, "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    body["instance"] = request.url.path
+    body.update(extra)
+    if wants_html(request):
+        templates = getattr(request.app.state, "templates", None)
+        if templates is not None:
+            from api.i18n import language, strings
+
+            lang = language(request)
+            return templates.TemplateResponse(
+                request,
+                "error.html",
+                {"problem": body, "lang": lang, "t": strings(lang)},
+                status_code=status,
+                headers=headers,
+            )
+        return HTMLResponse(f"<h1>{status} {title}</h1><p>{detail or ''}</p>", status_code=status, headers=headers)
+    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    out = []
+    for e in exc.errors():
+        loc = [str(p) for p in e.get("loc", ())]
+        out.append({"loc": ".".join(loc), "message": e.get("msg", "invalid"), "type": e.get("type", "")})
+    return out
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn every error into a problem."""
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> Response:
+        return render(request, exc.status, exc.title, exc.detail, exc.type, exc.headers, **exc.extra)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        phrase = HTTPStatus(exc.status_code).phrase
+        detail = exc.detail if exc.detail and exc.detail != phrase else None
+        if exc.status_code == 404 and detail is None:
+            detail = f"nothing at {request.url.path}"
+        if exc.status_code == 405 and detail is None:
+            allowed = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow")
+            detail = f"{request.method} is not allowed on {request.url.path}" + (f"; use {allowed}" if allowed else "")
+        return render(request, exc.status_code, phrase, detail, headers=dict(exc.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        errors = _validation_errors(exc)
+        first = errors[0] if errors else {"loc": "", "message": "invalid request"}
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        detail = f"{first['loc']}: {first['message']}{more}"
+        return render(request, 422, "Invalid request", detail, f"{TYPE_BASE}validation", errors=errors)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error on %s %s: %s", request.method, request.url.path, type(exc).__name__, exc_info=exc)
+        return render(request, 500, "Internal Server Error", "an unexpected error; it has been logged")

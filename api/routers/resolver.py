@@ -1,0 +1,242 @@
+"""The GS1 Digital Link resolver and the consumer trace page.
+
+`/01/{gtin}/10/{lot}` behaves as a GS1-conformant resolver where that applies (DESIGN "Trace codes"):
+- the default answer is the trace page (HTML, Chinese by default, English by Accept-Language or
+  `?lang=en`), with a `Link: <...?linkType=linkset>; rel="linkset"` header;
+- `?linkType=linkset` (or `all`, or `Accept: application/linkset+json`) returns the RFC 9264 linkset
+  naming the page, the JSON, the EPCIS document, the verification and the proof bundle;
+- `?linkType=` one of those link types redirects (307) to that link; an unknown one gets the page;
+- a GTIN with a wrong check digit, or any other syntax error, is a 400 with the reason (never a 200);
+  an unknown lot is a 404 page (a problem JSON for a client that asks for JSON).
+
+`/t/{code}` serves the same page for lots named by their short code (lots without a GTIN).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from api.i18n import language, strings
+from api.problems import Problem, problem_responses
+from api.routers.trace import known_code, normalized, service
+from api.services.tracing import TraceService
+from ledger import codes
+from ledger.vocab import get_vocab
+
+router = APIRouter(tags=["resolver"])
+GS1 = "https://gs1.org/voc/"
+LINKSET_JSON = "application/linkset+json"
+HTML_HEADERS = {"Vary": "Accept-Language, Accept", "Cache-Control": "public, max-age=30"}
+
+
+def link_types() -> dict[str, str]:
+    """Link relation -> the API path suffix it points to ('' is the page)."""
+    project = get_vocab().namespace
+    return {
+        f"{GS1}defaultLink": "",
+        f"{GS1}pip": "",
+        f"{GS1}traceability": "/api/v1/trace/{code}",
+        f"{GS1}epcis": "/api/v1/trace/{code}/epcis",
+        f"{GS1}verificationService": "/api/v1/trace/{code}/verify",
+        f"{project}proofBundle": "/api/v1/trace/{code}/proof",
+    }
+
+
+LINK_MEDIA = {
+    "": "text/html",
+    "/api/v1/trace/{code}": "application/json",
+    "/api/v1/trace/{code}/epcis": "application/ld+json",
+    "/api/v1/trace/{code}/verify": "application/json",
+    "/api/v1/trace/{code}/proof": "application/json",
+}
+
+
+def _expand(link_type: str) -> str:
+    """`gs1:pip` -> the full GS1 URI; the project prefix likewise."""
+    vocab = get_vocab()
+    if link_type.startswith("gs1:"):
+        return GS1 + link_type[4:]
+    if link_type.startswith(f"{vocab.prefix}:"):
+        return vocab.namespace + link_type[len(vocab.prefix) + 1 :]
+    return link_type
+
+
+def linkset(base: str, anchor: str, page: str, code: str) -> dict[str, Any]:
+    """RFC 9264 JSON linkset of a lot (its anchor is the lot's URI)."""
+    entry: dict[str, Any] = {"anchor": anchor}
+    for rel, path in link_types().items():
+        target: dict[str, Any] = {"href": page if not path else base + path.format(code=code)}
+        target["type"] = LINK_MEDIA[path]
+        if not path:
+            target["hreflang"] = ["zh", "en"]
+            target["title"] = "产品追溯 / Product trace"
+        entry[rel] = [target]
+    return {"linkset": [entry]}
+
+
+def render_page(request: Request, lang: str):  # type: ignore[no-untyped-def]
+    templates = request.app.state.templates
+    t = strings(lang)
+    base = request.app.state.settings.trace_base_url.rstrip("/")
+    vocab_short = {u.uri: n for n, u in get_vocab().steps.items()}
+
+    def render(view: dict[str, Any], verification: dict[str, Any]) -> bytes:
+        html = templates.get_template("trace.html").render(
+            {
+                "request": request,
+                "lang": lang,
+                "t": t,
+                "lot": view,
+                "v": verification,
+                "base": base,
+                "steps": vocab_short,
+            }
+        )
+        return html.encode()
+
+    return render
+
+
+async def _page(request: Request, trace: TraceService, code: str, link_header: str) -> Response:
+    lang = language(request)
+    body = trace.pages.get((code, lang))
+    if body is None:
+        body = await run_in_threadpool(trace.page, code, lang, render_page(request, lang))
+    headers = {**HTML_HEADERS, "Content-Language": lang, "Link": link_header}
+    return HTMLResponse(body, headers=headers)
+
+
+def _wants_linkset(request: Request, link_type: str | None) -> bool:
+    return link_type in ("linkset", "all") or LINKSET_JSON in request.headers.get("accept", "")
+
+
+async def _resolve(request: Request, code: str, anchor: str, self_path: str, link_type: str | None) -> Response:
+    trace = service(request)
+    base = request.app.state.settings.trace_base_url.rstrip("/")
+    page = base + self_path
+    if _wants_linkset(request, link_type):
+        return Response(
+            orjson.dumps(linkset(base, anchor, page, code)),
+            media_type=LINKSET_JSON,
+            headers={"Cache-Control": "public, max-age=300"},
+        )
+    if link_type:
+        path = link_types().get(_expand(link_type))
+        if path:  # a link other than the page itself
+            return RedirectResponse(base + path.format(code=code), status_code=307)
+    link = f'<{page}?linkType=linkset>; rel="linkset"; type="{LINKSET_JSON}"'
+    return await _page(request, trace, code, link)
+
+
+LINK_TYPE = Query(
+    None,
+    alias="linkType",
+    max_length=200,
+    description="`linkset` (or `all`) for the RFC 9264 linkset; a GS1 link type (gs1:traceability, "
+    "gs1:epcis, gs1:verificationService, vt:proofBundle) to be redirected to it; default: the trace page.",
+)
+LANG = Query(None, pattern="^(zh|en)$", description="Page language; default from Accept-Language, else zh.")
+PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The trace page (HTML), or the linkset",
+        "content": {"text/html": {}, LINKSET_JSON: {}},
+    },
+    307: {"description": "Redirect to the requested link type"},
+    **problem_responses(400, 404, 429),
+}
+
+
+@router.get(
+    "/01/{gtin}/10/{lot:path}",
+    summary="GS1 Digital Link: a lot of a product (trace page or linkset)",
+    response_class=HTMLResponse,
+    responses=PAGE_RESPONSES,
+)
+async def digital_link(
+    gtin: str,
+    lot: str,
+    request: Request,
+    link_type: str | None = LINK_TYPE,
+    lang: str | None = LANG,
+) -> Response:
+    trace = service(request)
+    try:
+        gtin14 = codes.normalize_gtin(gtin)
+    except codes.GtinCheckDigitError as e:
+        raise Problem(400, "gtin-check-digit", str(e), gtin=gtin) from None
+    except codes.DigitalLinkError as e:
+        raise Problem(400, "digital-link-syntax", str(e)) from None
+    try:
+        codes.check_lot_no(lot)
+    except ValueError as e:
+        raise Problem(400, "digital-link-syntax", str(e)) from None
+    code = trace.known.get((gtin14, lot)) or await run_in_threadpool(trace.code_for_gtin_lot, gtin14, lot)
+    if code is None:
+        raise Problem(404, "unknown-lot", f"no lot {lot!r} of the product with GTIN {gtin14}")
+    self_path = f"/01/{gtin14}/10/{quote(lot, safe='')}"
+    return await _resolve(
+        request, code, request.app.state.settings.trace_base_url.rstrip("/") + self_path, self_path, link_type
+    )
+
+
+@router.get(
+    "/01/{gtin}",
+    summary="GS1 Digital Link without a lot",
+    responses=problem_responses(400, 404, 429),
+)
+async def digital_link_product(gtin: str) -> Response:
+    """This resolver serves lots: a valid GTIN without `/10/{lot}` is a 404 saying so; a malformed one a 400."""
+    try:
+        gtin14 = codes.normalize_gtin(gtin)
+    except codes.GtinCheckDigitError as e:
+        raise Problem(400, "gtin-check-digit", str(e), gtin=gtin) from None
+    except codes.DigitalLinkError as e:
+        raise Problem(400, "digital-link-syntax", str(e)) from None
+    raise Problem(404, "lot-required", f"GTIN {gtin14} names a product; add /10/{{lot}} to name one of its lots")
+
+
+@router.get(
+    "/t/{code}",
+    summary="Trace page of a lot by its short code",
+    response_class=HTMLResponse,
+    responses=PAGE_RESPONSES,
+)
+async def short_code(
+    code: str,
+    request: Request,
+    link_type: str | None = LINK_TYPE,
+    lang: str | None = LANG,
+) -> Response:
+    trace = service(request)
+    stored = normalized(code)
+    if trace.pages.get((stored, language(request))) is None or link_type:
+        stored = await known_code(trace, code)
+    base = request.app.state.settings.trace_base_url.rstrip("/")
+    return await _resolve(request, stored, f"{base}/t/{stored}", f"/t/{stored}", link_type)
+
+
+@router.get(
+    "/t", summary="Trace code form target", responses={303: {"description": "To /t/{code}"}, **problem_responses(400)}
+)
+async def code_form(code: str = Query(..., max_length=40, description="A typed trace code")) -> Response:
+    """Where the home page's form sends a typed code: redirects to its page (400 when malformed)."""
+    return RedirectResponse(f"/t/{normalized(code)}", status_code=303)
+
+
+@router.get("/", response_class=HTMLResponse, summary="Home: enter a trace code", include_in_schema=True)
+async def home(request: Request, lang: str | None = LANG) -> Response:
+    lang_ = language(request)
+    return request.app.state.templates.TemplateResponse(
+        request, "home.html", {"lang": lang_, "t": strings(lang_)}, headers={"Vary": "Accept-Language"}
+    )
+
+
+@router.get("/healthz", summary="Liveness", tags=["resolver"])
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}

@@ -1,0 +1,52 @@
+"""A small thread-safe cache with a time to live and a size bound, for per-worker caching.
+
+Each API worker keeps its own (no shared store to run): what is cached is derived from the
+database, the chain and InfluxDB, and is allowed to be `ttl` seconds old.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+
+class TtlCache:
+    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._data: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any | None:
+        """The value if present and fresh, else None."""
+        entry = self._data.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def get_any(self, key: Any) -> tuple[Any | None, bool]:
+        """(value or None, fresh?): a stale value is still returned, for stale-while-revalidate."""
+        entry = self._data.get(key)
+        if entry is None:
+            return None, False
+        return entry[1], entry[0] >= time.monotonic()
+
+    def set(self, key: Any, value: Any, ttl: float | None = None) -> Any:
+        if (ttl if ttl is not None else self.ttl) <= 0:
+            return value
+        with self._lock:
+            self._data[key] = (time.monotonic() + (ttl if ttl is not None else self.ttl), value)
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+        return value
+
+    def pop(self, key: Any) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
