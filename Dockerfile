@@ -1,4 +1,18 @@
 # The village image: every `village` subcommand (see docker-compose.yml for the services).
+
+# Stage 1: compile the TraceAnchor contract with solc-js and fetch anvil (the devnet for demos),
+# both pinned by package.json / package-lock.json; Node.js stays out of the final image.
+FROM python:3.11-slim AS contracts
+RUN apt-get update && apt-get install -y --no-install-recommends nodejs npm && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY package.json package-lock.json .npmrc ./
+RUN npm ci
+COPY ledger/__init__.py ledger/solc.py ledger/
+COPY ledger/contracts ledger/contracts
+RUN pip install --no-cache-dir eth-hash==0.8.0 pycryptodome==3.24.1 && python -m ledger.solc \
+ && cp node_modules/@foundry-rs/anvil-linux-*/bin/anvil /usr/local/bin/anvil
+
+# Stage 2: the village services.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -19,11 +33,14 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 # Then the project itself (what .dockerignore lets through); the source folder is not kept.
 COPY . /src
+COPY --from=contracts /src/ledger/build /src/ledger/build
+COPY --from=contracts /usr/local/bin/anvil /usr/local/bin/anvil
 RUN pip install --no-deps /src && cd / && rm -rf /src
 
 # State: SQLite registry when DATABASE_URL is unset, the ingest spool, the generated broker files.
 # Named volumes mounted below it start with this ownership (docker copies it on first mount).
-RUN mkdir -p /var/lib/village/spool /var/lib/village/broker && chown -R village:village /var/lib/village
+RUN mkdir -p /var/lib/village/spool /var/lib/village/broker /var/lib/village/chain \
+ && chown -R village:village /var/lib/village
 ENV VILLAGE_DATA_DIR=/var/lib/village
 WORKDIR /var/lib/village
 

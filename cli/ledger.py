@@ -182,3 +182,25 @@ def verify_bundle_cmd(
     )
     if not result.ok:
         raise typer.Exit(3)
+
+
+def devnet(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 in a container)."),
+    port: int = typer.Option(8545, help="JSON-RPC port."),
+    chain_id: int = typer.Option(31337, "--chain-id", help="Chain id of the devnet."),
+    state: Path | None = typer.Option(None, "--state", help="Keep the chain in this file across restarts."),
+) -> None:
+    """Run a local Ethereum devnet (anvil) in the foreground: for demos and tests, not production."""
+    import os
+
+    from core.services import ServiceError, find_anvil
+
+    try:
+        binary = find_anvil()
+    except ServiceError as e:
+        fail(str(e), 2)
+    argv = [binary, "--host", host, "--port", str(port), "--chain-id", str(chain_id)]
+    if state is not None:
+        state.parent.mkdir(parents=True, exist_ok=True)
+        argv += ["--state", str(state), "--state-interval", "30"]
+    os.execv(binary, argv)  # anvil replaces this process, so signals reach it directly

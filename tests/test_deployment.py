@@ -252,7 +252,7 @@ def test_broker_files_are_shared_with_mosquitto(config: dict) -> None:
 def test_start_order_and_ingest_state(config: dict, village_services: dict[str, dict]) -> None:
     services = config["services"]
     for name, service in village_services.items():
-        if name != "migrate":
+        if name not in ("migrate", "anvil"):  # the devnet does not use the registry
             assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     ingest = services["ingest"]
@@ -266,3 +266,16 @@ def test_start_order_and_ingest_state(config: dict, village_services: dict[str, 
     assert services["influxdb"]["environment"]["DOCKER_INFLUXDB_INIT_BUCKET"] == env["INFLUX_DB"]
     assert {"MQTT_INGEST_PASSWORD", "INFLUX_TOKEN", "DATABASE_URL"} <= set(secret_targets(ingest))
     assert env["DATABASE_URL"] if "DATABASE_URL" in env else "DATABASE_URL" in secret_targets(ingest)
+
+
+def test_anchor_worker_reaches_the_chain_and_keeps_the_deployment(config: dict) -> None:
+    services = config["services"]
+    anchor, anvil = services["anchor"], services["anvil"]
+    assert [str(a) for a in anchor["command"]] == ["anchor"]
+    assert anvil["command"][0] == "devnet" and "--state" in anvil["command"]
+    env = environment(anchor)
+    assert env["CHAIN_RPC_URL"] == "http://anvil:8545"
+    assert "CHAIN_PRIVATE_KEY" in secret_targets(anchor) and "CHAIN_PRIVATE_KEY" not in env
+    # the worker records the TraceAnchor address under VILLAGE_DATA_DIR/chain: on a volume
+    assert on_volume(anchor, env["VILLAGE_DATA_DIR"] + "/chain/trace_anchor.json")[0] == "chain-state"
+    assert anchor["depends_on"]["anvil"]["condition"] == "service_started"
