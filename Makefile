@@ -6,7 +6,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := mosquitto mosquitto-clients influxdb influxdb-client docker-compose wrk
+APT_PACKAGES := mosquitto mosquitto-clients influxdb influxdb-client docker-compose wrk fonts-noto-cjk
 STAMP := $(VENV)/.installed
 
 .PHONY: all deps apt venv node demo up test lint fmt lock bench clean

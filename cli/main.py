@@ -6,7 +6,9 @@ import typer
 
 from cli import analytics as analytics_cli
 from cli import bench, broker, deadletters, devices, ingest, registry, simulate, stack, trace
+from cli import indicators as indicators_cli
 from cli import ledger as ledger_cli
+from cli import serve as serve_cli
 
 app = typer.Typer(
     name="village",
@@ -32,6 +34,10 @@ app.add_typer(bench.app, name="bench")
 app.add_typer(trace.app, name="lots")
 app.add_typer(analytics_cli.stats_app, name="stats")
 app.add_typer(analytics_cli.models_app, name="models")
+app.command("indicators")(indicators_cli.indicators)
+app.command("rollups")(indicators_cli.rollups)
+app.command("serve")(serve_cli.serve)
+app.add_typer(serve_cli.users_app, name="users")
 
 if __name__ == "__main__":
     app()
