@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from api import charts, problems
+from api.microcache import MicroCache
 from api.ratelimit import RateLimiter
 from api.routers import admin, auth, dashboard, resolver, timeseries, trace
 from api.security import jwt_secret
@@ -40,7 +41,7 @@ TAGS = [
 
 def templates() -> Jinja2Templates:
     t = Jinja2Templates(directory=str(HERE / "templates"))
-    t.env.globals.update(sparkline=charts.sparkline, range_bar=charts.range_bar, hbars=charts.hbars)
+    t.env.globals.update(sparkline=charts.sparkline, range_bar=charts.range_bar, hbars=charts.hbars, pairs=charts.pairs)
     t.env.trim_blocks = True
     t.env.lstrip_blocks = True
     return t
@@ -72,7 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.trace = TraceService(engine, settings)
     app.state.jwt_secret = jwt_secret(settings)
     problems.install(app)
-    app.add_middleware(RateLimiter, per_minute=settings.api_rate_limit_per_min)
+    app.add_middleware(MicroCache, cache=app.state.trace.responses)
+    app.add_middleware(RateLimiter, per_minute=settings.api_rate_limit_per_min)  # added last: runs first
     for module in (resolver, trace, auth, admin, dashboard, timeseries):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")

@@ -111,3 +111,8 @@ def hbars(items: Sequence[tuple[str, float | None]], *, unit: str = "", width: i
         parts.append(f'<text x="{label_w + w + 4:.1f}" y="{y + 14}" class="val">{_fmt(v)}{escape(unit)}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+def pairs(rows: Sequence[dict[str, object]], label: str, value: str) -> list[tuple[str, float | None]]:
+    """(label, value) pairs of a list of records, for `hbars` in templates."""
+    return [(str(r.get(label, "")), r.get(value)) for r in rows]  # type: ignore[misc]

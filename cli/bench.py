@@ -81,3 +81,37 @@ def anchor(
         table.add_row(*row)
     console.print(table)
     print(json.dumps({"bench": "anchor", **r}, ensure_ascii=False))
+
+
+@app.command("api")
+def api(
+    duration: int = typer.Option(10, min=1, help="Seconds of load per endpoint."),
+    connections: int = typer.Option(32, min=1, help="Concurrent connections (wrk -c)."),
+    threads: int = typer.Option(1, min=1, help="wrk threads (it shares the machine with the API)."),
+    workers: int = typer.Option(0, min=0, help="API worker processes (0: one per core)."),
+) -> None:
+    """Trace lookups (JSON and page) under concurrent load from wrk, against `village serve` with demo data."""
+    from bench.api import run
+
+    console = Console(stderr=True)
+    with console.status("starting InfluxDB and anvil, loading and anchoring the demo season, starting the API..."):
+        r = run(duration_s=duration, connections=connections, threads=threads, workers=workers or None)
+    table = Table(
+        title=f"village bench api ({r['workers']} workers, {r['connections']} connections, {r['cores']} cores)"
+    )
+    for col in ("lookup", "requests/s", "p50 ms", "p99 ms", "requests", "errors", "target"):
+        table.add_column(col, justify="right" if col != "lookup" else "left")
+    for name, label in (("json", "JSON /api/v1/trace/{code}"), ("page", "page /t/{code}")):
+        x = r[name]
+        table.add_row(
+            label,
+            f"{x['requests_per_s']:,.0f}",
+            str(x["latency_ms_p50"]),
+            str(x["latency_ms_p99"]),
+            f"{x['requests']:,}",
+            str(x["errors"] + x["non_2xx"]),
+            ">= 1,000/s, p99 < 50 ms",
+        )
+    console.print(table)
+    console.print(f"verification badge of the demo bag: {r['verification']}")
+    print(json.dumps({"bench": "api", **r}, ensure_ascii=False))

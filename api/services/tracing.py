@@ -63,6 +63,7 @@ class TraceService:
         self.views = TtlCache(ttl)  # code -> view dict
         self.json = TtlCache(ttl)  # code -> JSON bytes
         self.pages = TtlCache(ttl)  # (code, lang) -> HTML bytes
+        self.responses = TtlCache(ttl, max_entries=20_000)  # whole answers, replayed by api.microcache
         self.verifications = TtlCache(ttl, max_entries=2_000)  # code -> verification dict
         self.bundles = TtlCache(ttl, max_entries=500)
         self.epcis_docs = TtlCache(ttl, max_entries=500)
@@ -157,7 +158,8 @@ class TraceService:
         hit = self.json.get(code)
         if hit is not None:
             return hit
-        body = orjson.dumps({**self.view(code), "verification": self.verification(code)})
+        badge_only = {k: v for k, v in self.verification(code).items() if k != "records"}  # records: /verify
+        body = orjson.dumps({**self.view(code), "verification": badge_only})
         return self.json.set(code, body)
 
     def page(self, code: str, lang: str, render: Callable[[dict[str, Any], dict[str, Any]], bytes]) -> bytes:
@@ -268,5 +270,13 @@ class TraceService:
     def forget(self) -> None:
         """Drop the cached views of this worker (after a change through the admin API: a new event of
         a paddy lot belongs to the trace of every bag made from it). Other workers follow within the TTL."""
-        for cache in (self.views, self.json, self.pages, self.verifications, self.bundles, self.epcis_docs):
+        for cache in (
+            self.views,
+            self.json,
+            self.pages,
+            self.responses,
+            self.verifications,
+            self.bundles,
+            self.epcis_docs,
+        ):
             cache.clear()

@@ -1,0 +1,81 @@
+"""A micro-cache in front of the routes for the public trace lookups (as a reverse proxy would keep).
+
+A scanned bag is looked up again and again; its answer changes at most every API_VERIFY_CACHE_S.
+So the complete 200 answer (status, headers, body) of `GET /api/v1/trace/{code}`, `/t/{code}` and
+`/01/{gtin}/10/{lot}` without a query string is kept per worker, keyed by path and, for pages, by
+the language Accept-Language selects, and replayed without routing, validation or rendering.
+Anything else (a query string, a linkset request, an error, another path) goes to the routes.
+The rate limiter stays in front of it, and an admin change clears it with the other trace caches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from api.i18n import DEFAULT, from_accept_language
+from api.services.cache import TtlCache
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Any]]
+Send = Callable[[Any], Awaitable[None]]
+
+JSON_PREFIX = "/api/v1/trace/"
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for k, v in scope["headers"]:
+        if k == name:
+            return v.decode("latin-1")
+    return ""
+
+
+def cache_key(scope: Scope) -> tuple[str, ...] | None:
+    """The key of a cacheable lookup, or None for anything the routes must answer."""
+    if scope["type"] != "http" or scope["method"] != "GET" or scope["query_string"]:
+        return None
+    path: str = scope["path"]
+    if path.startswith(JSON_PREFIX):
+        return ("json", path) if "/" not in path[len(JSON_PREFIX) :] else None
+    is_page = (path.startswith("/t/") and "/" not in path[3:]) or (path.startswith("/01/") and "/10/" in path)
+    if not is_page:
+        return None
+    accept = _header(scope, b"accept")
+    if "linkset" in accept:
+        return None
+    lang = from_accept_language(_header(scope, b"accept-language")) or DEFAULT
+    return ("page", path, lang)
+
+
+class MicroCache:
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], cache: TtlCache) -> None:
+        self.app = app
+        self.cache = cache
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key = cache_key(scope)
+        if key is None:
+            await self.app(scope, receive, send)
+            return
+        hit = self.cache.get(key)
+        if hit is not None:
+            status, headers, body = hit
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        start: dict[str, Any] = {}
+        chunks: list[bytes] = []
+        complete = False
+
+        async def capture(message: Any) -> None:
+            nonlocal complete
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                complete = not message.get("more_body", False)
+            await send(message)
+
+        await self.app(scope, receive, capture)
+        if complete and start.get("status") == 200:
+            self.cache.set(key, (200, list(start.get("headers", [])), b"".join(chunks)))

@@ -1,0 +1,149 @@
+"""What the dashboard shows for a caller's area, as data: indicators, device health, open alerts,
+traceability coverage and the latest anchoring windows; and the same as CSV and Excel exports.
+
+Every section is computed on its own, so one unavailable service (InfluxDB down) blanks only the
+sections that need it, with the reason, and the rest still shows.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import asdict
+from typing import Any
+
+from sqlmodel import Session
+
+from api.deps import Actor
+from api.models import Role
+from api.services import coverage as coverage_mod
+from api.services import indicators as indicators_mod
+from api.services.health import device_health, health_counts, open_alerts
+from core.catalogue import get_catalogue
+from core.influx import InfluxError, InfluxV1
+from core.settings import Settings
+from ledger import anchoring
+
+log = logging.getLogger(__name__)
+SECTIONS = ("indicators", "rankings", "devices", "alerts", "traceability", "anchoring")
+
+
+def county_of(actor: Actor) -> str | None:
+    return next(iter(sorted(actor.area.counties)), None)
+
+
+def indicators_section(
+    session: Session, settings: Settings, actor: Actor, period: str | None, village: str | None
+) -> dict[str, Any]:
+    county = county_of(actor)
+    if county is None:
+        return {"available": False, "reason": "your area has no county in the registry"}
+    whole = actor.role in (Role.county_admin, Role.analyst)
+    return indicators_mod.indicators(
+        session, settings, county, actor.area.villages, whole_county=whole, period=period, village=village
+    )
+
+
+def devices_section(session: Session, settings: Settings, actor: Actor, influx: InfluxV1) -> dict[str, Any]:
+    catalogue = get_catalogue(settings.catalogue_file)
+    try:
+        devices = device_health(session, influx, catalogue, actor.area.villages)
+        available, reason = True, None
+    except InfluxError as e:
+        log.warning("device health without InfluxDB: %s", e)
+        devices = device_health(session, None, catalogue, actor.area.villages)
+        available, reason = False, "the monitoring database cannot be reached: last readings unknown"
+    return {
+        "available": available,
+        "reason": reason,
+        "counts": health_counts(devices),
+        "devices": [asdict(d) for d in devices],
+        "alerts": open_alerts(devices, settings.county_timezone) if available else [],
+    }
+
+
+def snapshot(
+    session: Session,
+    settings: Settings,
+    actor: Actor,
+    influx: InfluxV1,
+    *,
+    period: str | None = None,
+    village: str | None = None,
+) -> dict[str, Any]:
+    devices = devices_section(session, settings, actor, influx)
+    return {
+        "scope": {"role": str(actor.role), "code": actor.principal.scope, "villages": sorted(actor.area.villages)},
+        "indicators": indicators_section(session, settings, actor, period, village),
+        "devices": {k: v for k, v in devices.items() if k != "alerts"},
+        "alerts": devices["alerts"],
+        "traceability": coverage_mod.coverage(session, actor.area.villages),
+        "anchoring": anchoring.status(session),
+    }
+
+
+def rows(snap: dict[str, Any], section: str) -> list[dict[str, Any]]:
+    """The rows of one section as flat records (for CSV and Excel)."""
+    if section == "indicators":
+        ind = snap["indicators"]
+        keep = ("code", "period", "indicator", "name_zh", "name_en", "dimension", "unit", "value", "previous", "change")
+        return [{k: r.get(k) for k in keep} for r in ind.get("indicators", [])] if ind.get("available") else []
+    if section == "rankings":
+        out = []
+        for indicator, ranking in (snap["indicators"].get("rankings") or {}).items():
+            out += [{"indicator": indicator, **r} for r in ranking]
+        return out
+    if section == "devices":
+        return [
+            {k: v for k, v in d.items() if k != "last_values"} | {f"last_{m}": x for m, x in d["last_values"].items()}
+            for d in snap["devices"]["devices"]
+        ]
+    if section == "alerts":
+        return list(snap["alerts"])
+    if section == "traceability":
+        return list(snap["traceability"]["by_product"])
+    if section == "anchoring":
+        return list(snap["anchoring"]["latest"])
+    raise KeyError(section)
+
+
+def _columns(records: list[dict[str, Any]]) -> list[str]:
+    cols: list[str] = []
+    for r in records:
+        cols += [k for k in r if k not in cols]
+    return cols
+
+
+def to_csv(records: list[dict[str, Any]]) -> bytes:
+    buf = io.StringIO()
+    cols = _columns(records)
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(records)
+    return ("\ufeff" + buf.getvalue()).encode("utf-8")  # BOM: Excel opens UTF-8 Chinese text correctly
+
+
+def to_xlsx(snap: dict[str, Any]) -> bytes:
+    from openpyxl import Workbook
+
+    wb = Workbook()
+    wb.remove(wb.active)  # type: ignore[arg-type]
+    for section in SECTIONS:
+        ws = wb.create_sheet(section)
+        records = rows(snap, section)
+        cols = _columns(records)
+        ws.append(cols)
+        for r in records:
+            ws.append([_cell(r.get(c)) for c in cols])
+    buf = io.BytesIO()
+    wb.save(buf)
+    return buf.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        import orjson
+
+        return orjson.dumps(value).decode()
+    return value

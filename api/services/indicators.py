@@ -1,0 +1,107 @@
+"""The county indicators for the dashboard: a thin seam over analytics.compute.
+
+`analytics.compute.compute_indicators` does the work (registry, InfluxDB rollups, ledger; trends
+over the periods before; village rankings; the composite index); this module picks the period,
+narrows the answer to the caller's area and caches it per worker (a computation reads every
+device-day of the period from the rollups, so it is not repeated on every page view).
+
+Which scope a role sees: county administrators and analysts the county with every village's
+ranking; a township officer or village operator one village of their area (with the rankings
+narrowed to their villages).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlmodel import Session
+
+from analytics.compute import compute_indicators
+from analytics.periods import Period, PeriodError, parse_period
+from analytics.rollups import from_settings
+from api.services.cache import TtlCache
+from core.influx import InfluxError
+from core.settings import Settings
+
+log = logging.getLogger(__name__)
+CACHE_S = 120.0
+DEFAULT_TREND = 5
+
+_cache = TtlCache(CACHE_S, max_entries=200)
+_lock = threading.Lock()
+
+
+def default_period(settings: Settings, now: datetime | None = None) -> str:
+    """The current month in the county's time zone, e.g. "2026-07"."""
+    from zoneinfo import ZoneInfo
+
+    local = (now or datetime.now(UTC)).astimezone(ZoneInfo(settings.county_timezone))
+    return f"{local.year:04d}-{local.month:02d}"
+
+
+def period_of(text: str | None, settings: Settings) -> Period:
+    """A reporting period (2026, 2026-Q3, 2026-07, 2026-W27, a day or a range); PeriodError with the forms."""
+    return parse_period(text or default_period(settings), settings.county_timezone)
+
+
+def report(session: Session, settings: Settings, county: str, period: Period, trend: int = DEFAULT_TREND) -> Any:
+    """The analytics IndicatorReport of the county (cached for CACHE_S per county, period and trend)."""
+    key = (settings.resolved_database_url(), county, period.label, trend)
+    hit = _cache.get(key)
+    if hit is not None:
+        return hit
+    with _lock:
+        hit = _cache.get(key)
+        if hit is not None:
+            return hit
+        rollups = from_settings(settings)
+        try:
+            result = compute_indicators(session, None, county, period, trend=trend, rollups=rollups)
+        finally:
+            rollups.influx.close()
+            rollups.store.close()
+        return _cache.set(key, result)
+
+
+def indicators(
+    session: Session,
+    settings: Settings,
+    county: str,
+    villages: set[str],
+    *,
+    whole_county: bool,
+    period: str | None = None,
+    village: str | None = None,
+    trend: int = DEFAULT_TREND,
+) -> dict[str, Any]:
+    """What the dashboard shows: the indicators of the county (or of `village`), with trend and rankings.
+
+    `available` is False (with `reason`) when they cannot be computed now (InfluxDB unreachable,
+    an unknown period); the rest of the dashboard still shows.
+    """
+    try:
+        p = period_of(period, settings)
+    except PeriodError as e:
+        raise ValueError(str(e)) from None
+    try:
+        r = report(session, settings, county, p, trend)
+    except InfluxError as e:
+        log.warning("indicators unavailable: %s", e)
+        return {"available": False, "reason": "the monitoring database cannot be reached", "period": p.label}
+    if village is None and not whole_county:
+        village = min(villages) if villages else None
+    code = village if village is not None else county
+    if code != county and code not in r.villages:
+        return {"available": False, "reason": f"no village {code} in county {county}", "period": p.label}
+    out = r.to_dict(code)
+    rankings = r.to_dict(county).get("rankings", {})
+    out["rankings"] = {ind: [row for row in rows if row["village"] in villages] for ind, rows in rankings.items()}
+    out["available"] = True
+    return out
+
+
+def clear() -> None:
+    _cache.clear()
