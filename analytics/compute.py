@@ -35,7 +35,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
@@ -388,31 +388,38 @@ def load_telemetry(
     end_ms = int(bounds[-1].timestamp() * 1000) if days else 0
     where = f'"county" = {quote(county)} AND time >= {start_ms}ms AND time < {end_ms}ms'
     kinds = [k for k in rollups.kinds if k in set(devices["kind"])]
-    to_day = _day_mapper(days[0] if days else first, tz)
+    to_day = _day_mapper([int(x.timestamp() * 1000) for x in bounds])
     frames = []
     for kind in kinds if days else []:
         metrics = rollups.metrics(kind)
         cols = [f"count_{m}" for m in metrics]
-        extra = {"soil": [f"sum_{params['drought']['metric']}", f"count_{params['drought']['metric']}"]}.get(kind, [])
-        extra += {"paddy": [f"min_{params['paddy']['metric']}"]}.get(kind, [])
+        soil_m, paddy_m = params["drought"]["metric"], params["paddy"]["metric"]
+        extra = {"soil": [f"sum_{soil_m}", f"count_{soil_m}"], "paddy": [f"min_{paddy_m}"]}.get(kind, [])
         fields = list(dict.fromkeys(cols + extra))
         select_list = ", ".join(ident(c) for c in fields)
         q = f'SELECT {select_list} FROM {rollups.source(kind, "1d")} WHERE {where} GROUP BY "device"'
         tel.queries += 1
+        devs, blocks = [], []
         for s in rollups.influx.query(q):
             dev = idx.get(s.get("tags", {}).get("device", ""))
             if dev is None:
                 continue
-            f = pd.DataFrame(s["values"], columns=s["columns"])
-            out = pd.DataFrame({"dev": dev, "day": to_day(f["time"])})
-            out["readings"] = f[cols].max(axis=1).fillna(0).astype(int)
-            if kind == "soil":
-                m = params["drought"]["metric"]
-                out["soil_sum"] = f[f"sum_{m}"].astype(float)
-                out["soil_count"] = f[f"count_{m}"].astype(float)
-            if kind == "paddy":
-                out["paddy_min"] = f[f"min_{params['paddy']['metric']}"].astype(float)
-            frames.append(out)
+            block = np.array(s["values"], dtype=float)  # nulls become NaN
+            order = [s["columns"].index(c) for c in ["time", *fields]]
+            blocks.append(block[:, order])
+            devs.append(np.full(len(block), dev))
+        if not blocks:
+            continue
+        x = np.concatenate(blocks)
+        out = pd.DataFrame({"dev": np.concatenate(devs), "day": to_day(x[:, 0])})
+        counts = x[:, 1 : 1 + len(cols)]
+        out["readings"] = np.nan_to_num(counts, nan=0.0).max(axis=1).astype(int)
+        if kind == "soil":
+            out["soil_sum"] = x[:, 1 + fields.index(f"sum_{soil_m}")]
+            out["soil_count"] = x[:, 1 + fields.index(f"count_{soil_m}")]
+        if kind == "paddy":
+            out["paddy_min"] = x[:, 1 + fields.index(f"min_{paddy_m}")]
+        frames.append(out)
     if frames:
         tel.daily = pd.concat([_empty_daily(), *frames], ignore_index=True)
     if days and "collar" in kinds:
@@ -448,13 +455,13 @@ def _empty_dead() -> pd.DataFrame:
     return pd.DataFrame({"dev": pd.Series(dtype=int), "ms": pd.Series(dtype="int64")})
 
 
-def _day_mapper(first: date, tz: str) -> Any:
-    """Bucket start times (ms, local midnights) -> index of the local day from `first`."""
-    origin = pd.Timestamp(first)
+def _day_mapper(bounds_ms: list[int]) -> Any:
+    """Bucket start times (ms; local midnights, as GROUP BY time(1d) tz() makes them) -> index of the
+    local day among the days whose midnights are `bounds_ms` (DST-proof: looked up, not divided)."""
+    edges = np.array(bounds_ms, dtype=float)
 
-    def to_day(ms: pd.Series) -> np.ndarray:
-        local = pd.to_datetime(ms, unit="ms", utc=True).dt.tz_convert(tz).dt.tz_localize(None).dt.normalize()
-        return ((local - origin) // pd.Timedelta(days=1)).to_numpy(dtype=int)
+    def to_day(ms: Any) -> np.ndarray:
+        return np.searchsorted(edges, np.asarray(ms, dtype=float), side="right") - 1
 
     return to_day
 
@@ -468,16 +475,17 @@ def _alert_days(
         f"SELECT count({mean}) FROM {rollups.source(kind, '1h')} WHERE {where} AND {mean} > {float(above)} "
         f'GROUP BY time(1d), "device" fill(none) tz({quote(rollups.tz)})'
     )
-    frames = []
+    devs, blocks = [], []
     for s in rollups.influx.query(q):
         dev = idx.get(s.get("tags", {}).get("device", ""))
-        if dev is None:
-            continue
-        f = pd.DataFrame(s["values"], columns=s["columns"])
-        frames.append(pd.DataFrame({"dev": dev, "day": to_day(f["time"]), "hours": f["count"].astype(int)}))
-    if not frames:
+        if dev is not None:
+            block = np.array(s["values"], dtype=float)
+            blocks.append(block[:, [s["columns"].index("time"), s["columns"].index("count")]])
+            devs.append(np.full(len(block), dev))
+    if not blocks:
         return pd.DataFrame({"dev": pd.Series(dtype=int), "day": pd.Series(dtype=int), "hours": pd.Series(dtype=int)})
-    return pd.concat(frames, ignore_index=True)
+    x = np.concatenate(blocks)
+    return pd.DataFrame({"dev": np.concatenate(devs), "day": to_day(x[:, 0]), "hours": x[:, 1].astype(int)})
 
 
 def _online(rollups: Rollups, registry: Registry, now: datetime, intervals: float, idx: dict[str, int]) -> np.ndarray:
@@ -684,228 +692,295 @@ def _anchored_leaves(
     return pd.DataFrame(out, columns=["kind", "village", "created_ms", "block_ms"])
 
 
-# ---------------------------------------------------------------- computing one scope and period
+# ---------------------------------------------------------------- computing all scopes of one period
+
+Parts = dict[str, np.ndarray]
 
 
 class _Cut:
-    """One scope (a set of villages) and one period, cut from the loaded data."""
+    """One period, every village at once: each indicator's inputs are summed per village with
+    np.bincount over village indices (the county is the sum over its villages, medians are taken
+    over the pooled rows), so a county of hundreds of villages costs little more than one village."""
 
-    def __init__(
-        self,
-        ctx: _Context,
-        villages: set[str],
-        period: Period,
-    ) -> None:
-        self.ctx, self.villages, self.period = ctx, villages, period
+    def __init__(self, ctx: _Context, period: Period, scopes: list[int | None]) -> None:
+        self.ctx, self.period, self.scopes = ctx, period, scopes
         reg, tel = ctx.registry, ctx.telemetry
-        self.dev_mask = reg.devices["village"].isin(villages).to_numpy()
+        self.V = len(ctx.village_codes)
         end = period.closed_end(ctx.now)
         self.a, self.b = tel.day_index(period.start), tel.day_index(end)
         if period.start >= end:
             self.a = self.b
         self.ndays = self.b - self.a
         self.t_end = min(period.end_dt(), ctx.now)
-        self.active_end = reg.active_at(self.t_end) & self.dev_mask
+        self.dev_v = ctx.dev_v
+        self.active_end = reg.active_at(self.t_end) & (self.dev_v >= 0)
         d = tel.daily
-        keep = self.dev_mask[d["dev"].to_numpy()] & (d["day"].to_numpy() >= self.a) & (d["day"].to_numpy() < self.b)
-        self.daily = d[keep]
+        day = d["day"].to_numpy()
+        self.daily = d[(day >= self.a) & (day < self.b)]
         self.current = period.contains(ctx.now)
+        self.values: dict[int | None, dict[str, Value]] = {s: {} for s in scopes}
+
+    # -------------------------------------------------------- helpers
+
+    def vsum(self, v: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """Per-village sums (counts without weights) of rows whose village index is `v`."""
+        v = np.asarray(v, dtype=int)
+        ok = v >= 0
+        w = None if weights is None else np.asarray(weights, dtype=float)[ok]
+        return np.bincount(v[ok], weights=w, minlength=self.V).astype(float)
+
+    def emit(self, parts: Parts, make: Callable[[dict[str, float], int | None], Value]) -> None:
+        """make(inputs, village index or None for the county) for every scope asked for."""
+        for s in self.scopes:
+            row = {k: float(a.sum()) if s is None else float(a[s]) for k, a in parts.items()}
+            v = make(row, s)
+            self.values[s][v.indicator] = v
+
+    def dev_of_rows(self, frame: pd.DataFrame) -> np.ndarray:
+        return frame["dev"].to_numpy(dtype=int)
 
     # -------------------------------------------------------- registry
 
-    def plot_coverage(self) -> tuple[Value, Value]:
-        reg = self.ctx.registry
-        plots = reg.plots[reg.plots["village"].isin(self.villages)]
+    def registry(self) -> None:
+        ctx, reg = self.ctx, self.ctx.registry
+        plot_v = ctx.plot_v
         with_device = set(reg.devices.loc[self.active_end, "plot_id"].dropna().astype(int))
-        covered = plots["id"].isin(with_device)
-        area, area_with = float(plots["area_mu"].sum()), float(plots.loc[covered, "area_mu"].sum())
-        share = Value(
-            "plot_device_share",
-            _r(_pct(int(covered.sum()), len(plots))),
-            {"plots_with_active_device": int(covered.sum()), "plots": len(plots), "as_of": _iso(self.t_end)},
+        covered = reg.plots["id"].isin(with_device).to_numpy()
+        area = reg.plots["area_mu"].to_numpy(dtype=float)
+        parts = {
+            "plots": self.vsum(plot_v),
+            "covered": self.vsum(plot_v, covered),
+            "area": self.vsum(plot_v, area),
+            "area_with": self.vsum(plot_v, area * covered),
+        }
+        as_of = _iso(self.t_end)
+        self.emit(
+            parts,
+            lambda x, _s: Value(
+                "plot_device_share",
+                _r(_pct(x["covered"], x["plots"])),
+                {"plots_with_active_device": int(x["covered"]), "plots": int(x["plots"]), "as_of": as_of},
+            ),
         )
-        coverage = Value(
-            "device_coverage",
-            _r(_pct(area_with, area)),
-            {"area_mu_with_active_device": _r(area_with, 2), "area_mu": _r(area, 2), "as_of": _iso(self.t_end)},
+        self.emit(
+            parts,
+            lambda x, _s: Value(
+                "device_coverage",
+                _r(_pct(x["area_with"], x["area"])),
+                {"area_mu_with_active_device": _r(x["area_with"], 2), "area_mu": _r(x["area"], 2), "as_of": as_of},
+            ),
         )
-        return share, coverage
-
-    def livestock(self) -> Value:
-        reg = self.ctx.registry
-        herds = reg.herds[reg.herds["village"].isin(self.villages)]
-        dev = reg.devices[self.active_end]
-        monitored = dev.loc[(dev["kind"] == "collar") & dev["animal_id"].notna(), "animal_id"].nunique()
-        head = int(herds["head"].sum())
-        return Value(
-            "livestock_monitoring_share",
-            _r(_pct(min(monitored, head), head)),
-            {"head_with_active_collar": int(monitored), "head": head, "herds": len(herds), "as_of": _iso(self.t_end)},
+        dev = reg.devices
+        collar = self.active_end & (dev["kind"] == "collar").to_numpy() & dev["animal_id"].notna().to_numpy()
+        animals = dev.loc[collar, ["animal_id"]].assign(v=self.dev_v[collar]).drop_duplicates("animal_id")
+        herd_v = ctx.herd_v
+        lparts = {
+            "monitored": self.vsum(animals["v"].to_numpy()),
+            "head": self.vsum(herd_v, reg.herds["head"].to_numpy()),
+            "herds": self.vsum(herd_v),
+        }
+        self.emit(
+            lparts,
+            lambda x, _s: Value(
+                "livestock_monitoring_share",
+                _r(_pct(min(x["monitored"], x["head"]), x["head"])),
+                {
+                    "head_with_active_collar": int(x["monitored"]),
+                    "head": int(x["head"]),
+                    "herds": int(x["herds"]),
+                    "as_of": as_of,
+                },
+            ),
         )
+        weights = ctx.params["informatization"]["weights"]
 
-    def informatization(self, coverage: Value, livestock: Value) -> Value:
-        weights = self.ctx.params["informatization"]["weights"]
-        parts = {}
-        if coverage.inputs["area_mu"]:
-            parts["crop"] = coverage.value
-        if livestock.inputs["head"]:
-            parts["livestock"] = livestock.value
-        total = sum(weights[s] for s in parts)
-        used = {s: weights[s] / total for s in parts} if total else {}
-        value = sum(used[s] * (parts[s] or 0.0) for s in parts) if parts else None
-        return Value(
-            "production_informatization_rate",
-            _r(value),
-            {
-                "crop_area_coverage": parts.get("crop"),
-                "livestock_head_coverage": parts.get("livestock"),
-                "weights": used,
-            },
-        )
-
-    # -------------------------------------------------------- telemetry
-
-    def _active_cells(self) -> np.ndarray:
-        return self.ctx.telemetry.active[self.dev_mask, self.a : self.b]
-
-    def device_days(self) -> dict[str, Any]:
-        tel, reg = self.ctx.telemetry, self.ctx.registry
-        active = tel.active[:, self.a : self.b] & self.dev_mask[:, None]
-        interval = reg.devices["interval_s"].to_numpy(dtype=float)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            expected_cells = np.where(
-                active, tel.day_s[None, self.a : self.b] / np.where(interval > 0, interval, np.nan)[:, None], 0.0
+        def informatization(x: dict[str, float], _s: int | None) -> Value:
+            parts = {}
+            if x["area"]:
+                parts["crop"] = _r(_pct(x["area_with"], x["area"]))
+            if x["head"]:
+                parts["livestock"] = _r(_pct(min(x["monitored"], x["head"]), x["head"]))
+            total = sum(weights[s] for s in parts)
+            used = {s: weights[s] / total for s in parts} if total else {}
+            value = sum(used[s] * (parts[s] or 0.0) for s in parts) if parts else None
+            return Value(
+                "production_informatization_rate",
+                _r(value),
+                {
+                    "crop_area_coverage": parts.get("crop"),
+                    "livestock_head_coverage": parts.get("livestock"),
+                    "weights": used,
+                },
             )
+
+        self.emit({**parts, **lparts}, informatization)
+
+    # -------------------------------------------------------- telemetry: devices
+
+    def devices(self) -> None:
+        ctx, tel, reg = self.ctx, self.ctx.telemetry, self.ctx.registry
+        active = tel.active[:, self.a : self.b] & (self.dev_v >= 0)[:, None]
+        interval = reg.devices["interval_s"].to_numpy(dtype=float)
+        per_day = np.divide(1.0, interval, out=np.zeros_like(interval), where=interval > 0)
+        expected_cells = np.where(active, tel.day_s[None, self.a : self.b] * per_day[:, None], 0.0)
         d = self.daily
-        devs, days = d["dev"].to_numpy(), d["day"].to_numpy() - self.a
+        devs, days = self.dev_of_rows(d), d["day"].to_numpy(dtype=int) - self.a
         counted = active[devs, days] if len(d) else np.zeros(0, dtype=bool)
         exp_rows = expected_cells[devs, days] if len(d) else np.zeros(0)
         got = np.minimum(d["readings"].to_numpy(dtype=float), exp_rows)
-        return {
-            "active": active,
-            "expected_cells": expected_cells,
-            "active_device_days": int(active.sum()),
-            "reporting_device_days": int(counted.sum()),
-            "readings_counted": float(got[counted].sum()),
-            "readings_expected": float(np.nansum(expected_cells)),
-            "row_completeness": np.where(exp_rows > 0, got / np.where(exp_rows > 0, exp_rows, 1), 0.0),
-            "row_counted": counted,
+        self.row_completeness = np.divide(got, exp_rows, out=np.zeros_like(got), where=exp_rows > 0)
+        self.row_counted = counted
+        row_v = self.dev_v[devs]
+        parts = {
+            "active_days": self.vsum(self.dev_v, active.sum(axis=1)),
+            "reporting": self.vsum(row_v, counted),
+            "got": self.vsum(row_v, got * counted),
+            "expected": self.vsum(self.dev_v, expected_cells.sum(axis=1)),
+            "stored": self.vsum(row_v, d["readings"].to_numpy(dtype=float)),
         }
-
-    def online(self, dd: dict[str, Any]) -> Value:
-        tel = self.ctx.telemetry
+        ndays = self.ndays
         if self.current and tel.online is not None:
-            active_now = self.ctx.registry.active_at(self.ctx.now) & self.dev_mask
-            on = int((tel.online & active_now).sum())
-            return Value(
-                "device_online_rate",
-                _r(_pct(on, int(active_now.sum()))),
-                {
-                    "devices_online": on,
-                    "active_devices": int(active_now.sum()),
-                    "window": f"{self.ctx.params['online']['intervals']} catalogue intervals",
-                    "as_of": _iso(self.ctx.now),
-                    "device_days_reporting": dd["reporting_device_days"],
-                    "active_device_days": dd["active_device_days"],
-                },
+            active_now = reg.active_at(ctx.now) & (self.dev_v >= 0)
+            parts["online"] = self.vsum(self.dev_v, tel.online & active_now)
+            parts["active_now"] = self.vsum(self.dev_v, active_now)
+            window = f"{ctx.params['online']['intervals']} catalogue intervals"
+            as_of = _iso(ctx.now)
+            self.emit(
+                parts,
+                lambda x, _s: Value(
+                    "device_online_rate",
+                    _r(_pct(x["online"], x["active_now"])),
+                    {
+                        "devices_online": int(x["online"]),
+                        "active_devices": int(x["active_now"]),
+                        "window": window,
+                        "as_of": as_of,
+                        "device_days_reporting": int(x["reporting"]),
+                        "active_device_days": int(x["active_days"]),
+                    },
+                ),
             )
-        return Value(
-            "device_online_rate",
-            _r(_pct(dd["reporting_device_days"], dd["active_device_days"])),
-            {
-                "device_days_reporting": dd["reporting_device_days"],
-                "active_device_days": dd["active_device_days"],
-                "days": self.ndays,
-            },
+        else:
+            self.emit(
+                parts,
+                lambda x, _s: Value(
+                    "device_online_rate",
+                    _r(_pct(x["reporting"], x["active_days"])),
+                    {
+                        "device_days_reporting": int(x["reporting"]),
+                        "active_device_days": int(x["active_days"]),
+                        "days": ndays,
+                    },
+                ),
+            )
+        self.emit(
+            parts,
+            lambda x, _s: Value(
+                "data_completeness",
+                _r(_pct(x["got"], x["expected"])),
+                {
+                    "readings_counted": round(x["got"]),
+                    "readings_expected": round(x["expected"]),
+                    "active_device_days": int(x["active_days"]),
+                    "days": ndays,
+                },
+                note="each device-day capped at its expected readings",
+            ),
         )
-
-    def completeness(self, dd: dict[str, Any]) -> Value:
-        return Value(
-            "data_completeness",
-            _r(_pct(dd["readings_counted"], dd["readings_expected"])),
-            {
-                "readings_counted": round(dd["readings_counted"]),
-                "readings_expected": round(dd["readings_expected"]),
-                "active_device_days": dd["active_device_days"],
-                "days": self.ndays,
-            },
-            note="each device-day capped at its expected readings",
+        self._idle()
+        dead = tel.dead
+        n_dead = np.zeros(self.V)
+        if self.ndays:
+            lo = int(local_midnight(tel.days[self.a], self.period.tz).timestamp() * 1000)
+            hi = int(local_midnight(tel.days[self.b - 1] + timedelta(days=1), self.period.tz).timestamp() * 1000)
+            t = dead["ms"].to_numpy()
+            inside = (t >= lo) & (t < hi)
+            n_dead = self.vsum(self.dev_v[self.dev_of_rows(dead)][inside])
+        self.emit(
+            {"dead": n_dead, "stored": parts["stored"]},
+            lambda x, _s: Value(
+                "rejected_reading_rate",
+                _r(_pct(x["dead"], x["stored"] + x["dead"])),
+                {"dead_letters": int(x["dead"]), "stored_readings": int(x["stored"])},
+                note="dead letters of registered devices only",
+            ),
         )
+        self._continuous()
 
-    def idle(self) -> Value:
+    def _idle(self) -> None:
         tel, reg = self.ctx.telemetry, self.ctx.registry
         n_idle_days = int(self.ctx.params["idle"]["days"])
         end_day = tel.day_index(self.period.closed_end(self.ctx.now))
         start_day = end_day - n_idle_days
         if start_day < 0 or end_day <= 0:
-            return Value("idle_device_rate", None, {"reason": "no closed days before the period end"})
+            self.emit({}, lambda _x, _s: Value("idle_device_rate", None, {"reason": "no closed days before the end"}))
+            return
         cutoff = pd.Timestamp(local_midnight(tel.days[start_day], self.period.tz)).tz_convert("UTC")
         eligible = self.active_end & (reg.devices["since"] <= cutoff).to_numpy()
         d = tel.daily
-        recent = d[(d["day"] >= start_day) & (d["day"] < end_day) & (d["readings"] > 0)]
+        day = d["day"].to_numpy()
+        recent = d[(day >= start_day) & (day < end_day) & (d["readings"].to_numpy() > 0)]
         heard = np.zeros(len(reg.devices), dtype=bool)
-        heard[recent["dev"].to_numpy()] = True
-        idle = int((eligible & ~heard).sum())
-        return Value(
-            "idle_device_rate",
-            _r(_pct(idle, int(eligible.sum()))),
-            {"idle_devices": idle, "active_devices": int(eligible.sum()), "silent_days": n_idle_days},
+        heard[self.dev_of_rows(recent)] = True
+        parts = {"idle": self.vsum(self.dev_v, eligible & ~heard), "eligible": self.vsum(self.dev_v, eligible)}
+        self.emit(
+            parts,
+            lambda x, _s: Value(
+                "idle_device_rate",
+                _r(_pct(x["idle"], x["eligible"])),
+                {"idle_devices": int(x["idle"]), "active_devices": int(x["eligible"]), "silent_days": n_idle_days},
+            ),
         )
 
-    def rejected(self) -> Value:
-        tel = self.ctx.telemetry
-        stored = int(self.daily["readings"].sum())
-        dead = tel.dead
-        if self.ndays:
-            lo = int(local_midnight(tel.days[self.a], self.period.tz).timestamp() * 1000)
-            hi_day = tel.days[self.b - 1] + timedelta(days=1)
-            hi = int(local_midnight(hi_day, self.period.tz).timestamp() * 1000)
-            mask = self.dev_mask[dead["dev"].to_numpy()] & (dead["ms"] >= lo).to_numpy() & (dead["ms"] < hi).to_numpy()
-            n_dead = int(mask.sum())
-        else:
-            n_dead = 0
-        return Value(
-            "rejected_reading_rate",
-            _r(_pct(n_dead, stored + n_dead)),
-            {"dead_letters": n_dead, "stored_readings": stored},
-            note="dead letters of registered devices only",
+    def _continuous(self) -> None:
+        ctx, reg, p = self.ctx, self.ctx.registry, self.ctx.params["continuous_monitoring"]
+        area = reg.plots["area_mu"].to_numpy(dtype=float)
+        plot_id = reg.devices["plot_id"].to_numpy()
+        continuous = np.zeros(len(reg.plots), dtype=bool)
+        if self.ndays and len(self.daily):
+            devs = self.dev_of_rows(self.daily)
+            good = self.row_counted & (self.row_completeness >= p["day_completeness_pct"] / 100.0)
+            plots = plot_id[devs[good]]
+            days = self.daily["day"].to_numpy()[good]
+            keep = pd.notna(plots)
+            pairs = pd.DataFrame({"plot": plots[keep].astype(int), "day": days[keep]}).drop_duplicates()
+            good_days = pairs.groupby("plot").size()
+            need = p["days_share_pct"] / 100.0 * self.ndays
+            ok = set(good_days[good_days >= need - 1e-9].index)
+            continuous = reg.plots["id"].isin(ok).to_numpy()
+        parts = {
+            "area": self.vsum(ctx.plot_v, area),
+            "area_ok": self.vsum(ctx.plot_v, area * continuous),
+            "plots": self.vsum(ctx.plot_v),
+            "plots_ok": self.vsum(ctx.plot_v, continuous),
+        }
+        ndays = self.ndays
+        rule = f">= {p['day_completeness_pct']} % of expected readings on >= {p['days_share_pct']} % of days"
+        self.emit(
+            parts,
+            lambda x, _s: Value(
+                "continuous_monitoring_share",
+                _r(_pct(x["area_ok"], x["area"])) if ndays else None,
+                {
+                    "area_mu_continuous": _r(x["area_ok"], 2),
+                    "area_mu": _r(x["area"], 2),
+                    "plots_continuous": int(x["plots_ok"]),
+                    "plots": int(x["plots"]),
+                    "days": ndays,
+                    "rule": rule,
+                },
+            ),
         )
 
-    def continuous(self, dd: dict[str, Any]) -> Value:
-        reg, p = self.ctx.registry, self.ctx.params["continuous_monitoring"]
-        plots = reg.plots[reg.plots["village"].isin(self.villages)]
-        area = float(plots["area_mu"].sum())
-        if not self.ndays:
-            return Value("continuous_monitoring_share", None, {"area_mu": _r(area, 2), "days": 0})
-        d = self.daily.assign(comp=dd["row_completeness"], counted=dd["row_counted"])
-        d = d[d["counted"]]
-        plot_of = reg.devices["plot_id"].to_numpy()
-        d = d.assign(plot=plot_of[d["dev"].to_numpy()])
-        d = d[pd.notna(d["plot"])]
-        good_days = d[d["comp"] >= p["day_completeness_pct"] / 100.0].groupby("plot")["day"].nunique()
-        need = p["days_share_pct"] / 100.0 * self.ndays
-        continuous = set(good_days[good_days >= need - 1e-9].index.astype(int))
-        covered = plots["id"].isin(continuous)
-        area_with = float(plots.loc[covered, "area_mu"].sum())
-        return Value(
-            "continuous_monitoring_share",
-            _r(_pct(area_with, area)),
-            {
-                "area_mu_continuous": _r(area_with, 2),
-                "area_mu": _r(area, 2),
-                "plots_continuous": int(covered.sum()),
-                "plots": len(plots),
-                "days": self.ndays,
-                "rule": f">= {p['day_completeness_pct']} % of expected readings on >= {p['days_share_pct']} % of days",
-            },
-        )
+    # -------------------------------------------------------- telemetry: risks
 
     def _plot_days(self, column: str, how: str) -> pd.DataFrame:
-        """Per plot and day: the daily mean (how='mean', from sums and counts) or min of a metric."""
-        reg = self.ctx.registry
+        """Per plot and day: the daily mean (how='mean', from sums and counts) or min of a metric,
+        with the plot's crop and village index."""
+        ctx, reg = self.ctx, self.ctx.registry
         d = self.daily[self.daily[column].notna()]
         plot_of = reg.devices["plot_id"].to_numpy()
-        d = d.assign(plot=plot_of[d["dev"].to_numpy()])
+        d = d.assign(plot=plot_of[self.dev_of_rows(d)])
         d = d[pd.notna(d["plot"])]
         if how == "mean":
             g = d.groupby(["plot", "day"])[["soil_sum", "soil_count"]].sum()
@@ -913,209 +988,288 @@ class _Cut:
             out = (g["soil_sum"] / g["soil_count"]).rename("value").reset_index()
         else:
             out = d.groupby(["plot", "day"])[column].min().rename("value").reset_index()
-        crop = dict(zip(reg.plots["id"], reg.plots["crop"], strict=True))
-        out["crop"] = out["plot"].astype(int).map(crop)
+        out["plot"] = out["plot"].astype(int)
+        out["crop"] = out["plot"].map(ctx.plot_crop)
+        out["v"] = out["plot"].map(ctx.plot_vidx).fillna(-1).astype(int)
         return out
 
-    def drought(self) -> tuple[Value, pd.DataFrame]:
-        pd_ = self._plot_days("soil_sum", "mean")
-        thresholds = {c: crops.thresholds(c)["soil_moisture_min"] for c in sorted(set(pd_["crop"].dropna()))}
-        pd_["alert"] = pd_["value"] < pd_["crop"].map(thresholds)
-        below = int(pd_["alert"].sum())
-        return (
-            Value(
+    def _crop_thresholds(self, frame: pd.DataFrame, key: str) -> list[dict[str, float]]:
+        """Per village index, then the county last: {crop: threshold} for the crops observed there."""
+        by_v: list[dict[str, float]] = [{} for _ in range(self.V + 1)]
+        for v, crop in frame[["v", "crop"]].drop_duplicates().itertuples(index=False):
+            if isinstance(crop, str):
+                t = crops.thresholds(crop)[key]
+                by_v[self.V][crop] = t
+                if v >= 0:
+                    by_v[v][crop] = t
+        return [dict(sorted(x.items())) for x in by_v]
+
+    def risks(self) -> None:
+        ctx, V = self.ctx, self.V
+        soil = self._plot_days("soil_sum", "mean")
+        thresholds = {c: crops.thresholds(c)["soil_moisture_min"] for c in set(soil["crop"].dropna())}
+        soil["alert"] = soil["value"] < soil["crop"].map(thresholds)
+        by_crop = self._crop_thresholds(soil, "soil_moisture_min")
+        plots_observed = soil[["plot", "v"]].drop_duplicates()
+        self.emit(
+            {
+                "below": self.vsum(soil["v"].to_numpy(), soil["alert"].to_numpy()),
+                "observed": self.vsum(soil["v"].to_numpy()),
+                "plots": self.vsum(plots_observed["v"].to_numpy()),
+            },
+            lambda x, s: Value(
                 "drought_plot_days",
-                float(below) if len(pd_) else None,
+                x["below"] if x["observed"] else None,
                 {
-                    "plot_days_below_threshold": below,
-                    "plot_days_observed": len(pd_),
-                    "plots_observed": int(pd_["plot"].nunique()),
-                    "soil_moisture_min_by_crop": thresholds,
+                    "plot_days_below_threshold": int(x["below"]),
+                    "plot_days_observed": int(x["observed"]),
+                    "plots_observed": int(x["plots"]),
+                    "soil_moisture_min_by_crop": by_crop[V if s is None else s],
                 },
             ),
-            pd_,
         )
-
-    def paddy(self) -> tuple[Value, pd.DataFrame]:
-        pd_ = self._plot_days("paddy_min", "min")
-        days, windows = self.ctx.telemetry.days, self.ctx.season
-        pd_ = pd_[np.array([_in_season(days[int(i)], windows) for i in pd_["day"]], dtype=bool)]
-        thresholds = {c: crops.thresholds(c)["paddy_water_min_cm"] for c in sorted(set(pd_["crop"].dropna()))}
-        pd_ = pd_.assign(alert=pd_["value"] < pd_["crop"].map(thresholds))
-        below = int(pd_["alert"].sum())
-        return (
-            Value(
+        paddy = self._plot_days("paddy_min", "min")
+        days, windows = ctx.telemetry.days, ctx.season
+        paddy = paddy[np.array([_in_season(days[int(i)], windows) for i in paddy["day"]], dtype=bool)]
+        thresholds = {c: crops.thresholds(c)["paddy_water_min_cm"] for c in set(paddy["crop"].dropna())}
+        paddy = paddy.assign(alert=paddy["value"] < paddy["crop"].map(thresholds))
+        by_crop_p = self._crop_thresholds(paddy, "paddy_water_min_cm")
+        season = [f"{a}..{b}" for a, b in ctx.params["paddy"]["season"]]
+        self.emit(
+            {
+                "below": self.vsum(paddy["v"].to_numpy(), paddy["alert"].to_numpy()),
+                "observed": self.vsum(paddy["v"].to_numpy()),
+            },
+            lambda x, s: Value(
                 "paddy_dry_plot_days",
-                float(below) if len(pd_) else None,
+                x["below"] if x["observed"] else None,
                 {
-                    "plot_days_below_threshold": below,
-                    "plot_days_observed_in_season": len(pd_),
-                    "paddy_water_min_cm_by_crop": thresholds,
-                    "season": [f"{a}..{b}" for a, b in self.ctx.params["paddy"]["season"]],
+                    "plot_days_below_threshold": int(x["below"]),
+                    "plot_days_observed_in_season": int(x["observed"]),
+                    "paddy_water_min_cm_by_crop": by_crop_p[V if s is None else s],
+                    "season": season,
                 },
             ),
-            pd_,
+        )
+        fever = self._fever()
+        self._nh3()
+        self._clearance(
+            {
+                "drought": soil.rename(columns={"plot": "unit"}),
+                "paddy": paddy.rename(columns={"plot": "unit"}),
+                "fever": fever,
+            }
         )
 
-    def fever(self) -> tuple[Value, pd.DataFrame]:
+    def _fever(self) -> pd.DataFrame:
         reg, tel, p = self.ctx.registry, self.ctx.telemetry, self.ctx.params["fever"]
         animal_of = reg.devices["animal_id"].to_numpy()
         collar = (reg.devices["kind"] == "collar").to_numpy()
-        d = self.daily[self.daily["readings"] > 0]
-        d = d[collar[d["dev"].to_numpy()]]
-        d = d.assign(animal=animal_of[d["dev"].to_numpy()])
-        d = d[pd.notna(d["animal"])]
-        monitored = d[["animal", "day"]].drop_duplicates()
+        d = self.daily[self.daily["readings"].to_numpy() > 0]
+        devs = self.dev_of_rows(d)
+        keep = collar[devs] & pd.notna(animal_of[devs])
+        monitored = pd.DataFrame(
+            {"unit": animal_of[devs][keep], "day": d["day"].to_numpy()[keep], "v": self.dev_v[devs][keep]}
+        )
+        monitored = monitored.drop_duplicates(["unit", "day"])
         f = tel.fever
-        f = f[self.dev_mask[f["dev"].to_numpy()] & (f["day"] >= self.a).to_numpy() & (f["day"] < self.b).to_numpy()]
-        f = f[f["hours"] >= p["min_hours"]]
-        f = f.assign(animal=animal_of[f["dev"].to_numpy()])
-        fever_days = f[pd.notna(f["animal"])][["animal", "day"]].drop_duplicates()
-        monitored = monitored.merge(fever_days.assign(alert=True), on=["animal", "day"], how="left")
+        fday = f["day"].to_numpy()
+        f = f[(fday >= self.a) & (fday < self.b) & (f["hours"].to_numpy() >= p["min_hours"])]
+        fdev = self.dev_of_rows(f)
+        fever_days = pd.DataFrame({"unit": animal_of[fdev], "day": f["day"].to_numpy(), "alert": True})
+        fever_days = fever_days[pd.notna(fever_days["unit"])].drop_duplicates(["unit", "day"])
+        monitored = monitored.merge(fever_days, on=["unit", "day"], how="left")
         monitored["alert"] = monitored["alert"].fillna(False).astype(bool)
-        n_fever, n_days = int(monitored["alert"].sum()), len(monitored)
         per = p["per_head_days"]
-        value = None if not n_days else per * n_fever / n_days
-        return (
-            Value(
+        rule = f"hourly mean {p['metric']} > {p['above_c']} for >= {p['min_hours']} h"
+        self.emit(
+            {
+                "fever": self.vsum(monitored["v"].to_numpy(), monitored["alert"].to_numpy()),
+                "days": self.vsum(monitored["v"].to_numpy()),
+            },
+            lambda x, _s: Value(
                 "fever_alerts",
-                _r(value),
+                _r(per * x["fever"] / x["days"]) if x["days"] else None,
                 {
-                    "fever_animal_days": n_fever,
-                    "monitored_animal_days": n_days,
+                    "fever_animal_days": int(x["fever"]),
+                    "monitored_animal_days": int(x["days"]),
                     "per_head_days": per,
-                    "rule": f"hourly mean {p['metric']} > {p['above_c']} for >= {p['min_hours']} h",
+                    "rule": rule,
                 },
             ),
-            monitored.rename(columns={"animal": "unit"}),
         )
+        return monitored
 
-    def nh3(self) -> Value:
-        tel, reg = self.ctx.telemetry, self.ctx.registry
-        barn = (reg.devices["kind"] == "barn").to_numpy() & self.dev_mask
-        observed = self.daily[barn[self.daily["dev"].to_numpy()] & (self.daily["readings"] > 0).to_numpy()]
+    def _nh3(self) -> None:
+        ctx, tel, reg = self.ctx, self.ctx.telemetry, self.ctx.registry
+        barn = (reg.devices["kind"] == "barn").to_numpy()
+        d = self.daily
+        obs = d[barn[self.dev_of_rows(d)] & (d["readings"].to_numpy() > 0)]
         n = tel.nh3
-        n = n[barn[n["dev"].to_numpy()] & (n["day"] >= self.a).to_numpy() & (n["day"] < self.b).to_numpy()]
-        hours = int(n["hours"].sum())
-        return Value(
-            "barn_nh3_exceedance_hours",
-            float(hours) if len(observed) else None,
+        nday = n["day"].to_numpy()
+        n = n[barn[self.dev_of_rows(n)] & (nday >= self.a) & (nday < self.b)]
+        rule = f"hourly mean nh3_ppm > {ctx.params['nh3']['above_ppm']}"
+        self.emit(
             {
-                "hours_above": hours,
-                "barn_days_observed": len(observed),
-                "rule": f"hourly mean nh3_ppm > {self.ctx.params['nh3']['above_ppm']}",
+                "hours": self.vsum(self.dev_v[self.dev_of_rows(n)], n["hours"].to_numpy()),
+                "observed": self.vsum(self.dev_v[self.dev_of_rows(obs)]),
             },
+            lambda x, _s: Value(
+                "barn_nh3_exceedance_hours",
+                x["hours"] if x["observed"] else None,
+                {"hours_above": int(x["hours"]), "barn_days_observed": int(x["observed"]), "rule": rule},
+            ),
         )
 
-    def clearance(self, series: dict[str, pd.DataFrame]) -> Value:
-        """Median days from an alert episode's first day to the next normal day (per plot or animal)."""
-        durations: list[int] = []
-        open_, by_type = 0, {}
+    def _clearance(self, series: dict[str, pd.DataFrame]) -> None:
+        """Episodes per plot or animal: days from the first alert day to the next normal day."""
+        rows: list[tuple[int, str, int | None]] = []  # village, type, duration (None: still open)
         for name, frame in series.items():
-            cleared = still_open = 0
-            unit_col = "unit" if "unit" in frame.columns else "plot"
-            for _, g in frame.sort_values([unit_col, "day"]).groupby(unit_col, sort=False):
-                start = None
-                for day, alert in zip(g["day"].to_numpy(), g["alert"].to_numpy(), strict=True):
-                    if alert and start is None:
-                        start = day
-                    elif not alert and start is not None:
-                        durations.append(int(day - start))
-                        cleared += 1
-                        start = None
-                if start is not None:
-                    still_open += 1
-            by_type[name] = {"cleared": cleared, "open": still_open}
-            open_ += still_open
-        return Value(
-            "alert_clearance_days",
-            float(statistics.median(durations)) if durations else None,
-            {"episodes_cleared": len(durations), "episodes_open": open_, "by_type": by_type},
-            note="episodes still open at the period's end are left out",
+            f = frame.sort_values(["unit", "day"])
+            units, days, alerts, vs = (f[c].to_numpy() for c in ("unit", "day", "alert", "v"))
+            start = None
+            for i in range(len(f)):
+                if i and units[i] != units[i - 1]:
+                    if start is not None:
+                        rows.append((int(vs[i - 1]), name, None))
+                    start = None
+                if alerts[i] and start is None:
+                    start = days[i]
+                elif not alerts[i] and start is not None:
+                    rows.append((int(vs[i]), name, int(days[i] - start)))
+                    start = None
+            if start is not None:
+                rows.append((int(vs[len(f) - 1]), name, None))
+        names = list(series)
+        durations: dict[int | None, list[int]] = defaultdict(list)
+        tally: dict[int | None, dict[str, dict[str, int]]] = defaultdict(
+            lambda: {n: {"cleared": 0, "open": 0} for n in names}
         )
+        for v, name, days_ in rows:
+            for key in (v, None):
+                tally[key][name]["open" if days_ is None else "cleared"] += 1
+                if days_ is not None:
+                    durations[key].append(days_)
+
+        def make(_x: dict[str, float], s: int | None) -> Value:
+            cleared, by_type = durations.get(s, []), tally[s]
+            return Value(
+                "alert_clearance_days",
+                float(statistics.median(cleared)) if cleared else None,
+                {
+                    "episodes_cleared": len(cleared),
+                    "episodes_open": sum(x["open"] for x in by_type.values()),
+                    "by_type": by_type,
+                },
+                note="episodes still open at the period's end are left out",
+            )
+
+        self.emit({}, make)
 
     # -------------------------------------------------------- ledger
 
-    def lots(self) -> pd.DataFrame:
-        lots = self.ctx.ledger.lots
-        lots = lots[lots["village"].isin(self.villages)]
+    def ledger(self) -> None:
+        ledger = self.ctx.ledger
+        lots = ledger.lots
         years = set(self.period.years())
         lo, hi = self.period.start_ms(), self.period.end_ms()
         by_year = lots["harvest_year"].isin(years)
         by_created = lots["harvest_year"].isna() & (lots["created_ms"] >= lo) & (lots["created_ms"] < hi)
-        return lots[by_year | by_created]
-
-    def trace(self) -> tuple[Value, Value]:
-        lots = self.lots()
-        coverage = Value(
-            "trace_lot_coverage",
-            _r(_pct(int(lots["anchored"].sum()), len(lots))),
-            {"lots_anchored": int(lots["anchored"].sum()), "lots": len(lots), "years": self.period.years()},
+        lots = lots[(by_year | by_created) & (lots["v"] >= 0)]
+        v = lots["v"].to_numpy()
+        anchored, verified = lots["anchored"].to_numpy(), lots["verified"].to_numpy()
+        harvest, kg = lots["harvest"].to_numpy(dtype=bool), lots["kg"].to_numpy(dtype=float)
+        weighed = harvest & ~np.isnan(kg)
+        kg0 = np.nan_to_num(kg)
+        year_list = self.period.years()
+        self.emit(
+            {"anchored": self.vsum(v, anchored), "lots": self.vsum(v)},
+            lambda x, _s: Value(
+                "trace_lot_coverage",
+                _r(_pct(x["anchored"], x["lots"])),
+                {"lots_anchored": int(x["anchored"]), "lots": int(x["lots"]), "years": year_list},
+            ),
         )
-        h = lots[lots["harvest"]]
-        weighed = h[h["kg"].notna()]
-        kg, kg_ok = float(weighed["kg"].sum()), float(weighed.loc[weighed["verified"], "kg"].sum())
-        output = Value(
-            "traced_output_share",
-            _r(_pct(kg_ok, kg)),
+        check = "anchor states" if self.ctx.chain is None else "full verification against the chain"
+        self.emit(
             {
-                "kg_verified": _r(kg_ok, 3),
-                "kg": _r(kg, 3),
-                "harvest_lots_verified": int(h["verified"].sum()),
-                "harvest_lots": len(h),
-                "lots_without_weight": int(h["kg"].isna().sum()),
-                "check": "anchor states" if self.ctx.chain is None else "full verification against the chain",
+                "kg": self.vsum(v, kg0 * weighed),
+                "kg_ok": self.vsum(v, kg0 * (weighed & verified)),
+                "lots_ok": self.vsum(v, harvest & verified),
+                "lots": self.vsum(v, harvest),
+                "no_weight": self.vsum(v, harvest & np.isnan(kg)),
             },
+            lambda x, _s: Value(
+                "traced_output_share",
+                _r(_pct(x["kg_ok"], x["kg"])),
+                {
+                    "kg_verified": _r(x["kg_ok"], 3),
+                    "kg": _r(x["kg"], 3),
+                    "harvest_lots_verified": int(x["lots_ok"]),
+                    "harvest_lots": int(x["lots"]),
+                    "lots_without_weight": int(x["no_weight"]),
+                    "check": check,
+                },
+            ),
         )
-        return coverage, output
+        i = ledger.inspections
+        day = i["day"].to_numpy()
+        i = i[(day >= self.period.start) & (day < self.period.end)] if len(i) else i
+        iv = i["v"].to_numpy()
+        self.emit(
+            {"passed": self.vsum(iv, i["passed"].to_numpy(dtype=float)), "all": self.vsum(iv)},
+            lambda x, _s: Value(
+                "inspection_pass_rate",
+                _r(_pct(x["passed"], x["all"])),
+                {"passed": int(x["passed"]), "inspections": int(x["all"])},
+            ),
+        )
+        a = ledger.anchored
+        a = a[(a["block_ms"] >= lo) & (a["block_ms"] < hi) & (a["v"] >= 0)]
+        a = a.assign(minutes=(a["block_ms"] - a["created_ms"]) / 60_000.0)
 
-    def inspections(self) -> Value:
-        i = self.ctx.ledger.inspections
-        i = i[i["village"].isin(self.villages) & (i["day"] >= self.period.start) & (i["day"] < self.period.end)]
-        passed = int(i["passed"].sum())
-        return Value("inspection_pass_rate", _r(_pct(passed, len(i))), {"passed": passed, "inspections": len(i)})
+        groups = {int(k): g for k, g in a.groupby("v")} if len(a) else {}
 
-    def anchoring(self) -> tuple[Value, Value]:
-        a = self.ctx.ledger.anchored
-        lo, hi = self.period.start_ms(), self.period.end_ms()
-        a = a[a["village"].isin(self.villages) & (a["block_ms"] >= lo) & (a["block_ms"] < hi)]
-        records = Value(
-            "anchored_records",
-            float(len(a)),
-            {"records": len(a), "by_kind": {str(k): int(v) for k, v in a.groupby("kind").size().items()}},
-        )
-        minutes = (a["block_ms"] - a["created_ms"]) / 60_000.0
-        latency = Value(
-            "anchor_latency_median",
-            _r(float(minutes.median())) if len(a) else None,
-            {
-                "records": len(a),
-                "p90_min": _r(float(minutes.quantile(0.9))) if len(a) else None,
-                "max_min": _r(float(minutes.max())) if len(a) else None,
-            },
-        )
-        return records, latency
+        def records(_x: dict[str, float], s: int | None) -> Value:
+            e = a if s is None else groups.get(s, a.iloc[0:0])
+            return Value(
+                "anchored_records",
+                float(len(e)),
+                {
+                    "records": len(e),
+                    "by_kind": {str(k): int(n) for k, n in e["kind"].value_counts().sort_index().items()},
+                },
+            )
+
+        def latency(_x: dict[str, float], s: int | None) -> Value:
+            m = (a if s is None else groups.get(s, a.iloc[0:0]))["minutes"]
+            return Value(
+                "anchor_latency_median",
+                _r(float(m.median())) if len(m) else None,
+                {
+                    "records": len(m),
+                    "p90_min": _r(float(m.quantile(0.9))) if len(m) else None,
+                    "max_min": _r(float(m.max())) if len(m) else None,
+                },
+            )
+
+        self.emit({}, records)
+        self.emit({}, latency)
 
     # -------------------------------------------------------- all
 
-    def compute(self) -> dict[str, Value]:
-        share, coverage = self.plot_coverage()
-        livestock = self.livestock()
-        values = [share, coverage, livestock, self.informatization(coverage, livestock)]
-        dd = self.device_days()
-        values += [self.online(dd), self.completeness(dd), self.idle(), self.rejected(), self.continuous(dd)]
-        drought, drought_days = self.drought()
-        paddy, paddy_days = self.paddy()
-        fever, fever_days = self.fever()
-        values += [drought, paddy, fever, self.nh3()]
-        values.append(self.clearance({"drought": drought_days, "paddy": paddy_days, "fever": fever_days}))
-        values += [*self.trace(), self.inspections(), *self.anchoring()]
+    def compute(self) -> dict[int | None, dict[str, Value]]:
+        self.registry()
+        self.devices()
+        self.risks()
+        self.ledger()
         if not self.ndays:
-            for v in values:
-                if self.ctx.catalogue.by_id[v.indicator].source == "influx" and v.indicator != "device_online_rate":
-                    v.value = None
-                    v.note = "no closed days of the period yet"
-        return {v.indicator: v for v in values}
+            for values in self.values.values():
+                for v in values.values():
+                    if self.ctx.catalogue.by_id[v.indicator].source == "influx" and v.indicator != "device_online_rate":
+                        v.value = None
+                        v.note = "no closed days of the period yet"
+        return self.values
 
 
 def _in_season(day: date, windows: list[tuple[tuple[int, int], tuple[int, int]]]) -> bool:
@@ -1136,6 +1290,26 @@ class _Context:
     catalogue: Catalogue
     now: datetime
     chain: Any = None
+    # village index arrays (built once): village of each device, plot and herd, -1 outside the county
+    village_codes: list[str] = field(init=False)
+    vidx: dict[str, int] = field(init=False)
+    dev_v: np.ndarray = field(init=False)
+    plot_v: np.ndarray = field(init=False)
+    herd_v: np.ndarray = field(init=False)
+    plot_vidx: dict[int, int] = field(init=False)
+    plot_crop: dict[int, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        reg = self.registry
+        self.village_codes = list(reg.villages)
+        self.vidx = {c: i for i, c in enumerate(self.village_codes)}
+        self.dev_v = reg.devices["village"].map(self.vidx).fillna(-1).to_numpy(dtype=int)
+        self.plot_v = reg.plots["village"].map(self.vidx).fillna(-1).to_numpy(dtype=int)
+        self.herd_v = reg.herds["village"].map(self.vidx).fillna(-1).to_numpy(dtype=int)
+        self.plot_vidx = dict(zip(reg.plots["id"], self.plot_v, strict=True))
+        self.plot_crop = dict(zip(reg.plots["id"], reg.plots["crop"], strict=True))
+        for frame in (self.ledger.lots, self.ledger.inspections, self.ledger.anchored):
+            frame["v"] = frame["village"].map(self.vidx).fillna(-1).astype(int)
 
     @property
     def season(self) -> list[tuple[tuple[int, int], tuple[int, int]]]:
@@ -1266,21 +1440,16 @@ def compute_indicators(
     ctx = _Context(registry, telemetry, ledger, params, catalogue, now, chain)
     t3 = time.perf_counter()
     stats = statistics_values(session, county, [p.year for p in periods], catalogue) if statistics else {}
-    scopes: list[tuple[Scope, str, str, set[str]]] = [
-        ("county", county, registry.county.name_zh or county, set(registry.villages))
-    ]
-    if village is not None:
-        scopes.append(("village", village, registry.villages[village], {village}))
-    elif villages:
-        scopes += [("village", code, name, {code}) for code, name in registry.villages.items()]
+    wanted = [village] if village is not None else list(registry.villages) if villages else []
+    scopes: list[int | None] = [None, *(ctx.vidx[c] for c in wanted)]
     results: dict[str, dict[str, ScopeValues]] = {}
     for p in periods:
-        results[p.label] = {}
-        for scope, code, name, members in scopes:
-            values = _Cut(ctx, members, p).compute()
-            if scope == "county":
-                values.update(stats.get(p.year, {}))
-            results[p.label][code] = ScopeValues(scope, code, name, p, values)
+        values = _Cut(ctx, p, scopes).compute()
+        county_values = values[None]
+        county_values.update(stats.get(p.year, {}))
+        results[p.label] = {county: ScopeValues("county", county, registry.county.name_zh or county, p, county_values)}
+        for code in wanted:
+            results[p.label][code] = ScopeValues("village", code, registry.villages[code], p, values[ctx.vidx[code]])
     timings["compute_s"] = time.perf_counter() - t3
     report = IndicatorReport(
         county=county,
