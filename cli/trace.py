@@ -248,3 +248,42 @@ def qr_cmd(
         png.write_bytes(codes.qr_png(uri, scale))
         typer.echo(f"wrote {png}")
     typer.echo(uri)
+
+
+@app.command("export-epcis")
+def export_epcis_cmd(
+    code: str = typer.Argument(..., help="Trace code, Digital Link URI or product:lot_no."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write here (default: stdout)."),
+) -> None:
+    """The events of a lot's trace (and of the lots it was made from) as an EPCIS 2.0 JSON-LD document."""
+    import json
+
+    from ledger.epcis_io import export_lot
+
+    with Session(registry_engine()) as session:
+        doc = export_lot(session, _find(session, code))
+    text = json.dumps(doc, ensure_ascii=False, indent=1)
+    if output is None:
+        typer.echo(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        err_console.print(f"wrote {output}: {len(doc['epcisBody']['eventList'])} events", highlight=False)
+
+
+@app.command("import-epcis")
+def import_epcis_cmd(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="An EPCIS 2.0 JSON-LD document."),
+) -> None:
+    """Store the events of an EPCIS 2.0 document (its lots, places and actors must be known); all or nothing."""
+    from ledger.epcis import EpcisError
+    from ledger.epcis_io import import_document
+
+    with Session(registry_engine()) as session:
+        try:
+            result = import_document(session, file.read_bytes())
+        except EpcisError as e:
+            for path, message in e.errors:
+                err_console.print(f"[red]error:[/red] {path or '/'}: {message}", highlight=False, soft_wrap=True)
+            fail(f"{file}: {len(e.errors)} error(s); nothing was imported")
+        session.commit()
+    typer.echo(f"{file}: {len(result.created)} events imported, {result.unchanged} already stored")
