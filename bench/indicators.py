@@ -73,10 +73,10 @@ def device_plan(devices: int) -> list[tuple[str, str, str]]:
     return [d for b in range(blocks) for d in _block_layout(b)][:devices]
 
 
-def bench_registry(devices: int, blocks_done: int = 0) -> dict[str, list[dict[str, Any]]]:
-    """Registry rows for the blocks the first `devices` devices need (blocks before `blocks_done`
-    already exist: only their new devices are listed)."""
-    blocks = math.ceil(devices / BLOCK)
+def bench_registry(devices: int, start: int = 0) -> dict[str, list[dict[str, Any]]]:
+    """Registry rows for devices [start, devices) of the plan and the blocks they need (the blocks of
+    the first `start` devices exist already)."""
+    blocks, blocks_done = math.ceil(devices / BLOCK), math.ceil(start / BLOCK)
     townships = [f"{COUNTY}10{t}" for t in range(2)]
     villages = [f"{townships[v % 2]}2{v:02d}" for v in range(VILLAGES)]
     data: dict[str, list[dict[str, Any]]] = {k: [] for k in ("farms", "plots", "herds", "animals")}
@@ -102,9 +102,7 @@ def bench_registry(devices: int, blocks_done: int = 0) -> dict[str, list[dict[st
         data["herds"].append({"herd_no": f"B{b:04d}-H", "farm_code": farm, "village_code": village, "head_count": 6})
         data["animals"] += [{"ear_tag": f"2{COUNTY}{b:04d}{a:02d}", "herd_no": f"B{b:04d}-H"} for a in range(COLLARS)]
     field = {"soil": "plot_no", "paddy": "plot_no", "weather": "plot_no", "collar": "ear_tag", "barn": "herd_no"}
-    data["devices"] = [
-        {"id": dev, "kind": kind, field[kind]: key} for dev, kind, key in device_plan(devices)[blocks_done * BLOCK :]
-    ]
+    data["devices"] = [{"id": dev, "kind": kind, field[kind]: key} for dev, kind, key in device_plan(devices)[start:]]
     return data
 
 
@@ -270,7 +268,7 @@ def run(
         load_s = rollup_s = 0.0
         for size in sizes:
             with Session(engine) as session:
-                import_data(session, bench_registry(size, blocks_done), "bench")  # raises ImportErrors
+                import_data(session, bench_registry(size, loaded), "bench")  # raises ImportErrors
                 session.flush()
                 new = [d for d, _, _ in device_plan(size)[loaded:]]
                 session.exec(  # type: ignore[call-overload]

@@ -115,3 +115,58 @@ def api(
     console.print(table)
     console.print(f"verification badge of the demo bag: {r['verification']}")
     print(json.dumps({"bench": "api", **r}, ensure_ascii=False))
+
+
+@app.command("indicators")
+def indicators(
+    devices: int = typer.Option(1000, min=1, help="Devices of the synthetic county (mixed kinds)."),
+    days: int = typer.Option(30, min=1, help="Days of readings per device."),
+    interval_s: int = typer.Option(60, "--interval-s", min=1, help="Seconds between a device's readings."),
+    steps: str = typer.Option("250,500", help="Smaller device counts timed on the way (comma-separated; '' for none)."),
+    period_days: str = typer.Option("7,15", help="Shorter periods timed as well (comma-separated days)."),
+    writers: int = typer.Option(2, min=1, help="Parallel writer processes loading the readings."),
+    repeats: int = typer.Option(3, min=1, help="Computations timed per case (the median is reported)."),
+) -> None:
+    """Load a county's readings into its own InfluxDB, build the rollups, time computing all indicators."""
+    from bench.indicators import run
+
+    def ints(text: str) -> list[int]:
+        return [int(x) for x in text.split(",") if x.strip()]
+
+    console = Console(stderr=True)
+    with console.status("starting InfluxDB and the registry...") as status:
+        r = run(
+            devices=devices,
+            days=days,
+            interval_s=interval_s,
+            steps=ints(steps),
+            period_days=ints(period_days),
+            writers=writers,
+            repeats=repeats,
+            say=lambda message: status.update(message),
+        )
+    table = Table(title=f"village bench indicators ({r['cores']} cores)")
+    for col in ("devices", "points loaded", "load s", "rollups s", "days", "compute s", "first s", "queries"):
+        table.add_column(col, justify="right")
+    for step in r["steps"]:
+        for i, c in enumerate(step["computes"]):
+            first = i == 0
+            table.add_row(
+                f"{step['devices']:,}" if first else "",
+                f"{step['points_loaded']:,}" if first else "",
+                str(step["load_s"]) if first else "",
+                str(step["rollup_s"]) if first else "",
+                str(c["days"]),
+                str(c["compute_s"]),
+                str(c["first_s"]),
+                str(c["influx_queries"]),
+            )
+    console.print(table)
+    console.print(
+        f"{r['points']:,} points ({r['line_protocol_mb']:,} MB of line protocol) loaded in {r['load_s']} s "
+        f"({r['load_points_per_s']:,} points/s with {r['writers']} writers); rollups {r['rollup_full_s']} s for all "
+        f"{r['devices']:,} devices; all indicators for {r['devices']:,} devices and {r['days']} days: "
+        f"{r['compute_s']} s (target < {r['target_s']:g} s); InfluxDB on disk {r['influx_disk_mb']:,} MB",
+        highlight=False,
+    )
+    print(json.dumps(r, ensure_ascii=False))

@@ -407,3 +407,24 @@ def test_cli_rollups_backfill_and_status(cli_env: World) -> None:
     assert "soil" in result.output
     result = runner.invoke(app, ["rollups", "--status"])
     assert result.exit_code == 0 and "watermark" in result.output.lower()
+
+
+def test_bench_indicators_small_run_prints_one_json_line_last(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    args = ["bench", "indicators", "--devices", "30", "--days", "2", "--interval-s", "900", "--steps", "10"]
+    args += ["--period-days", "1", "--repeats", "1"]
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, timeout=300, cwd=tmp_path, check=True
+    )
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["bench"] == "indicators" and figures["cores"] >= 1
+    assert figures["points"] == 30 * 2 * 96  # every device, every 15 minutes, two days
+    assert [s["devices"] for s in figures["steps"]] == [10, 30]
+    assert [c["days"] for c in figures["steps"][-1]["computes"]] == [1, 2]
+    last = figures["steps"][-1]["computes"][-1]
+    assert last["villages"] == 10 and last["indicators"] >= 15
+    assert last["online_pct"] == 100.0 and 0 < last["completeness_pct"] <= 100
+    assert figures["compute_s"] > 0 and figures["load_s"] > 0 and figures["rollup_s"] > 0
+    assert "all indicators" in out.stderr
