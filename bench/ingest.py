@@ -30,7 +30,7 @@ from core.localstack import LocalStack
 from core.models import DeadLetter
 from core.provisioning import provision
 from core.registry_io import import_data
-from core.services import free_port
+from core.services import free_ports
 from simulators.loadgen import SAMPLE_VALUES, publish_load
 
 KINDS = ("soil", "paddy")
@@ -102,7 +102,7 @@ def run(
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="village-bench-") as tmp:
         root = keep or Path(tmp)
-        metrics_base = free_port()
+        metrics_base = free_ports(replicas)
         stack = LocalStack(root / "stack", extra_env={"LOG_LEVEL": "WARNING"})
         engine = get_engine(stack.database_url)
         try:

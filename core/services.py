@@ -52,6 +52,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> int:
+    """The first of `count` consecutive free ports (replica i of a service listens on base + i)."""
+    for _ in range(100):
+        base = free_port(host)
+        try:
+            with contextlib.ExitStack() as stack:
+                for i in range(count):
+                    s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    s.bind((host, base + i))
+            return base
+        except OSError:
+            continue
+    raise ServiceError(f"no {count} consecutive free ports on {host}")
+
+
 def wait_for_port(host: str, port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
