@@ -6,7 +6,10 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := mosquitto mosquitto-clients influxdb influxdb-client docker-compose wrk fonts-noto-cjk
+# what to look for (a command, or a path glob) : the Debian package that provides it
+APT_CHECKS := mosquitto:mosquitto mosquitto_pub:mosquitto-clients influxd:influxdb influx:influxdb-client \
+	docker-compose:docker-compose wrk:wrk chromium:chromium \
+	/usr/lib/postgresql/*/bin/postgres:postgresql /usr/share/fonts/opentype/noto/NotoSansCJK-*.ttc:fonts-noto-cjk
 STAMP := $(VENV)/.installed
 
 .PHONY: all deps apt venv node demo up test lint fmt lock bench clean
@@ -19,15 +22,16 @@ deps: apt venv node
 # (the launcher starts its own on free ports), so they are stopped if the package started them.
 apt:
 	@missing=""; \
-	for b in mosquitto:mosquitto mosquitto_pub:mosquitto-clients influxd:influxdb influx:influxdb-client \
-	         docker-compose:docker-compose wrk:wrk; do \
-	  PATH="$$PATH:/usr/sbin" command -v $${b%%:*} >/dev/null || missing="$$missing $${b##*:}"; \
+	for b in $(APT_CHECKS); do \
+	  what=$${b%%:*}; \
+	  if [[ $$what == /* ]]; then compgen -G "$$what" >/dev/null || missing="$$missing $${b##*:}"; \
+	  else PATH="$$PATH:/usr/sbin" command -v $$what >/dev/null || missing="$$missing $${b##*:}"; fi; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null && \
-	  ( $(SUDO) service mosquitto stop; $(SUDO) service influxdb stop ) >/dev/null 2>&1 || true; \
+	  ( $(SUDO) service mosquitto stop; $(SUDO) service influxdb stop; $(SUDO) service postgresql stop ) >/dev/null 2>&1 || true; \
 	fi
 
 venv: $(STAMP)

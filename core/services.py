@@ -349,3 +349,68 @@ def anvil(
     service = Anvil("anvil", argv, workdir, host, port, workdir / "anvil.log")
     service.chain_id = chain_id
     return service
+
+
+class Postgres(Service):
+    """A PostgreSQL server (Debian's `postgresql` package) with trust auth on 127.0.0.1, for tests."""
+
+    user: str = "village"
+
+    def url(self, db: str = "village") -> str:
+        return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{db}"
+
+    def _ready(self, timeout: float) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with psycopg.connect(f"host={self.host} port={self.port} user={self.user} dbname=postgres") as conn:
+                    conn.execute("SELECT 1")
+                    return
+            except psycopg.OperationalError as e:
+                if time.monotonic() > deadline:
+                    raise ServiceError(f"PostgreSQL not ready: {e}") from e
+                time.sleep(0.1)
+
+    def create_database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(
+            f"host={self.host} port={self.port} user={self.user} dbname=postgres", autocommit=True
+        ) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+def _postgres_bin() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parts[-3]))
+    if not found:
+        raise ServiceError(
+            "PostgreSQL is not installed: install the Debian package 'postgresql' "
+            "(run `make deps`, or `apt-get install postgresql`)"
+        )
+    return found[-1].parent
+
+
+def postgres(workdir: Path, port: int | None = None, host: str = "127.0.0.1") -> Postgres:
+    """A throw-away PostgreSQL cluster in `workdir` (not started). PostgreSQL refuses to run as
+    root, so as root the cluster belongs to, and runs as, the 'postgres' system user."""
+    bindir = _postgres_bin()
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = workdir / "data"
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(workdir, pw.pw_uid, pw.pw_gid)
+        prefix = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--"]
+    if not data.exists():
+        subprocess.run(
+            [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", Postgres.user, "--auth=trust", "-E", "UTF8"],
+            check=True,
+            capture_output=True,
+        )
+    port = port or free_port(host)
+    argv = [*prefix, str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-h", host, "-k", str(workdir)]
+    argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+    return Postgres("postgres", argv, workdir, host, port, workdir / "postgres.log")
