@@ -50,9 +50,11 @@ def anchor(
 
     def show(report: anchoring.PassReport) -> None:
         if report:
+            states = {k: str(v) for k, v in report.states.items()} or "-"
+            error = f"  [red]{report.chain_error}[/red]" if report.chain_error else ""
             console.print(
                 f"leaves +{report.leaves}  windows {report.windows or '-'}  sent {report.sent or '-'}  "
-                f"states {report.states or '-'}" + (f"  [red]{report.chain_error}[/red]" if report.chain_error else ""),
+                f"states {states}{error}",
                 highlight=False,
             )
 
