@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -241,8 +241,10 @@ def _strip_lines(value: Any) -> Any:
     return value
 
 
-def read_yaml(path: Path) -> tuple[dict[str, list[_Raw]], list[RowError]]:
-    """Sections of a registry YAML file, each row with its line numbers."""
+def yaml_sections(path: Path, allowed: Sequence[str]) -> tuple[list[tuple[str, int | None, list[Any]]], list[RowError]]:
+    """The sections of a YAML import file as (name, line, rows), rows still carrying their line
+    numbers (`__line__`/`__lines__`, from the line-keeping loader); unknown or malformed sections
+    are errors. Unreadable files and bad YAML raise ImportErrors."""
     src = str(path)
     try:
         with open(path, encoding="utf-8") as f:
@@ -255,28 +257,34 @@ def read_yaml(path: Path) -> tuple[dict[str, list[_Raw]], list[RowError]]:
         problem = getattr(e, "problem", None) or str(e)
         raise ImportErrors([RowError(src, line, "file", None, None, f"not valid YAML: {problem}")]) from e
     if doc is None:
-        return {}, []
+        return [], []
     if not isinstance(doc, dict):
         raise ImportErrors([RowError(src, 1, "file", None, None, "expected a mapping of sections at the top")])
     errors: list[RowError] = []
-    sections: dict[str, list[_Raw]] = {}
+    sections = []
     lines = doc.get("__lines__", {})
     for name, rows in doc.items():
         if name in ("__line__", "__lines__"):
             continue
         line = lines.get(str(name))
-        if name not in ENTITIES:
-            errors.append(RowError(src, line, str(name), None, None, f"unknown section; expected one of {ENTITIES}"))
-            continue
-        if rows is None:
-            continue
-        if not isinstance(rows, list):
+        if name not in allowed:
+            errors.append(RowError(src, line, str(name), None, None, f"unknown section; expected one of {allowed}"))
+        elif rows is not None and not isinstance(rows, list):
             errors.append(RowError(src, line, name, None, None, "expected a list of rows"))
-            continue
+        elif rows is not None:
+            sections.append((name, line, rows))
+    return sections, errors
+
+
+def read_yaml(path: Path) -> tuple[dict[str, list[_Raw]], list[RowError]]:
+    """Sections of a registry YAML file, each row with its line numbers."""
+    found, errors = yaml_sections(path, ENTITIES)
+    sections: dict[str, list[_Raw]] = {}
+    for name, line, rows in found:
         out: list[_Raw] = []
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
-                errors.append(RowError(src, line, name, i, None, "expected a mapping (one row)"))
+                errors.append(RowError(str(path), line, name, i, None, "expected a mapping (one row)"))
                 continue
             out.append(_Raw(_strip_lines(row), row.get("__line__"), dict(row.get("__lines__", {}))))
         sections[name] = out

@@ -41,13 +41,12 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints, ValidationError
 from pydantic import Field as PField
 from sqlmodel import Session, col, select
 
 from core.models import Farm, Herd, Plot, Village
-from core.registry_io import ImportErrors, RowError, _LineLoader, load_demo
+from core.registry_io import ImportErrors, RowError, load_demo, yaml_sections
 from ledger import codes
 from ledger.models import (
     INSPECTION_DECIMALS,
@@ -250,40 +249,13 @@ def _field_name(loc: tuple[Any, ...]) -> str | None:
 
 def read_trace_yaml(path: Path) -> tuple[dict[str, list[_Raw]], list[RowError]]:
     """Sections of a trace YAML file, each row with its line numbers."""
-    src = str(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.load(f, Loader=_LineLoader)  # a SafeLoader subclass
-    except OSError as e:
-        raise ImportErrors([RowError(src, None, "file", None, None, f"cannot read: {e.strerror}")]) from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(e, "problem", None) or str(e)
-        raise ImportErrors([RowError(src, line, "file", None, None, f"not valid YAML: {problem}")]) from e
-    if doc is None:
-        return {}, []
-    if not isinstance(doc, dict):
-        raise ImportErrors([RowError(src, 1, "file", None, None, "expected a mapping of sections at the top")])
-    errors: list[RowError] = []
+    found, errors = yaml_sections(path, SECTIONS)
     sections: dict[str, list[_Raw]] = {}
-    lines = doc.get("__lines__", {})
-    for name, rows in doc.items():
-        if name in ("__line__", "__lines__"):
-            continue
-        line = lines.get(str(name))
-        if name not in SECTIONS:
-            errors.append(RowError(src, line, str(name), None, None, f"unknown section; expected one of {SECTIONS}"))
-            continue
-        if rows is None:
-            continue
-        if not isinstance(rows, list):
-            errors.append(RowError(src, line, name, None, None, "expected a list of rows"))
-            continue
+    for name, line, rows in found:
         out: list[_Raw] = []
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
-                errors.append(RowError(src, line, name, i, None, "expected a mapping (one row)"))
+                errors.append(RowError(str(path), line, name, i, None, "expected a mapping (one row)"))
                 out.append(_Raw({}, {}, line))  # keeps row indexes aligned; fails validation quietly
                 continue
             out.append(_Raw(_strip(row), row, row.get("__line__")))
