@@ -16,6 +16,8 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
 
 from api import charts, problems
 from api.microcache import MicroCache
@@ -25,6 +27,7 @@ from api.security import jwt_secret
 from api.services.tracing import TraceService
 from core.db import make_engine
 from core.settings import Settings, get_settings
+from ledger.models import Lot, Product
 
 HERE = Path(__file__).parent
 API_VERSION = "1.0.0"
@@ -47,12 +50,27 @@ def templates() -> Jinja2Templates:
     return t
 
 
+def retail_lots(engine: Engine, limit: int = 20) -> list[str]:
+    """Codes of the newest lots of products with a GTIN: the bags consumers scan, verified at start-up."""
+    with Session(engine) as session:
+        rows = session.exec(
+            select(Lot.code)
+            .join(Product)
+            .where(col(Product.gtin).is_not(None))
+            .order_by(col(Lot.id).desc())
+            .limit(limit)
+        ).all()
+    return list(rows)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     engine = make_engine(settings.resolved_database_url())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.api_verify_cache_s > 0:
+            app.state.trace.warm(retail_lots(engine))
         yield
         app.state.trace.close()
         engine.dispose()

@@ -77,5 +77,6 @@ class MicroCache:
             await send(message)
 
         await self.app(scope, receive, capture)
-        if complete and start.get("status") == 200:
+        no_store = any(k == b"cache-control" and b"no-store" in v for k, v in start.get("headers", []))
+        if complete and start.get("status") == 200 and not no_store:
             self.cache.set(key, (200, list(start.get("headers", [])), b"".join(chunks)))

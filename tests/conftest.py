@@ -22,6 +22,7 @@ from core.localstack import LocalStack
 from core.models import Device
 from core.provisioning import provision
 from core.registry_io import load_demo
+from tests.api_fixtures import api_template  # noqa: F401 (session fixture of the API tests)
 from tests.chain_fixtures import anvil, chain  # noqa: F401 (fixtures)
 
 

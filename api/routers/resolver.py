@@ -105,10 +105,10 @@ def render_page(request: Request, lang: str):  # type: ignore[no-untyped-def]
 
 async def _page(request: Request, trace: TraceService, code: str, link_header: str) -> Response:
     lang = language(request)
-    body = trace.pages.get((code, lang))
-    if body is None:
-        body = await run_in_threadpool(trace.page, code, lang, render_page(request, lang))
+    body, final = await run_in_threadpool(trace.page, code, lang, render_page(request, lang))
     headers = {**HTML_HEADERS, "Content-Language": lang, "Link": link_header}
+    if not final:  # the badge says "checking": the page reloads itself; nobody keeps this copy
+        headers["Cache-Control"] = "no-store"
     return HTMLResponse(body, headers=headers)
 
 
@@ -214,9 +214,7 @@ async def short_code(
     lang: str | None = LANG,
 ) -> Response:
     trace = service(request)
-    stored = normalized(code)
-    if trace.pages.get((stored, language(request))) is None or link_type:
-        stored = await known_code(trace, code)
+    stored = await known_code(trace, code)
     base = request.app.state.settings.trace_base_url.rstrip("/")
     return await _resolve(request, stored, f"{base}/t/{stored}", f"/t/{stored}", link_type)
 

@@ -51,7 +51,7 @@ class LotOut(_Open):
 
 
 class VerificationOut(_Open):
-    status: Literal["verified", "pending", "tampered", "unverifiable"]
+    status: Literal["verified", "pending", "tampered", "unverifiable", "checking"]
     counts: dict[str, int] | None = None
     block: int | None = None
     anchored_at: str | None = None
@@ -116,13 +116,13 @@ def _json(body: bytes, media_type: str = "application/json") -> Response:
 )
 async def get_trace(code: str, request: Request) -> Response:
     """Product and lot, origin plots, processing steps, events, inspections, growth summaries and the
-    verification badge. Farms appear by code only; no personal data."""
+    verification badge (`checking` while a lot's first verification runs: ask again, or call /verify,
+    which waits for it). Farms appear by code only; no personal data."""
     trace = service(request)
-    stored = normalized(code)
-    body = trace.json.get(stored)
-    if body is None:
-        stored = await known_code(trace, code)
-        body = await run_in_threadpool(trace.view_json, stored)
+    stored = await known_code(trace, code)
+    body, final = await run_in_threadpool(trace.view_json, stored)
+    if not final:  # verification still running: ask again shortly, keep no copy
+        return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
     return _json(body)
 
 

@@ -34,6 +34,7 @@ from ledger.verify import VERIFIED, Verification, verify_lot
 log = logging.getLogger(__name__)
 
 UNVERIFIABLE = "unverifiable"
+CHECKING = "checking"  # no result yet: being computed in the background
 _MISSING = object()
 
 
@@ -55,6 +56,24 @@ def badge(v: Verification) -> dict[str, Any]:
     }
 
 
+class _AnchorMemo:
+    """The chain for one verification, remembering what the contract says per root: the records of a lot
+    share a few windows, so each root is asked for once instead of once per record."""
+
+    def __init__(self, chain: Chain) -> None:
+        self._chain = chain
+        self._roots: dict[Any, Any] = {}
+
+    def anchor_of(self, root: bytes | str) -> Any:
+        key = root if isinstance(root, str) else root.hex()
+        if key not in self._roots:
+            self._roots[key] = self._chain.anchor_of(root)
+        return self._roots[key]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._chain, name)
+
+
 class TraceService:
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self.engine = engine
@@ -74,6 +93,7 @@ class TraceService:
         self._refreshing: set[str] = set()
         self._chain: Chain | object | None = _MISSING
         self._influx: InfluxV1 | None = None
+        self.closed = False
 
     # ---- services the lookups depend on
 
@@ -98,6 +118,7 @@ class TraceService:
         return self._chain  # type: ignore[return-value]
 
     def close(self) -> None:
+        self.closed = True  # background verifications stop quietly
         if self._influx is not None:
             self._influx.close()
 
@@ -154,19 +175,30 @@ class TraceService:
                 view = build_view(s, lot, self.settings.trace_base_url, influx, self.settings.county_timezone)
             return self.views.set(code, view)
 
-    def view_json(self, code: str) -> bytes:
+    def view_json(self, code: str) -> tuple[bytes, bool]:
+        """The trace JSON with the verification badge; (body, final?): not final while still checking."""
         hit = self.json.get(code)
         if hit is not None:
-            return hit
-        badge_only = {k: v for k, v in self.verification(code).items() if k != "records"}  # records: /verify
+            return hit, True
+        verification = self.verification(code, wait=False)
+        badge_only = {k: v for k, v in verification.items() if k != "records"}  # the records: /verify
         body = orjson.dumps({**self.view(code), "verification": badge_only})
-        return self.json.set(code, body)
+        if verification["status"] == CHECKING:
+            return body, False
+        return self.json.set(code, body), True
 
-    def page(self, code: str, lang: str, render: Callable[[dict[str, Any], dict[str, Any]], bytes]) -> bytes:
+    def page(
+        self, code: str, lang: str, render: Callable[[dict[str, Any], dict[str, Any]], bytes]
+    ) -> tuple[bytes, bool]:
+        """The rendered page; (body, final?) as for `view_json`."""
         hit = self.pages.get((code, lang))
         if hit is not None:
-            return hit
-        return self.pages.set((code, lang), render(self.view(code), self.verification(code)))
+            return hit, True
+        verification = self.verification(code, wait=False)
+        body = render(self.view(code), verification)
+        if verification["status"] == CHECKING:
+            return body, False
+        return self.pages.set((code, lang), body), True
 
     # ---- verification
 
@@ -185,7 +217,8 @@ class TraceService:
                         "reason": "no TraceAnchor contract is configured",
                         "checked_at": now,
                     }
-                v = verify_lot(s, lot, chain, self.influx(), self.settings)
+                memo = _AnchorMemo(chain) if chain is not None else None
+                v = verify_lot(s, lot, memo, self.influx(), self.settings)  # type: ignore[arg-type]
                 return {**badge(v), "records": v.to_dict()["records"]}
         except ChainError as e:
             self._chain = _MISSING  # reconnect next time
@@ -195,35 +228,55 @@ class TraceService:
             log.warning("verification of %s: InfluxDB unavailable: %s", code, e)
             return {"status": UNVERIFIABLE, "reason": "the monitoring database cannot be reached", "checked_at": now}
         except Exception:  # the page must still show; the reason is logged
-            log.exception("verification of %s failed", code)
+            if not self.closed:
+                log.exception("verification of %s failed", code)
             return {"status": UNVERIFIABLE, "reason": "verification failed unexpectedly", "checked_at": now}
-
-    def _refresh(self, code: str) -> None:
-        try:
-            result = self._compute_verification(code)
-            self.verifications.set(code, result, ttl=self._ttl_for(result))
-        finally:
-            self._refreshing.discard(code)
 
     def _ttl_for(self, result: dict[str, Any]) -> float:
         # an unverifiable answer is retried sooner than a real one
         ttl = self.settings.api_verify_cache_s
         return min(ttl, 10.0) if result["status"] == UNVERIFIABLE else ttl
 
-    def verification(self, code: str) -> dict[str, Any]:
-        """The lot's verification (cached; stale while it is being recomputed in the background)."""
-        value, fresh = self.verifications.get_any(code)
-        if value is not None:
-            if not fresh and code not in self._refreshing:
-                self._refreshing.add(code)
-                threading.Thread(target=self._refresh, args=(code,), daemon=True, name=f"verify-{code}").start()
-            return value
-        with self._lock(f"verify:{code}"):
-            value = self.verifications.get(code)
-            if value is not None:
+    def _verify_into_cache(self, code: str) -> dict[str, Any]:
+        with self._lock(f"verify:{code}"):  # one computation per lot at a time; others wait for it
+            value, fresh = self.verifications.get_any(code)
+            if value is not None and fresh:
                 return value
             result = self._compute_verification(code)
             return self.verifications.set(code, result, ttl=self._ttl_for(result))
+
+    def _spawn(self, code: str) -> None:
+        if code in self._refreshing or self.closed:
+            return
+        self._refreshing.add(code)
+
+        def run() -> None:
+            try:
+                self._verify_into_cache(code)
+            finally:
+                self._refreshing.discard(code)
+
+        threading.Thread(target=run, daemon=True, name=f"verify-{code}").start()
+
+    def verification(self, code: str, *, wait: bool = True) -> dict[str, Any]:
+        """The lot's verification, cached for API_VERIFY_CACHE_S; a stale one is served while a background
+        thread recomputes it. Nothing cached yet: with `wait`, compute it now (a full check takes seconds:
+        every record is rebuilt, telemetry from InfluxDB); without, start it in the background and answer
+        "checking" (pages and the trace JSON do not make a consumer wait; /verify does)."""
+        value, fresh = self.verifications.get_any(code)
+        if value is not None:
+            if not fresh:
+                self._spawn(code)
+            return value
+        if wait or self.settings.api_verify_cache_s <= 0:
+            return self._verify_into_cache(code)
+        self._spawn(code)
+        return {"status": CHECKING, "checked_at": datetime.now(UTC).isoformat(timespec="seconds")}
+
+    def warm(self, codes: list[str]) -> None:
+        """Verify lots in the background (at start-up, so the first scans find a badge)."""
+        for code in codes:
+            self._spawn(code)
 
     # ---- proof bundle, EPCIS, QR
 
