@@ -53,6 +53,7 @@ RESOLUTIONS = {"1h": 3600, "1d": 86400}
 HOUR_MS = 3_600_000
 DEFAULT_LOOKBACK_S = 24 * 3600
 Mode = Literal["auto", "into", "copy"]
+Tags = dict[str, str | Sequence[str]] | None
 
 
 def quote(value: str) -> str:
@@ -267,16 +268,27 @@ class Rollups:
 
     # ------------------------------------------------------------ queries
 
-    def hourly_select(self, kind: str, start_ms: int, end_ms: int, *, into: bool) -> str:
-        exprs = ", ".join(f"{s}({ident(m)}) AS {ident(f'{s}_{m}')}" for m in self.metrics(kind) for s in STATS)
+    def hourly_select(self, kind: str, start_ms: int, end_ms: int, *, into: bool, tags: Tags = None) -> str:
+        """The raw-to-hourly aggregation. The mean is written as sum / count: InfluxDB evaluates each
+        distinct call once, so four passes over a field instead of five (a fifth less work)."""
+        exprs = []
+        for m in self.metrics(kind):
+            f = ident(m)
+            exprs += [
+                f"sum({f}) / count({f}) AS {ident(f'mean_{m}')}",
+                f"min({f}) AS {ident(f'min_{m}')}",
+                f"max({f}) AS {ident(f'max_{m}')}",
+                f"count({f}) AS {ident(f'count_{m}')}",
+                f"sum({f}) AS {ident(f'sum_{m}')}",
+            ]
         target = f" INTO {self.source(kind, '1h')}" if into else ""
         return (
-            f"SELECT {exprs}{target} FROM {self.raw_source(kind)} "
-            f"WHERE time >= {start_ms}ms AND time < {end_ms}ms "
+            f"SELECT {', '.join(exprs)}{target} FROM {self.raw_source(kind)} "
+            f"WHERE time >= {start_ms}ms AND time < {end_ms}ms{where_tags(tags)} "
             f"GROUP BY time(1h), * fill(none) tz({quote(self.tz)})"
         )
 
-    def daily_select(self, kind: str, start_ms: int, end_ms: int, *, into: bool) -> str:
+    def daily_select(self, kind: str, start_ms: int, end_ms: int, *, into: bool, tags: Tags = None) -> str:
         parts = []
         for m in self.metrics(kind):
             s, c = ident(f"sum_{m}"), ident(f"count_{m}")
@@ -290,7 +302,7 @@ class Rollups:
         target = f" INTO {self.source(kind, '1d')}" if into else ""
         return (
             f"SELECT {', '.join(parts)}{target} FROM {self.source(kind, '1h')} "
-            f"WHERE time >= {start_ms}ms AND time < {end_ms}ms "
+            f"WHERE time >= {start_ms}ms AND time < {end_ms}ms{where_tags(tags)} "
             f"GROUP BY time(1d), * fill(none) tz({quote(self.tz)})"
         )
 
@@ -327,14 +339,14 @@ class Rollups:
 
     # ------------------------------------------------------------ runs
 
-    def run_chunk(self, chunk: Chunk) -> tuple[int, int]:
+    def run_chunk(self, chunk: Chunk, tags: Tags = None) -> tuple[int, int]:
         """Roll up one chunk: its hours, then its day when it closes one; (hourly, daily) points written."""
         kind = chunk.kind
         hourly = self._execute(
             kind,
             "1h",
-            self.hourly_select(kind, chunk.start_ms, chunk.end_ms, into=True),
-            self.hourly_select(kind, chunk.start_ms, chunk.end_ms, into=False),
+            self.hourly_select(kind, chunk.start_ms, chunk.end_ms, into=True, tags=tags),
+            self.hourly_select(kind, chunk.start_ms, chunk.end_ms, into=False, tags=tags),
         )
         daily = 0
         if chunk.day is not None:
@@ -342,19 +354,22 @@ class Rollups:
             daily = self._execute(
                 kind,
                 "1d",
-                self.daily_select(kind, start, end, into=True),
-                self.daily_select(kind, start, end, into=False),
+                self.daily_select(kind, start, end, into=True, tags=tags),
+                self.daily_select(kind, start, end, into=False, tags=tags),
             )
         return hourly, daily
 
     def plan(self, ranges: dict[str, tuple[int, int]]) -> list[Chunk]:
         return [c for kind, (a, b) in ranges.items() for c in self.chunks(kind, a, b)]
 
-    def run(self, ranges: dict[str, tuple[int, int]], progress: Progress | None = None) -> RollupReport:
+    def run(
+        self, ranges: dict[str, tuple[int, int]], progress: Progress | None = None, tags: Tags = None
+    ) -> RollupReport:
         """Roll up [start, end) per kind, chunk by chunk in time order; kinds run in parallel.
 
         The watermark of a kind moves to the end of each chunk done when that chunk continues the
-        rolled-up range (never backwards, never across a gap).
+        rolled-up range (never backwards, never across a gap). `tags` limits the run to some series
+        (e.g. devices added later with backfilled readings); such a partial run leaves the watermarks alone.
         """
         t0 = time.perf_counter()
         self.ensure()
@@ -366,11 +381,11 @@ class Rollups:
             a, b = ranges[kind]
             r = report.kinds[kind]
             for chunk in self.chunks(kind, a, b):
-                hourly, daily = self.run_chunk(chunk)
+                hourly, daily = self.run_chunk(chunk, tags)
                 r.chunks += 1
                 r.hourly_points += hourly
                 r.daily_points += daily
-                if r.watermark_ms is None or chunk.start_ms <= r.watermark_ms < chunk.end_ms:
+                if tags is None and (r.watermark_ms is None or chunk.start_ms <= r.watermark_ms < chunk.end_ms):
                     self._set_watermark(kind, chunk.end_ms)
                     r.watermark_ms = chunk.end_ms
                 if progress is not None:
@@ -440,9 +455,10 @@ class Rollups:
         until: date | None = None,
         now: datetime | None = None,
         progress: Progress | None = None,
+        tags: Tags = None,
     ) -> RollupReport:
         self.ensure()
-        return self.run(self.backfill_ranges(since, until, now), progress)
+        return self.run(self.backfill_ranges(since, until, now), progress, tags)
 
     # ------------------------------------------------------------ reading
 

@@ -164,7 +164,7 @@ def indicators(
     console.print(table)
     console.print(
         f"{r['points']:,} points ({r['line_protocol_mb']:,} MB of line protocol) loaded in {r['load_s']} s "
-        f"({r['load_points_per_s']:,} points/s with {r['writers']} writers); rollups {r['rollup_full_s']} s for all "
+        f"({r['load_points_per_s']:,} points/s with {r['writers']} writers); rollups {r['rollup_s']} s for all "
         f"{r['devices']:,} devices; all indicators for {r['devices']:,} devices and {r['days']} days: "
         f"{r['compute_s']} s (target < {r['target_s']:g} s); InfluxDB on disk {r['influx_disk_mb']:,} MB",
         highlight=False,

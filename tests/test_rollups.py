@@ -175,6 +175,17 @@ def test_incremental_update_takes_late_readings_within_the_lookback_and_leaves_c
     assert third.kinds["soil"].watermark_ms == ms(local(2026, 7, 2, 4))
 
 
+def test_a_run_limited_to_some_devices_rolls_up_only_them_and_leaves_the_watermark(influx: InfluxV1) -> None:
+    write(influx, soil_points(seed=3))
+    rollups = Rollups(influx, kinds=["soil"])
+    report = rollups.backfill(date(2026, 7, 1), date(2026, 7, 2), now=local(2026, 7, 10), tags={"device": ["s-2"]})
+    assert report.kinds["soil"].hourly_points == 48 and rollups.watermark("soil") is None
+    assert set(rollup_frame(influx, rollups, "1h").index.get_level_values("device")) == {"s-2"}
+    rollups.backfill(date(2026, 7, 1), date(2026, 7, 2), now=local(2026, 7, 10))
+    assert rollups.watermark("soil") == ms(local(2026, 7, 3))
+    assert set(rollup_frame(influx, rollups, "1d").index.get_level_values("device")) == {"s-1", "s-2"}
+
+
 def test_summary_gives_completeness_per_village_from_rollups(influx: InfluxV1) -> None:
     base = local(2026, 7, 1)
     lines = []
