@@ -19,14 +19,15 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from api.app import create_app
 from api.demo import ensure_demo_users, seed
 from api.users import add_user
 from core.db import get_engine, migrate
 from core.influx import InfluxV1
-from core.models import DeadLetter
+from core.models import DeadLetter, Device
+from core.provisioning import provision
 from core.registry_io import import_data
 from core.services import ANVIL_DEV_KEY, anvil, influxd
 from core.settings import Settings
@@ -124,6 +125,8 @@ def api_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Template]
         _now_readings(engine, influx)
         with Session(engine) as session:
             import_data(session, OTHER_COUNTY)
+            for device_id in session.exec(select(Device.id)).all():  # as `village up` does: every device active
+                provision(session, device_id)
             ensure_demo_users(session, PASSWORD)
             for name, (role, scope) in USERS.items():
                 add_user(session, name, PASSWORD, role, scope, update=True)

@@ -88,7 +88,7 @@ def last_readings(influx: InfluxV1, kinds: set[str], catalogue: Catalogue) -> di
 
 
 def dead_letters_24h(session: Session, now: datetime) -> dict[str, int]:
-    since = (now - timedelta(hours=24)).astimezone(UTC).replace(tzinfo=None)
+    since = (now - timedelta(hours=24)).astimezone(UTC)
     rows = session.exec(
         select(DeadLetter.device_id, func.count())
         .where(col(DeadLetter.received_at) >= since, col(DeadLetter.device_id).is_not(None))
