@@ -36,6 +36,7 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
@@ -389,29 +390,31 @@ def load_telemetry(
     where = f'"county" = {quote(county)} AND time >= {start_ms}ms AND time < {end_ms}ms'
     kinds = [k for k in rollups.kinds if k in set(devices["kind"])]
     to_day = _day_mapper([int(x.timestamp() * 1000) for x in bounds])
-    frames = []
+    soil_m, paddy_m = params["drought"]["metric"], params["paddy"]["metric"]
+    queries: dict[str, str] = {}
+    fields_of: dict[str, tuple[list[str], list[str]]] = {}
     for kind in kinds if days else []:
-        metrics = rollups.metrics(kind)
-        cols = [f"count_{m}" for m in metrics]
-        soil_m, paddy_m = params["drought"]["metric"], params["paddy"]["metric"]
+        cols = [f"count_{m}" for m in rollups.metrics(kind)]
         extra = {"soil": [f"sum_{soil_m}", f"count_{soil_m}"], "paddy": [f"min_{paddy_m}"]}.get(kind, [])
         fields = list(dict.fromkeys(cols + extra))
+        fields_of[kind] = (cols, fields)
         select_list = ", ".join(ident(c) for c in fields)
-        q = f'SELECT {select_list} FROM {rollups.source(kind, "1d")} WHERE {where} GROUP BY "device"'
-        tel.queries += 1
-        devs, blocks = [], []
-        for s in rollups.influx.query(q):
-            dev = idx.get(s.get("tags", {}).get("device", ""))
-            if dev is None:
-                continue
-            block = np.array(s["values"], dtype=float)  # nulls become NaN
-            order = [s["columns"].index(c) for c in ["time", *fields]]
-            blocks.append(block[:, order])
-            devs.append(np.full(len(block), dev))
-        if not blocks:
+        queries[kind] = f'SELECT {select_list} FROM {rollups.source(kind, "1d")} WHERE {where} GROUP BY "device"'
+    alerts = {"fever": ("collar", params["fever"]["metric"], params["fever"]["above_c"])}
+    alerts["nh3"] = ("barn", params["nh3"]["metric"], params["nh3"]["above_ppm"])
+    for name, (kind, metric, above) in alerts.items():
+        if days and kind in kinds:
+            queries[name] = _alert_query(rollups, kind, metric, above, where)
+    # the queries run at once: InfluxDB answers them on every core while this process parses
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = dict(zip(queries, pool.map(rollups.influx.query, queries.values()), strict=True))
+    tel.queries += len(queries)
+    frames = []
+    for kind, (cols, fields) in fields_of.items():
+        x, devs = _blocks(answers[kind], ["time", *fields], idx)
+        if x is None:
             continue
-        x = np.concatenate(blocks)
-        out = pd.DataFrame({"dev": np.concatenate(devs), "day": to_day(x[:, 0])})
+        out = pd.DataFrame({"dev": devs, "day": to_day(x[:, 0])})
         counts = x[:, 1 : 1 + len(cols)]
         out["readings"] = np.nan_to_num(counts, nan=0.0).max(axis=1).astype(int)
         if kind == "soil":
@@ -422,14 +425,12 @@ def load_telemetry(
         frames.append(out)
     if frames:
         tel.daily = pd.concat([_empty_daily(), *frames], ignore_index=True)
-    if days and "collar" in kinds:
-        p = params["fever"]
-        tel.fever = _alert_days(rollups, "collar", p["metric"], p["above_c"], where, idx, to_day)
-        tel.queries += 1
-    if days and "barn" in kinds:
-        p = params["nh3"]
-        tel.nh3 = _alert_days(rollups, "barn", p["metric"], p["above_ppm"], where, idx, to_day)
-        tel.queries += 1
+    for name in alerts:
+        if name in answers:
+            x, devs = _blocks(answers[name], ["time", "count"], idx)
+            if x is not None:
+                frame = pd.DataFrame({"dev": devs, "day": to_day(x[:, 0]), "hours": x[:, 1].astype(int)})
+                setattr(tel, name, frame)
     if online_now is not None:
         tel.online = _online(rollups, registry, online_now, params["online"]["intervals"], idx)
         tel.queries += len(kinds)
@@ -466,26 +467,29 @@ def _day_mapper(bounds_ms: list[int]) -> Any:
     return to_day
 
 
-def _alert_days(
-    rollups: Rollups, kind: str, metric: str, above: float, where: str, idx: dict[str, int], to_day: Any
-) -> pd.DataFrame:
-    """Device-days with hours whose hourly mean of `metric` is above `above`: (dev, day, hours)."""
+def _alert_query(rollups: Rollups, kind: str, metric: str, above: float, where: str) -> str:
+    """Device-days with hours whose hourly mean of `metric` is above `above` (only those come back)."""
     mean = ident(f"mean_{metric}")
-    q = (
+    return (
         f"SELECT count({mean}) FROM {rollups.source(kind, '1h')} WHERE {where} AND {mean} > {float(above)} "
         f'GROUP BY time(1d), "device" fill(none) tz({quote(rollups.tz)})'
     )
+
+
+def _blocks(series: list[dict[str, Any]], columns: list[str], idx: dict[str, int]) -> tuple[np.ndarray | None, Any]:
+    """The rows of per-device series as one float array (columns in the order asked; nulls NaN) and
+    the device index of each row; devices not in the registry are left out."""
     devs, blocks = [], []
-    for s in rollups.influx.query(q):
+    for s in series:
         dev = idx.get(s.get("tags", {}).get("device", ""))
-        if dev is not None:
-            block = np.array(s["values"], dtype=float)
-            blocks.append(block[:, [s["columns"].index("time"), s["columns"].index("count")]])
-            devs.append(np.full(len(block), dev))
+        if dev is None:
+            continue
+        block = np.array(s["values"], dtype=float)
+        blocks.append(block[:, [s["columns"].index(c) for c in columns]])
+        devs.append(np.full(len(block), dev))
     if not blocks:
-        return pd.DataFrame({"dev": pd.Series(dtype=int), "day": pd.Series(dtype=int), "hours": pd.Series(dtype=int)})
-    x = np.concatenate(blocks)
-    return pd.DataFrame({"dev": np.concatenate(devs), "day": to_day(x[:, 0]), "hours": x[:, 1].astype(int)})
+        return None, None
+    return np.concatenate(blocks), np.concatenate(devs)
 
 
 def _online(rollups: Rollups, registry: Registry, now: datetime, intervals: float, idx: dict[str, int]) -> np.ndarray:
