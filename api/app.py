@@ -9,11 +9,13 @@ everything machine-readable under `/api/v1` (OpenAPI at `/api/v1/openapi.json`, 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
@@ -63,12 +65,42 @@ def retail_lots(engine: Engine, limit: int = 20) -> list[str]:
     return list(rows)
 
 
+def problem_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The OpenAPI document with every error answer (4xx, including FastAPI's 422) declared as what it is:
+    `application/problem+json` with the ProblemDetail schema."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes, tags=app.openapi_tags
+        )
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        schemas["ProblemDetail"] = problems.ProblemDetail.model_json_schema()
+        ref = {"$ref": "#/components/schemas/ProblemDetail"}
+        for operations in doc.get("paths", {}).values():
+            for op in operations.values():
+                responses = op.setdefault("responses", {})
+                if "requestBody" in op:  # a body that is not JSON (or not the form) at all
+                    responses.setdefault("400", {"description": "Bad Request"})
+                for status, response in responses.items():
+                    if status.isdigit() and int(status) >= 400 and "text/html" not in response.get("content", {}):
+                        response["content"] = {problems.PROBLEM_JSON: {"schema": ref}}
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        app.openapi_schema = doc
+        return doc
+
+    return openapi
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     engine = make_engine(settings.resolved_database_url())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.trace.open()
         if settings.api_verify_cache_s > 0:
             app.state.trace.warm(retail_lots(engine))
         yield
@@ -91,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.trace = TraceService(engine, settings)
     app.state.jwt_secret = jwt_secret(settings)
     problems.install(app)
+    app.openapi = problem_openapi(app)  # type: ignore[method-assign]
     app.add_middleware(MicroCache, cache=app.state.trace.responses)
     app.add_middleware(RateLimiter, per_minute=settings.api_rate_limit_per_min)  # added last: runs first
     for module in (resolver, trace, auth, admin, dashboard, timeseries):

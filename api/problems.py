@@ -9,6 +9,7 @@ HTML on a page route (not under /api/) gets the same status with a readable page
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -143,6 +144,26 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return out
 
 
+def _path_patterns(app: FastAPI) -> list[tuple[re.Pattern[str], str]]:
+    cached = getattr(app.state, "allow_patterns", None)
+    if cached is None:
+        cached = []
+        for path, operations in app.openapi().get("paths", {}).items():
+            regex = re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path))
+            if path.endswith("/{lot}"):  # a lot number may hold an escaped slash
+                regex = regex[: -len("[^/]+")] + ".+"
+            methods = ", ".join(m.upper() for m in operations if m in ("get", "post", "put", "patch", "delete"))
+            cached.append((re.compile(f"^{regex}$"), methods))
+        app.state.allow_patterns = cached
+    return cached
+
+
+def allowed_methods(request: Request) -> str | None:
+    """Every method the path has (all of its routes), for the Allow header of a 405."""
+    found = [methods for pattern, methods in _path_patterns(request.app) if pattern.match(request.url.path)]
+    return ", ".join(dict.fromkeys(", ".join(found).split(", "))) if found else None
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into a problem."""
 
@@ -156,10 +177,15 @@ def install(app: FastAPI) -> None:
         detail = exc.detail if exc.detail and exc.detail != phrase else None
         if exc.status_code == 404 and detail is None:
             detail = f"nothing at {request.url.path}"
-        if exc.status_code == 405 and detail is None:
-            allowed = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow")
-            detail = f"{request.method} is not allowed on {request.url.path}" + (f"; use {allowed}" if allowed else "")
-        return render(request, exc.status_code, phrase, detail, headers=dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            allowed = allowed_methods(request) or headers.get("Allow") or headers.get("allow") or ""
+            headers = {k: v for k, v in headers.items() if k.lower() != "allow"} | {"Allow": allowed}
+            if detail is None:
+                detail = f"{request.method} is not allowed on {request.url.path}" + (
+                    f"; use {allowed}" if allowed else ""
+                )
+        return render(request, exc.status_code, phrase, detail, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

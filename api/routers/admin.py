@@ -28,6 +28,19 @@ from sqlmodel import Session, col, select
 from api.deps import Actor, ActorDep, SessionDep, county_of_village
 from api.models import Role
 from api.problems import Problem, problem_responses
+from api.schemas import (
+    AnimalIn,
+    EventIn,
+    FacilityIn,
+    FarmIn,
+    HerdIn,
+    InspectionIn,
+    LotIn,
+    PlotIn,
+    ProductIn,
+    TownshipIn,
+    VillageIn,
+)
 from core import provisioning
 from core.models import Animal, County, Device, DeviceStatus, Farm, Herd, Plot, Township, Village
 from core.registry_io import (
@@ -44,7 +57,6 @@ from ledger import trace_io
 from ledger.codes import TraceCodeError, normalize_code
 from ledger.models import Facility, Inspection, InspectionItem, Lot, Product, TraceEvent
 from ledger.records import event_lots, rfc3339
-from ledger.trace_io import EventRow, FacilityRow, InspectionRow, LotRow, ProductRow
 from ledger.vocab import UnknownTerm, get_vocab
 
 log = logging.getLogger(__name__)
@@ -329,7 +341,7 @@ def get_township(code: str, actor: ActorDep, session: SessionDep) -> TownshipOut
 
 
 @router.post("/townships", response_model=TownshipOut, status_code=201, responses=WRITE)
-def create_township(body: TownshipRow, actor: ActorDep, session: SessionDep) -> TownshipOut:
+def create_township(body: TownshipIn, actor: ActorDep, session: SessionDep) -> TownshipOut:
     actor.require_county_admin(body.county_code, f"county {body.county_code}")
     if session.get(Township, body.code) is not None:
         raise Problem(409, "conflict", f"township {body.code} exists; PATCH it to change it")
@@ -337,7 +349,7 @@ def create_township(body: TownshipRow, actor: ActorDep, session: SessionDep) -> 
     return TownshipOut.model_validate(session.get(Township, body.code))
 
 
-TownshipPatch = _partial(TownshipRow, "code")
+TownshipPatch = _partial(TownshipIn, "code")
 
 
 @router.patch("/townships/{code}", response_model=TownshipOut, responses=WRITE)
@@ -376,7 +388,7 @@ def get_village(code: str, actor: ActorDep, session: SessionDep) -> VillageOut:
 
 
 @router.post("/villages", response_model=VillageOut, status_code=201, responses=WRITE)
-def create_village(body: VillageRow, actor: ActorDep, session: SessionDep) -> VillageOut:
+def create_village(body: VillageIn, actor: ActorDep, session: SessionDep) -> VillageOut:
     t = session.get(Township, body.township_code)
     actor.require_county_admin(t.county_code if t else None, f"township {body.township_code}")
     if session.get(Village, body.code) is not None:
@@ -385,7 +397,7 @@ def create_village(body: VillageRow, actor: ActorDep, session: SessionDep) -> Vi
     return VillageOut.model_validate(session.get(Village, body.code))
 
 
-VillagePatch = _partial(VillageRow, "code")
+VillagePatch = _partial(VillageIn, "code")
 
 
 @router.patch("/villages/{code}", response_model=VillageOut, responses=WRITE)
@@ -446,7 +458,7 @@ def get_farm(code: str, actor: ActorDep, session: SessionDep) -> FarmOut:
 
 
 @router.post("/farms", response_model=FarmOut, status_code=201, response_model_exclude_unset=True, responses=WRITE)
-def create_farm(body: FarmRow, actor: ActorDep, session: SessionDep) -> FarmOut:
+def create_farm(body: FarmIn, actor: ActorDep, session: SessionDep) -> FarmOut:
     actor.require_write(body.village_code, f"village {body.village_code}")
     if session.exec(select(Farm.id).where(Farm.code == body.code)).first() is not None:
         raise Problem(409, "conflict", f"farm {body.code} exists; PATCH it to change it")
@@ -454,7 +466,7 @@ def create_farm(body: FarmRow, actor: ActorDep, session: SessionDep) -> FarmOut:
     return _farm_out(actor, _farm(session, body.code))
 
 
-FarmPatch = _partial(FarmRow, "code")
+FarmPatch = _partial(FarmIn, "code")
 
 
 @router.patch("/farms/{code}", response_model=FarmOut, response_model_exclude_unset=True, responses=WRITE)
@@ -509,7 +521,7 @@ def get_plot(plot_no: str, actor: ActorDep, session: SessionDep) -> PlotOut:
 
 
 @router.post("/plots", response_model=PlotOut, status_code=201, responses=WRITE)
-def create_plot(body: PlotRow, actor: ActorDep, session: SessionDep) -> PlotOut:
+def create_plot(body: PlotIn, actor: ActorDep, session: SessionDep) -> PlotOut:
     actor.require_write(body.village_code, f"village {body.village_code}")
     if session.exec(select(Plot.id).where(Plot.plot_no == body.plot_no)).first() is not None:
         raise Problem(409, "conflict", f"plot {body.plot_no} exists; PATCH it to change it")
@@ -517,7 +529,7 @@ def create_plot(body: PlotRow, actor: ActorDep, session: SessionDep) -> PlotOut:
     return _plot_out(session, _plot(session, body.plot_no))
 
 
-PlotPatch = _partial(PlotRow, "plot_no")
+PlotPatch = _partial(PlotIn, "plot_no")
 
 
 @router.patch("/plots/{plot_no}", response_model=PlotOut, responses=WRITE)
@@ -566,7 +578,7 @@ def get_herd(herd_no: str, actor: ActorDep, session: SessionDep) -> HerdOut:
 
 
 @router.post("/herds", response_model=HerdOut, status_code=201, responses=WRITE)
-def create_herd(body: HerdRow, actor: ActorDep, session: SessionDep) -> HerdOut:
+def create_herd(body: HerdIn, actor: ActorDep, session: SessionDep) -> HerdOut:
     actor.require_write(body.village_code, f"village {body.village_code}")
     if session.exec(select(Herd.id).where(Herd.herd_no == body.herd_no)).first() is not None:
         raise Problem(409, "conflict", f"herd {body.herd_no} exists; PATCH it to change it")
@@ -574,7 +586,7 @@ def create_herd(body: HerdRow, actor: ActorDep, session: SessionDep) -> HerdOut:
     return _herd_out(session, _herd(session, body.herd_no))
 
 
-HerdPatch = _partial(HerdRow, "herd_no")
+HerdPatch = _partial(HerdIn, "herd_no")
 
 
 @router.patch("/herds/{herd_no}", response_model=HerdOut, responses=WRITE)
@@ -631,7 +643,7 @@ def get_animal(ear_tag: str, actor: ActorDep, session: SessionDep) -> AnimalOut:
 
 
 @router.post("/animals", response_model=AnimalOut, status_code=201, responses=WRITE)
-def create_animal(body: AnimalRow, actor: ActorDep, session: SessionDep) -> AnimalOut:
+def create_animal(body: AnimalIn, actor: ActorDep, session: SessionDep) -> AnimalOut:
     herd = session.exec(select(Herd).where(Herd.herd_no == body.herd_no)).first()
     if herd is None:
         raise Problem(422, "validation", f"herd_no: herd {body.herd_no!r} does not exist")
@@ -642,7 +654,7 @@ def create_animal(body: AnimalRow, actor: ActorDep, session: SessionDep) -> Anim
     return _animal_out(session, _animal(session, body.ear_tag))
 
 
-AnimalPatch = _partial(AnimalRow, "ear_tag")
+AnimalPatch = _partial(AnimalIn, "ear_tag")
 
 
 @router.patch("/animals/{ear_tag}", response_model=AnimalOut, responses=WRITE)
@@ -820,7 +832,7 @@ def _trace_write(request: Request, session: Session, section: str, row: BaseMode
 
 
 @router.post("/products", response_model=ProductOut, status_code=201, responses=WRITE)
-def create_product(body: ProductRow, request: Request, actor: ActorDep, session: SessionDep) -> ProductOut:
+def create_product(body: ProductIn, request: Request, actor: ActorDep, session: SessionDep) -> ProductOut:
     actor.require_county_admin(actor.principal.scope, "products")
     if session.exec(select(Product.id).where(Product.code == body.code)).first() is not None:
         raise Problem(409, "conflict", f"product {body.code} exists")
@@ -837,7 +849,7 @@ def list_facilities(
 
 
 @router.post("/facilities", response_model=FacilityOut, status_code=201, responses=WRITE)
-def create_facility(body: FacilityRow, request: Request, actor: ActorDep, session: SessionDep) -> FacilityOut:
+def create_facility(body: FacilityIn, request: Request, actor: ActorDep, session: SessionDep) -> FacilityOut:
     actor.require_write(body.village_code, f"village {body.village_code}")
     if session.exec(select(Facility.id).where(Facility.code == body.code)).first() is not None:
         raise Problem(409, "conflict", f"facility {body.code} exists")
@@ -921,7 +933,7 @@ def get_lot(code: str, actor: ActorDep, session: SessionDep) -> LotAdminOut:
 
 
 @router.post("/lots", response_model=LotAdminOut, status_code=201, responses=WRITE)
-def create_lot(body: LotRow, request: Request, actor: ActorDep, session: SessionDep) -> LotAdminOut:
+def create_lot(body: LotIn, request: Request, actor: ActorDep, session: SessionDep) -> LotAdminOut:
     """Add a lot (with its plots or herds, or its parent lots). Its trace code is drawn unless given."""
     village = None
     if body.farm:
@@ -1004,7 +1016,7 @@ def get_event(event_id: int, actor: ActorDep, session: SessionDep) -> EventOut:
     return _event_out(session, ev)
 
 
-def _event_village(session: Session, body: EventRow) -> str | None:
+def _event_village(session: Session, body: EventIn) -> str | None:
     if body.biz_location:
         return body.biz_location
     if body.read_point.plot_no:
@@ -1020,7 +1032,7 @@ def create_event(
     actor: ActorDep,
     session: SessionDep,
     body: Annotated[
-        EventRow,
+        EventIn,
         Body(
             openapi_examples={
                 "irrigation": {
@@ -1101,7 +1113,7 @@ def get_inspection(inspection_id: int, actor: ActorDep, session: SessionDep) -> 
 
 
 @router.post("/inspections", response_model=InspectionOut, status_code=201, responses=WRITE)
-def create_inspection(body: InspectionRow, request: Request, actor: ActorDep, session: SessionDep) -> InspectionOut:
+def create_inspection(body: InspectionIn, request: Request, actor: ActorDep, session: SessionDep) -> InspectionOut:
     """Record a laboratory report on a lot; whether it passed is computed from its items and limits."""
     lot = _lot_by_ref(session, body.lot)
     actor.require_write(_lot_village(session, lot), f"lot {lot.code}")

@@ -172,7 +172,11 @@ def dashboard_page(request: Request, session: SessionDep, period: PeriodQ = None
 
 
 @router.get("/dashboard/login", response_class=HTMLResponse, summary="Sign-in page")
-def login_page(request: Request, failed: bool = False) -> Response:
+def login_page(request: Request) -> Response:
+    return _login_form(request, failed=False)
+
+
+def _login_form(request: Request, failed: bool) -> Response:
     lang = language(request)
     return request.app.state.templates.TemplateResponse(
         request, "login.html", {"lang": lang, "t": strings(lang), "failed": failed}, status_code=401 if failed else 200
@@ -182,7 +186,10 @@ def login_page(request: Request, failed: bool = False) -> Response:
 @router.post(
     "/dashboard/login",
     summary="Sign in (form); sets the session cookie",
-    responses={303: {"description": "Signed in: to the dashboard"}, 401: {"description": "Wrong credentials"}},
+    responses={
+        303: {"description": "Signed in: to the dashboard"},
+        401: {"description": "Wrong credentials: the form again", "content": {"text/html": {}}},
+    },
     response_class=HTMLResponse,
 )
 def login(
@@ -193,7 +200,7 @@ def login(
 ) -> Response:
     user = authenticate(session, username, password)
     if user is None:
-        return login_page(request, failed=True)
+        return _login_form(request, failed=True)
     settings = request.app.state.settings
     token = create_token(request.app.state.jwt_secret, user.username, user.role, user.scope, settings.api_token_ttl_s)
     response = RedirectResponse("/dashboard", status_code=303)

@@ -117,10 +117,14 @@ class TraceService:
             self._chain = reading_chain(self.settings)
         return self._chain  # type: ignore[return-value]
 
+    def open(self) -> None:
+        self.closed = False
+
     def close(self) -> None:
         self.closed = True  # background verifications stop quietly
         if self._influx is not None:
             self._influx.close()
+            self._influx = None  # a later use (an app started again) opens a new client
 
     def _lock(self, key: str) -> threading.Lock:
         with self._locks_lock:
