@@ -530,21 +530,20 @@ def _field(column: str, value: object) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def rollup_clients(settings: Settings) -> tuple[InfluxV1, InfluxV1]:
-    """(raw reader, rollup writer) from the settings, with the same credentials."""
-    raw = InfluxV1.from_settings(settings)
-    store = InfluxV1(
-        settings.influx_url,
-        settings.influx_db,
-        ROLLUP_RP,
+def rollup_clients(settings: Settings, timeout: float | None = None) -> tuple[InfluxV1, InfluxV1]:
+    """(raw reader, rollup writer) from the settings, with the same credentials; `timeout` overrides
+    INFLUX_TIMEOUT_S (a day of a large county's readings takes longer to aggregate than a write)."""
+    args = (
         settings.influx_username,
         settings.influx_password.get_secret_value(),
-        settings.influx_timeout_s,
+        timeout or settings.influx_timeout_s,
         settings.influx_token.get_secret_value(),
     )
+    raw = InfluxV1(settings.influx_url, settings.influx_db, settings.influx_rp, *args)
+    store = InfluxV1(settings.influx_url, settings.influx_db, ROLLUP_RP, *args)
     return raw, store
 
 
-def from_settings(settings: Settings, **kwargs: Any) -> Rollups:
-    raw, store = rollup_clients(settings)
+def from_settings(settings: Settings, timeout: float | None = None, **kwargs: Any) -> Rollups:
+    raw, store = rollup_clients(settings, timeout)
     return Rollups(raw, store=store, tz=settings.county_timezone, **kwargs)

@@ -134,6 +134,8 @@ def indicators(
         return [int(x) for x in text.split(",") if x.strip()]
 
     console = Console(stderr=True)
+    if not console.is_terminal:  # a log file: room for the whole table
+        console = Console(stderr=True, width=120)
     with console.status("starting InfluxDB and the registry...") as status:
         r = run(
             devices=devices,

@@ -109,7 +109,7 @@ def indicators(
 
     settings = get_settings()
     p = _period(period, settings.county_timezone)
-    rollups = from_settings(settings)
+    rollups = from_settings(settings, timeout=max(settings.influx_timeout_s, 60.0))
     with Session(registry_engine()) as session:
         code = county or _default_county(session)
         try:
@@ -198,6 +198,7 @@ def rollups(
     try:
         r = from_settings(
             settings,
+            timeout=max(settings.influx_timeout_s, 600.0),
             lookback_s=int(lookback_hours * 3600),
             kinds=[k.strip() for k in kinds.split(",") if k.strip()] if kinds else None,
         )
