@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -44,8 +46,25 @@ TAGS = [
 ]
 
 
-def templates() -> Jinja2Templates:
+def local_time(tz: str) -> Callable[[str | None], str]:
+    """A template filter: an ISO time shown in the county's time zone, to the minute ("–" for none)."""
+    zone = ZoneInfo(tz)
+
+    def fmt(value: str | None) -> str:
+        if not value:
+            return "–"
+        try:
+            t = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        return (t if t.tzinfo else t.replace(tzinfo=UTC)).astimezone(zone).strftime("%Y-%m-%d %H:%M")
+
+    return fmt
+
+
+def templates(tz: str = "Asia/Shanghai") -> Jinja2Templates:
     t = Jinja2Templates(directory=str(HERE / "templates"))
+    t.env.filters["local"] = local_time(tz)
     t.env.globals.update(sparkline=charts.sparkline, range_bar=charts.range_bar, hbars=charts.hbars, pairs=charts.pairs)
     t.env.trim_blocks = True
     t.env.lstrip_blocks = True
@@ -119,7 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = engine
-    app.state.templates = templates()
+    app.state.templates = templates(settings.county_timezone)
     app.state.trace = TraceService(engine, settings)
     app.state.jwt_secret = jwt_secret(settings)
     problems.install(app)

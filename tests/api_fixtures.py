@@ -155,8 +155,8 @@ def api_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Template]
         influx_server.stop()
 
 
-def world_settings(template: Template, folder: Path, **extra: object) -> Settings:
-    """Settings of a fresh copy of the template registry in `folder`."""
+def world_env(template: Template, folder: Path, **extra: object) -> dict[str, str]:
+    """Settings (as environment variables) of a fresh copy of the template registry in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     db = folder / "registry.db"
     shutil.copyfile(template.db, db)
@@ -173,7 +173,12 @@ def world_settings(template: Template, folder: Path, **extra: object) -> Setting
         "TRACE_BASE_URL": "https://trace.example.cn",
         **extra,
     }
-    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+    return {k: str(v) for k, v in values.items()}
+
+
+def world_settings(template: Template, folder: Path, **extra: object) -> Settings:
+    """Settings of a fresh copy of the template registry in `folder`."""
+    return Settings(_env_file=None, **world_env(template, folder, **extra))  # type: ignore[arg-type]
 
 
 def make_client(template: Template, folder: Path, **extra: object) -> TestClient:
