@@ -31,7 +31,7 @@ class RateLimiter:
         self.rate = per_minute / 60.0  # tokens per second
         self.prefixes = prefixes
         self.buckets: dict[str, tuple[float, float]] = {}  # ip -> (tokens, last time)
-        self._last_sweep = time.monotonic()
+        self._last_sweep: float | None = None
 
     def take(self, client: str, now: float | None = None) -> float:
         """Take one token; 0 when allowed, else the seconds until the next token."""
@@ -44,7 +44,9 @@ class RateLimiter:
         else:
             self.buckets[client] = (tokens, now)
             wait = (1.0 - tokens) / self.rate
-        if now - self._last_sweep > 60:
+        if self._last_sweep is None:
+            self._last_sweep = now
+        elif now - self._last_sweep > 60:
             self._sweep(now)
         return wait
 
