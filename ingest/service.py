@@ -24,8 +24,9 @@ from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt._packet import decode_publish  # paho 2.2's own decoder (see _handle_publish)
-from paho.mqtt.client import PUBACK
+from paho.mqtt.client import PUBACK, time_func
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket
 from prometheus_client import start_http_server
 
 from core.broker_auth import TELEMETRY_FILTER
@@ -66,6 +67,36 @@ class BufferedClient(mqtt.Client):
         chunk = self._rbuf[self._rpos : self._rpos + bufsize]
         self._rpos += len(chunk)
         return chunk
+
+    def _packet_read(self) -> MQTTErrorCode:
+        """Take a packet that is whole in the buffer in one slice; anything else goes to paho.
+
+        paho assembles every packet from a one-byte read of its type, one read per length byte
+        and a read of the body, with bookkeeping between them: per message that cost as much as
+        decoding it. The packet is then handled by paho's own `_packet_handle`.
+        """
+        packet = self._in_packet
+        if packet["command"] == 0 and self._rsock is self._sock:
+            buf, pos, end = self._rbuf, self._rpos, len(self._rbuf)
+            length, mult, i = 0, 1, pos + 1
+            while i < end and i <= pos + 4:
+                byte = buf[i]
+                i += 1
+                length += (byte & 127) * mult
+                mult *= 128
+                if not byte & 128:
+                    if i + length > end:
+                        break  # the rest is still on the socket: paho reads it
+                    packet["command"], packet["packet"], packet["pos"] = buf[pos], buf[i : i + length], 0
+                    self._rpos = i + length
+                    try:
+                        rc = self._packet_handle()
+                    except MalformedPacket:
+                        rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+                    packet["command"], packet["packet"] = 0, bytearray()
+                    self._last_bytes_received = time_func()
+                    return rc
+        return super()._packet_read()
 
     def buffered(self) -> bool:
         return self._rpos < len(self._rbuf) and self._rsock is self._sock
