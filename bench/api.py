@@ -86,9 +86,19 @@ def start_api(env: dict[str, str], port: int, workers: int, log_file: Path) -> s
     return proc
 
 
-def warm(base: str, paths: list[str], rounds: int = 40) -> dict[str, Any]:
-    """Ask each path often enough that every worker has computed and cached it; return the trace JSON."""
+def warm(base: str, paths: list[str], rounds: int = 40, settle_s: float = 300) -> dict[str, Any]:
+    """Wait until every worker has verified the lot (each keeps its own cache: the trace JSON says
+    "checking" until then), then ask each path often enough that every worker caches it; return the
+    trace JSON (or the verification, when the first path is /verify)."""
     with httpx.Client(base_url=base, timeout=120) as client:
+        deadline = time.monotonic() + settle_s
+        settled = 0
+        while settled < 2 * rounds and time.monotonic() < deadline:  # consecutive answers from any worker
+            answer = client.get(paths[0]).json()
+            status = answer.get("verification", answer)["status"]
+            settled = settled + 1 if status != "checking" else 0
+            if status == "checking":
+                time.sleep(0.5)
         for _ in range(rounds):
             for p in paths:
                 r = client.get(p, headers={"Accept": "text/html"})
