@@ -3,6 +3,8 @@ which lookups the micro-cache keeps, the inline charts, tokens, and the wrk outp
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -10,7 +12,7 @@ from api.charts import hbars, range_bar, sparkline
 from api.i18n import STRINGS_DIR, from_accept_language
 from api.microcache import cache_key
 from api.ratelimit import RateLimiter
-from api.security import TokenError, api_key_prefix, create_token, decode_token, new_api_key
+from api.security import TokenError, api_key_prefix, create_token, decode_token, jwt_secret, new_api_key
 from bench.api import parse_wrk
 
 
@@ -135,3 +137,18 @@ def test_parse_wrk() -> None:
     }
     with pytest.raises(ValueError, match="unexpected wrk output"):
         parse_wrk("nothing useful")
+
+
+def test_token_secret_from_setting_file_or_generated(tmp_path: Path) -> None:
+    from core.settings import Settings
+
+    given = Settings(_env_file=None, VILLAGE_DATA_DIR=str(tmp_path), API_JWT_SECRET="from-the-setting")  # type: ignore[call-arg]
+    assert jwt_secret(given) == "from-the-setting"
+    (tmp_path / "secret").write_text("from-a-file\n")
+    filed = Settings(_env_file=None, VILLAGE_DATA_DIR=str(tmp_path), API_JWT_SECRET_FILE=str(tmp_path / "secret"))  # type: ignore[call-arg]
+    assert jwt_secret(filed) == "from-a-file"
+    generated = Settings(_env_file=None, VILLAGE_DATA_DIR=str(tmp_path / "data"))  # type: ignore[call-arg]
+    first = jwt_secret(generated)
+    path = tmp_path / "data" / "secrets" / "api_jwt_secret"
+    assert len(first) >= 48 and jwt_secret(generated) == first  # kept: every worker signs alike
+    assert path.stat().st_mode & 0o777 == 0o600
