@@ -26,7 +26,7 @@ from sqlmodel import Session, col, select
 from api import charts, problems
 from api.microcache import MicroCache
 from api.ratelimit import RateLimiter
-from api.routers import admin, auth, dashboard, resolver, timeseries, trace
+from api.routers import admin, auth, dashboard, models, resolver, timeseries, trace
 from api.security import jwt_secret
 from api.services.tracing import TraceService
 from core.db import make_engine
@@ -145,7 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = problem_openapi(app)  # type: ignore[method-assign]
     app.add_middleware(MicroCache, cache=app.state.trace.responses)
     app.add_middleware(RateLimiter, per_minute=settings.api_rate_limit_per_min)  # added last: runs first
-    for module in (resolver, trace, auth, admin, dashboard, timeseries):
+    for module in (resolver, trace, auth, admin, dashboard, timeseries, models):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     return app

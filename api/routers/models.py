@@ -1,0 +1,133 @@
+"""Composite indices and panel models over the county statistics, as JSON a researcher's tools read:
+the same functions and results as `village models ...` (analytics/entropy.py, panel.py), each result
+with its tables (`tables`) and a text rendering like the statistics packages print (`summary`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import pandas as pd
+from fastapi import APIRouter, Query
+from sqlmodel import Session
+
+from api.deps import ActorDep, SessionDep
+from api.problems import Problem, problem_responses
+
+router = APIRouter(prefix="/api/v1/models", tags=["models"])
+READ = problem_responses(401, 403, 422)
+CONTROLS = "fiscal_agri_support,ln_gdp_per_capita,fixed_asset_investment"
+
+Var = Annotated[str, Query(min_length=1, max_length=60, pattern=r"^[a-z][a-z0-9_]*$")]
+Vars = Annotated[str, Query(max_length=400, pattern=r"^([a-z][a-z0-9_]*(,[a-z][a-z0-9_]*)*)?$")]
+Year = Annotated[int | None, Query(ge=1990, le=2100)]
+
+
+def _split(text: str) -> list[str]:
+    return [t for t in text.split(",") if t]
+
+
+def _wide(session: Session) -> pd.DataFrame:
+    from analytics import statistics_io
+
+    long = statistics_io.load_statistics(session)
+    if long.empty:
+        raise Problem(422, "no-statistics", "no county statistics yet: import them (village stats import)")
+    return statistics_io.to_wide(long)
+
+
+def _answer(compute: Callable[[], Any]) -> dict[str, Any]:
+    """The result's JSON; a bad variable name or unusable data is a 422 with the reason."""
+    try:
+        result = compute()
+    except (KeyError, ValueError) as e:
+        raise Problem(422, "model-input", str(e.args[0]) if e.args else str(e)) from None
+    out = result.to_dict()
+    out["summary"] = result.summary()
+    return out
+
+
+def _variables(wide: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    from analytics.dataset import build_variables
+
+    try:
+        return build_variables(wide, names)
+    except (KeyError, ValueError) as e:
+        raise Problem(422, "model-input", str(e.args[0]) if e.args else str(e)) from None
+
+
+@router.get("/entropy", summary="Entropy weights and scores of a composite index", responses=READ)
+def entropy(
+    session: SessionDep,
+    _actor: ActorDep,
+    index: Annotated[str, Query(pattern=r"^[a-z][a-z0-9_]*$", max_length=20)] = "dvi",
+    year: Year = None,
+    method: Annotated[str, Query(pattern=r"^(flat|hierarchical)$")] = "flat",
+) -> dict[str, Any]:
+    from analytics.entropy import composite_index
+
+    wide = _wide(session)
+    if year is not None:
+        if year not in wide.index.get_level_values("year"):
+            raise Problem(422, "model-input", f"no statistics for {year}")
+        wide = wide.xs(year, level="year")
+    return _answer(lambda: composite_index(wide, index, method=method))  # type: ignore[arg-type]
+
+
+@router.get("/lq", summary="Location quotient of agricultural employment", responses=READ)
+def lq(session: SessionDep, _actor: ActorDep, year: Year = None) -> dict[str, Any]:
+    from analytics.agglomeration import location_quotient
+
+    wide = _wide(session)
+    if year is not None:
+        wide = wide[wide.index.get_level_values("year") == year]
+    return _answer(lambda: location_quotient(wide))
+
+
+@router.get("/fe", summary="Two-way fixed effects, SEs clustered by county", responses=READ)
+def fe(
+    session: SessionDep, _actor: ActorDep, y: Var = "rri", x: Vars = "dvi", controls: Vars = CONTROLS
+) -> dict[str, Any]:
+    from analytics.panel import fixed_effects_table
+
+    xs, ctrl = _split(x), _split(controls)
+    data = _variables(_wide(session), [y, *xs, *ctrl])
+    return _answer(lambda: fixed_effects_table(data, y, xs, ctrl))
+
+
+@router.get("/mediation", summary="Three-step mediation with Sobel test and bootstrap CI", responses=READ)
+def mediation(
+    session: SessionDep,
+    _actor: ActorDep,
+    y: Var = "rri",
+    x: Var = "dvi",
+    m: Var = "lq_agri",
+    controls: Vars = CONTROLS,
+    reps: Annotated[int, Query(ge=0, le=2000)] = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
+    from analytics.panel import mediation as run
+
+    ctrl = _split(controls)
+    data = _variables(_wide(session), [y, x, m, *ctrl])
+    return _answer(lambda: run(data, y, x, m, ctrl, reps=reps, seed=seed))
+
+
+@router.get("/threshold", summary="Hansen (1999) panel threshold model", responses=READ)
+def threshold(
+    session: SessionDep,
+    _actor: ActorDep,
+    y: Var = "rri",
+    x: Vars = "dvi",
+    q: Var = "lq_agri",
+    controls: Vars = CONTROLS,
+    reps: Annotated[int, Query(ge=0, le=1000)] = 100,
+    grid: Annotated[int, Query(ge=10, le=400)] = 100,
+    double: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    from analytics.panel import panel_threshold
+
+    xs, ctrl = _split(x), _split(controls)
+    data = _variables(_wide(session), [y, *xs, q, *ctrl])
+    return _answer(lambda: panel_threshold(data, y, xs, q, ctrl, reps=reps, grid=grid, double=double, seed=seed))

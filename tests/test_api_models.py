@@ -1,0 +1,60 @@
+"""Composite indices and panel models through the API: the same numbers as the analytics functions,
+authentication required, bad variables a 422 problem."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from analytics import statistics_io
+from analytics.dataset import build_variables
+from analytics.panel import fixed_effects_table
+from tests.api_fixtures import Template, is_problem, make_client, token
+
+
+@pytest.fixture(scope="module")
+def client(api_template: Template, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    with make_client(api_template, tmp_path_factory.mktemp("models")) as c:
+        with Session(c.app.state.engine) as session:  # type: ignore[attr-defined]
+            statistics_io.load_demo(session)
+            session.commit()
+        yield c
+
+
+def test_models_need_a_login(client: TestClient) -> None:
+    is_problem(client.get("/api/v1/models/fe"), 401)
+
+
+def test_fixed_effects_equal_the_analytics_function(client: TestClient) -> None:
+    auth = token(client, "analyst")
+    r = client.get("/api/v1/models/fe", params={"y": "rri", "x": "dvi", "controls": ""}, headers=auth)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    with Session(client.app.state.engine) as session:  # type: ignore[attr-defined]
+        wide = statistics_io.to_wide(statistics_io.load_statistics(session))
+    direct = fixed_effects_table(build_variables(wide, ["rri", "dvi"]), "rri", ["dvi"], []).to_dict()
+    assert body["summary"] and "dvi" in body["summary"]
+    assert {k: v for k, v in body.items() if k != "summary"} == direct
+
+
+def test_entropy_threshold_and_mediation_answer(client: TestClient) -> None:
+    auth = token(client, "county")
+    r = client.get("/api/v1/models/entropy", params={"index": "dvi", "year": 2024}, headers=auth)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["index"] == "dvi" and len(body["scores"]) == 14  # the demo panel's counties in 2024
+    assert body["weights"] and all(w["indicator"] for w in body["weights"])
+    r = client.get("/api/v1/models/threshold", params={"reps": 20, "grid": 30, "controls": ""}, headers=auth)
+    assert r.status_code == 200, r.text
+    assert "threshold" in r.text.lower()
+    r = client.get("/api/v1/models/mediation", params={"reps": 20, "controls": ""}, headers=auth)
+    assert r.status_code == 200 and "sobel" in r.text.lower(), r.text
+
+
+def test_unknown_variable_is_a_422_problem(client: TestClient) -> None:
+    auth = token(client, "analyst")
+    p = is_problem(client.get("/api/v1/models/fe", params={"y": "no_such_var"}, headers=auth), 422)
+    assert "no_such_var" in p["detail"]
