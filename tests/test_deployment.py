@@ -45,7 +45,14 @@ def docker_compose() -> str:
 def run_compose(*args: str) -> subprocess.CompletedProcess[str]:
     # The example secret files stand in for the real ones (never committed).
     env = {**os.environ, "VILLAGE_SECRET_SUFFIX": ".example"}
-    for name in ("VILLAGE_IMAGE", "INGEST_REPLICAS", "INFLUX_ORG", "MQTT_PUBLISH_PORT", "API_PUBLISH_PORT", "COMPOSE_FILE"):
+    for name in (
+        "VILLAGE_IMAGE",
+        "INGEST_REPLICAS",
+        "INFLUX_ORG",
+        "MQTT_PUBLISH_PORT",
+        "API_PUBLISH_PORT",
+        "COMPOSE_FILE",
+    ):
         env.pop(name, None)
     return subprocess.run(
         [docker_compose(), "-f", str(COMPOSE), "--project-directory", str(REPO), *args],
