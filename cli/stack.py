@@ -9,10 +9,11 @@ stops; `up` keeps everything running with a live view until Ctrl-C.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import shutil
 import signal
 import socket
+import sys
 import threading
 import time
 from datetime import datetime
@@ -34,7 +35,7 @@ from core.localstack import LocalStack
 from core.models import Device, Village
 from core.provisioning import provision, write_credentials
 from core.registry_io import load_demo
-from core.services import free_port
+from core.services import free_port, wait_for_port
 from core.settings import get_settings
 from ingest.summary import rejected_by_reason, stored_by_kind_and_village
 from ledger import anchoring
@@ -165,7 +166,9 @@ def _endpoints(stack: LocalStack, metrics_port: int) -> Panel:
         f"data folder     {stack.root}  (logs: ingest.log, anchor.log, mosquitto/, influxdb/, anvil/)",
         "",
         "point the CLI at this stack:  "
-        + " ".join(f"{k}={v}" for k, v in stack.env().items() if k in ("DATABASE_URL", "INFLUX_URL")),
+        + " ".join(
+            f"{k}={v}" for k, v in stack.env().items() if k in ("VILLAGE_DATA_DIR", "INFLUX_URL", "CHAIN_RPC_URL")
+        ),
     ]
     return Panel("\n".join(lines), title="where the services listen")
 
@@ -201,7 +204,7 @@ def _season_backfill(stack: LocalStack) -> BackfillResult:
     )
 
 
-def _anchor_and_verify(stack: LocalStack) -> Panel:
+def _anchor_and_verify(stack: LocalStack, base_url: str) -> Panel:
     """Anchor everything recorded so far (one pass per window), then verify a demo bag."""
     settings = stack.settings()
     engine = get_engine(stack.database_url)
@@ -218,7 +221,7 @@ def _anchor_and_verify(stack: LocalStack) -> Panel:
             lot = session.exec(select(Lot).where(Lot.code == DEMO_BAG)).one()
             v = verify_lot(session, lot, chain, influx, settings)
             status = anchoring.status(session)
-            uri = lot_uri(os.environ.get("TRACE_BASE_URL", "http://127.0.0.1:8000"), lot)
+            uri = lot_uri(base_url, lot)
     windows = ", ".join(f"{k} {n}" for k, n in status["windows"].items())
     lines = [
         f"chain {chain.chain_id} at {settings.chain_rpc_url}, TraceAnchor {chain.address}",
@@ -287,12 +290,78 @@ def demo(
                 f"unknown devices refused by the broker; faults injected: {sim.by_fault}"
             )
         with console.status("anchoring the trace records and telemetry digests on the local chain..."):
-            ledger_panel = _anchor_and_verify(stack)
+            api_port = free_port()
+            base_url = f"http://127.0.0.1:{api_port}"
+            ledger_panel = _anchor_and_verify(stack, base_url)
+        with console.status("rolling up the season in InfluxDB and computing the county indicators..."):
+            indicators = _indicators(stack)
+        with console.status("starting the API and the pages..."):
+            api = _serve(stack, api_port, base_url)
         console.print(ledger_panel)
+        console.print(indicators)
+        console.print(api)
         console.print(_endpoints(stack, metrics_port))
+        if sys.stdin.isatty():
+            console.print("the API keeps running for you: press [bold]Enter[/bold] (or Ctrl-C) to stop everything.")
+            with contextlib.suppress(KeyboardInterrupt, EOFError):
+                input()
         console.print("run [bold]village up[/bold] to keep the stack running with a live view.")
     finally:
         stack.stop()
+
+
+def _indicators(stack: LocalStack) -> Table:
+    """The demo season's rollups, then a few of the county's indicators for 2026-Q3."""
+    from analytics.compute import compute_indicators
+    from analytics.periods import parse_period
+    from analytics.rollups import from_settings as rollups_from_settings
+
+    settings = stack.settings()
+    rollups = rollups_from_settings(settings)
+    start = datetime.fromisoformat(SEASON[0]).date()
+    rollups.backfill(since=start, until=datetime.fromisoformat(SEASON[1]).date())
+    with stack.influx() as influx, Session(get_engine(stack.database_url)) as session:
+        today = datetime.now(ZoneInfo(settings.county_timezone)).date()
+        label = f"{today.year}-Q{(today.month - 1) // 3 + 1}"  # this quarter: the devices exist, records anchored
+        period = parse_period(label, settings.county_timezone)
+        report = compute_indicators(session, influx, "211122", period, rollups=rollups)
+        rows = [r for r in report.rows() if r["value"] is not None]
+    table = Table(title=f"Panshan County 盘山县, {label}: indicators computed from the demo (village indicators)")
+    for col_name in ("indicator", "名称", "value", "unit"):
+        table.add_column(col_name, justify="right" if col_name == "value" else "left")
+    for r in rows[:12]:
+        value = r["value"]
+        table.add_row(
+            r["name_en"], r["name_zh"], f"{value:,.2f}" if isinstance(value, float) else str(value), r["unit"]
+        )
+    table.caption = (
+        f"{len(rows)} indicators with a value; all of them: village indicators --county 211122 --period 2026-Q3"
+    )
+    return table
+
+
+def _serve(stack: LocalStack, port: int, base_url: str) -> Panel:
+    """`village serve` on this stack, with one demo user per role."""
+    from api.demo import ensure_demo_users
+
+    with Session(get_engine(stack.database_url)) as session:
+        passwords = ensure_demo_users(session)
+        session.commit()
+    proc = stack._spawn(
+        ["serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--no-access-log"],
+        stack.root / "api.log",
+        {"TRACE_BASE_URL": base_url},  # the signing secret is made under the stack's data dir
+    )
+    stack.ingest_procs.append(proc)  # stopped with the stack
+    wait_for_port("127.0.0.1", port, 60, proc)
+    lines = [
+        f"dashboard   {base_url}/dashboard   (demo login: county / {passwords['county']}; also taiping,"
+        " taipingcun, analyst: one per role)",
+        f"trace page  {base_url}/01/06947512300010/10/2026-M01-A   (or {base_url}/t/M35C-W3XR-D6R)",
+        f"trace JSON  {base_url}/api/v1/trace/M35C-W3XR-D6R   (/verify, /proof, /epcis, /qr.svg)",
+        f"API docs    {base_url}/api/v1/docs",
+    ]
+    return Panel("\n".join(lines), title="API and pages (village serve)")
 
 
 def up(
