@@ -37,7 +37,7 @@ from ledger.codes import canonical_lot_uri
 from ledger.merkle import leaf_hash
 from ledger.models import Inspection, Lot, LotSource
 from ledger.records import RecordRef, canonical_bytes, records_of_lot
-from ledger.verify import current_record
+from ledger.verify import Recomputed, current_record
 
 FORMAT = "village-proof/1"
 HASH_SCHEME = {
@@ -69,8 +69,9 @@ def _entries(
     session: Session, refs: list[RecordRef], influx: InfluxV1 | None, settings: Settings
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     records, pending = [], []
+    recomputed = Recomputed(session, influx, settings, refs) if influx is not None else None
     for ref in refs:
-        canonical = canonical_bytes(current_record(session, ref, influx, settings))
+        canonical = canonical_bytes(current_record(session, ref, influx, settings, recomputed))
         entry: dict[str, Any] = {"kind": ref.kind, "canonical": canonical.decode(), "leaf": hex32(leaf_hash(canonical))}
         row = session.exec(
             select(LedgerLeaf).where(LedgerLeaf.kind == ref.kind, LedgerLeaf.record_id == ref.id)

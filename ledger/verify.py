@@ -88,7 +88,31 @@ def diff(before: Any, after: Any, path: str = "") -> list[str]:
     return []
 
 
-def current_record(session: Session, ref: RecordRef, influx: InfluxV1 | None, settings: Settings) -> dict[str, Any]:
+class Recomputed:
+    """Daily digests recomputed from InfluxDB for a set of records: one query per plot or herd over
+    all its days, instead of one per day (a season is some 180 days per plot)."""
+
+    def __init__(self, session: Session, influx: InfluxV1, settings: Settings, refs: list[RecordRef]) -> None:
+        self.digests: dict[int, tuple[int, str]] = {}
+        groups: dict[tuple[str, str], list[TelemetryDigest]] = {}
+        for ref in refs:
+            if ref.kind == digests.DIGEST and (d := session.get(TelemetryDigest, ref.id)) is not None:
+                groups.setdefault((d.tag, d.value), []).append(d)
+        for (tag, value), rows in groups.items():
+            first, last = min(r.day for r in rows), max(r.day for r in rows)
+            lines = digests.canonical_days(influx, tag, value, first, last, settings.county_timezone)
+            for r in rows:
+                assert r.id is not None
+                self.digests[r.id] = digests.digest(lines.get(r.day, []))
+
+
+def current_record(
+    session: Session,
+    ref: RecordRef,
+    influx: InfluxV1 | None,
+    settings: Settings,
+    recomputed: Recomputed | None = None,
+) -> dict[str, Any]:
     """The record as the data says now: telemetry records are recomputed from InfluxDB."""
     rec = record(session, ref.kind, ref.id)
     if influx is None:
@@ -96,7 +120,10 @@ def current_record(session: Session, ref: RecordRef, influx: InfluxV1 | None, se
     if ref.kind == digests.DIGEST:
         d = session.get(TelemetryDigest, ref.id)
         assert d is not None
-        n, sha = digests.compute(influx, d.tag, d.value, d.day, settings.county_timezone)
+        if recomputed is not None and ref.id in recomputed.digests:
+            n, sha = recomputed.digests[ref.id]
+        else:
+            n, sha = digests.compute(influx, d.tag, d.value, d.day, settings.county_timezone)
         rec["content"] = {**rec["content"], "readings": n, "sha256": sha}
     elif ref.kind == growth.GROWTH:
         g = session.get(GrowthSummary, ref.id)
@@ -109,8 +136,21 @@ def current_record(session: Session, ref: RecordRef, influx: InfluxV1 | None, se
     return rec
 
 
-def _anchored(chain: Chain | None, window: AnchorWindow) -> tuple[bool, str | None]:
-    """Is the window's root recorded by the contract (in the block we recorded)?"""
+Answers = dict[tuple[str, int | None], tuple[bool, str | None]]
+
+
+def _anchored(chain: Chain | None, window: AnchorWindow, answers: Answers | None = None) -> tuple[bool, str | None]:
+    """Is the window's root recorded by the contract (in the block we recorded)? With `answers`,
+    one RPC call per window and verification (a lot's hundreds of records share a few windows)."""
+    if answers is None:
+        return _ask_chain(chain, window)
+    key = (window.root, window.block_number)
+    if key not in answers:
+        answers[key] = _ask_chain(chain, window)
+    return answers[key]
+
+
+def _ask_chain(chain: Chain | None, window: AnchorWindow) -> tuple[bool, str | None]:
     if chain is None:
         return False, "no chain connection to check the root against"
     on_chain = chain.anchor_of(window.root)
@@ -122,11 +162,17 @@ def _anchored(chain: Chain | None, window: AnchorWindow) -> tuple[bool, str | No
 
 
 def check_record(
-    session: Session, ref: RecordRef, chain: Chain | None, influx: InfluxV1 | None, settings: Settings
+    session: Session,
+    ref: RecordRef,
+    chain: Chain | None,
+    influx: InfluxV1 | None,
+    settings: Settings,
+    recomputed: Recomputed | None = None,
+    answers: Answers | None = None,
 ) -> RecordCheck:
     check = RecordCheck(ref.kind, ref.id, PENDING)
     try:
-        rec = current_record(session, ref, influx, settings)
+        rec = current_record(session, ref, influx, settings, recomputed)
     except RecordNotFound as e:
         check.status, check.reasons = TAMPERED, [str(e)]
         return check
@@ -149,7 +195,7 @@ def check_record(
             check.reasons.append("changed after its leaf was made")
             check.reasons += diff(json.loads(row.canonical), rec)
         return check
-    ok, why = _anchored(chain, window)
+    ok, why = _anchored(chain, window, answers)
     check.block_number, check.tx_hash = window.block_number, window.tx_hash
     check.anchored_at = window.block_time.isoformat() if window.block_time else None
     proof = [unhex(p) for p in row.proof or []]
@@ -171,7 +217,9 @@ def check_record(
     return check
 
 
-def _missing_from_manifests(session: Session, lot: Lot, present: set[str], chain: Chain | None) -> list[RecordCheck]:
+def _missing_from_manifests(
+    session: Session, lot: Lot, present: set[str], chain: Chain | None, answers: Answers
+) -> list[RecordCheck]:
     """Leaves named by an anchored manifest of the lot that no current record produces."""
     out = []
     rows = session.exec(select(LotManifest).where(LotManifest.lot_id == lot.id).order_by(LotManifest.version)).all()
@@ -181,7 +229,7 @@ def _missing_from_manifests(session: Session, lot: Lot, present: set[str], chain
             select(LedgerLeaf).where(LedgerLeaf.kind == manifest.MANIFEST, LedgerLeaf.record_id == m.id)
         ).first()
         window = session.get(AnchorWindow, leaf_row.window_seq) if leaf_row and leaf_row.window_seq else None
-        if window is None or window.state not in ON_CHAIN or not _anchored(chain, window)[0]:
+        if window is None or window.state not in ON_CHAIN or not _anchored(chain, window, answers)[0]:
             continue
         for leaf in m.content["leaves"]:
             listed.setdefault(leaf, m.version)
@@ -212,7 +260,10 @@ def verify_lot(
     session: Session, lot: Lot, chain: Chain | None, influx: InfluxV1 | None, settings: Settings
 ) -> Verification:
     assert lot.id is not None
-    checks = [check_record(session, ref, chain, influx, settings) for ref in records_of_lot(session, lot.id)]
+    refs = records_of_lot(session, lot.id)
+    answers: Answers = {}  # the chain is asked afresh on every verification, once per window
+    recomputed = Recomputed(session, influx, settings, refs) if influx is not None else None
+    checks = [check_record(session, ref, chain, influx, settings, recomputed, answers) for ref in refs]
     present = {c.leaf for c in checks if c.leaf}
     present |= set(
         session.exec(
@@ -222,7 +273,7 @@ def verify_lot(
             )
         ).all()
     )
-    checks += _missing_from_manifests(session, lot, present, chain)
+    checks += _missing_from_manifests(session, lot, present, chain, answers)
     counts = {s: sum(c.status == s for c in checks) for s in (VERIFIED, PENDING, TAMPERED)}
     status = TAMPERED if counts[TAMPERED] else PENDING if counts[PENDING] else VERIFIED
     return Verification(

@@ -5,7 +5,9 @@ a bundle checks offline with only the RPC endpoint."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +18,8 @@ from typer.testing import CliRunner
 
 from core.db import get_engine, migrate
 from core.influx import InfluxV1
-from core.services import InfluxD, influxd
+from core.services import ANVIL_DEV_KEY, Anvil, InfluxD, influxd
+from core.services import anvil as make_anvil
 from core.settings import Settings, get_settings
 from ingest.enrich import DeviceDirectory
 from ingest.payload import Reading
@@ -38,39 +41,77 @@ PLOT = "211122101201-001"
 DAY_MS = int(datetime(2026, 7, 1, 0, 0, tzinfo=UTC).timestamp() * 1000) - 8 * 3_600_000  # local midnight
 
 
-@pytest.fixture
-def influx_server(tmp_path: Path) -> Iterator[InfluxD]:
-    server = influxd(tmp_path / "influx").start()
+@dataclass
+class Base:
+    """Built once per module: InfluxDB with two days of a plot's readings, anvil with the demo
+    season anchored, the registry database as a template; each test gets a copy of the database
+    and the chain reverted to this state (evm_snapshot / evm_revert)."""
+
+    template: Path
+    influx: InfluxD
+    node: Anvil
+    chain: Chain
+    snapshot: str
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Base]:
+    folder = tmp_path_factory.mktemp("verify")
+    influx_server = influxd(folder / "influx").start()
+    node = make_anvil(folder / "anvil", slots_in_an_epoch=1)
+    node.start()
     try:
-        yield server
+        chain = Chain.connect(chain_settings(node), private_key=ANVIL_DEV_KEY)
+        chain.ensure_contract(folder / "trace_anchor.json")
+        template = folder / "registry.db"
+        url = f"sqlite:///{template}"
+        migrate(url)
+        engine = get_engine(url)
+        with Session(engine) as session:
+            load_demo_trace(session)
+            session.commit()
+        with InfluxV1(influx_server.url, "village") as influx:
+            influx.ensure_database()
+            directory = DeviceDirectory(engine)
+            lines = []
+            for device, kind in (("paddy-0001", "paddy"), ("soil-0001", "soil"), ("wx-0001", "weather")):
+                info = directory.get(device)
+                assert info is not None and info.tags
+                for r in generate(device, kind, DAY_MS, count=2 * 144):  # two days every 10 minutes
+                    lines.append(to_line(Reading(device, kind, r["ts"], r["values"]), info.tags))
+            influx.write("\n".join(lines))
+            settings = chain_settings(node, ANCHOR_WINDOW_SECONDS=0, DATABASE_URL=url)
+            report = Anchorer(engine, settings, chain=chain, influx=influx).run_once()
+        assert report.derived["digests"] > 100 and report.derived["growth"] >= 5, report.derived
+        assert not report.chain_error
+        engine.dispose()
+        get_engine.cache_clear()
+        yield Base(template, influx_server, node, chain, str(node.rpc("evm_snapshot")))
     finally:
-        server.stop()
+        node.stop()
+        influx_server.stop()
 
 
 @pytest.fixture
-def world(tmp_path: Path, influx_server: InfluxD, anvil, chain: Chain) -> Iterator[tuple[Engine, InfluxV1, Settings]]:  # type: ignore[no-untyped-def]
-    url = f"sqlite:///{tmp_path / 'registry.db'}"
-    migrate(url)
+def anvil(base: Base) -> Anvil:
+    return base.node
+
+
+@pytest.fixture
+def chain(base: Base) -> Chain:
+    return base.chain
+
+
+@pytest.fixture
+def world(base: Base, tmp_path: Path) -> Iterator[tuple[Engine, InfluxV1, Settings]]:
+    db = tmp_path / "registry.db"
+    shutil.copyfile(base.template, db)
+    assert base.node.rpc("evm_revert", base.snapshot) is True  # the chain as the template left it
+    base.snapshot = str(base.node.rpc("evm_snapshot"))
+    url = f"sqlite:///{db}"
     engine = get_engine(url)
-    with Session(engine) as session:
-        load_demo_trace(session)
-        session.commit()
-    influx = InfluxV1(influx_server.url, "village")
-    influx.ensure_database()
-    directory = DeviceDirectory(engine)
-    lines = []
-    for device, kind in (("paddy-0001", "paddy"), ("soil-0001", "soil"), ("wx-0001", "weather")):
-        info = directory.get(device)
-        assert info is not None and info.tags
-        for r in generate(device, kind, DAY_MS, count=2 * 144):  # two days every 10 minutes
-            lines.append(to_line(Reading(device, kind, r["ts"], r["values"]), info.tags))
-    influx.write("\n".join(lines))
-    settings = chain_settings(anvil, ANCHOR_WINDOW_SECONDS=0, DATABASE_URL=url)
-    worker = Anchorer(engine, settings, chain=chain, influx=influx)
-    report = worker.run_once()
-    assert report.derived["digests"] > 100 and report.derived["growth"] >= 5, report.derived
-    assert not report.chain_error
-    yield engine, influx, settings
+    influx = InfluxV1(base.influx.url, "village")
+    yield engine, influx, chain_settings(base.node, ANCHOR_WINDOW_SECONDS=0, DATABASE_URL=url)
     influx.close()
     engine.dispose()
 
@@ -145,8 +186,17 @@ def test_changed_influx_reading_is_named_by_its_day_digest(world, chain: Chain) 
     row = dict(zip(series[0]["columns"], series[0]["values"][0], strict=True))
     tags = tuple((k, row[k]) for k in ("county", "device", "plot", "village"))
     fields = {k: v for k, v in row.items() if k in ("water_level_cm", "water_temp_c")}
+    original = dict(fields)
     fields["water_level_cm"] = fields["water_level_cm"] + 7.5
     influx.write(to_line(Reading(row["device"], "paddy", row["time"], fields), tags))
+    try:
+        _check_influx_tamper(engine, chain, influx, settings)
+    finally:  # InfluxDB is shared by the module's tests: put the reading back
+        influx.write(to_line(Reading(row["device"], "paddy", row["time"], original), tags))
+    assert check(engine, chain, influx, settings).status == VERIFIED
+
+
+def _check_influx_tamper(engine: Engine, chain: Chain, influx: InfluxV1, settings: Settings) -> None:
     v = check(engine, chain, influx, settings)
     bad = [c for c in v.records if c.status == TAMPERED]
     kinds = {c.kind for c in bad}
