@@ -184,7 +184,8 @@ def test_bench_anchor_prints_its_figures_last() -> None:
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["bench"] == "anchor" and figures["leaves"] == 3000 and figures["cores"] == os.cpu_count()
-    assert figures["proof_length"] == 12 and 0 < figures["verify_us_median"] < 1000
+    # 3,000 leaves in OpenZeppelin's complete-tree layout: proofs of 11 or 12 siblings
+    assert figures["proof_length"] in (11, 12) and 0 < figures["verify_us_median"] < 1000
     assert max(figures[f"gas_{n}"] for n in (1, 1000, 3000)) - min(figures[f"gas_{n}"] for n in (1, 1000, 3000)) < 300
 
 
