@@ -26,7 +26,6 @@ from ledger.digests import day_bounds, quote
 from ledger.models import (
     Facility,
     Inspection,
-    InspectionItem,
     Lot,
     LotParent,
     LotSource,
@@ -34,7 +33,7 @@ from ledger.models import (
     TraceEvent,
     TraceEventLot,
 )
-from ledger.records import event_lots, lot_lineage, rfc3339
+from ledger.records import event_lots, inspection_content, lot_lineage, rfc3339
 from ledger.vocab import get_vocab
 
 log = logging.getLogger(__name__)
@@ -208,32 +207,9 @@ def build_view(session: Session, lot: Lot, base_url: str, influx: InfluxV1 | Non
     for insp in session.exec(
         select(Inspection).where(col(Inspection.lot_id).in_(lineage)).order_by(Inspection.sampled_on, Inspection.id)
     ).all():
-        items = session.exec(
-            select(InspectionItem).where(InspectionItem.inspection_id == insp.id).order_by(InspectionItem.item)
-        ).all()
-        inspections.append(
-            {
-                "lot": codes_by_id.get(insp.lot_id),
-                "lab": insp.lab,
-                "report_no": insp.report_no,
-                "sampled_on": insp.sampled_on.isoformat(),
-                "reported_on": insp.reported_on.isoformat() if insp.reported_on else None,
-                "certificate_sha256": insp.certificate_sha256,
-                "passed": insp.passed,
-                "items": [
-                    {
-                        "item": i.item,
-                        "value": i.value,
-                        "unit": i.unit,
-                        "limit_value": i.limit_value,
-                        "limit_kind": i.limit_kind,
-                        "method": i.method,
-                        "passed": i.passed,
-                    }
-                    for i in items
-                ],
-            }
-        )
+        assert insp.id is not None
+        content, _salt = inspection_content(session, insp.id)  # the hashed record, items sorted by name
+        inspections.append({**content, "lot": codes_by_id.get(insp.lot_id)})
     return {
         "code": lot.code,
         "code_display": format_code(lot.code),
