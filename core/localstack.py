@@ -90,8 +90,13 @@ class LocalStack:
             "INFLUX_DB": self.influx_db,
             "SPOOL_DIR": str(self.root / "spool"),
             "INGEST_METRICS_PORT": "0",
+            # anvil mines a block per transaction and no other: one confirmation is all there is
             **(
-                {"CHAIN_RPC_URL": self.anvil.url, "CHAIN_PRIVATE_KEY_FILE": str(self.chain_key_file)}
+                {
+                    "CHAIN_RPC_URL": self.anvil.url,
+                    "CHAIN_PRIVATE_KEY_FILE": str(self.chain_key_file),
+                    "CHAIN_CONFIRMATIONS": "1",
+                }
                 if self.anvil
                 else {}
             ),
