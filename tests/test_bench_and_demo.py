@@ -77,3 +77,7 @@ def test_demo_prints_what_arrived(tmp_path: Path) -> None:
     assert re.search(r"demo bag M35C-W3XR-D6R: verified \(\d+ records verified, 0 pending, 0 tampered\)", flat), flat
     assert "/01/06947512300010/10/2026-M01-A" in flat
     assert re.search(r"backfill: \d+ devices sent [\d,]+ buffered readings", flat)
+    # analytics and the API: the quarter's indicators, a running API with a demo login and the trace URL
+    assert "indicators computed from the demo" in flat
+    assert re.search(r"dashboard http://127\.0\.0\.1:\d+/dashboard \(demo login: county / \S+;", flat), flat
+    assert re.search(r"trace page http://127\.0\.0\.1:\d+/01/06947512300010/10/2026-M01-A", flat)
