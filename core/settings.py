@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     anchor_window_seconds: float = Field(default=60.0, ge=0, alias="ANCHOR_WINDOW_SECONDS")
     anchor_interval_s: float = Field(default=5.0, gt=0, alias="ANCHOR_INTERVAL_S")
     anchor_resend_s: float = Field(default=120.0, gt=0, alias="ANCHOR_RESEND_S")
+    # Seconds a pass waits for a sent transaction's block before moving on (the next pass tracks it).
+    anchor_mine_wait_s: float = Field(default=3.0, ge=0, alias="ANCHOR_MINE_WAIT_S")
     # The county's time zone: days of telemetry digests and growth summaries are cut in it.
     county_timezone: str = Field(default="Asia/Shanghai", alias="COUNTY_TIMEZONE")
 

@@ -20,6 +20,7 @@ The chain being down only delays steps 4 and 5: leaves and windows wait in the d
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -215,6 +216,8 @@ class Anchorer:
             session.flush()
             report.sent.append(window.window_id)
             log.info("anchor sent", window=window.window_id, tx=window.tx_hash)
+            with contextlib.suppress(ChainError):  # a moment for the block (anvil mines just after accepting)
+                self.chain.wait_mined(tx, timeout=self.settings.anchor_mine_wait_s)
             self._track_one(session, window, report)
             if window.state not in ON_CHAIN:
                 return
