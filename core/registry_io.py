@@ -233,11 +233,12 @@ class _LineLoader(yaml.SafeLoader):
         return mapping
 
 
-def _strip_lines(value: Any) -> Any:
+def strip_lines(value: Any) -> Any:
+    """A parsed YAML value without the line bookkeeping of the line-keeping loader."""
     if isinstance(value, dict):
-        return {k: _strip_lines(v) for k, v in value.items() if k not in ("__line__", "__lines__")}
+        return {k: strip_lines(v) for k, v in value.items() if k not in ("__line__", "__lines__")}
     if isinstance(value, list):
-        return [_strip_lines(v) for v in value]
+        return [strip_lines(v) for v in value]
     return value
 
 
@@ -286,7 +287,7 @@ def read_yaml(path: Path) -> tuple[dict[str, list[_Raw]], list[RowError]]:
             if not isinstance(row, dict):
                 errors.append(RowError(str(path), line, name, i, None, "expected a mapping (one row)"))
                 continue
-            out.append(_Raw(_strip_lines(row), row.get("__line__"), dict(row.get("__lines__", {}))))
+            out.append(_Raw(strip_lines(row), row.get("__line__"), dict(row.get("__lines__", {}))))
         sections[name] = out
     return sections, errors
 

@@ -46,7 +46,7 @@ from pydantic import Field as PField
 from sqlmodel import Session, col, select
 
 from core.models import Farm, Herd, Plot, Village
-from core.registry_io import ImportErrors, RowError, load_demo, yaml_sections
+from core.registry_io import ImportErrors, RowError, load_demo, strip_lines, yaml_sections
 from ledger import codes
 from ledger.models import (
     INSPECTION_DECIMALS,
@@ -232,14 +232,6 @@ class _Raw:
         return line
 
 
-def _strip(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items() if k not in ("__line__", "__lines__")}
-    if isinstance(value, list):
-        return [_strip(v) for v in value]
-    return value
-
-
 def _field_name(loc: tuple[Any, ...]) -> str | None:
     out = ""
     for part in loc:
@@ -258,7 +250,7 @@ def read_trace_yaml(path: Path) -> tuple[dict[str, list[_Raw]], list[RowError]]:
                 errors.append(RowError(str(path), line, name, i, None, "expected a mapping (one row)"))
                 out.append(_Raw({}, {}, line))  # keeps row indexes aligned; fails validation quietly
                 continue
-            out.append(_Raw(_strip(row), row, row.get("__line__")))
+            out.append(_Raw(strip_lines(row), row, row.get("__line__")))
         sections[name] = out
     return sections, errors
 
