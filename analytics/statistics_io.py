@@ -23,7 +23,6 @@ from the catalogue and a repeated county/year/indicator. Importing the same file
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 from collections.abc import Iterable
@@ -40,6 +39,7 @@ from sqlmodel import Session, col, select
 
 from analytics.catalogue import Catalogue, get_catalogue
 from analytics.models import CountyStatistic
+from core.importing import ImportErrors, RowError, csv_lines
 from core.models import County
 
 DATA = Path(__file__).with_name("data")
@@ -56,28 +56,9 @@ Layout = Literal["auto", "long", "wide"]
 # ---------------------------------------------------------------- errors and results
 
 
-@dataclass(frozen=True)
-class CellError:
-    """One problem in a statistics file: where (file, line, column) and what."""
-
-    source: str
-    line: int | None
-    column: str | None
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.source}:{self.line}" if self.line else self.source
-        column = f" column '{self.column}'" if self.column else ""
-        return f"{where}:{column} {self.message}"
-
-
-class StatisticsImportError(ValueError):
-    """The file was rejected and nothing was imported; `errors` lists every problem found."""
-
-    def __init__(self, errors: list[CellError]) -> None:
-        self.errors = errors
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        super().__init__(f"{errors[0]}{more}" if errors else "invalid statistics file")
+class StatisticsImportError(ImportErrors):
+    """The file was rejected and nothing was imported; `errors` lists every problem found, each
+    a core.importing.RowError whose `field` is the column."""
 
 
 @dataclass(frozen=True)
@@ -198,14 +179,11 @@ def parse_statistics(
     max_year = max_year or date.today().year
     src = str(path)
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            rows = list(_numbered_rows(f))
-    except OSError as e:
-        raise StatisticsImportError([CellError(src, None, None, f"cannot read: {e.strerror}")]) from e
-    except (csv.Error, UnicodeDecodeError) as e:
-        raise StatisticsImportError([CellError(src, None, None, f"not a valid UTF-8 CSV file: {e}")]) from e
+        rows = csv_lines(path)
+    except ImportErrors as e:
+        raise StatisticsImportError(e.errors) from e
     if not rows:
-        raise StatisticsImportError([CellError(src, 1, None, "empty file: expected a header row")])
+        raise StatisticsImportError([_error(src, 1, None, "empty file: expected a header row")])
     header_line, header = rows[0]
     header = [h.strip() for h in header]
     checker = _Checker(src, catalogue, known_counties, max_year, source_note)
@@ -214,7 +192,7 @@ def parse_statistics(
         missing = [c for c in KEY_COLUMNS if c not in header]
         raise StatisticsImportError(
             [
-                CellError(
+                _error(
                     src,
                     header_line,
                     None,
@@ -243,12 +221,8 @@ def parse_statistics(
     return checker.values
 
 
-def _numbered_rows(f: Iterable[str]) -> Iterable[tuple[int, list[str]]]:
-    reader = csv.reader(f)
-    line = 1
-    for cells in reader:
-        yield line, cells
-        line = reader.line_num + 1
+def _error(src: str, line: int | None, column: str | None, message: str) -> RowError:
+    return RowError(src, line, "statistics", None, column, message)
 
 
 def _layout(header: list[str], layout: Layout) -> Literal["long", "wide"] | None:
@@ -265,13 +239,13 @@ class _Checker:
     def __init__(self, src: str, catalogue: Catalogue, known: set[str] | None, max_year: int, note: str | None) -> None:
         self.src, self.catalogue, self.known, self.max_year, self.note = src, catalogue, known, max_year, note
         self.by_id = catalogue.by_id
-        self.errors: list[CellError] = []
+        self.errors: list[RowError] = []
         self.values: list[StatValue] = []
         self.seen: dict[tuple[str, int, str], int] = {}
         self.bad_columns: set[str] = set()
 
     def error(self, line: int | None, column: str | None, message: str) -> None:
-        self.errors.append(CellError(self.src, line, column, message))
+        self.errors.append(_error(self.src, line, column, message))
 
     def _duplicates(self, header: list[str], line: int) -> None:
         for h in sorted({h for h in header if header.count(h) > 1}):

@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyCookie, APIKeyHeader, OAuth2PasswordBearer
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from api.models import ApiKey, Role, User
 from api.problems import Problem
 from api.security import TokenError, api_key_prefix, decode_token, hash_api_key
 from core.models import Township, Village
+from core.scope import Area, Scope, area_of, locate
 from core.settings import Settings
 
 SESSION_COOKIE = "village_session"
@@ -59,35 +60,6 @@ class Principal:
 
 
 @dataclass
-class Area:
-    """The division codes a principal's role covers."""
-
-    counties: set[str] = field(default_factory=set)
-    townships: set[str] = field(default_factory=set)
-    villages: set[str] = field(default_factory=set)
-
-
-def area_of(session: Session, role: Role, scope: str) -> Area:
-    area = Area()
-    if role in (Role.county_admin, Role.analyst):
-        area.counties = {scope}
-        area.townships = set(session.exec(select(Township.code).where(Township.county_code == scope)).all())
-    elif role == Role.township_officer:
-        t = session.get(Township, scope)
-        area.townships = {scope}
-        area.counties = {t.county_code} if t else set()
-    else:
-        v = session.get(Village, scope)
-        t = session.get(Township, v.township_code) if v else None
-        area.townships = {t.code} if t else set()
-        area.counties = {t.county_code} if t else set()
-        area.villages = {scope} if v else set()
-        return area
-    area.villages = set(session.exec(select(Village.code).where(col(Village.township_code).in_(area.townships))).all())
-    return area
-
-
-@dataclass
 class Actor:
     """The caller and their area, with the checks every registry and dashboard route applies."""
 
@@ -98,8 +70,22 @@ class Actor:
     def role(self) -> Role:
         return self.principal.role
 
+    @property
+    def scope(self) -> Scope:
+        """The actor as the importers see it: every reference a write makes is checked against it."""
+        return Scope(self.area, self.role.value, f"{self.role.value} of {self.principal.scope}")
+
     def can_read_village(self, village_code: str | None) -> bool:
         return village_code is not None and village_code in self.area.villages
+
+    def require_read_row(self, session: Session, entity: str, row: Any, what: str) -> None:
+        """403 unless `row` (of an entity declared in core/scope.py) lies in the actor's area."""
+        if not any(self.area.covers(code) for code in locate(session, entity, row)):
+            raise Problem(
+                403,
+                "outside-scope",
+                f"{what} is outside the area of your role ({self.role} of {self.principal.scope})",
+            )
 
     def sees_personal_data(self, village_code: str | None) -> bool:
         if self.role == Role.county_admin:
@@ -182,7 +168,7 @@ PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 
 def current_actor(principal: PrincipalDep, session: SessionDep) -> Actor:
-    return Actor(principal, area_of(session, principal.role, principal.scope))
+    return Actor(principal, area_of(session, principal.role.value, principal.scope))
 
 
 ActorDep = Annotated[Actor, Depends(current_actor)]

@@ -10,29 +10,41 @@ keys (division codes, farm codes, plot and herd numbers, ear tags), never by dat
     animals: {ear_tag, herd_no, species?, sex?, birth_date?}
     devices: {id, kind, plot_no | herd_no | ear_tag}   (as the catalogue's `attach` says)
 
-Everything is checked before anything is kept: when any row is wrong the session is
-rolled back and `ImportErrors` lists every problem with its file, line and field.
-Importing the same data again changes nothing. Farm contact names and phones are
+Every reference is checked against the actor's area by the rules of core/scope.py (a file
+imported by the operator of the server is unrestricted; `village registry import --as USER` and
+the API import as that user). Everything is checked before anything is kept: when any row is
+wrong or forbidden the session is rolled back and `ImportErrors` (core/importing.py) lists every
+problem with its file, line and field. Importing the same data again changes nothing. Farm contact names and phones are
 personal data: they are never echoed in errors or logs.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 from sqlmodel import Session, SQLModel, func, select
 
 from core.catalogue import Catalogue, get_catalogue
+from core.importing import (
+    ImportErrors,
+    ImportResult,
+    Report,
+    Row,
+    RowError,
+    RowModel,
+    read_csv,
+    read_yaml,
+    reporter,
+    rows_from_data,
+    validate_row,
+)
 from core.models import Animal, County, Device, Farm, Herd, Plot, Township, Village
+from core.scope import Scope, entity
 
 log = logging.getLogger(__name__)
 
@@ -54,39 +66,33 @@ DEMO_FILE = Path(__file__).with_name("data") / "demo_county.yaml"
 # ---------------------------------------------------------------- row schemas
 
 
-class _Row(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", coerce_numbers_to_str=True, str_strip_whitespace=True, allow_inf_nan=False
-    )
-
-
 # Plot, herd and ear-tag numbers become InfluxDB tag values: printable text without backslashes,
 # which line protocol cannot carry unchanged (a trailing backslash or a control character is altered).
 TAG_SAFE = r"^[^\x00-\x1f\x7f\\]{1,64}$"
 
 
-class CountyRow(_Row):
+class CountyRow(RowModel):
     code: str = Field(pattern=r"^\d{6}$")
     name_zh: str = Field(min_length=1)
     name_en: str = ""
     timezone: str = "Asia/Shanghai"
 
 
-class TownshipRow(_Row):
+class TownshipRow(RowModel):
     code: str = Field(pattern=r"^\d{9}$")
     county_code: str = Field(pattern=r"^\d{6}$")
     name_zh: str = Field(min_length=1)
     name_en: str = ""
 
 
-class VillageRow(_Row):
+class VillageRow(RowModel):
     code: str = Field(pattern=r"^\d{12}$")
     township_code: str = Field(pattern=r"^\d{9}$")
     name_zh: str = Field(min_length=1)
     name_en: str = ""
 
 
-class FarmRow(_Row):
+class FarmRow(RowModel):
     code: str = Field(min_length=1, max_length=64)
     name: str = Field(min_length=1)
     kind: Literal["cooperative", "family_farm", "enterprise", "smallholder"] = "cooperative"
@@ -95,7 +101,7 @@ class FarmRow(_Row):
     contact_phone: str | None = Field(default=None, pattern=r"^\+?[0-9][0-9 -]{4,19}$")
 
 
-class PlotRow(_Row):
+class PlotRow(RowModel):
     plot_no: str = Field(pattern=TAG_SAFE)
     farm_code: str = Field(min_length=1)
     village_code: str = Field(pattern=r"^\d{12}$")
@@ -105,7 +111,7 @@ class PlotRow(_Row):
     lon: float | None = Field(default=None, ge=-180, le=180)
 
 
-class HerdRow(_Row):
+class HerdRow(RowModel):
     herd_no: str = Field(pattern=TAG_SAFE)
     farm_code: str = Field(min_length=1)
     village_code: str = Field(pattern=r"^\d{12}$")
@@ -113,7 +119,7 @@ class HerdRow(_Row):
     head_count: int = Field(default=0, ge=0)
 
 
-class AnimalRow(_Row):
+class AnimalRow(RowModel):
     ear_tag: str = Field(pattern=TAG_SAFE)
     herd_no: str = Field(min_length=1)
     species: str = "cattle"
@@ -121,7 +127,7 @@ class AnimalRow(_Row):
     birth_date: date | None = None
 
 
-class DeviceRow(_Row):
+class DeviceRow(RowModel):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     kind: str = Field(min_length=1)
     plot_no: str | None = None
@@ -129,7 +135,7 @@ class DeviceRow(_Row):
     ear_tag: str | None = None
 
 
-ROW_MODELS: dict[str, type[_Row]] = {
+ROW_MODELS: dict[str, type[RowModel]] = {
     "counties": CountyRow,
     "townships": TownshipRow,
     "villages": VillageRow,
@@ -160,175 +166,7 @@ TABLES: dict[str, type[SQLModel]] = {
     "devices": Device,
 }
 ATTACH_FIELD = {"plot": "plot_no", "herd": "herd_no", "animal": "ear_tag"}
-
-
-# ---------------------------------------------------------------- results and errors
-
-
-@dataclass(frozen=True)
-class RowError:
-    """One problem: where (file, line, section, row index, field) and what."""
-
-    source: str
-    line: int | None
-    entity: str
-    index: int | None
-    field: str | None
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.source}:{self.line}" if self.line else self.source
-        row = f"{self.entity}[{self.index}]" if self.index is not None else self.entity
-        fld = f" field '{self.field}'" if self.field else ""
-        return f"{where}: {row}{fld}: {self.message}"
-
-
-class ImportErrors(ValueError):
-    """The data was rejected; nothing was imported. `errors` lists every problem found."""
-
-    def __init__(self, errors: list[RowError]) -> None:
-        self.errors = errors
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        super().__init__(f"{errors[0]}{more}" if errors else "invalid data")
-
-
-@dataclass
-class ImportResult:
-    created: Counter[str] = field(default_factory=Counter)
-    updated: Counter[str] = field(default_factory=Counter)
-    unchanged: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def changed(self) -> bool:
-        return bool(sum(self.created.values()) + sum(self.updated.values()))
-
-    def summary(self) -> str:
-        parts = []
-        for entity in ENTITIES:
-            c, u, s = self.created[entity], self.updated[entity], self.unchanged[entity]
-            if c or u or s:
-                parts.append(f"{entity}: {c} new, {u} updated, {s} unchanged")
-        return "; ".join(parts) or "nothing to import"
-
-
-# ---------------------------------------------------------------- reading files
-
-
-@dataclass
-class _Raw:
-    """One row as read: its values, its line and the line of each field (YAML)."""
-
-    values: dict[str, Any]
-    line: int | None
-    field_lines: dict[str, int] = field(default_factory=dict)
-
-
-class _LineLoader(yaml.SafeLoader):
-    """A safe loader that remembers the line of every mapping and of each of its keys."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        mapping = super().construct_mapping(node, deep=deep)
-        mapping["__line__"] = node.start_mark.line + 1
-        mapping["__lines__"] = {str(k.value): k.start_mark.line + 1 for k, _ in node.value}
-        return mapping
-
-
-def strip_lines(value: Any) -> Any:
-    """A parsed YAML value without the line bookkeeping of the line-keeping loader."""
-    if isinstance(value, dict):
-        return {k: strip_lines(v) for k, v in value.items() if k not in ("__line__", "__lines__")}
-    if isinstance(value, list):
-        return [strip_lines(v) for v in value]
-    return value
-
-
-def yaml_sections(path: Path, allowed: Sequence[str]) -> tuple[list[tuple[str, int | None, list[Any]]], list[RowError]]:
-    """The sections of a YAML import file as (name, line, rows), rows still carrying their line
-    numbers (`__line__`/`__lines__`, from the line-keeping loader); unknown or malformed sections
-    are errors. Unreadable files and bad YAML raise ImportErrors."""
-    src = str(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.load(f, Loader=_LineLoader)  # a SafeLoader subclass
-    except OSError as e:
-        raise ImportErrors([RowError(src, None, "file", None, None, f"cannot read: {e.strerror}")]) from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(e, "problem", None) or str(e)
-        raise ImportErrors([RowError(src, line, "file", None, None, f"not valid YAML: {problem}")]) from e
-    if doc is None:
-        return [], []
-    if not isinstance(doc, dict):
-        raise ImportErrors([RowError(src, 1, "file", None, None, "expected a mapping of sections at the top")])
-    errors: list[RowError] = []
-    sections = []
-    lines = doc.get("__lines__", {})
-    for name, rows in doc.items():
-        if name in ("__line__", "__lines__"):
-            continue
-        line = lines.get(str(name))
-        if name not in allowed:
-            errors.append(RowError(src, line, str(name), None, None, f"unknown section; expected one of {allowed}"))
-        elif rows is not None and not isinstance(rows, list):
-            errors.append(RowError(src, line, name, None, None, "expected a list of rows"))
-        elif rows is not None:
-            sections.append((name, line, rows))
-    return sections, errors
-
-
-def read_yaml(path: Path) -> tuple[dict[str, list[_Raw]], list[RowError]]:
-    """Sections of a registry YAML file, each row with its line numbers."""
-    found, errors = yaml_sections(path, ENTITIES)
-    sections: dict[str, list[_Raw]] = {}
-    for name, line, rows in found:
-        out: list[_Raw] = []
-        for i, row in enumerate(rows):
-            if not isinstance(row, dict):
-                errors.append(RowError(str(path), line, name, i, None, "expected a mapping (one row)"))
-                continue
-            out.append(_Raw(strip_lines(row), row.get("__line__"), dict(row.get("__lines__", {}))))
-        sections[name] = out
-    return sections, errors
-
-
-def entity_name(entity: str) -> str:
-    """The section name for `entity` (plural or singular); ValueError when unknown."""
-    name = SINGULAR.get(entity, entity)
-    if name not in ENTITIES:
-        raise ValueError(f"unknown entity {entity!r}; expected one of {', '.join(ENTITIES)}")
-    return name
-
-
-def read_csv(entity: str, path: Path) -> tuple[list[_Raw], list[RowError]]:
-    """Rows of a CSV file for one entity type; empty cells count as absent."""
-    src = str(path)
-    allowed = set(ROW_MODELS[entity].model_fields)
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f)
-            header = [h.strip() for h in reader.fieldnames or []]
-            errors = [
-                RowError(src, 1, entity, None, h or "(empty)", f"unknown column; expected some of {sorted(allowed)}")
-                for h in header
-                if h not in allowed
-            ]
-            reader.fieldnames = header
-            rows = []
-            for row in reader:
-                if None in row:  # more cells than header columns
-                    errors.append(RowError(src, reader.line_num, entity, None, None, "more cells than columns"))
-                    continue
-                values = {k: v.strip() for k, v in row.items() if v is not None and v.strip() != ""}
-                if values:
-                    rows.append(_Raw(values, reader.line_num))
-    except OSError as e:
-        raise ImportErrors([RowError(src, None, "file", None, None, f"cannot read: {e.strerror}")]) from e
-    except (csv.Error, UnicodeDecodeError) as e:
-        raise ImportErrors([RowError(src, None, "file", None, None, f"not valid UTF-8 CSV: {e}")]) from e
-    if not header:
-        errors.append(RowError(src, 1, entity, None, None, "missing header row"))
-    return rows, errors
+ENTITY_OF = {section: name for name, section in SINGULAR.items()}  # "plots" -> "plot" (core/scope.py)
 
 
 # ---------------------------------------------------------------- the importer
@@ -337,9 +175,11 @@ def read_csv(entity: str, path: Path) -> tuple[list[_Raw], list[RowError]]:
 class _Importer:
     """Validates and stages rows section by section; nothing is committed here."""
 
-    def __init__(self, session: Session, catalogue: Catalogue) -> None:
+    def __init__(self, session: Session, catalogue: Catalogue, scope: Scope, source: str) -> None:
         self.session = session
         self.catalogue = catalogue
+        self.scope = scope
+        self.source = source
         self.errors: list[RowError] = []
         self.result = ImportResult()
         self._cache: dict[str, dict[str, Any]] = {}
@@ -347,34 +187,25 @@ class _Importer:
         self._failed: dict[str, set[str]] = {e: set() for e in ENTITIES}
         self._missing_ref = False
 
-    def existing(self, entity: str) -> dict[str, Any]:
-        if entity not in self._cache:
-            table, key = TABLES[entity], KEY_FIELD[entity]
-            self._cache[entity] = {getattr(o, key): o for o in self.session.exec(select(table))}
-        return self._cache[entity]
+    def existing(self, section: str) -> dict[str, Any]:
+        if section not in self._cache:
+            table, key = TABLES[section], KEY_FIELD[section]
+            self._cache[section] = {getattr(o, key): o for o in self.session.exec(select(table))}
+        return self._cache[section]
 
-    def run(self, entity: str, rows: list[_Raw], source: str) -> None:
-        handler: Callable[[Any, Callable[[str, str], None]], dict[str, Any] | None] = getattr(self, f"_{entity}")
-        model, key_field = ROW_MODELS[entity], KEY_FIELD[entity]
+    def run(self, section: str, rows: list[Row]) -> None:
+        handler: Callable[[Any, Report], dict[str, Any] | None] = getattr(self, f"_{section}")
+        model, key_field, name = ROW_MODELS[section], KEY_FIELD[section], ENTITY_OF[section]
         seen: dict[str, int | None] = {}
         for i, raw in enumerate(rows):
             errors_before = len(self.errors)
-
-            def err(fld: str | None, msg: str, raw: _Raw = raw, i: int = i) -> None:
-                line = raw.field_lines.get(fld, raw.line) if fld else raw.line
-                self.errors.append(RowError(source, line, entity, i, fld, msg))
-
+            err = reporter(self.errors, self.source, section, i, raw)
             key = str(raw.values.get(key_field, ""))
-            try:
-                row = model.model_validate(raw.values)
-            except ValidationError as e:
-                for problem in e.errors():
-                    fld = ".".join(str(p) for p in problem["loc"]) or None
-                    msg = problem["msg"]
-                    if fld not in PERSONAL_FIELDS and problem["type"] != "extra_forbidden" and "input" in problem:
-                        msg += f" (got {problem['input']!r})"
-                    err(fld, msg)
-                self._failed[entity].add(key)
+            if "__invalid__" in raw.marked:
+                continue  # not a mapping: already reported
+            row = validate_row(model, raw, err, PERSONAL_FIELDS)
+            if row is None:
+                self._failed[section].add(key)
                 continue
             key = getattr(row, key_field)
             if key in seen:
@@ -382,85 +213,102 @@ class _Importer:
                 err(key_field, f"duplicate {key_field} {key!r}{first}")
                 continue
             seen[key] = raw.line
+            if reason := self.scope.may_write(name):
+                err(None, reason, "forbidden")
+                continue
             self._missing_ref = False
             values = handler(row, err)
             if values is None or self._missing_ref or len(self.errors) > errors_before:
-                self._failed[entity].add(key)
+                self._failed[section].add(key)
                 continue
-            self._upsert(entity, key, values)
+            current = self.existing(section).get(key)
+            if current is not None and (reason := self.scope.owns(self.session, name, current)):
+                err(key_field, f"{reason}: it cannot be changed", "forbidden")
+                self._failed[section].add(key)
+                continue
+            self._upsert(section, key, values)
         self.session.flush()
 
-    def _upsert(self, entity: str, key: str, values: dict[str, Any]) -> None:
-        existing = self.existing(entity)
+    def _upsert(self, section: str, key: str, values: dict[str, Any]) -> None:
+        existing = self.existing(section)
         obj = existing.get(key)
         if obj is None:
-            obj = TABLES[entity](**{KEY_FIELD[entity]: key, **values})
+            obj = TABLES[section](**{KEY_FIELD[section]: key, **values})
             self.session.add(obj)
             existing[key] = obj
-            self.result.created[entity] += 1
+            self.result.created[section] += 1
             return
         changed = False
         for name, value in values.items():
             if getattr(obj, name) != value:
                 setattr(obj, name, value)
                 changed = True
-        (self.result.updated if changed else self.result.unchanged)[entity] += 1
+        (self.result.updated if changed else self.result.unchanged)[section] += 1
 
-    def ref(self, entity: str, key: str | None, err: Callable[[str, str], None], fld: str, what: str) -> Any:
-        """The row `key` of `entity`, or None after reporting it missing (unless it failed itself)."""
+    def ref(self, owner: str, fld: str, key: str | None, err: Report) -> Any:
+        """The row named by reference `owner.fld` (declared in core/scope.py) and checked against the
+        actor's area; None after reporting it missing (unless its own row failed) or forbidden."""
         if key is None:
             return None
-        obj = self.existing(entity).get(key)
+        target = entity(owner).reference(fld).target
+        obj = self.existing(entity(target).section).get(key)
         if obj is None:
             self._missing_ref = True
-            if key not in self._failed[entity]:
-                err(fld, f"{what} {key!r} does not exist")
+            if key not in self._failed[entity(target).section]:
+                err(fld, f"{target} {key!r} does not exist")
+            return None
+        if reason := self.scope.check(self.session, owner, fld, obj):
+            self._missing_ref = True
+            err(fld, reason, "forbidden")
+            return None
         return obj
 
-    # one handler per entity: checks references, returns the column values to store
+    # one handler per section: checks references, returns the column values to store
 
-    def _counties(self, row: CountyRow, err: Callable[[str, str], None]) -> dict[str, Any]:
+    def _counties(self, row: CountyRow, err: Report) -> dict[str, Any]:
+        if self.scope.area is not None and not self.scope.area.covers(row.code):
+            err("code", f"county {row.code} is outside your area ({self.scope.label})", "forbidden")
         return {"name_zh": row.name_zh, "name_en": row.name_en, "timezone": row.timezone}
 
-    def _townships(self, row: TownshipRow, err: Callable[[str, str], None]) -> dict[str, Any]:
+    def _townships(self, row: TownshipRow, err: Report) -> dict[str, Any]:
         if not row.code.startswith(row.county_code):
             err("code", f"township code {row.code} does not start with its county code {row.county_code}")
-        self.ref("counties", row.county_code, err, "county_code", "county")
+        self.ref("township", "county_code", row.county_code, err)
         return {"county_code": row.county_code, "name_zh": row.name_zh, "name_en": row.name_en}
 
-    def _villages(self, row: VillageRow, err: Callable[[str, str], None]) -> dict[str, Any]:
+    def _villages(self, row: VillageRow, err: Report) -> dict[str, Any]:
         if not row.code.startswith(row.township_code):
             err("code", f"village code {row.code} does not start with its township code {row.township_code}")
-        self.ref("townships", row.township_code, err, "township_code", "township")
+        self.ref("village", "township_code", row.township_code, err)
         return {"township_code": row.township_code, "name_zh": row.name_zh, "name_en": row.name_en}
 
-    def _farms(self, row: FarmRow, err: Callable[[str, str], None]) -> dict[str, Any]:
-        self.ref("villages", row.village_code, err, "village_code", "village")
+    def _farms(self, row: FarmRow, err: Report) -> dict[str, Any]:
+        self.ref("farm", "village_code", row.village_code, err)
         return row.model_dump(exclude={"code"})
 
-    def _plots(self, row: PlotRow, err: Callable[[str, str], None]) -> dict[str, Any] | None:
-        farm = self.ref("farms", row.farm_code, err, "farm_code", "farm")
-        self.ref("villages", row.village_code, err, "village_code", "village")
+    def _plots(self, row: PlotRow, err: Report) -> dict[str, Any] | None:
+        farm = self.ref("plot", "farm_code", row.farm_code, err)
+        self.ref("plot", "village_code", row.village_code, err)
         if farm is None:
             return None
         values = row.model_dump(exclude={"plot_no", "farm_code"})
         return {**values, "farm_id": farm.id}
 
-    def _herds(self, row: HerdRow, err: Callable[[str, str], None]) -> dict[str, Any] | None:
-        farm = self.ref("farms", row.farm_code, err, "farm_code", "farm")
-        self.ref("villages", row.village_code, err, "village_code", "village")
+    def _herds(self, row: HerdRow, err: Report) -> dict[str, Any] | None:
+        farm = self.ref("herd", "farm_code", row.farm_code, err)
+        self.ref("herd", "village_code", row.village_code, err)
         if farm is None:
             return None
         return {**row.model_dump(exclude={"herd_no", "farm_code"}), "farm_id": farm.id}
 
-    def _animals(self, row: AnimalRow, err: Callable[[str, str], None]) -> dict[str, Any] | None:
-        herd = self.ref("herds", row.herd_no, err, "herd_no", "herd")
+    def _animals(self, row: AnimalRow, err: Report) -> dict[str, Any] | None:
+        herd = self.ref("animal", "herd_no", row.herd_no, err)
         if herd is None:
             return None
         birth = row.birth_date.isoformat() if row.birth_date else None
         return {"herd_id": herd.id, "species": row.species, "sex": row.sex, "birth_date": birth}
 
-    def _devices(self, row: DeviceRow, err: Callable[[str, str], None]) -> dict[str, Any] | None:
+    def _devices(self, row: DeviceRow, err: Report) -> dict[str, Any] | None:
         kind = self.catalogue.kinds.get(row.kind)
         if kind is None:
             known = ", ".join(sorted(self.catalogue.kinds))
@@ -476,8 +324,7 @@ class _Importer:
             err(want, f"a {row.kind} device attaches to {target_name}: {want} is required")
         if given != [want]:
             return None
-        entity = {"plot": "plots", "herd": "herds", "animal": "animals"}[kind.attach]
-        target = self.ref(entity, getattr(row, want), err, want, kind.attach)
+        target = self.ref("device", want, getattr(row, want), err)
         if target is None:
             return None
         ids = {"plot_id": None, "herd_id": None, "animal_id": None}
@@ -485,54 +332,63 @@ class _Importer:
         return {"kind": row.kind, **ids}
 
 
-def _import(session: Session, sections: dict[str, list[_Raw]], source: str, errors: list[RowError]) -> ImportResult:
-    importer = _Importer(session, get_catalogue())
+def _import(
+    session: Session, sections: dict[str, list[Row]], source: str, errors: list[RowError], scope: Scope | None
+) -> ImportResult:
+    importer = _Importer(session, get_catalogue(), scope or Scope.system(), source)
     importer.errors.extend(errors)
     try:
-        for entity in ENTITIES:
-            if entity in sections:
-                importer.run(entity, sections[entity], source)
+        for section in ENTITIES:
+            if section in sections:
+                importer.run(section, sections[section])
     except BaseException:
         session.rollback()
         raise
     if importer.errors:
         session.rollback()
         raise ImportErrors(importer.errors)
-    log.info("registry import from %s: %s", source, importer.result.summary())
+    log.info("registry import from %s: %s", source, importer.result.summary(ENTITIES))
     return importer.result
 
 
-def import_yaml(session: Session, path: Path | str) -> ImportResult:
-    """Import a registry YAML file. Staged in `session` (the caller commits); on any error the
-    session is rolled back and `ImportErrors` lists every problem."""
+def import_yaml(session: Session, path: Path | str, scope: Scope | None = None) -> ImportResult:
+    """Import a registry YAML file as `scope` (unrestricted by default). Staged in `session` (the
+    caller commits); on any error the session is rolled back and `ImportErrors` lists every problem."""
     path = Path(path)
-    sections, errors = read_yaml(path)
-    return _import(session, sections, str(path), errors)
+    sections, errors = read_yaml(path, ENTITIES)
+    return _import(session, sections, str(path), errors, scope)
 
 
-def import_csv(session: Session, entity: str, path: Path | str) -> ImportResult:
+def import_csv(session: Session, entity: str, path: Path | str, scope: Scope | None = None) -> ImportResult:
     """Import one entity type (`plots` or `plot`, ...) from a CSV file with the YAML field names as columns."""
     path = Path(path)
     name = entity_name(entity)
-    rows, errors = read_csv(name, path)
-    return _import(session, {name: rows}, str(path), errors)
+    rows, errors = read_csv(path, name, ROW_MODELS[name].model_fields)
+    return _import(session, {name: rows}, str(path), errors, scope)
 
 
-def import_data(session: Session, data: dict[str, Iterable[dict[str, Any]]], source: str = "<data>") -> ImportResult:
+def import_data(
+    session: Session,
+    data: dict[str, Iterable[dict[str, Any]]],
+    source: str = "<data>",
+    scope: Scope | None = None,
+) -> ImportResult:
     """Import already-parsed sections (as in the YAML file); rows are numbered, not lined."""
-    sections: dict[str, list[_Raw]] = {}
-    errors: list[RowError] = []
-    for name, rows in data.items():
-        if name not in ENTITIES:
-            errors.append(RowError(source, None, name, None, None, f"unknown section; expected one of {ENTITIES}"))
-            continue
-        sections[name] = [_Raw(dict(r), None) for r in rows]
-    return _import(session, sections, source, errors)
+    sections, errors = rows_from_data(data, ENTITIES, source)
+    return _import(session, sections, source, errors, scope)
 
 
 def load_demo(session: Session) -> ImportResult:
     """Import the demo county (Panshan County, Panjin, Liaoning)."""
     return import_yaml(session, DEMO_FILE)
+
+
+def entity_name(entity: str) -> str:
+    """The section name for `entity` (plural or singular); ValueError when unknown."""
+    name = SINGULAR.get(entity, entity)
+    if name not in ENTITIES:
+        raise ValueError(f"unknown entity {entity!r}; expected one of {', '.join(ENTITIES)}")
+    return name
 
 
 # ---------------------------------------------------------------- summaries

@@ -88,6 +88,10 @@ class GrowthSummary(SQLModel, table=True):
     content: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     computed_at: datetime = Field(default_factory=utcnow)
     salt: str = Field(default_factory=new_salt, min_length=32, max_length=32)
+    # The inputs the summary was computed from, frozen with it: verification recomputes over the same
+    # season and devices, so a later event (an earlier "sowing") or a device registered afterwards on
+    # the plot cannot change what the anchored summary means. [[device id, kind], ...]; None: older rows.
+    devices: list[list[str]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class TelemetryDigest(SQLModel, table=True):

@@ -48,8 +48,8 @@ from ledger.anchor_models import (
 )
 from ledger.chain import AnchorReceipt, Chain, ChainError, ChainUnavailable
 from ledger.merkle import MerkleTree, leaf_hash
-from ledger.models import Inspection, Lot, TraceEvent
-from ledger.records import EVENT, INSPECTION, LOT, canonical_bytes, record
+from ledger.models import EventCorrection, Inspection, Lot, TraceEvent
+from ledger.records import CORRECTION, EVENT, INSPECTION, LOT, canonical_bytes, record
 
 log = get_logger("anchor")
 
@@ -60,6 +60,7 @@ SOURCES: dict[str, type[SQLModel]] = {
     LOT: Lot,
     EVENT: TraceEvent,
     INSPECTION: Inspection,
+    CORRECTION: EventCorrection,
     growth.GROWTH: GrowthSummary,
     digests.DIGEST: TelemetryDigest,
     manifest.MANIFEST: LotManifest,

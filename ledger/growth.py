@@ -75,9 +75,20 @@ def _where(tag: str, values: list[str], start: datetime, end: datetime) -> str:
     return f"WHERE ({ors}) AND time >= '{t0}' AND time < '{t1}'"
 
 
-def compute(session: Session, influx: InfluxV1, catalogue: Catalogue, lot_id: int, tz: str) -> dict[str, Any] | None:
-    """The summary content of a lot's season, or None when the lot was not grown on plots."""
-    season = season_of(session, lot_id, tz)
+def compute(
+    session: Session,
+    influx: InfluxV1,
+    catalogue: Catalogue,
+    lot_id: int,
+    tz: str,
+    season: tuple[date, date] | None = None,
+    devices: list[list[str]] | None = None,
+) -> dict[str, Any] | None:
+    """The summary content of a lot's season, or None when the lot was not grown on plots.
+
+    `season` and `devices` ([[id, kind], ...]) are the frozen inputs of an existing summary
+    (verification); without them they are found from the lot's events and its plots' devices now."""
+    season = season or season_of(session, lot_id, tz)
     if season is None:
         return None
     plots = session.exec(
@@ -91,11 +102,11 @@ def compute(session: Session, influx: InfluxV1, catalogue: Catalogue, lot_id: in
     days = (season[1] - season[0]).days + 1
     where = _where("plot", plot_nos, start, end)
 
-    devices = session.exec(select(Device).where(col(Device.plot_id).in_([p.id for p in plots]))).all()
-    expected = sum(days * 86_400 / catalogue.kinds[d.kind].interval_s for d in devices if d.kind in catalogue.kinds)
+    kinds = [kind for _, kind in devices] if devices is not None else [d.kind for d in plot_devices(session, lot_id)]
+    expected = sum(days * 86_400 / catalogue.kinds[k].interval_s for k in kinds if k in catalogue.kinds)
     stored = 0
     monitored: set[Any] = set()
-    for kind in sorted({d.kind for d in devices}):
+    for kind in sorted(set(kinds)):
         first_metric = next(iter(catalogue.kinds[kind].metrics))
         for t, n in _daily(influx, f'SELECT count("{first_metric}") FROM "{kind}" {where}', tz):
             stored += int(n or 0)
@@ -154,6 +165,12 @@ def compute(session: Session, influx: InfluxV1, catalogue: Catalogue, lot_id: in
     }
 
 
+def plot_devices(session: Session, lot_id: int) -> list[Device]:
+    """The devices on the plots a lot was grown on, by id."""
+    plot_ids = select(LotSource.plot_id).where(LotSource.lot_id == lot_id, col(LotSource.plot_id).is_not(None))
+    return list(session.exec(select(Device).where(col(Device.plot_id).in_(plot_ids)).order_by(Device.id)))
+
+
 def _load(session: Session, summary_id: int) -> tuple[dict[str, Any], str]:
     g = session.get(GrowthSummary, summary_id)
     if g is None:
@@ -176,10 +193,13 @@ def ensure_summaries(session: Session, influx: InfluxV1, catalogue: Catalogue, t
         season = season_of(session, lot_id, tz)
         if season is None or season[1] >= today:
             continue
-        content = compute(session, influx, catalogue, lot_id, tz)
+        devices = [[d.id, d.kind] for d in plot_devices(session, lot_id)]
+        content = compute(session, influx, catalogue, lot_id, tz, season, devices)
         if content is None:
             continue
-        session.add(GrowthSummary(lot_id=lot_id, season_start=season[0], season_end=season[1], content=content))
+        session.add(
+            GrowthSummary(lot_id=lot_id, season_start=season[0], season_end=season[1], content=content, devices=devices)
+        )
         added += 1
     session.flush()
     return added

@@ -45,6 +45,9 @@ class Product(SQLModel, table=True):
     name_en: str = ""
     variety: str | None = None
     unit: str = "kg"  # a unit of ledger/data/vocab.yaml
+    # Not part of any hashed record (a lot's record names the product by code and GTIN):
+    county_code: str | None = Field(default=None, foreign_key="county.code", index=True)  # whose trade item
+    unit_kg: float | None = Field(default=None, gt=0)  # mass of one unit (a bag's net content), for lineage
 
 
 class Facility(SQLModel, table=True):
@@ -150,6 +153,30 @@ class TraceEvent(SQLModel, table=True):
     attributes: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     actor_farm_id: int | None = Field(default=None, foreign_key="farm.id", index=True)
     actor_facility_id: int | None = Field(default=None, foreign_key="facility.id", index=True)
+    recorded_at: datetime = Field(default_factory=utcnow)
+    salt: str = Field(default_factory=new_salt, min_length=32, max_length=32)
+
+
+ERROR_REASONS = ("did_not_occur", "incorrect_data")  # CBV 2.0 error reasons
+
+
+class EventCorrection(SQLModel, table=True):
+    """An EPCIS error declaration: event `event_id` was recorded in error, for `reason`; the event
+    `corrective_event_id` (when any) says what really happened. Record kind "correction/1": an
+    anchored event is never edited or deleted, it is declared in error by a new, anchored record."""
+
+    __tablename__ = "event_correction"
+    __table_args__ = (
+        CheckConstraint("reason IN ('did_not_occur', 'incorrect_data')", name="ck_event_correction_reason"),
+        CheckConstraint("event_id <> corrective_event_id", name="ck_event_correction_not_self"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: int = Field(foreign_key="trace_event.id", unique=True, index=True)
+    corrective_event_id: int | None = Field(default=None, foreign_key="trace_event.id", index=True)
+    reason: str
+    declared_at: datetime  # UTC
+    declared_at_offset: str = Field(default="+08:00", regex=r"^[+-]\d{2}:\d{2}$")
     recorded_at: datetime = Field(default_factory=utcnow)
     salt: str = Field(default_factory=new_salt, min_length=32, max_length=32)
 

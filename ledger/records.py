@@ -4,7 +4,8 @@ A record is `{"schema": "<kind>/<version>", "content": {...}, "salt": "<32 hex>"
 RFC 8785 (JCS) canonical JSON by the `rfc8785` package (DESIGN "Ledger"); its leaf is
 `keccak256(keccak256(canonical_bytes(record)))` (ledger/merkle.py). Kinds are looked up in a
 registry (`register_kind`), so other modules add theirs ("growth/1", "digest/1", "manifest/1")
-without touching this file. This module defines "lot/1", "event/1" and "inspection/1".
+without touching this file. This module defines "lot/1", "event/1", "inspection/1" and
+"correction/1" (an EPCIS error declaration: an anchored event is corrected, never edited).
 
 Fixed forms, so that the same fact never hashes two ways:
 - keys are snake_case; every key of a kind's content is always present (null when unknown);
@@ -45,6 +46,7 @@ from sqlmodel import Session, col, select
 from core.models import Farm, Herd, Plot
 from ledger.codes import GS1_CANONICAL_BASE, canonical_lot_uri
 from ledger.models import (
+    EventCorrection,
     Facility,
     Inspection,
     InspectionItem,
@@ -59,6 +61,8 @@ from ledger.vocab import get_vocab
 LOT = "lot/1"
 EVENT = "event/1"
 INSPECTION = "inspection/1"
+CORRECTION = "correction/1"
+CBV_ERROR_REASON = "https://ref.gs1.org/cbv/ER-"
 _KIND = re.compile(r"^[a-z][a-z0-9_]*/[1-9][0-9]*$")
 
 
@@ -285,6 +289,23 @@ def inspection_content(session: Session, inspection_id: int) -> tuple[dict[str, 
     return content, insp.salt
 
 
+def correction_content(session: Session, correction_id: int) -> tuple[dict[str, Any], str]:
+    """An EPCIS error declaration: which event (by its EPCIS event ID), when, why, and what replaces it."""
+    c = session.get(EventCorrection, correction_id)
+    if c is None:
+        raise RecordNotFound(f"event correction {correction_id} does not exist")
+    wrong = session.get(TraceEvent, c.event_id)
+    corrective = session.get(TraceEvent, c.corrective_event_id) if c.corrective_event_id is not None else None
+    assert wrong is not None and wrong.event_id is not None
+    content = {
+        "event": wrong.event_id,
+        "declaration_time": rfc3339(c.declared_at, c.declared_at_offset),
+        "reason": CBV_ERROR_REASON + c.reason,
+        "corrective_events": [corrective.event_id] if corrective is not None and corrective.event_id else [],
+    }
+    return content, c.salt
+
+
 # ---------------------------------------------------------------- the records of a lot
 
 
@@ -313,15 +334,24 @@ def _inspections_of(session: Session, lot_ids: list[int]) -> list[RecordRef]:
     return [RecordRef(INSPECTION, i.id) for i in sorted(rows, key=lambda i: (i.sampled_on, i.id)) if i.id]
 
 
+def _corrections_of(session: Session, events: list[RecordRef]) -> list[RecordRef]:
+    ids = [e.id for e in events]
+    rows = session.exec(select(EventCorrection.id).where(col(EventCorrection.event_id).in_(ids))).all()
+    return [RecordRef(CORRECTION, i) for i in sorted(rows) if i is not None]
+
+
 def records_of_lot(session: Session, lot_id: int) -> list[RecordRef]:
     """Every record of a lot's trace: the lot and its ancestors (lot first), then their events in
-    time order, then their inspections by sampling date, then records of registered collectors."""
+    time order, then their inspections by sampling date, then the error declarations of those
+    events, then records of registered collectors."""
     lineage = lot_lineage(session, lot_id)
     refs = [RecordRef(LOT, i) for i in lineage]
-    refs += _events_of(session, lineage)
+    events = _events_of(session, lineage)
+    refs += events
     refs += _inspections_of(session, lineage)
+    refs += _corrections_of(session, events)
     for kind, collect in _COLLECTORS.items():
-        if kind not in (LOT, EVENT, INSPECTION):
+        if kind not in (LOT, EVENT, INSPECTION, CORRECTION):
             refs += list(collect(session, lineage))
     return refs
 
@@ -329,6 +359,7 @@ def records_of_lot(session: Session, lot_id: int) -> list[RecordRef]:
 register_kind(LOT, lot_content)
 register_kind(EVENT, event_content)
 register_kind(INSPECTION, inspection_content)
+register_kind(CORRECTION, correction_content)
 
 
 # ---------------------------------------------------------------- EPCIS view of an event

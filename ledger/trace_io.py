@@ -1,13 +1,14 @@
-"""Trace data import from YAML: products, facilities, lots, events and inspections; the demo season.
+"""Trace data import from YAML: products, facilities, lots, events, corrections and inspections.
 
-A YAML file is one document with the sections `products`, `facilities`, `lots`, `events` and
-`inspections`, each a list of rows. Rows refer to registry rows by their natural keys (farm codes,
-plot and herd numbers, village codes), to each other by product and facility codes, and to lots
-by a LOT REFERENCE: either `"{product code}:{lot_no}"` or the lot's trace code.
+A YAML file is one document with the sections `products`, `facilities`, `lots`, `events`,
+`corrections` and `inspections`, each a list of rows. Rows refer to registry rows by their natural
+keys (farm codes, plot and herd numbers, village codes), to each other by product and facility
+codes, to lots by a LOT REFERENCE (either `"{product code}:{lot_no}"` or the lot's trace code) and
+to events by their EPCIS event ID (`ni:///sha-256;...`):
 
-    products:    {code, gtin?, name_zh, name_en?, variety?, unit?}
+    products:    {code, gtin?, name_zh, name_en?, variety?, unit?, unit_kg?, county_code?}
     facilities:  {code, name, kind: dryer|mill|warehouse|packhouse, village_code}
-    lots:        {product, lot_no, code?, quantity?, unit?, farm?, facility?, harvest_year?,
+    lots:        {product, lot_no, code?, quantity?, unit?, farm | facility, harvest_year?,
                   sources?: [{plot_no | herd_no, area_mu?}],
                   parents?: [{lot: REF, relation: merge|split|transform, quantity?}], salt?}
     events:      {type?: ObjectEvent|AggregationEvent|TransformationEvent, action?: ADD|OBSERVE|DELETE,
@@ -15,18 +16,28 @@ by a LOT REFERENCE: either `"{product code}:{lot_no}"` or the lot's trace code.
                   lot?: REF | inputs?: [REF], outputs?: [REF], parent?: URI,
                   read_point: {plot_no | facility}, biz_location?: village code,
                   actor?: {farm | facility}, attributes?: {...}, salt?}
+    corrections: {event: EVENT ID, reason: incorrect_data|did_not_occur, time: RFC 3339 with offset,
+                  corrective?: EVENT ID, salt?}
     inspections: {lot: REF, lab, report_no, sampled_on, reported_on?,
                   certificate_sha256? | certificate_text?, salt?,
                   items: [{item, value, unit, limit, limit_kind?: max|min, method}]}
 
+Who may reference what is declared once in core/scope.py and ledger/scope.py; every reference a
+row makes is resolved here and checked against the acting user's area (`scope`; a file imported by
+the operator of the server is unrestricted). Integrity holds for everyone: a lot belongs to exactly
+one farm or facility, its sources are plots or herds of its own farm, its quantity balances against
+its parents (ledger/lineage.py), an event at a plot concerns a lot grown there, its business
+location is the village of its read point.
+
 Trace data is a ledger, so import only ever ADDS: a row that is already stored identically is
 left alone (importing the same file again changes nothing), a row whose key exists with other
-content is an error (a recorded fact is never rewritten by an import). Events have no natural
-key; one identical in every field to a stored event is the same event. Salts (and lot codes)
-are drawn at random unless given, e.g. to move records whose leaves are already anchored.
+content is an error (a recorded fact is never rewritten by an import); a wrong event is declared
+in error by a correction, which is itself a new record. Events have no natural key; one identical
+in every field to a stored event is the same event. Salts (and lot codes) are drawn at random
+unless given, e.g. to move records whose leaves are already anchored.
 
 Everything is checked before anything is kept: on any error the session is rolled back and
-`ImportErrors` (shared with the registry importer) lists each problem with file, line and field.
+`ImportErrors` (core/importing.py) lists each problem with file, line and field.
 """
 
 from __future__ import annotations
@@ -41,15 +52,19 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import AwareDatetime, StringConstraints
 from pydantic import Field as PField
 from sqlmodel import Session, col, select
 
-from core.models import Farm, Herd, Plot, Village
-from core.registry_io import ImportErrors, RowError, load_demo, strip_lines, yaml_sections
-from ledger import codes
+from core.importing import ImportErrors, Report, Row, RowError, RowModel, read_yaml, reporter, rows_from_data
+from core.importing import validate_row as _validate
+from core.models import County, Farm, Herd, Plot, Township, Village
+from core.registry_io import load_demo
+from core.scope import Scope, entity
+from ledger import codes, lineage
 from ledger.models import (
     INSPECTION_DECIMALS,
+    EventCorrection,
     Facility,
     Inspection,
     InspectionItem,
@@ -62,56 +77,77 @@ from ledger.models import (
     item_passes,
 )
 from ledger.records import event_lots
+from ledger.scope import HANDOVER_ATTRIBUTE
 from ledger.vocab import AttributeErrors, UnknownTerm, Vocabulary, get_vocab
+
+__all__ = [
+    "SECTIONS",
+    "ActorRow",
+    "CorrectionRow",
+    "EventRow",
+    "FacilityRow",
+    "InspectionRow",
+    "ItemRow",
+    "LotNotFound",
+    "LotRow",
+    "ParentRow",
+    "PlaceRow",
+    "ProductRow",
+    "SourceRow",
+    "TraceImportResult",
+    "event_counts",
+    "fill_event_ids",
+    "find_lot",
+    "import_trace",
+    "import_trace_data",
+    "load_demo_trace",
+]
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("products", "facilities", "lots", "events", "inspections")
+SECTIONS = ("products", "facilities", "lots", "events", "corrections", "inspections")
 DEMO_TRACE_FILE = Path(__file__).with_name("data") / "demo_trace.yaml"
 CODE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SALT = r"^[0-9a-f]{32}$"
+EVENT_ID = r"^ni:///sha-256;[0-9a-f]{64}\?ver=CBV2\.0$"
 
-Err = Callable[[str | None, str], None]
+Err = Report
 
 
 # ---------------------------------------------------------------- row schemas
 
 
-class _Row(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", coerce_numbers_to_str=True, str_strip_whitespace=True, allow_inf_nan=False
-    )
-
-
-class ProductRow(_Row):
+class ProductRow(RowModel):
     code: str = PField(pattern=CODE)
     gtin: str | None = None
     name_zh: str = PField(min_length=1)
     name_en: str = ""
     variety: str | None = None
     unit: str = "kg"
+    unit_kg: float | None = PField(default=None, gt=0, description="mass of one unit (a bag's net content)")
+    county_code: str | None = PField(default=None, pattern=r"^\d{6}$", description="the county whose item it is")
 
 
-class FacilityRow(_Row):
+class FacilityRow(RowModel):
     code: str = PField(pattern=CODE)
     name: str = PField(min_length=1)
     kind: Literal["dryer", "mill", "warehouse", "packhouse"]
     village_code: str = PField(pattern=r"^\d{12}$")
 
 
-class SourceRow(_Row):
+class SourceRow(RowModel):
     plot_no: str | None = None
     herd_no: str | None = None
     area_mu: float | None = PField(default=None, gt=0)
 
 
-class ParentRow(_Row):
+class ParentRow(RowModel):
     lot: str = PField(min_length=1)
     relation: Literal["merge", "split", "transform"]
-    quantity: float | None = PField(default=None, ge=0)
+    quantity: float | None = PField(default=None, ge=0, description="how much of the parent, in its unit")
 
 
-class LotRow(_Row):
+class LotRow(RowModel):
     product: str = PField(min_length=1)
     lot_no: str = PField(pattern=codes.LOT_NO_PATTERN)
     code: str | None = None
@@ -120,39 +156,47 @@ class LotRow(_Row):
     farm: str | None = None
     facility: str | None = None
     harvest_year: int | None = PField(default=None, ge=1900, le=2200)
-    sources: list[SourceRow] = []
-    parents: list[ParentRow] = []
+    sources: list[SourceRow] = PField(default_factory=list)
+    parents: list[ParentRow] = PField(default_factory=list)
     salt: str | None = PField(default=None, pattern=SALT)
 
 
-class PlaceRow(_Row):
+class PlaceRow(RowModel):
     plot_no: str | None = None
     facility: str | None = None
 
 
-class ActorRow(_Row):
+class ActorRow(RowModel):
     farm: str | None = None
     facility: str | None = None
 
 
-class EventRow(_Row):
+class EventRow(RowModel):
     type: Literal["ObjectEvent", "AggregationEvent", "TransformationEvent"] = "ObjectEvent"
     action: Literal["ADD", "OBSERVE", "DELETE"] | None = None
     step: str = PField(min_length=1)
     disposition: str | None = None
     time: AwareDatetime
     lot: str | None = None
-    inputs: list[str] = []
-    outputs: list[str] = []
+    inputs: list[str] = PField(default_factory=list)
+    outputs: list[str] = PField(default_factory=list)
     parent: str | None = PField(default=None, pattern=r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
     read_point: PlaceRow
     biz_location: str | None = PField(default=None, pattern=r"^\d{12}$")
     actor: ActorRow | None = None
-    attributes: dict[str, Any] = {}
+    attributes: dict[str, Any] = PField(default_factory=dict)
     salt: str | None = PField(default=None, pattern=SALT)
 
 
-class ItemRow(_Row):
+class CorrectionRow(RowModel):
+    event: str = PField(pattern=EVENT_ID, description="the EPCIS event ID of the event recorded in error")
+    reason: Literal["incorrect_data", "did_not_occur"]
+    time: AwareDatetime = PField(description="when the error was declared")
+    corrective: str | None = PField(default=None, pattern=EVENT_ID, description="the event that replaces it")
+    salt: str | None = PField(default=None, pattern=SALT)
+
+
+class ItemRow(RowModel):
     item: str = PField(pattern=r"^[a-z][a-z0-9_]*$")
     value: float
     unit: str = PField(min_length=1)
@@ -161,7 +205,7 @@ class ItemRow(_Row):
     method: str = PField(min_length=1)
 
 
-class InspectionRow(_Row):
+class InspectionRow(RowModel):
     lot: str = PField(min_length=1)
     lab: str = PField(min_length=1)
     report_no: str = PField(min_length=1)
@@ -174,11 +218,12 @@ class InspectionRow(_Row):
     salt: str | None = PField(default=None, pattern=SALT)
 
 
-ROW_MODELS: dict[str, type[_Row]] = {
+ROW_MODELS: dict[str, type[RowModel]] = {
     "products": ProductRow,
     "facilities": FacilityRow,
     "lots": LotRow,
     "events": EventRow,
+    "corrections": CorrectionRow,
     "inspections": InspectionRow,
 }
 
@@ -191,6 +236,7 @@ class TraceImportResult:
     created: Counter[str] = field(default_factory=Counter)
     unchanged: Counter[str] = field(default_factory=Counter)
     event_ids: list[int] = field(default_factory=list)  # ids of the events created
+    correction_ids: list[int] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -203,56 +249,6 @@ class TraceImportResult:
             if self.created[s] or self.unchanged[s]
         ]
         return "; ".join(parts) or "nothing to import"
-
-
-# ---------------------------------------------------------------- reading
-
-
-@dataclass
-class _Raw:
-    """One row as read, with the line markers of every nested mapping kept for error lines."""
-
-    values: dict[str, Any]
-    marked: dict[str, Any]
-    line: int | None
-
-    def line_of(self, loc: tuple[Any, ...]) -> int | None:
-        node: Any = self.marked
-        line = self.line
-        for part in loc:
-            if isinstance(node, dict):
-                line = node.get("__lines__", {}).get(str(part), line)
-                node = node.get(part)
-            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-                node = node[part]
-                if isinstance(node, dict):
-                    line = node.get("__line__", line)
-            else:
-                break
-        return line
-
-
-def _field_name(loc: tuple[Any, ...]) -> str | None:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or None
-
-
-def read_trace_yaml(path: Path) -> tuple[dict[str, list[_Raw]], list[RowError]]:
-    """Sections of a trace YAML file, each row with its line numbers."""
-    found, errors = yaml_sections(path, SECTIONS)
-    sections: dict[str, list[_Raw]] = {}
-    for name, line, rows in found:
-        out: list[_Raw] = []
-        for i, row in enumerate(rows):
-            if not isinstance(row, dict):
-                errors.append(RowError(str(path), line, name, i, None, "expected a mapping (one row)"))
-                out.append(_Raw({}, {}, line))  # keeps row indexes aligned; fails validation quietly
-                continue
-            out.append(_Raw(strip_lines(row), row, row.get("__line__")))
-        sections[name] = out
-    return sections, errors
 
 
 # ---------------------------------------------------------------- the importer
@@ -279,9 +275,10 @@ def _ms(dt: datetime) -> datetime:
 class _Importer:
     """Validates and stages rows section by section; nothing is committed here."""
 
-    def __init__(self, session: Session, source: str) -> None:
+    def __init__(self, session: Session, source: str, scope: Scope) -> None:
         self.session = session
         self.source = source
+        self.scope = scope
         self.vocab: Vocabulary = get_vocab()
         self.errors: list[RowError] = []
         self.result = TraceImportResult()
@@ -291,6 +288,7 @@ class _Importer:
         self.event_keys: dict[tuple[Any, ...], int] = {}  # event key -> its row index in this file
         self.pending_origins: list[tuple[LotRow, Err, Lot, bool]] = []
         self.created_events: dict[int, tuple[int, Err]] = {}  # event id -> (row index, its error reporter)
+        self.released: Counter[int] = Counter()  # parent lot id -> quantity taken by lots of this import
         self._cache: dict[tuple[str, str], Any] = {}
 
     # ---- lookups
@@ -304,16 +302,37 @@ class _Importer:
     def _forget(self, table: Any, column: str, key: str) -> None:
         self._cache.pop((table.__name__, f"{column}={key}"), None)
 
-    def ref(self, table: Any, column: str, key: str | None, err: Err, fld: str, what: str, section: str = "") -> Any:
+    def allowed(self, owner: str, decl: str, target: Any, err: Err, fld: str) -> bool:
+        """Check the declared reference `owner.decl` (core/scope.py) to `target` against the actor's area."""
+        reason = self.scope.check(self.session, owner, decl, target)
+        if reason:
+            err(fld, reason, "forbidden")
+        return reason is None
+
+    def ref(self, owner: str, decl: str, key: str | None, err: Err, fld: str | None = None) -> Any:
+        """The row named by reference `owner.decl` (`fld` where it sits in this row), checked against
+        the actor's area: None after reporting it missing (unless its own row failed) or forbidden."""
         if key is None:
             return None
+        fld = fld or decl
+        target = entity(entity(owner).reference(decl).target)
+        table, column = _TABLES[target.name]
         row = self._get(table, column, key)
-        if row is None and not (section and key in self.failed[section]):
-            err(fld, f"{what} {key!r} does not exist")
-        return row
+        if row is None:
+            if key not in self.failed.get(target.section, ()):
+                err(fld, f"{target.name} {key!r} does not exist")
+            return None
+        return row if self.allowed(owner, decl, row, err, fld) else None
 
-    def lot(self, reference: str, err: Err, fld: str) -> Lot | None:
-        """A lot by "product:lot_no" or by trace code; reports a missing one (unless its row failed)."""
+    def lot(self, reference: str, err: Err, fld: str, owner: str, decl: str) -> Lot | None:
+        """A lot by "product:lot_no" or by trace code, checked as reference `owner.decl`; reports a
+        missing one (unless its row failed) or a forbidden one."""
+        found = self._find_lot(reference, err, fld)
+        if found is None or not self.allowed(owner, decl, found, err, fld):
+            return None
+        return found
+
+    def _find_lot(self, reference: str, err: Err, fld: str) -> Lot | None:
         if reference in self.failed_lots:
             return None
         if ":" in reference:
@@ -339,28 +358,30 @@ class _Importer:
             err(fld, f"no lot has the trace code {codes.format_code(code)}")
         return found
 
+    def event(self, event_id: str, err: Err, fld: str) -> TraceEvent | None:
+        found = self.session.exec(select(TraceEvent).where(TraceEvent.event_id == event_id)).first()
+        if found is None:
+            err(fld, f"no event has the ID {event_id}")
+            return None
+        return found if self.allowed("correction", "event", found, err, fld) else None
+
     # ---- running a section
 
-    def run(self, section: str, rows: list[_Raw], handler: Callable[[Any, Err, int], bool | None]) -> None:
+    def run(self, section: str, rows: list[Row], handler: Callable[[Any, Err, int], bool | None]) -> None:
         """Validate each row and hand it to `handler`; a handler returns False for a row it could not
         stage because something it refers to failed (so references to that row are not reported again)."""
         model = ROW_MODELS[section]
+        name = entity(section[:-1] if section != "facilities" else "facility").name
         for i, raw in enumerate(rows):
-
-            def err(fld: str | None, msg: str, raw: _Raw = raw, i: int = i) -> None:
-                loc = tuple(_loc_parts(fld)) if fld else ()
-                self.errors.append(RowError(self.source, raw.line_of(loc), section, i, fld, msg))
-
-            if not raw.values and not raw.marked:
+            err = reporter(self.errors, self.source, section, i, raw)
+            if "__invalid__" in raw.marked:
                 continue  # not a mapping: already reported
-            try:
-                row = model.model_validate(raw.values)
-            except ValidationError as e:
-                for problem in e.errors():
-                    msg = problem["msg"]
-                    if problem["type"] != "extra_forbidden" and "input" in problem and problem["loc"]:
-                        msg += f" (got {problem['input']!r})"
-                    err(_field_name(problem["loc"]), msg)
+            row = _validate(model, raw, err)
+            if row is None:
+                self._mark_failed(section, raw.values)
+                continue
+            if reason := self.scope.may_write(name):
+                err(None, reason, "forbidden")
                 self._mark_failed(section, raw.values)
                 continue
             before = len(self.errors)
@@ -388,10 +409,25 @@ class _Importer:
                     name,
                     f"{what} is already recorded with {name} {stored.get(name)!r}, not {value!r}; "
                     "recorded trace data is never rewritten by an import",
+                    "conflict",
                 )
         return same
 
     # ---- products and facilities
+
+    def _county_of_product(self, row: ProductRow, err: Err) -> str | None:
+        """The county a new product belongs to: given, or the actor's (or the registry's) only county."""
+        if row.county_code is not None:
+            county = self.ref("product", "county_code", row.county_code, err)
+            return county.code if county is not None else None
+        if self.scope.area is not None:
+            choices = sorted(self.scope.area.counties)
+        else:
+            choices = sorted(self.session.exec(select(County.code)).all())
+        if len(choices) == 1:
+            return choices[0]
+        err("county_code", "give the county whose trade item this is (there is more than one)")
+        return None
 
     def products(self, row: ProductRow, err: Err, i: int) -> None:
         if row.code in self.seen["products"]:
@@ -419,14 +455,28 @@ class _Importer:
         }
         existing = self._get(Product, "code", row.code)
         if existing is not None:
-            if self._compare(f"product {row.code}", existing.model_dump(), values, err):
+            if reason := self.scope.owns(self.session, "product", existing):
+                err("code", reason, "forbidden")
+                return
+            given = dict(values)
+            if row.county_code is not None:
+                given["county_code"] = row.county_code
+            if row.unit_kg is not None and existing.unit_kg is not None:
+                given["unit_kg"] = row.unit_kg
+            if self._compare(f"product {row.code}", existing.model_dump(), given, err):
+                if row.unit_kg is not None and existing.unit_kg is None:
+                    existing.unit_kg = row.unit_kg  # not hashed: may be declared later, never changed
+                    self.session.add(existing)
                 self.result.unchanged["products"] += 1
+            return
+        county = self._county_of_product(row, err)
+        if county is None:
             return
         owner = self._get(Product, "gtin", gtin) if gtin is not None else None
         if owner is not None:
-            err("gtin", f"GTIN {gtin} already belongs to product {owner.code!r}")
+            err("gtin", f"GTIN {gtin} already belongs to product {owner.code!r}", "conflict")
             return
-        product = Product(code=row.code, **values)
+        product = Product(code=row.code, county_code=county, unit_kg=row.unit_kg, **values)
         self.session.add(product)
         self.session.flush()
         self._forget(Product, "code", row.code)
@@ -437,13 +487,15 @@ class _Importer:
             err("code", f"duplicate facility code {row.code!r}")
             return
         self.seen["facilities"].add(row.code)
-        village = self.ref(Village, "code", row.village_code, err, "village_code", "village")
+        village = self.ref("facility", "village_code", row.village_code, err)
         if village is None:
             return
         values = {"name": row.name, "kind": row.kind, "village_code": row.village_code}
         existing = self._get(Facility, "code", row.code)
         if existing is not None:
-            if self._compare(f"facility {row.code}", existing.model_dump(), values, err):
+            if reason := self.scope.owns(self.session, "facility", existing):
+                err("code", reason, "forbidden")
+            elif self._compare(f"facility {row.code}", existing.model_dump(), values, err):
                 self.result.unchanged["facilities"] += 1
             return
         self.session.add(Facility(code=row.code, **values))
@@ -457,11 +509,14 @@ class _Importer:
         key = f"{row.product}:{row.lot_no}"
         if key in self.seen["lots"]:
             err("lot_no", f"duplicate lot {key!r}")
-            return
+            return None
         self.seen["lots"].add(key)
-        product = self.ref(Product, "code", row.product, err, "product", "product", "products")
-        farm = self.ref(Farm, "code", row.farm, err, "farm", "farm")
-        facility = self.ref(Facility, "code", row.facility, err, "facility", "facility", "facilities")
+        product = self.ref("lot", "product", row.product, err)
+        owned = (row.farm is None) != (row.facility is None)
+        if not owned and row.product not in self.failed["products"]:
+            err("farm", "a lot belongs to exactly one farm (that grew it) or facility (that made it)")
+        farm = self.ref("lot", "farm", row.farm, err)
+        facility = self.ref("lot", "facility", row.facility, err)
         code = None
         if row.code is not None:
             try:
@@ -470,14 +525,14 @@ class _Importer:
                 err("code", str(e))
         if product is None or (row.farm and farm is None) or (row.facility and facility is None):
             return False
-        if row.code is not None and code is None:
+        if (row.code is not None and code is None) or not owned:
             return False
         unit_name = row.unit or product.unit
         try:
             unit = self.vocab.unit(unit_name)
         except UnknownTerm as e:
             err("unit", str(e))
-            return
+            return None
         values: dict[str, Any] = {
             "quantity": _round(row.quantity, unit.decimals),
             "unit": unit_name,
@@ -494,11 +549,11 @@ class _Importer:
                 given["salt"] = row.salt
             if self._compare(f"lot {key}", existing.model_dump(), given, err):
                 self.pending_origins.append((row, err, existing, False))
-            return
+            return None
         if code is not None:
             if code in self.seen["codes"] or self.session.exec(select(Lot).where(Lot.code == code)).first():
-                err("code", f"trace code {codes.format_code(code)} is already used by another lot")
-                return
+                err("code", f"trace code {codes.format_code(code)} is already used by another lot", "conflict")
+                return None
         else:
             code = codes.new_code()
             while self.session.exec(select(Lot).where(Lot.code == code)).first() or code in self.seen["codes"]:
@@ -510,42 +565,96 @@ class _Importer:
         self.session.add(lot)
         self.session.flush()
         self.pending_origins.append((row, err, lot, True))
+        return None
+
+    def _sources(self, row: LotRow, err: Err, lot: Lot) -> set[tuple[int | None, int | None, float | None]]:
+        sources: set[tuple[int | None, int | None, float | None]] = set()
+        for j, s in enumerate(row.sources):
+            fld = f"sources[{j}]"
+            if (s.plot_no is None) == (s.herd_no is None):
+                err(fld, "a source is exactly one plot_no or herd_no")
+                continue
+            plot = self.ref("lot", "sources[].plot_no", s.plot_no, err, f"{fld}.plot_no")
+            herd = self.ref("lot", "sources[].herd_no", s.herd_no, err, f"{fld}.herd_no")
+            origin_row = plot or herd
+            if origin_row is None:
+                continue
+            if origin_row.farm_id != lot.farm_id:
+                what = f"plot {s.plot_no}" if plot else f"herd {s.herd_no}"
+                whose = "a facility's lot has no fields: name its parent lots" if lot.farm_id is None else ""
+                err(
+                    f"{fld}.plot_no" if plot else f"{fld}.herd_no",
+                    whose or f"{what} belongs to another farm: a lot is grown on its own farm's plots and herds",
+                )
+                continue
+            origin = (plot.id if plot else None, herd.id if herd else None, _round(s.area_mu, 2))
+            if any(o[:2] == origin[:2] for o in sources):
+                err(fld, f"duplicate source {s.plot_no or s.herd_no!r}")
+            sources.add(origin)
+        return sources
+
+    def _holding(self, lot: Lot) -> lineage.Holding:
+        product = self.session.get(Product, lot.product_id)
+        return lineage.Holding(lot.quantity, lot.unit, product.unit_kg if product else None)
+
+    def _parents(self, row: LotRow, err: Err, lot: Lot, new: bool) -> tuple[set[tuple[int, str, float | None]], bool]:
+        """The parent links of a lot and whether a parent's own row failed (reported there)."""
+        parents: set[tuple[int, str, float | None]] = set()
+        draws: list[lineage.Draw] = []
+        quiet = False
+        for j, p in enumerate(row.parents):
+            fld = f"parents[{j}].lot"
+            errors_before = len(self.errors)
+            parent = self.lot(p.lot, err, fld, "lot", "parents[].lot")
+            if parent is None:
+                quiet = quiet or len(self.errors) == errors_before
+                continue
+            if parent.id == lot.id:
+                err(fld, "a lot cannot be its own parent")
+                continue
+            if any(q[0] == parent.id for q in parents):
+                err(fld, f"duplicate parent {p.lot!r}")
+                continue
+            decimals = self.vocab.units[parent.unit].decimals if parent.unit in self.vocab.units else 3
+            quantity = _round(p.quantity, decimals)
+            parents.add((parent.id, p.relation, quantity))  # type: ignore[arg-type]
+            holding = self._holding(parent)
+            draws.append(lineage.Draw(parent.code, holding, quantity, p.relation))
+            if not new:
+                continue
+            if quantity is None and holding.quantity is not None:
+                err(
+                    f"parents[{j}].quantity",
+                    f"say how much of lot {parent.code} this lot takes, in {parent.unit}: it holds "
+                    f"{holding.quantity:g} {parent.unit}",
+                )
+                continue
+            if quantity is not None:
+                taken = self._taken(parent.id, lot.id) + self.released[parent.id]  # type: ignore[arg-type]
+                if reason := lineage.over_release(parent.code, holding, taken, quantity):
+                    err(f"parents[{j}].quantity", reason)
+                    continue
+                self.released[parent.id] += quantity  # type: ignore[index]
+        if new and draws and len(draws) == len(row.parents):
+            facility = self.session.get(Facility, lot.facility_id) if lot.facility_id else None
+            reason = lineage.over_yield(self.vocab, self._holding(lot), draws, facility.kind if facility else None)
+            if reason:
+                err("quantity", reason)
+        return parents, quiet
+
+    def _taken(self, parent_id: int, child_id: int) -> float:
+        """What the stored children of a parent (other than `child_id`) take of it."""
+        rows = self.session.exec(
+            select(LotParent.quantity).where(LotParent.parent_lot_id == parent_id, LotParent.child_lot_id != child_id)
+        ).all()
+        return float(sum(q for q in rows if q is not None))
 
     def origins(self) -> None:
         """Sources and parents of the lots just read (new lots get them, stored lots must match)."""
         for row, err, lot, new in self.pending_origins:
             before = len(self.errors)
-            sources: set[tuple[int | None, int | None, float | None]] = set()
-            for j, s in enumerate(row.sources):
-                fld = f"sources[{j}]"
-                if (s.plot_no is None) == (s.herd_no is None):
-                    err(fld, "a source is exactly one plot_no or herd_no")
-                    continue
-                plot = self.ref(Plot, "plot_no", s.plot_no, err, f"{fld}.plot_no", "plot")
-                herd = self.ref(Herd, "herd_no", s.herd_no, err, f"{fld}.herd_no", "herd")
-                if plot is None and herd is None:
-                    continue
-                origin = (plot.id if plot else None, herd.id if herd else None, _round(s.area_mu, 2))
-                if any(o[:2] == origin[:2] for o in sources):
-                    err(fld, f"duplicate source {s.plot_no or s.herd_no!r}")
-                sources.add(origin)
-            parents: set[tuple[int, str, float | None]] = set()
-            quiet = False  # a parent whose own row failed: reported there, not again
-            for j, p in enumerate(row.parents):
-                fld = f"parents[{j}].lot"
-                errors_before = len(self.errors)
-                parent = self.lot(p.lot, err, fld)
-                if parent is None:
-                    quiet = quiet or len(self.errors) == errors_before
-                    continue
-                if parent.id == lot.id:
-                    err(fld, "a lot cannot be its own parent")
-                    continue
-                if any(q[0] == parent.id for q in parents):
-                    err(fld, f"duplicate parent {p.lot!r}")
-                    continue
-                decimals = self.vocab.units[parent.unit].decimals if parent.unit in self.vocab.units else 3
-                parents.add((parent.id, p.relation, _round(p.quantity, decimals)))  # type: ignore[arg-type]
+            sources = self._sources(row, err, lot)
+            parents, quiet = self._parents(row, err, lot, new)
             if quiet or len(self.errors) > before:
                 self.failed_lots.update({f"{row.product}:{row.lot_no}", lot.code})
                 continue
@@ -559,9 +668,9 @@ class _Importer:
                     for p in self.session.exec(select(LotParent).where(LotParent.child_lot_id == lot.id))
                 }
                 if stored_sources != sources:
-                    err("sources", f"lot {row.product}:{row.lot_no} is already recorded with other sources")
+                    err("sources", f"lot {row.product}:{row.lot_no} is already recorded with other sources", "conflict")
                 elif stored_parents != parents:
-                    err("parents", f"lot {row.product}:{row.lot_no} is already recorded with other parents")
+                    err("parents", f"lot {row.product}:{row.lot_no} is already recorded with other parents", "conflict")
                 else:
                     self.result.unchanged["lots"] += 1
                 continue
@@ -594,21 +703,7 @@ class _Importer:
 
     # ---- events
 
-    def events(self, row: EventRow, err: Err, i: int) -> None:
-        vocab = self.vocab
-        try:
-            step = vocab.step(row.step)
-        except UnknownTerm as e:
-            err("step", str(e))
-            return
-        if row.type not in step.event_types:
-            err("type", f"step {step.name} is recorded as {' or '.join(step.event_types)}, not {row.type}")
-        disposition = None
-        if row.disposition is not None:
-            try:
-                disposition = vocab.normalize_disposition(row.disposition)
-            except UnknownTerm as e:
-                err("disposition", str(e))
+    def _event_lots(self, row: EventRow, err: Err) -> tuple[Lot | None, list[Lot], list[Lot]]:
         lot = None
         inputs: list[Lot] = []
         outputs: list[Lot] = []
@@ -623,7 +718,7 @@ class _Importer:
                 err("inputs", "a TransformationEvent needs inputs, outputs or both")
             for name, refs, out in (("inputs", row.inputs, inputs), ("outputs", row.outputs, outputs)):
                 for j, reference in enumerate(refs):
-                    found = self.lot(reference, err, f"{name}[{j}]")
+                    found = self.lot(reference, err, f"{name}[{j}]", "event", f"{name}[]")
                     if found is not None:
                         if any(x.id == found.id for x in out):
                             err(f"{name}[{j}]", f"lot {reference!r} is listed twice")
@@ -640,29 +735,62 @@ class _Importer:
             if row.lot is None:
                 err("lot", f"an {row.type} needs the lot it concerns")
             else:
-                lot = self.lot(row.lot, err, "lot")
+                lot = self.lot(row.lot, err, "lot", "event", "lot")
+        return lot, inputs, outputs
+
+    def _grown_on(self, plot: Plot, lots: list[Lot]) -> bool:
+        ids = [x.id for x in lots]
+        return (
+            self.session.exec(
+                select(LotSource.id).where(col(LotSource.lot_id).in_(ids), LotSource.plot_id == plot.id)
+            ).first()
+            is not None
+        )
+
+    def events(self, row: EventRow, err: Err, i: int) -> None:
+        vocab = self.vocab
+        try:
+            step = vocab.step(row.step)
+        except UnknownTerm as e:
+            err("step", str(e))
+            return
+        if row.type not in step.event_types:
+            err("type", f"step {step.name} is recorded as {' or '.join(step.event_types)}, not {row.type}")
+        disposition = None
+        if row.disposition is not None:
+            try:
+                disposition = vocab.normalize_disposition(row.disposition)
+            except UnknownTerm as e:
+                err("disposition", str(e))
+        lot, inputs, outputs = self._event_lots(row, err)
         # where, and who
         rp = row.read_point
         plot = facility = None
         if (rp.plot_no is None) == (rp.facility is None):
             err("read_point", "a read point is exactly one plot_no or facility")
         else:
-            plot = self.ref(Plot, "plot_no", rp.plot_no, err, "read_point.plot_no", "plot")
-            facility = self.ref(Facility, "code", rp.facility, err, "read_point.facility", "facility", "facilities")
+            plot = self.ref("event", "read_point.plot_no", rp.plot_no, err)
+            facility = self.ref("event", "read_point.facility", rp.facility, err)
             kind = "plot" if rp.plot_no is not None else "facility"
             if step.read_point not in ("any", kind):
                 err("read_point", f"step {step.name} happens at a {step.read_point}, not at a {kind}")
-        village = row.biz_location or (plot.village_code if plot else facility.village_code if facility else None)
+        concerned = [x for x in (lot, *inputs, *outputs) if x is not None]
+        if plot is not None and concerned and not self._grown_on(plot, concerned):
+            err("read_point.plot_no", f"plot {plot.plot_no} is not where the event's lot was grown (not a source)")
+        place_village = plot.village_code if plot else facility.village_code if facility else None
+        village = row.biz_location or place_village
         if row.biz_location is not None:
-            self.ref(Village, "code", row.biz_location, err, "biz_location", "village")
+            self.ref("event", "biz_location", row.biz_location, err)
+            if place_village is not None and row.biz_location != place_village:
+                err("biz_location", f"the business location is the read point's village {place_village}")
+        for j, out in enumerate(outputs):
+            self.allowed("event", "outputs[]", out, err, f"outputs[{j}]")
         actor_farm = actor_facility = None
         if row.actor is not None:
             if (row.actor.farm is None) == (row.actor.facility is None):
                 err("actor", "an actor is exactly one farm or facility (never a person)")
-            actor_farm = self.ref(Farm, "code", row.actor.farm, err, "actor.farm", "farm")
-            actor_facility = self.ref(
-                Facility, "code", row.actor.facility, err, "actor.facility", "facility", "facilities"
-            )
+            actor_farm = self.ref("event", "actor.farm", row.actor.farm, err)
+            actor_facility = self.ref("event", "actor.facility", row.actor.facility, err)
         elif plot is not None:
             actor_farm = self.session.get(Farm, plot.farm_id)
         else:
@@ -673,6 +801,8 @@ class _Importer:
             for name, message in e.errors:
                 err(f"attributes.{name}" if name else "attributes", message)
             return
+        if HANDOVER_ATTRIBUTE in attributes:
+            self.ref("event", f"attributes.{HANDOVER_ATTRIBUTE}", attributes[HANDOVER_ATTRIBUTE], err)
         if village is None or (plot is None and facility is None) or (actor_farm is None and actor_facility is None):
             return
         if row.type != "TransformationEvent" and lot is None:
@@ -742,6 +872,52 @@ class _Importer:
     def _events_at(self, when: datetime) -> list[TraceEvent]:
         return list(self.session.exec(select(TraceEvent).where(TraceEvent.event_time == when)))
 
+    # ---- corrections (after the events, so a file may add an event and declare an earlier one in error)
+
+    def corrections(self, row: CorrectionRow, err: Err, i: int) -> None:
+        if row.event in self.seen["corrections"]:
+            err("event", f"event {row.event} is declared in error twice")
+            return
+        self.seen["corrections"].add(row.event)
+        wrong = self.event(row.event, err, "event")
+        corrective = None
+        if row.corrective is not None:
+            corrective = self.session.exec(select(TraceEvent).where(TraceEvent.event_id == row.corrective)).first()
+            if corrective is None:
+                # an event added by this very import gets its ID only once the import is checked
+                err("corrective", f"no event has the ID {row.corrective} (record the corrective event first)")
+            elif corrective.id == (wrong.id if wrong else None):
+                err("corrective", "an event cannot correct itself")
+            elif not self.allowed("correction", "event", corrective, err, "corrective"):
+                corrective = None
+        if row.reason == "did_not_occur" and row.corrective is not None:
+            err("corrective", "an event that did not occur has no corrective event")
+        if wrong is None or (row.corrective is not None and corrective is None):
+            return
+        values = {
+            "corrective_event_id": corrective.id if corrective else None,
+            "reason": row.reason,
+            "declared_at": _ms(row.time),
+            "declared_at_offset": _offset(row.time),
+        }
+        existing = self.session.exec(select(EventCorrection).where(EventCorrection.event_id == wrong.id)).first()
+        if existing is not None:
+            stored = existing.model_dump()
+            when = existing.declared_at
+            stored["declared_at"] = when.replace(tzinfo=UTC) if when.tzinfo is None else when
+            if self._compare(f"the error declaration of {row.event}", stored, values, err):
+                self.result.unchanged["corrections"] += 1
+            return
+        if len(self.errors):
+            return
+        correction = EventCorrection(event_id=wrong.id, **values)  # type: ignore[arg-type]
+        if row.salt is not None:
+            correction.salt = row.salt
+        self.session.add(correction)
+        self.session.flush()
+        self.result.created["corrections"] += 1
+        self.result.correction_ids.append(correction.id)  # type: ignore[arg-type]
+
     # ---- inspections
 
     def inspections(self, row: InspectionRow, err: Err, i: int) -> None:
@@ -751,7 +927,7 @@ class _Importer:
             err("report_no", f"duplicate report {row.report_no!r} of {row.lab!r}")
             return
         self.seen["inspections"].add(key)
-        lot = self.lot(row.lot, err, "lot")
+        lot = self.lot(row.lot, err, "lot", "inspection", "lot")
         if row.certificate_sha256 is not None and row.certificate_text is not None:
             err("certificate_text", "give certificate_sha256 or certificate_text, not both")
         if row.reported_on is not None and row.reported_on < row.sampled_on:
@@ -800,7 +976,11 @@ class _Importer:
                 key=lambda i: i["item"],
             )
             if stored_items != sorted(items, key=lambda i: i["item"]):
-                err("items", f"{what} is already recorded with other items; recorded trace data is never rewritten")
+                err(
+                    "items",
+                    f"{what} is already recorded with other items; recorded trace data is never rewritten",
+                    "conflict",
+                )
                 return
             self.result.unchanged["inspections"] += 1
             return
@@ -817,27 +997,26 @@ class _Importer:
         return list(self.session.exec(select(InspectionItem).where(InspectionItem.inspection_id == inspection_id)))
 
 
-def _loc_parts(fld: str) -> list[Any]:
-    """ "sources[0].plot_no" -> ["sources", 0, "plot_no"]."""
-    parts: list[Any] = []
-    for piece in fld.split("."):
-        name, _, rest = piece.partition("[")
-        if name:
-            parts.append(name)
-        while rest:
-            index, _, rest = rest.partition("]")
-            parts.append(int(index))
-            rest = rest.removeprefix("[")
-    return parts
+# How each entity named by a reference is looked up: (table, key column).
+_TABLES: dict[str, tuple[Any, str]] = {
+    "county": (County, "code"),
+    "township": (Township, "code"),
+    "village": (Village, "code"),
+    "farm": (Farm, "code"),
+    "plot": (Plot, "plot_no"),
+    "herd": (Herd, "herd_no"),
+    "product": (Product, "code"),
+    "facility": (Facility, "code"),
+}
 
 
 # ---------------------------------------------------------------- entry points
 
 
 def _import(
-    session: Session, sections: dict[str, list[_Raw]], source: str, errors: list[RowError]
+    session: Session, sections: dict[str, list[Row]], source: str, errors: list[RowError], scope: Scope | None
 ) -> TraceImportResult:
-    importer = _Importer(session, source)
+    importer = _Importer(session, source, scope or Scope.system())
     importer.errors.extend(errors)
     try:
         with session.no_autoflush:
@@ -863,6 +1042,13 @@ def _import(
         twin = importer.created_events.get(other)
         where = f"events[{twin[0]}] of this file" if twin is not None else f"stored event {other}"
         err(None, f"the same EPCIS event (same GS1 event hash) as {where}")
+    if not importer.errors and sections.get("corrections"):
+        try:
+            with session.no_autoflush:
+                importer.run("corrections", sections["corrections"], importer.corrections)
+        except BaseException:
+            session.rollback()
+            raise
     if importer.errors:
         session.rollback()
         raise ImportErrors(importer.errors)
@@ -870,26 +1056,21 @@ def _import(
     return importer.result
 
 
-def import_trace(session: Session, path: Path | str) -> TraceImportResult:
-    """Import a trace YAML file. Staged in `session` (the caller commits); on any error the session
-    is rolled back and `ImportErrors` lists every problem with its file, line and field."""
+def import_trace(session: Session, path: Path | str, scope: Scope | None = None) -> TraceImportResult:
+    """Import a trace YAML file as `scope` (unrestricted by default). Staged in `session` (the caller
+    commits); on any error the session is rolled back and `ImportErrors` lists every problem with its
+    file, line and field."""
     path = Path(path)
-    sections, errors = read_trace_yaml(path)
-    return _import(session, sections, str(path), errors)
+    sections, errors = read_yaml(path, SECTIONS)
+    return _import(session, sections, str(path), errors, scope)
 
 
 def import_trace_data(
-    session: Session, data: dict[str, list[dict[str, Any]]], source: str = "<data>"
+    session: Session, data: dict[str, list[dict[str, Any]]], source: str = "<data>", scope: Scope | None = None
 ) -> TraceImportResult:
     """Import already-parsed sections (as in the YAML file); rows are numbered, not lined."""
-    sections: dict[str, list[_Raw]] = {}
-    errors: list[RowError] = []
-    for name, rows in data.items():
-        if name not in SECTIONS:
-            errors.append(RowError(source, None, name, None, None, f"unknown section; expected one of {SECTIONS}"))
-            continue
-        sections[name] = [_Raw(dict(r), dict(r), None) for r in rows]
-    return _import(session, sections, source, errors)
+    sections, errors = rows_from_data(data, SECTIONS, source)
+    return _import(session, sections, source, errors, scope)
 
 
 def load_demo_trace(session: Session) -> TraceImportResult:

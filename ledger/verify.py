@@ -128,8 +128,14 @@ def current_record(
     elif ref.kind == growth.GROWTH:
         g = session.get(GrowthSummary, ref.id)
         assert g is not None
-        fresh = growth.compute(
-            session, influx, get_catalogue(settings.catalogue_file), g.lot_id, settings.county_timezone
+        fresh = growth.compute(  # over the frozen season and devices, not today's events and registry
+            session,
+            influx,
+            get_catalogue(settings.catalogue_file),
+            g.lot_id,
+            settings.county_timezone,
+            (g.season_start, g.season_end),
+            g.devices,
         )
         if fresh is not None:
             rec["content"] = fresh

@@ -68,6 +68,7 @@ class Unit:
     name: str
     uom: str | None  # UN/CEFACT Rec. 20 code for EPCIS; None for a count of items
     decimals: int
+    kg: float | None = None  # mass of one unit; None when it depends on the product (a bag)
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Vocabulary:
     steps: dict[str, Step]  # by short name
     dispositions: dict[str, str]  # short name -> URI
     units: dict[str, Unit]
+    lineage: dict[str, Any] = field(default_factory=dict)  # relation -> max yield (or by facility kind)
     _by_uri: dict[str, Step] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -272,7 +274,14 @@ def _load(path: Path) -> Vocabulary:
         base = bizstep_base if ns == "cbv" else namespace + "BizStep-"
         steps[name] = Step(name, base + name, ns, event_types, read_point, attributes, s.get("description"))
     dispositions = {n: disposition_base + n for n in cbv["dispositions"]}
-    units = {n: Unit(n, u.get("uom"), int(u["decimals"])) for n, u in doc["units"].items()}
+    units = {n: Unit(n, u.get("uom"), int(u["decimals"]), u.get("kg")) for n, u in doc["units"].items()}
+    lineage = doc.get("lineage") or {}
+    for relation, rule in lineage.items():
+        values = rule.values() if isinstance(rule, dict) else [rule]
+        if relation not in ("merge", "split", "transform") or not all(
+            isinstance(v, int | float) and 0 < v <= 1 for v in values
+        ):
+            raise ValueError(f"{path}: lineage {relation!r}: a relation with yields in (0, 1]")
     return Vocabulary(
         prefix=project["prefix"],
         namespace=namespace,
@@ -282,6 +291,7 @@ def _load(path: Path) -> Vocabulary:
         steps=steps,
         dispositions=dispositions,
         units=units,
+        lineage=lineage,
     )
 
 

@@ -114,7 +114,8 @@ def test_validation_errors_name_every_field_without_echoing_personal_data(
     missing = is_problem(client.post("/api/v1/admin/farms", headers=auth["county"], json={"code": "Z"}), 422)
     assert "body.name" in {e["loc"] for e in missing["errors"]}
     nonexistent = {"code": "NV-1", "name": "x", "village_code": "211122101299"}
-    is_problem(client.post("/api/v1/admin/farms", headers=auth["county"], json=nonexistent), 403, "outside-scope")
+    gone = is_problem(client.post("/api/v1/admin/farms", headers=auth["county"], json=nonexistent), 422, "validation")
+    assert gone["errors"] == [{"field": "village_code", "message": "village '211122101299' does not exist"}]
 
 
 def test_pagination_and_filters(client: TestClient, auth: dict[str, dict[str, str]]) -> None:

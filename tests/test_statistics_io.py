@@ -131,9 +131,9 @@ def test_each_bad_cell_is_reported_with_line_and_column(
         sio.parse_statistics(path, known_counties=sio.known_county_codes())
     errors = exc.value.errors
     assert len(errors) == 1, [str(e) for e in errors]
-    assert (errors[0].line, errors[0].column) == (line, column)
+    assert (errors[0].line, errors[0].field) == (line, column)
     assert fragment in errors[0].message
-    assert str(errors[0]).startswith(f"{path}:{line}: column '{column}'")
+    assert str(errors[0]).startswith(f"{path}:{line}: statistics field '{column}'")
 
 
 def test_unit_mismatch_duplicate_and_extra_cells(tmp_path: Path) -> None:
@@ -147,7 +147,7 @@ def test_unit_mismatch_duplicate_and_extra_cells(tmp_path: Path) -> None:
     )
     with pytest.raises(sio.StatisticsImportError) as exc:
         sio.parse_statistics(write(tmp_path, "bad.csv", text), known_counties=sio.known_county_codes())
-    got = [(e.line, e.column) for e in exc.value.errors]
+    got = [(e.line, e.field) for e in exc.value.errors]
     assert got == [(2, "unit"), (5, "value"), (6, None)]
     messages = [e.message for e in exc.value.errors]
     assert "differs from the catalogue's '10k persons'" in messages[0]
@@ -159,7 +159,7 @@ def test_wide_header_errors_and_missing_columns(tmp_path: Path) -> None:
     wide = write(tmp_path, "w.csv", "county_code,year,rural_5g_coverage,bogus,fever_alerts\n211122,2022,50,1,2\n")
     with pytest.raises(sio.StatisticsImportError) as exc:
         sio.parse_statistics(wide, known_counties=None)
-    assert [(e.line, e.column) for e in exc.value.errors] == [(1, "bogus"), (1, "fever_alerts")]
+    assert [(e.line, e.field) for e in exc.value.errors] == [(1, "bogus"), (1, "fever_alerts")]
     nokeys = write(tmp_path, "n.csv", "code,yr,value\n211122,2022,1\n")
     with pytest.raises(sio.StatisticsImportError, match="missing column"):
         sio.parse_statistics(nokeys)
@@ -251,7 +251,7 @@ def test_cli_import_reports_errors_and_imports_nothing(cli_db: str, tmp_path: Pa
     bad = write(tmp_path, "bad.csv", LONG + "211122,2024,rural_5g_coverage,abc,%,\n")
     result = runner.invoke(app, ["stats", "import", str(bad)])
     assert result.exit_code == 1
-    assert "bad.csv:6: column 'value' rural_5g_coverage: 'abc' is not a number" in result.output
+    assert "bad.csv:6: statistics field 'value': rural_5g_coverage: 'abc' is not a number" in result.output
     assert "nothing was imported" in result.output
     good = write(tmp_path, "good.csv", LONG)
     result = runner.invoke(app, ["stats", "import", str(good), "--source", "test"])

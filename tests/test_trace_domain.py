@@ -364,6 +364,7 @@ def _facts(variant: int) -> dict[str, list[dict[str, Any]]]:
                     "product": "p",
                     "lot_no": "L1",
                     "code": CODE,
+                    "farm": "PS-F001",
                     "quantity": 100,
                     "salt": SALTS[0],
                     "sources": [{"plot_no": PLOT, "area_mu": 152}],
@@ -400,6 +401,7 @@ def _facts(variant: int) -> dict[str, list[dict[str, Any]]]:
                 "lot_no": "L1",
                 "product": "p",
                 "code": "jfpd-18rs-dbw",
+                "farm": " PS-F001",
                 "unit": "kg",
                 "quantity": 100.0000001,
                 "salt": SALTS[0],
@@ -604,12 +606,14 @@ products:
   - {code: paddy, name_zh: 稻谷, unit: kg}
   - {code: bag, gtin: "06947512300017", name_zh: 大米, unit: bag}
 lots:
-  - {product: paddy, lot_no: P1, harvest_year: 2026, sources: [{plot_no: "211122101201-001"}]}
+  - {product: paddy, lot_no: P1, farm: PS-F001, harvest_year: 2026, sources: [{plot_no: "211122101201-001"}]}
   - product: paddy
     lot_no: P2
+    farm: PS-F001
     code: JFPD-18RS-DBX
   - product: paddy
     lot_no: P3
+    farm: PS-F001
     sources:
       - {plot_no: "999999999999-001"}
   - {product: bag, lot_no: B1, quantity: 10}
@@ -747,9 +751,9 @@ def test_lot_parent_cycles_are_refused(registry_db: Engine) -> None:
     data = {
         "products": [{"code": "p", "name_zh": "稻谷"}],
         "lots": [
-            {"product": "p", "lot_no": "A", "parents": [{"lot": "p:B", "relation": "merge"}]},
-            {"product": "p", "lot_no": "B", "parents": [{"lot": "p:A", "relation": "split"}]},
-            {"product": "p", "lot_no": "C", "parents": [{"lot": "p:C", "relation": "split"}]},
+            {"product": "p", "lot_no": "A", "farm": "PS-F001", "parents": [{"lot": "p:B", "relation": "merge"}]},
+            {"product": "p", "lot_no": "B", "farm": "PS-F001", "parents": [{"lot": "p:A", "relation": "split"}]},
+            {"product": "p", "lot_no": "C", "farm": "PS-F001", "parents": [{"lot": "p:C", "relation": "split"}]},
         ],
     }
     with Session(registry_db) as session, pytest.raises(ImportErrors) as e:
@@ -776,23 +780,23 @@ def test_yaml_problems_are_reported_with_the_line(registry_db: Engine, tmp_path:
 def test_migration_upgrade_and_downgrade_on_sqlite(tmp_path: Path) -> None:
     url = _url(tmp_path / "m.db")
     cfg = alembic_config(url)
-    command.upgrade(cfg, "0002")
+    command.upgrade(cfg, "0008")
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
             assert tables >= TRACE_TABLES | {"plot", "farm"}
             diffs = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
-        ours = [d for d in diffs if _diff_table(d) in TRACE_TABLES]
-        assert ours == [], ours  # the migration creates exactly what the models describe
+        ours = [d for d in diffs if _diff_table(d) in TRACE_TABLES | {"event_correction", "growth_summary"}]
+        assert ours == [], ours  # the migrations create exactly what the models describe
         command.downgrade(cfg, "0001")
         with engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
             assert not tables & TRACE_TABLES and {"plot", "farm", "device"} <= tables
             assert conn.execute(sa.text("select version_num from alembic_version")).scalars().all() == ["0001"]
-        command.upgrade(cfg, "0002")
+        command.upgrade(cfg, "0008")
         with engine.connect() as conn:
-            assert set(sa.inspect(conn).get_table_names()) >= TRACE_TABLES
+            assert set(sa.inspect(conn).get_table_names()) >= TRACE_TABLES | {"event_correction"}
     finally:
         engine.dispose()
 

@@ -147,7 +147,7 @@ def _page_actor(request: Request, session: Session) -> Actor | None:
         principal = current_principal(request, session, None, None, token)
     except Problem:
         return None
-    return Actor(principal, area_of(session, principal.role, principal.scope))
+    return Actor(principal, area_of(session, principal.role.value, principal.scope))
 
 
 @router.get(

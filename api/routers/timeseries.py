@@ -21,7 +21,6 @@ from sqlmodel import col, select
 from analytics.rollups import ROLLUP_RP, Rollups, ident, quote
 from api.deps import ActorDep, SessionDep
 from api.problems import Problem, problem_responses
-from api.routers.admin import _device_out
 from core.catalogue import get_catalogue
 from core.influx import InfluxError, InfluxV1
 from core.models import Device, Herd, Plot
@@ -64,7 +63,7 @@ def _kinds_and_filter(
         d = session.get(Device, value)
         if d is None:
             raise Problem(404, "not-found", f"no device {value}")
-        actor.require_read(_device_out(session, d).village_code, f"device {value}")
+        actor.require_read_row(session, "device", d, f"device {value}")
         return [d.kind], {"device": value}, {"device": value}
     if key == "plot":
         p = session.exec(select(Plot).where(Plot.plot_no == value)).first()
