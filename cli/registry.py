@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from core import registry_io
 from core.db import get_engine, migrate
+from core.importing import ImportErrors
+from core.scope import Scope
 from core.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True, help="Registry of divisions, farms, plots, herds, animals and devices.")
@@ -36,11 +38,33 @@ def registry_engine() -> Engine:
     return get_engine(url)
 
 
-def _run_import(action: str, do: Callable[[Session], registry_io.ImportResult]) -> None:
+AS_USER = typer.Option(
+    None,
+    "--as",
+    metavar="USER",
+    help="Import as this API user: every reference must lie in the user's area (core/scope.py). "
+    "Without it the import runs as the operator of the server, unrestricted.",
+)
+
+
+def scope_of_user(session: Session, username: str | None) -> Scope | None:
+    """The scope of an API user (`village users add`), or None (unrestricted) without a name."""
+    if username is None:
+        return None
+    from api.models import User  # the accounts live with the API
+
+    user = session.exec(select(User).where(User.username == username)).first()
+    if user is None or not user.active:
+        fail(f"no active user {username!r} (see `village users list`)", 2)
+    return Scope.of(session, user.role, user.scope)
+
+
+def run_import(action: str, do: Callable[[Session, Scope | None], Any], username: str | None = None) -> None:
+    """Run an import in one transaction (as `username` when given), print every error or the summary."""
     with Session(registry_engine()) as session:
         try:
-            result = do(session)
-        except registry_io.ImportErrors as e:
+            result = do(session, scope_of_user(session, username))
+        except ImportErrors as e:
             for error in e.errors:
                 err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
             fail(f"{action}: {len(e.errors)} error(s); nothing was imported")
@@ -64,6 +88,7 @@ def import_cmd(
         metavar="ENTITY",
         help=f"Import FILE as CSV rows of one entity ({', '.join(registry_io.ENTITIES)}).",
     ),
+    as_user: str | None = AS_USER,
 ) -> None:
     """Import (upsert) registry data; nothing is imported when any row is wrong."""
     if not file.is_file():
@@ -73,15 +98,15 @@ def import_cmd(
             entity = registry_io.entity_name(csv_entity)
         except ValueError as e:
             fail(str(e), 2)
-        _run_import(f"import {file}", lambda s: registry_io.import_csv(s, entity, file))
+        run_import(f"import {file}", lambda s, scope: registry_io.import_csv(s, entity, file, scope), as_user)
     else:
-        _run_import(f"import {file}", lambda s: registry_io.import_yaml(s, file))
+        run_import(f"import {file}", lambda s, scope: registry_io.import_yaml(s, file, scope), as_user)
 
 
 @app.command("demo")
 def demo_cmd() -> None:
     """Load the demo county (Panshan County, Panjin, Liaoning); safe to repeat."""
-    _run_import("demo county", registry_io.load_demo)
+    run_import("demo county", lambda s, _scope: registry_io.load_demo(s))
 
 
 @app.command("show")

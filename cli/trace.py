@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -10,9 +9,8 @@ from rich.console import Console
 from rich.table import Table
 from sqlmodel import Session, col, select
 
-from cli.registry import err_console, fail, registry_engine
+from cli.registry import AS_USER, err_console, fail, registry_engine, run_import, scope_of_user
 from core.models import Farm, Herd, Plot
-from core.registry_io import ImportErrors
 from ledger import codes, trace_io
 from ledger.models import Facility, Inspection, InspectionItem, Lot, LotParent, LotSource, TraceEvent
 from ledger.records import EVENT, INSPECTION, event_lots, records_of_lot, rfc3339
@@ -23,18 +21,6 @@ DEFAULT_BASE = "http://127.0.0.1:8000"
 BASE_OPTION = typer.Option(
     DEFAULT_BASE, "--base", envvar="TRACE_BASE_URL", help="Base URL of the public trace resolver (label URIs)."
 )
-
-
-def _run_import(action: str, do: Callable[[Session], trace_io.TraceImportResult]) -> None:
-    with Session(registry_engine()) as session:
-        try:
-            result = do(session)
-        except ImportErrors as e:
-            for error in e.errors:
-                err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
-            fail(f"{action}: {len(e.errors)} error(s); nothing was imported")
-        session.commit()
-    typer.echo(f"{action}: {result.summary()}")
 
 
 def _find(session: Session, text: str) -> Lot:
@@ -214,17 +200,21 @@ def show_cmd(
 
 
 @app.command("import")
-def import_cmd(file: Path = typer.Argument(..., help="A trace YAML file (see ledger/trace_io.py).")) -> None:
-    """Import products, facilities, lots, events and inspections; nothing is imported when any row is wrong."""
+def import_cmd(
+    file: Path = typer.Argument(..., help="A trace YAML file (README: trace file format)."),
+    as_user: str | None = AS_USER,
+) -> None:
+    """Import products, facilities, lots, events, corrections and inspections; nothing is imported when any
+    row is wrong or, with --as, outside the user's area."""
     if not file.is_file():
         fail(f"{file}: no such file", 2)
-    _run_import(f"import {file}", lambda s: trace_io.import_trace(s, file))
+    run_import(f"import {file}", lambda s, scope: trace_io.import_trace(s, file, scope), as_user)
 
 
 @app.command("demo")
 def demo_cmd() -> None:
     """Load the demo county and its 2026 rice season (paddy to 5 kg bags, one failed inspection); safe to repeat."""
-    _run_import("demo trace", trace_io.load_demo_trace)
+    run_import("demo trace", lambda s, _scope: trace_io.load_demo_trace(s))
 
 
 @app.command("qr")
@@ -273,14 +263,16 @@ def export_epcis_cmd(
 @app.command("import-epcis")
 def import_epcis_cmd(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="An EPCIS 2.0 JSON-LD document."),
+    as_user: str | None = AS_USER,
 ) -> None:
-    """Store the events of an EPCIS 2.0 document (its lots, places and actors must be known); all or nothing."""
+    """Store the events of an EPCIS 2.0 document (its lots, places and actors must be known), checked like a
+    trace file; all or nothing."""
     from ledger.epcis import EpcisError
     from ledger.epcis_io import import_document
 
     with Session(registry_engine()) as session:
         try:
-            result = import_document(session, file.read_bytes())
+            result = import_document(session, file.read_bytes(), scope_of_user(session, as_user))
         except EpcisError as e:
             for path, message in e.errors:
                 err_console.print(f"[red]error:[/red] {path or '/'}: {message}", highlight=False, soft_wrap=True)

@@ -44,7 +44,7 @@ from core.importing import (
     validate_row,
 )
 from core.models import Animal, County, Device, Farm, Herd, Plot, Township, Village
-from core.scope import Scope, entity
+from core.scope import Scope, entity, frozen_change
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +224,10 @@ class _Importer:
             current = self.existing(section).get(key)
             if current is not None and (reason := self.scope.owns(self.session, name, current)):
                 err(key_field, f"{reason}: it cannot be changed", "forbidden")
+                self._failed[section].add(key)
+                continue
+            if current is not None and (reason := frozen_change(self.session, name, current, values)):
+                err(None, reason, "conflict")
                 self._failed[section].add(key)
                 continue
             self._upsert(section, key, values)

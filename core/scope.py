@@ -44,6 +44,8 @@ __all__ = [
     "area_of",
     "declare",
     "entity",
+    "freeze",
+    "frozen_change",
     "locate",
 ]
 
@@ -81,6 +83,7 @@ class Entity:
     references: tuple[Reference, ...] = ()
     writers: str = "area"  # "area": a writing role whose area covers the row; "county_admin"
     custody: Locator | None = None  # where else the row may be referenced from (lots)
+    named_at: Locator | None = None  # where a reference to the row points, when not where it lies (divisions)
 
     def reference(self, fld: str) -> Reference:
         for r in self.references:
@@ -204,7 +207,8 @@ class Scope:
             return None
         spec = ENTITIES[ref.target]
         key = getattr(target, spec.key, None)
-        where = locate(session, ref.target, target)
+        # a division is named by its own code (a farm in village V points at V, not at V's township)
+        where = spec.named_at(session, target) if spec.named_at else locate(session, ref.target, target)
         if ref.rule == Rule.county:
             if any(self.area.covers_county_of(c) for c in where):
                 return None
@@ -246,7 +250,15 @@ def _device_at(session: Session, d: Device) -> set[str]:
 
 
 declare(
-    Entity("county", "counties", "code", "its own code", lambda s, r: _one(r.code), writers="county_admin"),
+    Entity(
+        "county",
+        "counties",
+        "code",
+        "its own code",
+        lambda s, r: _one(r.code),
+        writers="county_admin",
+        named_at=lambda s, r: _one(r.code),
+    ),
     Entity(
         "township",
         "townships",
@@ -255,6 +267,7 @@ declare(
         lambda s, r: _one(r.county_code),
         (Reference("county_code", "county"),),
         writers="county_admin",
+        named_at=lambda s, r: _one(r.code),
     ),
     Entity(
         "village",
@@ -264,6 +277,7 @@ declare(
         lambda s, r: _one(r.township_code),
         (Reference("township_code", "township"),),
         writers="county_admin",
+        named_at=lambda s, r: _one(r.code),
     ),
     Entity(
         "farm",
@@ -310,6 +324,33 @@ declare(
         ),
     ),
 )
+
+
+# ---------------------------------------------------------------- facts that records repeat
+
+InUse = Callable[[Session, Any], str | None]
+_FROZEN: dict[str, tuple[tuple[str, ...], InUse]] = {}
+
+
+def freeze(name: str, fields: tuple[str, ...], in_use: InUse) -> None:
+    """Fields of entity `name` that hashed records repeat (a plot's village is in every record of a
+    lot grown on it): once `in_use` says a record names the row, they never change."""
+    _FROZEN[name] = (fields, in_use)
+
+
+def frozen_change(session: Session, name: str, row: Any, values: dict[str, Any]) -> str | None:
+    """Why `values` may not be written over the existing `row`, or None."""
+    if name not in _FROZEN:
+        return None
+    fields, in_use = _FROZEN[name]
+    changed = [f for f in fields if f in values and getattr(row, f) != values[f]]
+    if not changed:
+        return None
+    why = in_use(session, row)
+    if why is None:
+        return None
+    key = getattr(row, ENTITIES[name].key, None)
+    return f"{' and '.join(changed)} of {name} {key} cannot change: {why}, which are anchored as they are"
 
 
 def farm_area(session: Session, farm_id: int | None) -> set[str]:

@@ -10,17 +10,19 @@ that is already stored under another notation is recognised as the same event.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from sqlmodel import Session, select
 
+from core.importing import ImportErrors
 from core.models import Farm, Plot, Village
-from ledger import epcis
+from core.scope import Scope
+from ledger import epcis, trace_io
 from ledger.codes import GS1_CANONICAL_BASE, normalize_code
-from ledger.models import Facility, Lot, Product, TraceEvent, TraceEventLot
+from ledger.models import Facility, Lot, Product, TraceEvent
 from ledger.records import EVENT, epcis_event, records_of_lot
-from ledger.vocab import AttributeErrors, UnknownTerm, get_vocab
+from ledger.vocab import get_vocab
 
 
 def export_lot(session: Session, lot: Lot, sender: str | None = None) -> dict[str, Any]:
@@ -71,98 +73,118 @@ class _Resolver:
         return None if local is None else self.session.exec(select(table).where(getattr(table, key) == local)).first()
 
 
-def import_document(session: Session, doc: dict[str, Any] | str | bytes) -> EpcisImportResult:
-    """Store the document's events (staged in `session`; the caller commits). Raises
-    epcis.EpcisError listing every problem by JSON pointer; nothing is stored then."""
+def _time_in_offset(event_time: str, offset: str) -> str:
+    """The event time as RFC 3339 in the event's own offset (how the trace importer takes it)."""
+    when = datetime.fromisoformat(event_time.replace("Z", "+00:00"))
+    sign = -1 if offset.startswith("-") else 1
+    hours, minutes = (int(x) for x in offset[1:].split(":"))
+    return when.astimezone(timezone(sign * timedelta(hours=hours, minutes=minutes))).isoformat()
+
+
+def _event_row(ev: dict[str, Any], at: str, r: _Resolver, problems: list[tuple[str, str]]) -> dict[str, Any]:
+    """An EPCIS event as a row of the trace importer (ledger.trace_io `events`), its IRIs resolved to codes."""
+
+    def lot_code(element: dict[str, Any], path: str) -> str | None:
+        lot = r.lot(str(element.get("epcClass", "")))
+        if lot is None:
+            problems.append((path, f"unknown lot {element.get('epcClass')!r}: import the lot first"))
+        return lot.code if lot else None
+
+    row: dict[str, Any] = {
+        "type": ev["type"],
+        "step": ev.get("bizStep", ""),
+        "time": _time_in_offset(ev["eventTime"], ev.get("eventTimeZoneOffset", "+00:00")),
+    }
+    for name, key in (("action", "action"), ("disposition", "disposition"), ("parent", "parentID")):
+        if ev.get(key) is not None:
+            row[name] = ev[key]
+    if ev["type"] == "TransformationEvent":
+        for name, key in (("inputs", "inputQuantityList"), ("outputs", "outputQuantityList")):
+            row[name] = [lot_code(e, f"{at}/{key}/{j}") for j, e in enumerate(ev.get(key, []))]
+    else:
+        key = "childQuantityList" if ev["type"] == "AggregationEvent" else "quantityList"
+        elements = ev.get(key, [])
+        if len(elements) != 1:
+            problems.append((f"{at}/{key}", "exactly one lot (class-level identifier) per event is supported"))
+        else:
+            row["lot"] = lot_code(elements[0], f"{at}/{key}/0")
+    read_iri = str(ev.get("readPoint", {}).get("id", ""))
+    if (plot := r.row(read_iri, "plot", Plot, "plot_no")) is not None:
+        row["read_point"] = {"plot_no": plot.plot_no}
+    elif (facility := r.row(read_iri, "facility", Facility, "code")) is not None:
+        row["read_point"] = {"facility": facility.code}
+    else:
+        problems.append((f"{at}/readPoint/id", f"unknown read point {read_iri!r} (a plot or facility IRI)"))
+    village = r.row(str(ev.get("bizLocation", {}).get("id", "")), "village", Village, "code")
+    if village is None:
+        problems.append((f"{at}/bizLocation/id", "unknown village (a village IRI)"))
+    else:
+        row["biz_location"] = village.code
+    actor_iri = str(ev.get(f"{r.prefix}:actor", ""))
+    if (farm := r.row(actor_iri, "farm", Farm, "code")) is not None:
+        row["actor"] = {"farm": farm.code}
+    elif (facility := r.row(actor_iri, "facility", Facility, "code")) is not None:
+        row["actor"] = {"facility": facility.code}
+    else:
+        problems.append((f"{at}/{r.prefix}:actor", f"unknown actor {actor_iri!r} (a farm or facility IRI)"))
+    row["attributes"] = {
+        k.split(":", 1)[1]: v for k, v in ev.items() if k.startswith(f"{r.prefix}:") and k != f"{r.prefix}:actor"
+    }
+    return row
+
+
+def import_document(
+    session: Session, doc: dict[str, Any] | str | bytes, scope: Scope | None = None
+) -> EpcisImportResult:
+    """Store the document's events as `scope` (unrestricted by default), through the trace importer, so
+    an EPCIS document is checked exactly like a trace file: vocabulary, references, the actor's area.
+    Staged in `session` (the caller commits). Raises epcis.EpcisError listing every problem by JSON
+    pointer; nothing is stored then. An event whose `eventID` is not the hash of what is stored (fields
+    this system does not keep) is refused rather than stored under a name it does not have."""
     events = epcis.from_document(doc)
     r = _Resolver(session)
-    vocab = get_vocab()
     result = EpcisImportResult()
     errors: list[tuple[str, str]] = []
-    staged: list[tuple[TraceEvent, list[tuple[int, str]]]] = []
+    rows: list[dict[str, Any]] = []
+    where: list[int] = []  # row index -> event index in the document
     for i, ev in enumerate(events):
-        at = f"/epcisBody/eventList/{i}"
         if session.exec(select(TraceEvent.id).where(TraceEvent.event_id == ev["eventID"])).first():
             result.unchanged += 1
             continue
         problems: list[tuple[str, str]] = []
-
-        def lot_of(element: dict[str, Any], path: str, problems: list[tuple[str, str]] = problems) -> Lot | None:
-            lot = r.lot(str(element.get("epcClass", "")))
-            if lot is None:
-                problems.append((path, f"unknown lot {element.get('epcClass')!r}: import the lot first"))
-            return lot
-
-        lot_id = None
-        links: list[tuple[int, str]] = []
-        if ev["type"] == "TransformationEvent":
-            for role, key in (("input", "inputQuantityList"), ("output", "outputQuantityList")):
-                for j, element in enumerate(ev.get(key, [])):
-                    lot = lot_of(element, f"{at}/{key}/{j}")
-                    if lot is not None and lot.id is not None:
-                        links.append((lot.id, role))
-        else:
-            key = "childQuantityList" if ev["type"] == "AggregationEvent" else "quantityList"
-            elements = ev.get(key, [])
-            if len(elements) != 1:
-                problems.append((f"{at}/{key}", "exactly one lot (class-level identifier) per event is supported"))
-            else:
-                lot = lot_of(elements[0], f"{at}/{key}/0")
-                lot_id = lot.id if lot else None
-        read_iri = str(ev.get("readPoint", {}).get("id", ""))
-        plot = r.row(read_iri, "plot", Plot, "plot_no")
-        facility = r.row(read_iri, "facility", Facility, "code")
-        if plot is None and facility is None:
-            problems.append((f"{at}/readPoint/id", f"unknown read point {read_iri!r} (a plot or facility IRI)"))
-        village = r.row(str(ev.get("bizLocation", {}).get("id", "")), "village", Village, "code")
-        if village is None:
-            problems.append((f"{at}/bizLocation/id", "unknown village (a village IRI)"))
-        actor_iri = str(ev.get(f"{r.prefix}:actor", ""))
-        actor_farm = r.row(actor_iri, "farm", Farm, "code")
-        actor_facility = r.row(actor_iri, "facility", Facility, "code")
-        if actor_farm is None and actor_facility is None:
-            problems.append((f"{at}/{r.prefix}:actor", f"unknown actor {actor_iri!r} (a farm or facility IRI)"))
-        attrs = {
-            k.split(":", 1)[1]: v for k, v in ev.items() if k.startswith(f"{r.prefix}:") and k != f"{r.prefix}:actor"
-        }
-        try:
-            step = vocab.normalize_step(ev["bizStep"])
-            attrs = vocab.validate_attributes(step, attrs)
-        except UnknownTerm as e:
-            problems.append((f"{at}/bizStep", str(e)))
-            step = ""
-        except AttributeErrors as e:
-            problems += [(f"{at}/{r.prefix}:{name}", msg) for name, msg in e.errors]
-        if problems:
-            errors += problems
-            continue
-        when = datetime.fromisoformat(ev["eventTime"].replace("Z", "+00:00"))
-        row = TraceEvent(
-            event_id=ev["eventID"],
-            event_type=ev["type"],
-            action=ev.get("action"),
-            biz_step=step,
-            disposition=vocab.normalize_disposition(ev["disposition"]) if ev.get("disposition") else None,
-            event_time=when.astimezone(UTC),
-            event_time_zone_offset=ev.get("eventTimeZoneOffset", "+00:00"),
-            lot_id=lot_id,
-            parent_uri=ev.get("parentID"),
-            read_point_plot_id=plot.id if plot else None,
-            read_point_facility_id=facility.id if facility and not plot else None,
-            biz_location=village.code,  # type: ignore[union-attr]
-            attributes=attrs,
-            actor_farm_id=actor_farm.id if actor_farm else None,
-            actor_facility_id=actor_facility.id if actor_facility and not actor_farm else None,
-        )
-        staged.append((row, links))
+        row = _event_row(ev, f"/epcisBody/eventList/{i}", r, problems)
+        errors += problems
+        rows.append(row)
+        where.append(i)
     if errors:
         raise epcis.EpcisError(errors)
-    for row, links in staged:
-        session.add(row)
-        session.flush()
-        assert row.id is not None
-        for lot_id, role in links:
-            session.add(TraceEventLot(trace_event_id=row.id, lot_id=lot_id, role=role))
-        result.created.append(row.id)
-    session.flush()
+    if not rows:
+        return result
+    try:
+        imported = trace_io.import_trace_data(session, {"events": rows}, source="EPCIS document", scope=scope)
+    except ImportErrors as e:
+        pointer = [
+            (f"/epcisBody/eventList/{where[x.index]}" if x.index is not None else "/")
+            + (f" ({x.field})" if x.field else "")
+            for x in e.errors
+        ]
+        raise epcis.EpcisError([(p, x.message) for p, x in zip(pointer, e.errors, strict=True)]) from None
+    wrong = []
+    by_index = dict(zip(range(len(rows)), where, strict=True))
+    for n, event_id in enumerate(imported.event_ids):
+        stored = session.get(TraceEvent, event_id)
+        given = events[by_index[n]]["eventID"]
+        if stored is not None and stored.event_id != given:
+            wrong.append(
+                (
+                    f"/epcisBody/eventList/{by_index[n]}/eventID",
+                    f"{given} is not the hash of the event as "
+                    f"recorded here ({stored.event_id}): it carries fields this system does not keep",
+                )
+            )
+    if wrong:
+        session.rollback()
+        raise epcis.EpcisError(wrong)
+    result.created = list(imported.event_ids)
+    result.unchanged += sum(imported.unchanged.values())
     return result

@@ -9,10 +9,13 @@ intake, its drying and the lots it makes from it, and nobody else may.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from sqlmodel import Session, col, select
 
-from core.scope import Entity, Reference, Rule, declare, farm_area
-from ledger.models import EventCorrection, Facility, Inspection, Lot, TraceEvent
+from core.scope import Entity, Reference, Rule, declare, farm_area, freeze
+from ledger.models import EventCorrection, Facility, Inspection, Lot, LotSource, TraceEvent
 from ledger.vocab import get_vocab
 
 __all__ = ["custody_of", "lot_area"]
@@ -124,3 +127,20 @@ declare(
         (Reference("lot", "lot", Rule.custody),),
     ),
 )
+
+
+def _named_by_records(what: str, column_of_source: str) -> Callable[[Session, Any], str | None]:
+    def in_use(session: Session, row: Any) -> str | None:
+        lots = session.exec(select(LotSource.lot_id).where(getattr(LotSource, column_of_source) == row.id)).all()
+        events = []
+        if what == "plot":
+            events = session.exec(select(TraceEvent.id).where(TraceEvent.read_point_plot_id == row.id)).all()
+        if not lots and not events:
+            return None
+        return f"{len(lots)} lot(s) and {len(events)} event(s) record the {what} with it"
+
+    return in_use
+
+
+freeze("plot", ("village_code",), _named_by_records("plot", "plot_id"))
+freeze("herd", ("village_code",), _named_by_records("herd", "herd_id"))

@@ -24,6 +24,7 @@ from ledger.anchor_models import GrowthSummary
 from ledger.codes import format_code, lot_uri
 from ledger.digests import day_bounds, quote
 from ledger.models import (
+    EventCorrection,
     Facility,
     Inspection,
     Lot,
@@ -92,6 +93,36 @@ def origin_of(session: Session, lot_ids: list[int]) -> list[dict[str, Any]]:
             }
         )
     return sorted(out, key=lambda o: o["plot_no"])
+
+
+def _corrections(session: Session, events: list[TraceEvent]) -> dict[int, dict[str, Any]]:
+    """Per event id: how it was declared in error, or which event it corrects (EPCIS error declarations)."""
+    ids = [e.id for e in events]
+    by_id = {e.id: e for e in events}
+    out: dict[int, dict[str, Any]] = {}
+    rows = session.exec(
+        select(EventCorrection).where(
+            col(EventCorrection.event_id).in_(ids) | col(EventCorrection.corrective_event_id).in_(ids)
+        )
+    ).all()
+    for c in rows:
+        declared = rfc3339(c.declared_at, c.declared_at_offset)
+        right = by_id.get(c.corrective_event_id) if c.corrective_event_id else None
+        wrong = by_id.get(c.event_id)
+        out.setdefault(c.event_id, {}).update(
+            {
+                "corrected": {
+                    "reason": c.reason,
+                    "declared_at": declared,
+                    "corrective_event_id": right.event_id if right else None,
+                }
+            }
+        )
+        if c.corrective_event_id is not None:
+            out.setdefault(c.corrective_event_id, {}).update(
+                {"corrects": {"event_id": wrong.event_id if wrong else None, "declared_at": declared}}
+            )
+    return out
 
 
 def _event(session: Session, ev: TraceEvent, codes_by_id: dict[int, str]) -> dict[str, Any]:
@@ -203,6 +234,7 @@ def build_view(session: Session, lot: Lot, base_url: str, influx: InfluxV1 | Non
         .where(col(TraceEvent.lot_id).in_(lineage) | col(TraceEvent.id).in_(linked))
         .order_by(TraceEvent.event_time, TraceEvent.id)
     ).all()
+    corrections = _corrections(session, list(events))
     inspections = []
     for insp in session.exec(
         select(Inspection).where(col(Inspection.lot_id).in_(lineage)).order_by(Inspection.sampled_on, Inspection.id)
@@ -217,7 +249,7 @@ def build_view(session: Session, lot: Lot, base_url: str, influx: InfluxV1 | Non
         **{k: v for k, v in lot_json(lot).items() if k != "code"},
         "origin": origin_of(session, lineage),
         "lineage": [lot_json(x) for x in ordered],
-        "events": [_event(session, e, codes_by_id) for e in events],
+        "events": [{**_event(session, e, codes_by_id), **corrections.get(e.id, {})} for e in events],  # type: ignore[arg-type]
         "inspections": inspections,
         "growth": growth_of(session, lineage, codes_by_id, influx, tz),
     }
