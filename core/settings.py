@@ -66,6 +66,7 @@ class Settings(BaseSettings):
 
     # Ledger chain: any EVM JSON-RPC endpoint (anvil locally) and the anchoring key (the contract owner).
     # The key is a secret: CHAIN_PRIVATE_KEY, or a file holding it (CHAIN_PRIVATE_KEY_FILE, Docker secret).
+    # anvil's/hardhat's public development keys are refused on any chain id but 31337 (ledger/chain.py).
     chain_rpc_url: str = Field(default="http://127.0.0.1:8545", alias="CHAIN_RPC_URL")
     chain_private_key: SecretStr = Field(default=SecretStr(""), alias="CHAIN_PRIVATE_KEY")
     chain_private_key_file: Path | None = Field(default=None, alias="CHAIN_PRIVATE_KEY_FILE")
