@@ -33,6 +33,7 @@ from typing import Any
 
 import rfc8785
 from web3 import Web3
+from web3.exceptions import BadFunctionCallOutput, ContractLogicError
 
 from ledger.merkle import leaf_hash, process_proof
 
@@ -242,7 +243,10 @@ def _check_root(w3: Web3, anchor: Any, window: dict[str, Any]) -> tuple[list[str
             raise ValueError
     except (KeyError, ValueError):
         return ["the window has no valid root"], None
-    timestamp, block_number, leaf_count, prev_root = anchor.functions.anchors(root).call()
+    try:
+        timestamp, block_number, leaf_count, prev_root = anchor.functions.anchors(root).call()
+    except (ContractLogicError, BadFunctionCallOutput):
+        return [f"{anchor.address} does not answer anchors(root): it is not a TraceAnchor"], None
     if block_number == 0:
         return [f"root {window['root']} is not recorded by the expected contract {anchor.address}"], None
     problems = []
