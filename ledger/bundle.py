@@ -13,7 +13,11 @@ Format "village-proof/1" (JSON):
                   "leaf": "0x...", "proof": ["0x...", ...],
                   "window": {"id", "root", "prev_root", "leaf_count", "state",
                              "tx_hash", "block_number", "block_hash", "log_index"}}, ...],
-     "pending": [{"kind", "canonical", "leaf"}]}  # records not yet anchored: shown, not provable
+     "pending": [{"kind", "canonical", "leaf", "note"?}]}  # not yet provable: shown only
+
+`chain` and the windows are claims: a verifier takes the chain id and contract from its caller and
+checks the subject against its anchored manifests (ledger/bundle_verify.py). So a record anchored
+before any anchored manifest of the subject lists it goes under `pending` (with a note) until then.
 
 Records are rebuilt from the data as it is now (not copied from the ledger), so a record changed
 after anchoring fails the offline check exactly as it fails `village verify`.
