@@ -6,6 +6,7 @@ import json
 import threading
 from pathlib import Path
 
+import requests
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -163,23 +164,54 @@ def _write(data: dict, output: Path | None) -> None:
 def verify_bundle_cmd(
     path: Path = typer.Argument(..., exists=True, dir_okay=False, help="A proof bundle (JSON)."),
     rpc: str = typer.Option(
-        None, "--rpc", help="Any Ethereum RPC endpoint of the bundle's chain (default CHAIN_RPC_URL)."
+        None, "--rpc", help="Any Ethereum RPC endpoint of the county's chain (default CHAIN_RPC_URL)."
+    ),
+    chain_id: int | None = typer.Option(
+        None, "--chain-id", help="The county's chain id (default CHAIN_ID); never taken from the bundle."
+    ),
+    contract: str | None = typer.Option(
+        None,
+        "--contract",
+        help="The county's TraceAnchor (default CHAIN_CONTRACT_ADDRESS); never from the bundle.",
     ),
 ) -> None:
-    """Check a proof bundle offline: only the bundle and an Ethereum RPC endpoint are used."""
+    """Check a proof bundle with only an Ethereum RPC endpoint, against the chain and contract you trust."""
+    settings = get_settings()
+    chain_id = chain_id if chain_id is not None else settings.chain_id
+    contract = contract or settings.chain_contract_address or None
     try:
         data = bundle_verify.load(str(path))
     except (OSError, ValueError) as e:
         fail(f"{path}: not a proof bundle: {e}", 2)
     if data.get("format") != bundle.FORMAT:
         fail(f"{path}: format {data.get('format')!r}, expected {bundle.FORMAT!r}", 2)
-    result = bundle_verify.verify_bundle(data, rpc or get_settings().chain_rpc_url)
+    url = rpc or settings.chain_rpc_url
+    try:
+        result = bundle_verify.verify_bundle(data, url, chain_id=chain_id, contract=contract)
+    except bundle_verify.VerifierConfigError as e:
+        fail(f"pass --chain-id and --contract (or set CHAIN_ID and CHAIN_CONTRACT_ADDRESS): {e}", 2)
+    except (requests.RequestException, ConnectionError) as e:
+        fail(f"cannot reach the chain at {url}: {e}", 2)
     for r in result.records:
         mark = "[green]ok[/]" if r.ok else "[bold red]FAILED[/]"
         console.print(f"{mark} {r.kind} window {r.window} block {r.block_number} {'; '.join(r.problems)}")
+    for m in result.manifests:
+        if m.newest_in_bundle:
+            later = "unknown" if m.later_windows is None else str(m.later_windows)
+            newest = "the contract's last window" if m.provably_newest else f"{later} window(s) anchored since"
+            console.print(
+                f"manifest of {m.lot}: {m.listed - len(m.missing)}/{m.listed} records present, "
+                f"anchored in block {m.block_number} ({newest})",
+                highlight=False,
+            )
+    for problem in result.problems:
+        console.print(f"[bold red]FAILED[/] {problem}", highlight=False)
+    if result.unproven:
+        console.print(f"not covered by anchored records: {', '.join(result.unproven)}", highlight=False)
     console.print(
-        f"{sum(r.ok for r in result.records)}/{len(result.records)} records proven on chain {result.chain_id}; "
-        f"{result.pending} pending (not provable yet)",
+        f"{sum(r.ok for r in result.records)}/{len(result.records)} records proven on chain {result.chain_id} "
+        f"at {result.contract}; {result.pending} pending (not provable yet); "
+        + ("bundle VERIFIED" if result.ok else "bundle FAILED"),
         highlight=False,
     )
     if not result.ok:

@@ -14,6 +14,7 @@ from sqlmodel import Session, select
 
 from core import registry_io
 from core.db import get_engine, migrate
+from core.db_roles import apply_grants
 from core.importing import ImportErrors
 from core.scope import Scope
 from core.settings import get_settings
@@ -74,9 +75,16 @@ def run_import(action: str, do: Callable[[Session, Scope | None], Any], username
 
 @app.command("migrate")
 def migrate_cmd() -> None:
-    """Create or upgrade the registry database schema."""
-    registry_engine()
+    """Create or upgrade the registry database schema; on PostgreSQL, grant each service role
+    (village_api, village_ingest, ...) exactly its privileges (core/db_roles.py)."""
+    engine = registry_engine()
     typer.echo("registry schema is up to date")
+    try:
+        roles = apply_grants(engine)
+    except Exception as e:
+        fail(f"cannot grant the service roles their privileges: {type(e).__name__}: {e}", 2)
+    if roles:
+        typer.echo(f"privileges granted to {', '.join(roles)}")
 
 
 @app.command("import")

@@ -233,7 +233,8 @@ def _anchor_and_verify(stack: LocalStack, base_url: str) -> Panel:
         + format_code(lot.code)
         + "   |   village proof "
         + format_code(lot.code)
-        + " -o bundle.json && village verify-bundle bundle.json",
+        + " -o bundle.json && village verify-bundle bundle.json"
+        + f" --chain-id {chain.chain_id} --contract {chain.address}",
         "",
         qr_terminal(uri),
     ]

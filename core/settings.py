@@ -25,8 +25,10 @@ class Settings(BaseSettings):
     # Where local state lives (SQLite registry, spool, generated broker files, local services).
     data_dir: Path = Field(default=Path("var"), alias="VILLAGE_DATA_DIR")
 
-    # Registry database: any SQLAlchemy URL; SQLite file under data_dir by default.
+    # Registry database: any SQLAlchemy URL; SQLite file under data_dir by default. DATABASE_PASSWORD
+    # (a secret) goes into that URL, so the URL itself (user, host, database) need not be one.
     database_url: str = Field(default="", alias="DATABASE_URL")
+    database_password: SecretStr = Field(default=SecretStr(""), alias="DATABASE_PASSWORD")
 
     # MQTT broker and the ingest account.
     mqtt_host: str = Field(default="127.0.0.1", alias="MQTT_HOST")
@@ -66,6 +68,7 @@ class Settings(BaseSettings):
 
     # Ledger chain: any EVM JSON-RPC endpoint (anvil locally) and the anchoring key (the contract owner).
     # The key is a secret: CHAIN_PRIVATE_KEY, or a file holding it (CHAIN_PRIVATE_KEY_FILE, Docker secret).
+    # anvil's/hardhat's public development keys are refused on any chain id but 31337 (ledger/chain.py).
     chain_rpc_url: str = Field(default="http://127.0.0.1:8545", alias="CHAIN_RPC_URL")
     chain_private_key: SecretStr = Field(default=SecretStr(""), alias="CHAIN_PRIVATE_KEY")
     chain_private_key_file: Path | None = Field(default=None, alias="CHAIN_PRIVATE_KEY_FILE")
@@ -104,6 +107,11 @@ class Settings(BaseSettings):
     log_format: str = Field(default="console", alias="LOG_FORMAT")  # console | json
 
     def resolved_database_url(self) -> str:
+        password = self.database_password.get_secret_value().strip()
+        if self.database_url and password:
+            from sqlalchemy.engine import make_url
+
+            return make_url(self.database_url).set(password=password).render_as_string(hide_password=False)
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'village.db').resolve()}"

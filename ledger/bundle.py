@@ -13,7 +13,11 @@ Format "village-proof/1" (JSON):
                   "leaf": "0x...", "proof": ["0x...", ...],
                   "window": {"id", "root", "prev_root", "leaf_count", "state",
                              "tx_hash", "block_number", "block_hash", "log_index"}}, ...],
-     "pending": [{"kind", "canonical", "leaf"}]}  # records not yet anchored: shown, not provable
+     "pending": [{"kind", "canonical", "leaf", "note"?}]}  # not yet provable: shown only
+
+`chain` and the windows are claims: a verifier takes the chain id and contract from its caller and
+checks the subject against its anchored manifests (ledger/bundle_verify.py). So a record anchored
+before any anchored manifest of the subject lists it goes under `pending` (with a note) until then.
 
 Records are rebuilt from the data as it is now (not copied from the ledger), so a record changed
 after anchoring fails the offline check exactly as it fails `village verify`.
@@ -30,10 +34,11 @@ from sqlmodel import Session, col, select
 from core.influx import InfluxV1
 from core.models import Farm, Plot
 from core.settings import Settings
-from ledger.anchor_models import ON_CHAIN, AnchorWindow, GrowthSummary, LedgerLeaf
+from ledger.anchor_models import ON_CHAIN, AnchorWindow, GrowthSummary, LedgerLeaf, LotManifest
 from ledger.anchoring import hex32
 from ledger.chain import Chain
 from ledger.codes import canonical_lot_uri
+from ledger.manifest import MANIFEST
 from ledger.merkle import leaf_hash
 from ledger.models import Inspection, Lot, LotSource
 from ledger.records import RecordRef, canonical_bytes, records_of_lot
@@ -65,11 +70,25 @@ def _window_json(w: AnchorWindow) -> dict[str, Any]:
     }
 
 
+def _listed_on_chain(session: Session, lot_ids: list[int]) -> set[str]:
+    """Leaves listed by the anchored (on-chain) manifests of these lots."""
+    rows = session.exec(
+        select(LotManifest.content)
+        .join(LedgerLeaf, (LedgerLeaf.kind == MANIFEST) & (LedgerLeaf.record_id == LotManifest.id))
+        .join(AnchorWindow, col(AnchorWindow.seq) == LedgerLeaf.window_seq)
+        .where(col(LotManifest.lot_id).in_(lot_ids), col(AnchorWindow.state).in_(list(ON_CHAIN)))
+    ).all()
+    return {leaf for content in rows for leaf in content["leaves"]}
+
+
 def _entries(
-    session: Session, refs: list[RecordRef], influx: InfluxV1 | None, settings: Settings
+    session: Session, refs: list[RecordRef], influx: InfluxV1 | None, settings: Settings, lot_ids: list[int]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(records with proofs, pending records). A record anchored before any anchored manifest of the
+    subject lists it stays pending: a verifier accepts only records the subject's manifests list."""
     records, pending = [], []
     recomputed = Recomputed(session, influx, settings, refs) if influx is not None else None
+    listed = _listed_on_chain(session, lot_ids)
     for ref in refs:
         canonical = canonical_bytes(current_record(session, ref, influx, settings, recomputed))
         entry: dict[str, Any] = {"kind": ref.kind, "canonical": canonical.decode(), "leaf": hex32(leaf_hash(canonical))}
@@ -79,6 +98,9 @@ def _entries(
         window = session.get(AnchorWindow, row.window_seq) if row and row.window_seq else None
         if row is None or window is None or window.state not in ON_CHAIN:
             pending.append(entry)
+            continue
+        if ref.kind != MANIFEST and row.leaf not in listed:  # the anchored leaf, not a recomputed one
+            pending.append({**entry, "note": f"anchored in {window.window_id}; the lot's next manifest is not yet"})
             continue
         records.append({**entry, "proof": row.proof or [], "window": _window_json(window)})
     return records, pending
@@ -95,7 +117,7 @@ def lot_bundle(
     session: Session, lot: Lot, chain: Chain | None, influx: InfluxV1 | None, settings: Settings
 ) -> dict[str, Any]:
     assert lot.id is not None
-    records, pending = _entries(session, records_of_lot(session, lot.id), influx, settings)
+    records, pending = _entries(session, records_of_lot(session, lot.id), influx, settings, [lot.id])
     return {
         "format": FORMAT,
         "hash_scheme": HASH_SCHEME,
@@ -117,8 +139,8 @@ def production_bundle(
     for lot in lots:
         assert lot.id is not None
         refs += [r for r in records_of_lot(session, lot.id) if r not in refs]
-    records, pending = _entries(session, refs, influx, settings)
-    lot_ids = [lot.id for lot in lots]
+    lot_ids = [lot.id for lot in lots if lot.id is not None]
+    records, pending = _entries(session, refs, influx, settings, lot_ids)
     plots = session.exec(
         select(Plot).join(LotSource, col(LotSource.plot_id) == Plot.id).where(col(LotSource.lot_id).in_(lot_ids))
     ).all()

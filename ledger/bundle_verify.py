@@ -1,25 +1,47 @@
-"""Standalone verifier of proof bundles: needs the bundle and any Ethereum RPC endpoint, nothing else
-of ours (no database, no InfluxDB, no server). `village verify-bundle FILE --rpc URL`.
+"""Standalone verifier of proof bundles: needs the bundle, any Ethereum RPC endpoint, and the chain id
+and TraceAnchor address that the caller knows to be the county's (never taken from the bundle);
+nothing else of ours (no database, no InfluxDB, no server). `village verify-bundle FILE --rpc URL
+--chain-id N --contract 0x...`.
 
-For every record of the bundle (the README lists the same steps for other languages):
-1. leaf = keccak256(keccak256(UTF-8 bytes of `canonical`)); it must equal the bundle's `leaf`;
-2. fold the proof: node = leaf; for each sibling s: node = keccak256(min(node, s) || max(node, s));
-   the result must equal the window's root;
-3. ask the chain: `anchors(root)` on the contract must be recorded (block number > 0) with the
-   window's leaf count and previous root;
-4. the transaction's receipt must be in the block with the bundle's hash, succeed, and carry at
-   the bundle's log index an `Anchored` event of the contract whose first topic argument is root.
+The README ("Checking a bundle without us") lists the same steps for other languages:
+
+1. chain: the RPC endpoint must serve the expected chain id and hold code at the expected address;
+   a bundle whose `chain` names another chain or contract fails, whatever its records prove there;
+2. each record: `canonical` must be RFC 8785 canonical JSON of {schema, content, salt}; its leaf =
+   keccak256(keccak256(bytes)) must equal the bundle's `leaf`; the proof folds (sorted pairs) to the
+   window's root; `anchors(root)` on the expected contract records it with the window's leaf count
+   and previous root; the transaction's receipt is in the named block, succeeded, and carries at the
+   named log index the contract's `Anchored` event for that root;
+3. completeness: every leaf listed by a proven manifest ("manifest/1") of the subject must be the
+   leaf of a proven record of the bundle (a record left out fails, named by kind and leaf), and
+   every proven record must be listed by one (nothing from another lot passes as this one's);
+4. subject: what the bundle's `subject` claims (lot code, quantities, inspection counts, plots,
+   monitored days) must equal what its proven records say; fields no record covers are listed as
+   unproven;
+5. freshness: manifests are ordered by where the chain put them (block, log index), never by
+   fields of the bundle. Whether a newer manifest of the subject sits in a later window cannot be
+   established from the chain alone (windows hold only roots): the result says how many windows
+   were anchored after the newest manifest presented, and `provably_newest` only when none was.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import rfc8785
 from web3 import Web3
+from web3.exceptions import BadFunctionCallOutput, ContractLogicError
 
 from ledger.merkle import leaf_hash, process_proof
+
+FORMAT = "village-proof/1"
+MANIFEST = "manifest/1"
+LOT = "lot/1"
+INSPECTION = "inspection/1"
+GROWTH = "growth/1"
 
 ANCHORS_ABI = [
     {
@@ -33,9 +55,25 @@ ANCHORS_ABI = [
             {"name": "leafCount", "type": "uint32"},
             {"name": "prevRoot", "type": "bytes32"},
         ],
-    }
+    },
+    {
+        "name": "lastRoot",
+        "type": "function",
+        "stateMutability": "view",
+        "inputs": [],
+        "outputs": [{"name": "", "type": "bytes32"}],
+    },
 ]
 ANCHORED_TOPIC = Web3.keccak(text="Anchored(bytes32,bytes32,uint32,string,uint64)")
+WHERE_TO_FIND = (
+    "use the chain id and TraceAnchor address that the county publishes for its ledger (its operators "
+    "print them with `village anchor --once`; they are recorded in VILLAGE_DATA_DIR/chain/trace_anchor.json "
+    "or set as CHAIN_ID and CHAIN_CONTRACT_ADDRESS), never the ones written in the bundle"
+)
+
+
+class VerifierConfigError(ValueError):
+    """The caller did not say which chain and contract to trust, or said it in a malformed way."""
 
 
 @dataclass
@@ -44,7 +82,26 @@ class BundleRecordResult:
     ok: bool
     window: str | None
     block_number: int | None
+    leaf: str | None = None
     problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ManifestCheck:
+    """A proven manifest of the subject and how much of it the bundle proves."""
+
+    lot: str
+    leaf: str
+    root: str  # the root of its window
+    block_number: int
+    log_index: int
+    anchored_at: int  # block time (Unix seconds) recorded by the contract
+    listed: int
+    missing: list[str]  # listed leaves that no proven record of the bundle produces
+    missing_by_kind: dict[str, int]
+    newest_in_bundle: bool = False
+    later_windows: int | None = None  # windows the contract anchored after this manifest's (None: unknown)
+    provably_newest: bool = False  # its window is the contract's last one: no newer manifest can exist
 
 
 @dataclass
@@ -53,6 +110,10 @@ class BundleResult:
     records: list[BundleRecordResult]
     pending: int
     chain_id: int
+    contract: str
+    problems: list[str] = field(default_factory=list)  # about the bundle as a whole
+    manifests: list[ManifestCheck] = field(default_factory=list)
+    unproven: list[str] = field(default_factory=list)  # subject fields no anchored record covers
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,60 +123,307 @@ def _b(hex_str: str) -> bytes:
     return bytes.fromhex(hex_str.removeprefix("0x"))
 
 
-def verify_bundle(bundle: dict[str, Any], rpc_url: str) -> BundleResult:
+def _hex(b: bytes) -> str:
+    return "0x" + bytes(b).hex()
+
+
+def expected_contract(address: str | None) -> str:
+    """The caller's contract address, checksummed; VerifierConfigError if missing or malformed."""
+    if not address:
+        raise VerifierConfigError(f"no expected TraceAnchor address: {WHERE_TO_FIND}")
+    if not Web3.is_address(address):
+        raise VerifierConfigError(f"{address!r} is not an Ethereum address")
+    return Web3.to_checksum_address(address)
+
+
+@dataclass
+class _Proven:
+    """A record whose proof checked: its parsed record and where the chain put its window."""
+
+    leaf: str
+    schema: str
+    content: dict[str, Any]
+    block_number: int
+    log_index: int
+    timestamp: int
+    root: str
+
+
+def verify_bundle(bundle: dict[str, Any], rpc_url: str, *, chain_id: int | None, contract: str | None) -> BundleResult:
+    """Check `bundle` against the chain `chain_id` and the TraceAnchor at `contract`, both from the
+    caller (VerifierConfigError when either is missing): see the module docstring for the steps."""
+    if chain_id is None:
+        raise VerifierConfigError(f"no expected chain id: {WHERE_TO_FIND}")
+    address = expected_contract(contract)
     w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 10}))
-    chain_id = int(w3.eth.chain_id)
-    problems_all: list[BundleRecordResult] = []
-    expected_chain = bundle["chain"].get("chain_id")
-    contract_addr = Web3.to_checksum_address(bundle["chain"]["contract"])
-    contract = w3.eth.contract(address=contract_addr, abi=ANCHORS_ABI)
-    roots_checked: dict[str, list[str]] = {}
-    for rec in bundle["records"]:
-        window = rec["window"]
-        res = BundleRecordResult(rec["kind"], False, window.get("id"), window.get("block_number"))
-        if expected_chain is not None and chain_id != expected_chain:
-            res.problems.append(f"the RPC endpoint is chain {chain_id}, the bundle says {expected_chain}")
-        leaf = leaf_hash(rec["canonical"].encode("utf-8"))
-        if "0x" + leaf.hex() != rec["leaf"]:
-            res.problems.append("the record's bytes do not hash to the bundle's leaf")
-        root = process_proof(leaf, [_b(p) for p in rec["proof"]])
-        if "0x" + root.hex() != window["root"]:
-            res.problems.append("the proof does not lead from the record to the window's root")
-        if window["root"] not in roots_checked:
-            roots_checked[window["root"]] = _check_root(w3, contract, window)
-        res.problems += roots_checked[window["root"]]
-        res.ok = not res.problems
-        problems_all.append(res)
-    ok = all(r.ok for r in problems_all) and bool(problems_all)
-    return BundleResult(ok, problems_all, len(bundle.get("pending", [])), chain_id)
+    node_id = int(w3.eth.chain_id)
+    result = BundleResult(False, [], len(bundle.get("pending", [])), node_id, address)
+    if node_id != chain_id:
+        result.problems.append(f"the RPC endpoint serves chain {node_id}, not the expected chain {chain_id}")
+        return result
+    if not bytes(w3.eth.get_code(address)):
+        result.problems.append(f"there is no contract at {address} on chain {chain_id}: check the address")
+        return result
+    if bundle.get("format") != FORMAT:
+        result.problems.append(f"format {bundle.get('format')!r}, expected {FORMAT!r}")
+    named = bundle.get("chain") or {}
+    if named.get("chain_id") != chain_id:
+        result.problems.append(
+            f"the bundle names chain {named.get('chain_id')}, not the expected chain {chain_id}: "
+            "its records are not anchored where the county anchors"
+        )
+    named_contract = str(named.get("contract") or "")
+    if not Web3.is_address(named_contract) or Web3.to_checksum_address(named_contract) != address:
+        result.problems.append(
+            f"the bundle names contract {named_contract or '(none)'}, not the expected TraceAnchor {address}: "
+            "anyone can deploy a TraceAnchor and anchor altered records in it"
+        )
+    anchor = w3.eth.contract(address=address, abi=ANCHORS_ABI)
+    roots: dict[str, tuple[list[str], tuple[int, int, int] | None]] = {}
+    proven: list[_Proven] = []
+    for rec in bundle.get("records", []):
+        res, parsed = _check_record(w3, anchor, rec, roots)
+        result.records.append(res)
+        if res.ok and parsed is not None:
+            proven.append(parsed)
+    pending = [_pending_content(p) for p in bundle.get("pending", []) if isinstance(p, dict)]
+    result.problems += _completeness(bundle.get("subject") or {}, proven, [p for p in pending if p], result)
+    _freshness(w3, anchor, result.manifests)
+    result.ok = bool(result.records) and all(r.ok for r in result.records) and not result.problems
+    return result
 
 
-def _check_root(w3: Web3, contract: Any, window: dict[str, Any]) -> list[str]:
-    problems = []
-    root = _b(window["root"])
-    _ts, block_number, leaf_count, prev_root = contract.functions.anchors(root).call()
+def _check_record(
+    w3: Web3, anchor: Any, rec: dict[str, Any], roots: dict[str, tuple[list[str], tuple[int, int, int] | None]]
+) -> tuple[BundleRecordResult, _Proven | None]:
+    window = rec.get("window") or {}
+    res = BundleRecordResult(str(rec.get("kind")), False, window.get("id"), window.get("block_number"))
+    text = str(rec.get("canonical", ""))
+    try:
+        parsed = json.loads(text)
+        canonical_ok = rfc8785.dumps(parsed) == text.encode("utf-8")
+    except (ValueError, TypeError, rfc8785.CanonicalizationError):
+        parsed, canonical_ok = None, False
+    if not isinstance(parsed, dict) or not {"schema", "content", "salt"} <= parsed.keys():
+        res.problems.append("the record is not a JSON object of schema, content and salt")
+        return res, None
+    if not canonical_ok:
+        res.problems.append("the record's bytes are not RFC 8785 canonical JSON")
+    schema = str(parsed["schema"])
+    if schema != res.kind:
+        res.problems.append(f"the bundle labels it {res.kind}, its bytes say {schema}")
+        res.kind = schema
+    leaf = _hex(leaf_hash(text.encode("utf-8")))
+    res.leaf = leaf
+    if leaf != rec.get("leaf"):
+        res.problems.append("the record's bytes do not hash to the bundle's leaf")
+    root = str(window.get("root", ""))
+    try:
+        folded = _hex(process_proof(_b(leaf), [_b(p) for p in rec.get("proof", [])]))
+    except ValueError:
+        folded = ""
+    if folded != root:
+        res.problems.append("the proof does not lead from the record to the window's root")
+    if root not in roots:
+        roots[root] = _check_root(w3, anchor, window)
+    root_problems, position = roots[root]
+    res.problems += root_problems
+    res.ok = not res.problems
+    if not res.ok or position is None or not isinstance(parsed["content"], dict):
+        return res, None
+    block_number, log_index, timestamp = position
+    return res, _Proven(leaf, schema, parsed["content"], block_number, log_index, timestamp, root)
+
+
+def _check_root(w3: Web3, anchor: Any, window: dict[str, Any]) -> tuple[list[str], tuple[int, int, int] | None]:
+    """Problems with a window's root on the expected contract, and (block, log index, time) when none."""
+    try:
+        root = _b(str(window["root"]))
+        if len(root) != 32:
+            raise ValueError
+    except (KeyError, ValueError):
+        return ["the window has no valid root"], None
+    try:
+        timestamp, block_number, leaf_count, prev_root = anchor.functions.anchors(root).call()
+    except (ContractLogicError, BadFunctionCallOutput):
+        return [f"{anchor.address} does not answer anchors(root): it is not a TraceAnchor"], None
     if block_number == 0:
-        return [f"root {window['root']} is not recorded by the contract"]
-    if leaf_count != window["leaf_count"]:
-        problems.append(f"the contract records {leaf_count} leaves for this root, the bundle {window['leaf_count']}")
-    if "0x" + bytes(prev_root).hex() != window["prev_root"]:
+        return [f"root {window['root']} is not recorded by the expected contract {anchor.address}"], None
+    problems = []
+    if leaf_count != window.get("leaf_count"):
+        problems.append(
+            f"the contract records {leaf_count} leaves for this root, the bundle {window.get('leaf_count')}"
+        )
+    if _hex(prev_root) != window.get("prev_root"):
         problems.append("the contract records another previous root for this window")
-    receipt = w3.eth.get_transaction_receipt(window["tx_hash"])
+    try:
+        receipt = w3.eth.get_transaction_receipt(str(window.get("tx_hash")))
+    except Exception:  # not found, or not a transaction hash
+        receipt = None
     if receipt is None or receipt["status"] != 1:
-        return [*problems, f"transaction {window['tx_hash']} is not a successful transaction"]
-    if "0x" + bytes(receipt["blockHash"]).hex() != window["block_hash"] or receipt["blockNumber"] != block_number:
+        return [*problems, f"transaction {window.get('tx_hash')} is not a successful transaction"], None
+    if _hex(receipt["blockHash"]) != window.get("block_hash") or receipt["blockNumber"] != block_number:
         problems.append("the transaction is not in the block the bundle names")
-    logs = [log for log in receipt["logs"] if int(log["logIndex"]) == window["log_index"]]
+    logs = [log for log in receipt["logs"] if int(log["logIndex"]) == window.get("log_index")]
     if (
         not logs
-        or Web3.to_checksum_address(logs[0]["address"]) != contract.address
+        or Web3.to_checksum_address(logs[0]["address"]) != anchor.address
         or bytes(logs[0]["topics"][0]) != bytes(ANCHORED_TOPIC)
         or bytes(logs[0]["topics"][1]) != root
     ):
-        problems.append("no Anchored event of the contract for this root at the bundle's log index")
+        problems.append("no Anchored event of the expected contract for this root at the bundle's log index")
+    return problems, (int(block_number), int(window.get("log_index") or 0), int(timestamp))
+
+
+def _subject_lots(subject: dict[str, Any]) -> list[dict[str, Any]]:
+    if subject.get("type") == "lot":
+        return [{"uri": subject.get("uri"), "code": subject.get("code")}]
+    if subject.get("type") == "production_record":
+        return [lot for lot in subject.get("lots", []) if isinstance(lot, dict)]
+    return []
+
+
+def _pending_content(entry: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """(schema, content) of a pending record: shown, not provable; counted only towards the subject's totals."""
+    try:
+        parsed = json.loads(str(entry.get("canonical", "")))
+    except ValueError:
+        return None
+    if isinstance(parsed, dict) and isinstance(parsed.get("content"), dict):
+        return str(parsed.get("schema")), parsed["content"]
+    return None
+
+
+def _completeness(
+    subject: dict[str, Any], proven: list[_Proven], pending: list[tuple[str, dict[str, Any]]], result: BundleResult
+) -> list[str]:
+    """Steps 3 and 4: the subject's proven manifests against the proven records, and its claims."""
+    problems: list[str] = []
+    lots = _subject_lots(subject)
+    if not lots:
+        return [f"unknown or empty subject {subject.get('type')!r}: nothing to check the records against"]
+    by_leaf = {p.leaf: p for p in proven}
+    uris = {str(lot.get("uri")) for lot in lots}
+    manifests = [p for p in proven if p.schema == MANIFEST and p.content.get("lot") in uris]
+    listed: set[str] = set()
+    for uri in sorted(uris):
+        own = sorted((m for m in manifests if m.content.get("lot") == uri), key=lambda m: (m.block_number, m.log_index))
+        if not own:
+            problems.append(
+                f"no anchored manifest of {uri} is proven by the bundle: its completeness cannot be checked"
+            )
+            continue
+        for m in own:
+            leaves = [str(x) for x in m.content.get("leaves", [])]
+            listed.update(leaves)
+            missing = [x for x in leaves if x not in by_leaf]
+            present = Counter(by_leaf[x].schema for x in leaves if x in by_leaf)
+            counts = {str(k): int(v) for k, v in (m.content.get("counts") or {}).items()}
+            by_kind = {k: n - present.get(k, 0) for k, n in counts.items() if n > present.get(k, 0)}
+            check = ManifestCheck(
+                uri,
+                m.leaf,
+                m.root,
+                m.block_number,
+                m.log_index,
+                m.timestamp,
+                len(leaves),
+                missing,
+                by_kind,
+                m is own[-1],
+            )
+            result.manifests.append(check)
+            if missing:
+                kinds = ", ".join(f"{n} {k}" for k, n in sorted(by_kind.items())) or f"{len(missing)} record(s)"
+                problems.append(
+                    f"the manifest of {uri} anchored in block {m.block_number} lists {len(missing)} record(s) "
+                    f"this bundle does not prove ({kinds}): {', '.join(missing)}"
+                )
+            elif dict(present) != counts:
+                problems.append(f"the manifest of {uri} anchored in block {m.block_number} miscounts its records")
+    manifest_leaves = {m.leaf for m in manifests}
+    stray = [p for p in proven if p.leaf not in listed and p.leaf not in manifest_leaves]
+    for p in stray:
+        problems.append(
+            f"{p.schema} record {p.leaf} is anchored but listed by no anchored manifest of the subject: "
+            "it is not part of this trace"
+        )
+    problems += _claims(subject, lots, [p for p in proven if p.leaf in listed], pending, result)
     return problems
+
+
+def _claims(
+    subject: dict[str, Any],
+    lots: list[dict[str, Any]],
+    listed: list[_Proven],
+    pending: list[tuple[str, dict[str, Any]]],
+    result: BundleResult,
+) -> list[str]:
+    """Step 4: what the subject says against what its proven, listed records say. Totals (inspections,
+    monitored days) also count the bundle's pending records, which the result reports as not provable."""
+    problems: list[str] = []
+    lot_records = {p.content.get("lot"): p.content for p in listed if p.schema == LOT}
+    for lot in lots:
+        content = lot_records.get(lot.get("uri"))
+        if content is None:
+            problems.append(f"no proven lot record for {lot.get('uri')}")
+            continue
+        for key in ("code", "quantity", "unit"):
+            if key in lot and lot[key] != content.get(key):
+                problems.append(
+                    f"the subject says {lot.get('uri')} has {key} {lot[key]!r}, its record {content.get(key)!r}"
+                )
+    if subject.get("type") != "production_record":
+        return problems
+    uris = {lot.get("uri") for lot in lots}
+    own = [lot_records[u] for u in uris if u in lot_records]
+    for key, claim in (("farm", subject.get("farm")), ("harvest_year", subject.get("season"))):
+        wrong = sorted(str(c.get("lot")) for c in own if c.get(key) != claim)
+        if wrong:
+            problems.append(f"the subject's {key} is {claim!r}, but not that of {', '.join(wrong)}")
+    contents = [(p.schema, p.content) for p in listed] + pending
+    inspections = [c for k, c in contents if k == INSPECTION and c.get("lot") in uris]
+    counted = {"total": len(inspections), "passed": sum(bool(c.get("passed")) for c in inspections)}
+    if subject.get("inspections") != counted:
+        problems.append(f"the subject counts inspections {subject.get('inspections')}, the records {counted}")
+    days = sum(int(c.get("days_monitored") or 0) for k, c in contents if k == GROWTH and c.get("lot") in uris)
+    if subject.get("monitored_days") != days:
+        problems.append(f"the subject counts {subject.get('monitored_days')} monitored days, the records {days}")
+    plots = sorted({str(s["plot"]) for c in own for s in c.get("sources", []) if isinstance(s, dict) and "plot" in s})
+    claimed = sorted(str(p.get("plot_no")) for p in subject.get("plots", []) if isinstance(p, dict))
+    if claimed != plots:
+        problems.append(f"the subject lists plots {claimed}, the lot records {plots}")
+    result.unproven = ["area_mu", "plots[].area_mu", "plots[].crop"]  # registry facts, not trace records
+    return problems
+
+
+def _freshness(w3: Web3, anchor: Any, checks: list[ManifestCheck]) -> None:
+    """Step 5: windows anchored after each subject lot's newest manifest (from the chain alone)."""
+    newest = [c for c in checks if c.newest_in_bundle]
+    if not newest:
+        return
+    last = _hex(anchor.functions.lastRoot().call())
+    for c in newest:
+        c.provably_newest = c.root == last  # the contract's last window: nothing can be newer
+    try:
+        logs = w3.eth.get_logs(
+            {
+                "address": anchor.address,
+                "fromBlock": min(c.block_number for c in newest),
+                "toBlock": "latest",
+                "topics": [_hex(ANCHORED_TOPIC)],
+            }
+        )
+    except Exception:  # a public endpoint may refuse wide log ranges: the count stays unknown
+        return
+    positions = [(int(log["blockNumber"]), int(log["logIndex"])) for log in logs]
+    for c in newest:
+        c.later_windows = sum(p > (c.block_number, c.log_index) for p in positions)
 
 
 def load(path: str) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError("a proof bundle is a JSON object")
+    return data

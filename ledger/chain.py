@@ -3,7 +3,8 @@
 Any EVM chain by JSON-RPC URL and key (anvil locally). The anchoring key signs locally and
 transactions go out raw (`eth_sendRawTransaction`), so the node never holds the key. The key
 is read from settings (CHAIN_PRIVATE_KEY, or the file CHAIN_PRIVATE_KEY_FILE), never logged,
-never in a repr or an error message.
+never in a repr or an error message. A published development key (anvil's and hardhat's accounts)
+is refused on any chain id but the devnet's, 31337 (`DevKeyRefused`).
 
 Errors come as two kinds the anchorer can act on: `ChainUnavailable` (the node cannot be
 reached or fails: retry later) and `ContractReverted`, with `AnchorRejected` for `anchor`
@@ -79,6 +80,51 @@ class AnchorRejected(ContractReverted):
 
 class ContractMismatch(ChainError):
     """No TraceAnchor with our bytecode at the configured address, or another chain than expected."""
+
+
+class DevKeyRefused(ChainError):
+    """A public development key (anvil's and hardhat's) on a chain other than the local devnet."""
+
+
+#: The local devnet's chain id (anvil's and hardhat's default): the only one where a dev key may sign.
+DEV_CHAIN_ID = 31337
+#: Accounts of the public development mnemonic "test test ... junk" (m/44'/60'/0'/0/0..19) that anvil
+#: and hardhat fund by default: their private keys are published, so whoever anchors with one of them
+#: on a real chain lets anyone anchor as us. tests/test_anchor_key.py derives them again.
+DEV_ACCOUNTS = frozenset(
+    {
+        "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266",
+        "0x70997970C51812dc3A010C7d01b50e0d17dc79C8",
+        "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC",
+        "0x90F79bf6EB2c4f870365E785982E1f101E93b906",
+        "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65",
+        "0x9965507D1a55bcC2695C58ba16FB37d819B0A4dc",
+        "0x976EA74026E726554dB657fA54763abd0C3a0aa9",
+        "0x14dC79964da2C08b23698B3D3cc7Ca32193d9955",
+        "0x23618e81E3f5cdF7f54C3d65f7FBc0aBf5B21E8f",
+        "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720",
+        "0xBcd4042DE499D14e55001CcbB24a551F3b954096",
+        "0x71bE63f3384f5fb98995898A86B02Fb2426c5788",
+        "0xFABB0ac9d68B0B445fB7357272Ff202C5651694a",
+        "0x1CBd3b2770909D4e10f157cABC84C7264073C9Ec",
+        "0xdF3e18d64BC6A983f673Ab319CCaE4f1a57C7097",
+        "0xcd3B766CCDd6AE721141F452C550Ca635964ce71",
+        "0x2546BcD3c84621e976D8185a91A922aE77ECEc30",
+        "0xbDA5747bFD65F08deb54cb465eB87D40e51B197E",
+        "0xdD2FD4581271e230360230F9337D5c0430Bf44C0",
+        "0x8626f6940E2eb28930eFb4CeF49B2d1F2C9C1199",
+    }
+)
+
+
+def refuse_dev_key(address: str, chain_id: int) -> None:
+    """DevKeyRefused when `address` is a public development account and `chain_id` is not the devnet's."""
+    if address in DEV_ACCOUNTS and chain_id != DEV_CHAIN_ID:
+        raise DevKeyRefused(
+            f"the anchoring key is a public development key of anvil/hardhat (account {address}): anyone can "
+            f"sign with it, so it is refused on chain {chain_id} (only the local devnet, chain {DEV_CHAIN_ID}, "
+            "may use it). Put the key of an account that only anchors in CHAIN_PRIVATE_KEY_FILE"
+        )
 
 
 @dataclass(frozen=True)
@@ -164,6 +210,8 @@ class Chain:
         artifact: Artifact | None = None,
         rpc_url: str = "",
     ) -> None:
+        if account is not None:
+            refuse_dev_key(account.address, chain_id)
         self.w3 = w3
         self.chain_id = chain_id
         self._account = account
@@ -205,6 +253,8 @@ class Chain:
                 account = Account.from_key(key)
             except Exception:  # never chained: the exception could carry the key
                 raise ChainError("the anchoring key is not a valid private key") from None
+            if settings.chain_id is not None:  # refuse before asking the node anything
+                refuse_dev_key(account.address, settings.chain_id)
         node_id = _rpc(lambda: w3.eth.chain_id)
         if settings.chain_id is not None and settings.chain_id != node_id:
             raise ContractMismatch(f"{url} is chain {node_id}, CHAIN_ID says {settings.chain_id}")

@@ -185,7 +185,7 @@ def test_proof_bundle_checks_offline_against_the_chain(client: TestClient, api_t
     assert r.status_code == 200 and "attachment" in r.headers["content-disposition"]
     bundle = r.json()
     assert bundle["format"] == "village-proof/1" and bundle["subject"]["code"] == BAG and not bundle["pending"]
-    result = verify_bundle(bundle, api_template.chain_url)
+    result = verify_bundle(bundle, api_template.chain_url, chain_id=31337, contract=api_template.contract)
     assert result.ok, [p for p in result.records if not p.ok][:3]
     for word in PERSONAL:
         assert word not in r.text

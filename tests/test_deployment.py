@@ -271,7 +271,7 @@ def test_start_order_and_ingest_state(config: dict, village_services: dict[str, 
     assert on_volume(ingest, env["SPOOL_DIR"])[0] == "ingest-spool"
     assert env["INFLUX_URL"] == "http://influxdb:8086" and env["INFLUX_DB"] == "village"
     assert services["influxdb"]["environment"]["DOCKER_INFLUXDB_INIT_BUCKET"] == env["INFLUX_DB"]
-    assert {"MQTT_INGEST_PASSWORD", "INFLUX_TOKEN", "DATABASE_URL"} <= set(secret_targets(ingest))
+    assert {"MQTT_INGEST_PASSWORD", "INFLUX_PASSWORD", "DATABASE_PASSWORD"} <= set(secret_targets(ingest))
     assert env["DATABASE_URL"] if "DATABASE_URL" in env else "DATABASE_URL" in secret_targets(ingest)
 
 
@@ -286,3 +286,87 @@ def test_anchor_worker_reaches_the_chain_and_keeps_the_deployment(config: dict) 
     # the worker records the TraceAnchor address under VILLAGE_DATA_DIR/chain: on a volume
     assert on_volume(anchor, env["VILLAGE_DATA_DIR"] + "/chain/trace_anchor.json")[0] == "chain-state"
     assert anchor["depends_on"]["anvil"]["condition"] == "service_started"
+
+
+# -- (5) least privilege: each service gets its own credentials and only the secrets it uses -----------
+# service -> (PostgreSQL role, InfluxDB v1 user or None); core/db_roles.py and the init scripts agree.
+CREDENTIALS = {
+    "migrate": ("village_migrate", None),
+    "broker-init": ("village_broker", None),
+    "broker-sync": ("village_broker", None),
+    "ingest": ("village_ingest", "village_ingest"),
+    "anchor": ("village_anchor", "village_anchor"),
+    "api": ("village_api", "village_api"),
+    "ops": ("village_migrate", "village_ops"),
+}
+INIT_ROLES = REPO / "deploy" / "postgres" / "init-roles.sh"
+INIT_AUTH = REPO / "deploy" / "influxdb" / "init-auth.sh"
+
+
+def secret_sources(service: dict) -> dict[str, str]:
+    """target -> source of a service's secrets (short syntax: the target is the source's name)."""
+    out = {}
+    for s in service.get("secrets", []):
+        source = s["source"] if isinstance(s, dict) else s
+        out[s.get("target", source) if isinstance(s, dict) else s] = source
+    return out
+
+
+def test_each_service_has_its_own_database_role_and_influx_user(village_services: dict[str, dict]) -> None:
+    from sqlalchemy.engine import make_url
+
+    from core.db_roles import GRANTS, role_of
+
+    uses_db = {name for name in village_services if name != "anvil"}
+    assert uses_db == set(CREDENTIALS), f"a village service without declared credentials: {uses_db ^ set(CREDENTIALS)}"
+    for name, (role, influx_user) in CREDENTIALS.items():
+        service, env = village_services[name], environment(village_services[name])
+        url = make_url(env["DATABASE_URL"])
+        assert url.username == role and url.password is None, f"{name}: DATABASE_URL must name {role}, no password"
+        secrets = secret_sources(service)
+        assert secrets.get("DATABASE_PASSWORD") == f"pg_password_{role.removeprefix('village_')}", name
+        assert "DATABASE_URL" not in secrets and "INFLUX_TOKEN" not in secrets, f"{name}: a shared credential"
+        assert env.get("INFLUX_USERNAME") == influx_user, f"{name}: InfluxDB user"
+        if influx_user:
+            assert secrets["INFLUX_PASSWORD"] == f"influx_password_{influx_user.removeprefix('village_')}", name
+        else:
+            assert "INFLUX_PASSWORD" not in secrets, f"{name} does not use InfluxDB"
+    # every service role the grants declare is one the init script creates
+    roles = set(re.search(r"^for service in ([a-z ]+); do$", INIT_ROLES.read_text(), re.M).group(1).split())  # type: ignore[union-attr]
+    assert {role_of(s) for s in roles} == {role_of(s) for s in GRANTS} | {"village_migrate"}
+
+
+def test_only_the_anchor_worker_holds_the_chain_key_and_only_the_api_the_jwt_secret(config: dict) -> None:
+    holders: dict[str, set[str]] = {}
+    for name, service in config["services"].items():
+        for source in secret_sources(service).values():
+            holders.setdefault(source, set()).add(name)
+    assert holders["chain_private_key"] == {"anchor"}
+    assert holders["api_jwt_secret"] == {"api"}
+    assert holders["influx_admin_token"] == {"influxdb"} and holders["influx_admin_password"] == {"influxdb"}
+    assert holders["postgres_password"] == {"postgres"}
+    assert holders["mqtt_ingest_password"] == {"broker-init", "broker-sync", "ingest"}
+    for name, service in config["services"].items():  # never as a plain variable either
+        env = environment(service)
+        assert not {"CHAIN_PRIVATE_KEY", "API_JWT_SECRET", "INFLUX_TOKEN", "DATABASE_PASSWORD"} & set(env), name
+
+
+def test_database_and_influx_init_scripts_are_mounted_with_their_secrets(config: dict) -> None:
+    services = config["services"]
+    for name, script, target in (
+        ("postgres", INIT_ROLES, "/docker-entrypoint-initdb.d/10-village-roles.sh"),
+        ("influxdb", INIT_AUTH, "/docker-entrypoint-initdb.d/10-village-auth.sh"),
+    ):
+        assert any(Path(s).resolve() == script and t == target for s, t in mounts(services[name])), name
+        assert os.access(script, os.X_OK), f"{script} must be executable (the images run *.sh from their init dir)"
+    pg_secrets = {s for s in secret_sources(services["postgres"]).values() if s.startswith("pg_password_")}
+    used = {secret_sources(s).get("DATABASE_PASSWORD") for s in services.values()} - {None}
+    assert pg_secrets == used
+    influx_secrets = {s for s in secret_sources(services["influxdb"]).values() if s.startswith("influx_password_")}
+    used = {secret_sources(s).get("INFLUX_PASSWORD") for s in services.values()} - {None}
+    assert influx_secrets == used
+    # read-only for the API and the anchoring worker, write for ingest (and the operators' rollups)
+    grants = dict(re.findall(r"^v1_auth (\w+) (.+)$", INIT_AUTH.read_text(), re.M))
+    assert "--write-bucket" not in grants["api"] and "--write-bucket" not in grants["anchor"]
+    assert grants["ingest"].split() == ["--write-bucket", '"$raw"']
+    assert {f"influx_password_{u}" for u in grants} == influx_secrets

@@ -254,14 +254,14 @@ def test_proof_bundle_checks_offline_and_catches_an_edit(world, chain: Chain, an
     assert all(r["window"]["tx_hash"] and r["window"]["block_hash"] for r in bundle["records"])
     text = json.dumps(bundle)
     assert "contact" not in text and "phone" not in text
-    result = verify_bundle(json.loads(text), anvil.url)
+    result = verify_bundle(json.loads(text), anvil.url, chain_id=chain.chain_id, contract=chain.address)
     assert result.ok, [r.problems for r in result.records if not r.ok]
     # an auditor's copy with one changed byte of one record fails, naming that record only
     forged = json.loads(text)
     rec = next(r for r in forged["records"] if r["kind"] == "inspection/1")
     rec["canonical"] = rec["canonical"].replace('"passed":true', '"passed":false', 1)
     rec["leaf"] = "0x" + __import__("ledger.merkle", fromlist=["leaf_hash"]).leaf_hash(rec["canonical"].encode()).hex()
-    result = verify_bundle(forged, anvil.url)
+    result = verify_bundle(forged, anvil.url, chain_id=chain.chain_id, contract=chain.address)
     assert not result.ok and sum(not r.ok for r in result.records) == 1
 
 
@@ -277,7 +277,7 @@ def test_production_record_bundle_for_a_cooperative(world, chain: Chain, anvil) 
     assert subject["farm"] == "PS-F001" and subject["area_mu"] == 152 + 161
     assert [p["plot_no"] for p in subject["plots"]] == ["211122101201-001", "211122101201-002"]
     assert subject["monitored_days"] >= 2
-    assert verify_bundle(bundle, anvil.url).ok
+    assert verify_bundle(bundle, anvil.url, chain_id=chain.chain_id, contract=chain.address).ok
 
 
 def test_cli_verify_and_verify_bundle(world, chain: Chain, anvil, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -302,6 +302,8 @@ def test_cli_verify_and_verify_bundle(world, chain: Chain, anvil, tmp_path: Path
     out = runner.invoke(app, ["proof", "M35C-W3XR-D6R", "-o", str(bundle_path)])
     assert out.exit_code == 0, out.output
     out = runner.invoke(app, ["verify-bundle", str(bundle_path), "--rpc", anvil.url])
+    assert out.exit_code == 2 and "--chain-id" in out.output, out.output  # no CHAIN_ID: refused
+    out = runner.invoke(app, ["verify-bundle", str(bundle_path), "--rpc", anvil.url, "--chain-id", "31337"])
     assert out.exit_code == 0 and "records proven" in out.output, out.output
     out = runner.invoke(app, ["verify", "NOT-A-CODE"])
     assert out.exit_code == 2 and "error" in out.output
