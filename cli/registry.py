@@ -152,3 +152,24 @@ def show_cmd() -> None:
             *(str(v[k]) for k in ("herds", "animals", "devices", "active")),
         )
     console.print(table)
+
+
+@app.command("rules")
+def rules_cmd(
+    markdown: bool = typer.Option(False, "--markdown", help="As the Markdown table of the README."),
+) -> None:
+    """Who may reference what: every reference of every entity and the rule it must satisfy (core/scope.py)."""
+    import ledger.scope  # noqa: F401  (declares the trace entities)
+    from core.scope import describe
+
+    rows = list(describe())
+    if markdown:
+        typer.echo("| entity | field | names a | rule | and also |")
+        typer.echo("|---|---|---|---|---|")
+        for entity, fld, target, rule, integrity in rows:
+            typer.echo(f"| {entity} | `{fld}` | {target} | {rule} | {integrity} |")
+        return
+    table = Table("entity", "field", "names a", "rule", "and also")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
