@@ -10,6 +10,7 @@ stops; `up` keeps everything running with a live view until Ctrl-C.
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import signal
 import socket
@@ -173,17 +174,32 @@ def _endpoints(stack: LocalStack, metrics_port: int) -> Panel:
     return Panel("\n".join(lines), title="where the services listen")
 
 
-def _settle(stack: LocalStack, seconds: float = 15) -> None:
-    """Wait until ingest has stored what the broker delivered (the stored count stops growing)."""
+def _ingested_messages(metrics_port: int) -> float:
+    """Messages ingest has taken from the broker so far (its Prometheus counter), or -1 when unreadable."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return -1
+    found = re.search(r"^village_ingest_messages_total ([0-9.e+]+)$", text, re.M)
+    return float(found.group(1)) if found else -1
+
+
+def _settle(stack: LocalStack, metrics_port: int, messages: int, seconds: float = 180) -> None:
+    """Wait until ingest has taken every message the broker acknowledged (its counter) and InfluxDB's
+    count of stored readings has stopped growing (two equal counts in a row). A loaded machine only
+    makes this take longer; it does not make the demo print a half-stored count."""
+    deadline = time.monotonic() + seconds
+    while _ingested_messages(metrics_port) < messages and time.monotonic() < deadline:
+        time.sleep(0.5)
     with stack.influx() as influx:
         catalogue = get_catalogue()
-        last, deadline = -1, time.monotonic() + seconds
+        last = -1
         while time.monotonic() < deadline:
             total = sum(stored_by_kind_and_village(influx, catalogue).values())
             if total == last:
                 return
             last = total
-            time.sleep(1.0)
+            time.sleep(1.5)
 
 
 DEMO_BAG = "M35CW3XRD6R"  # 5 kg bags of Panjin rice from the demo season (ledger/data/demo_trace.yaml)
@@ -279,9 +295,9 @@ def demo(
                 )
                 thread.join(2)
         stop.set()
-        with console.status("letting ingest store the last readings..."):
-            _settle(stack)
         sim = report[0] if report else None
+        with console.status("letting ingest store the last readings..."):
+            _settle(stack, metrics_port, filled.messages + (sim.acked if sim else 0))
         console.print(_arrivals(stack))
         console.print(_rejections(stack))
         if sim is not None:
