@@ -41,6 +41,7 @@ from analytics.catalogue import Catalogue, get_catalogue
 from analytics.models import CountyStatistic
 from core.importing import ImportErrors, RowError, csv_lines
 from core.models import County
+from core.scope import Scope
 
 DATA = Path(__file__).with_name("data")
 DEMO_FILE = DATA / "demo_statistics.csv"
@@ -418,8 +419,10 @@ def import_statistics(
     layout: Layout = "auto",
     source_note: str | None = None,
     catalogue: Catalogue | None = None,
+    scope: Scope | None = None,
 ) -> StatisticsImportResult:
-    """Check a statistics CSV against the catalogue and the known counties, then upsert it (caller commits)."""
+    """Check a statistics CSV against the catalogue and the known counties, then upsert it (caller commits).
+    With `scope` (core/scope.py), every value must be of a county in the actor's area (an analyst none)."""
     values = parse_statistics(
         path,
         catalogue=catalogue,
@@ -427,6 +430,26 @@ def import_statistics(
         layout=layout,
         source_note=source_note,
     )
+    if scope is not None and scope.area is not None:
+        writer = scope.may_write("county")  # statistics are a county's, like its divisions
+        outside = [v for v in values if not scope.area.covers(v.county_code)]
+        if writer or outside:
+            raise StatisticsImportError(
+                [RowError(str(path), None, "statistics", None, None, writer, "forbidden")]
+                if writer
+                else [
+                    RowError(
+                        str(path),
+                        v.line,
+                        "statistics",
+                        None,
+                        "county_code",
+                        f"county {v.county_code} is outside your area ({scope.label})",
+                        "forbidden",
+                    )
+                    for v in outside
+                ]
+            )
     return upsert_statistics(session, values)
 
 

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from analytics.catalogue import get_catalogue
-from cli.registry import err_console, fail, registry_engine
+from cli.registry import AS_USER, err_console, fail, registry_engine, scope_of_user
 
 if TYPE_CHECKING:  # pandas and the models load only when a command runs, so `village --help` stays fast
     import pandas as pd
@@ -145,8 +145,10 @@ def import_cmd(
     file: Path = typer.Argument(..., help="A statistics CSV (long: county_code,year,indicator_id,value; or wide)."),
     layout: str = typer.Option("auto", help="auto (from the header), long or wide."),
     source: str | None = typer.Option(None, help="Source note kept with every value (e.g. the yearbook)."),
+    as_user: str | None = AS_USER,
 ) -> None:
-    """Import county statistics; nothing is imported when any cell is wrong; safe to repeat."""
+    """Import county statistics; nothing is imported when any cell is wrong (or, with --as, of a county
+    outside the user's area); safe to repeat."""
     from sqlmodel import Session
 
     from analytics import statistics_io
@@ -157,7 +159,13 @@ def import_cmd(
         fail(f"{file}: no such file", 2)
     with Session(registry_engine()) as session:
         try:
-            result = statistics_io.import_statistics(session, file, layout=layout, source_note=source)  # type: ignore[arg-type]
+            result = statistics_io.import_statistics(
+                session,
+                file,
+                layout=layout,  # type: ignore[arg-type]
+                source_note=source,
+                scope=scope_of_user(session, as_user),
+            )
         except statistics_io.StatisticsImportError as e:
             for error in e.errors:
                 err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)

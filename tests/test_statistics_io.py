@@ -294,3 +294,28 @@ def test_cli_models_read_a_csv_without_the_database(tmp_path: Path) -> None:
     result = runner.invoke(app, ["models", "threshold", "--csv", demo, "--reps", "20", "--no-double"])
     assert result.exit_code == 0, result.output
     assert "Threshold effect test" in result.output and "Single" in result.output
+
+
+def test_attack_statistics_of_another_county(cli_db: str, tmp_path: Path) -> None:
+    """A county's statistics are that county's: imported as a county administrator, a file with another
+    county's values is refused (403-like, every offending line named) and nothing is kept."""
+    from api.users import add_user
+    from cli.main import app
+    from core.db import get_engine
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["registry", "demo"]).exit_code == 0
+    with Session(get_engine(cli_db)) as session:
+        add_user(session, "panshan", "a-long-password-1", "county_admin", "211122")
+        add_user(session, "reader", "a-long-password-1", "analyst", "211122")
+        session.commit()
+    good = write(tmp_path, "mixed.csv", LONG)  # 211122 and 210726 (another county)
+    result = runner.invoke(app, ["stats", "import", str(good), "--as", "panshan"])
+    assert result.exit_code == 1
+    assert "mixed.csv:4: statistics field 'county_code': county 210726 is outside your area" in result.output
+    assert "mixed.csv:5:" in result.output and "mixed.csv:2:" not in result.output
+    result = runner.invoke(app, ["stats", "import", str(good), "--as", "reader"])
+    assert result.exit_code == 1 and "an analyst may read" in result.output
+    own = write(tmp_path, "own.csv", "\n".join(LONG.splitlines()[:3]) + "\n")
+    result = runner.invoke(app, ["stats", "import", str(own), "--as", "panshan"])
+    assert result.exit_code == 0 and "2 new" in result.output, result.output
