@@ -435,9 +435,7 @@ def epcis_event(session: Session, event_id: int) -> dict[str, Any]:
         out[f"{vocab.prefix}:actor"] = id_iri("facility", _code_of(session, Facility, ev.actor_facility_id) or "")
     correction = session.exec(select(EventCorrection).where(EventCorrection.event_id == event_id)).first()
     if correction is not None:  # not part of the event hash (GS1 excludes errorDeclaration)
-        corrective = (
-            session.get(TraceEvent, correction.corrective_event_id) if correction.corrective_event_id else None
-        )
+        corrective = session.get(TraceEvent, correction.corrective_event_id) if correction.corrective_event_id else None
         out["errorDeclaration"] = {
             "declarationTime": rfc3339(correction.declared_at, correction.declared_at_offset),
             "reason": correction.reason,
