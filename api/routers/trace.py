@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
-from api.problems import Problem, problem_responses
+from api.problems import Problem, problem_responses, unavailable
 from api.services.tracing import TraceService
 from core.influx import InfluxError
 from ledger.chain import ChainError
@@ -156,9 +156,10 @@ async def proof(code: str, request: Request) -> Response:
     stored = await known_code(trace, code)
     try:
         bundle = await run_in_threadpool(trace.bundle, stored)
-    except (ChainError, InfluxError) as e:
-        detail = f"cannot build the bundle now: {e}"
-        raise Problem(503, "dependency-unavailable", detail, headers={"Retry-After": "30"}) from None
+    except ChainError as e:
+        raise unavailable("the blockchain node", e) from None
+    except InfluxError as e:
+        raise unavailable("the monitoring database", e) from None
     return Response(
         orjson.dumps(bundle),
         media_type="application/json",

@@ -20,7 +20,7 @@ from typing import Any
 from sqlmodel import Session
 
 from analytics.compute import compute_indicators
-from analytics.periods import Period, PeriodError, parse_period
+from analytics.periods import MAX_REPORT_DAYS, Period, PeriodError, parse_period
 from analytics.rollups import from_settings
 from api.services.cache import TtlCache
 from core.influx import InfluxError
@@ -43,8 +43,9 @@ def default_period(settings: Settings, now: datetime | None = None) -> str:
 
 
 def period_of(text: str | None, settings: Settings) -> Period:
-    """A reporting period (2026, 2026-Q3, 2026-07, 2026-W27, a day or a range); PeriodError with the forms."""
-    return parse_period(text or default_period(settings), settings.county_timezone)
+    """A reporting period (2026, 2026-Q3, 2026-07, 2026-W27, a day or a range) of at most MAX_REPORT_DAYS;
+    PeriodError with the forms, PeriodTooLong with the limit."""
+    return parse_period(text or default_period(settings), settings.county_timezone, max_days=MAX_REPORT_DAYS)
 
 
 def report(session: Session, settings: Settings, county: str, period: Period, trend: int = DEFAULT_TREND) -> Any:
