@@ -21,6 +21,10 @@ Receive = Callable[[], Awaitable[Any]]
 Send = Callable[[Any], Awaitable[None]]
 
 TRACE_JSON = "/api/v1/trace/"
+# The OpenAPI entry of the redirect, for the operations whose paths it covers.
+REDIRECT: dict[int | str, dict[str, Any]] = {
+    301: {"description": "A non-canonical spelling of the code or GTIN: redirected to the canonical path"}
+}
 
 
 def canonical_code(text: str) -> str | None:
