@@ -51,6 +51,7 @@ def run_compose(*args: str) -> subprocess.CompletedProcess[str]:
         "INFLUX_ORG",
         "MQTT_PUBLISH_PORT",
         "API_PUBLISH_PORT",
+        "API_TRUSTED_PROXIES",
         "COMPOSE_FILE",
     ):
         env.pop(name, None)
@@ -286,3 +287,11 @@ def test_anchor_worker_reaches_the_chain_and_keeps_the_deployment(config: dict) 
     # the worker records the TraceAnchor address under VILLAGE_DATA_DIR/chain: on a volume
     assert on_volume(anchor, env["VILLAGE_DATA_DIR"] + "/chain/trace_anchor.json")[0] == "chain-state"
     assert anchor["depends_on"]["anvil"]["condition"] == "service_started"
+
+
+def test_api_trusts_only_named_proxies(config: dict) -> None:
+    """No `*` for forwarded headers (a client would pick its own address): the proxies are a setting."""
+    api = config["services"]["api"]
+    argv = [str(a) for a in api["command"]]
+    assert "*" not in argv and "--forwarded-allow-ips" not in argv
+    assert environment(api).get("API_TRUSTED_PROXIES", "") != "*"
