@@ -190,7 +190,7 @@ def _parse_period(text: str, tz: str) -> Period:
         if _DAY.match(t):
             d = _date(t)
             return Period("day", d, d + timedelta(days=1), tz)
-    except ValueError as e:
+    except (ValueError, OverflowError) as e:  # OverflowError: a date past year 9999
         if isinstance(e, PeriodError):
             raise
         raise PeriodError(f"{text!r}: {e}") from e

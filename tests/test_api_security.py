@@ -358,6 +358,8 @@ def test_attack_period_of_centuries(client: TestClient) -> None:
     page = client.get("/dashboard", params={"period": "1690-01-01..2026-12-31"}, headers=HTML)
     assert page.status_code == 422 and "366" in page.text
     client.cookies.clear()
+    for period in ("0001-01", "0001-01-01..0001-02-01", "9999-W52"):  # no date arithmetic out of range: a 422
+        is_problem(client.get("/api/v1/dashboard/indicators", params={"period": period}, headers=h), 422)
     assert parse_period("2024", max_days=366).days == 366
     with pytest.raises(PeriodTooLong):
         parse_period("2024-01-01..2025-01-01", max_days=366)
