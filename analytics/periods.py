@@ -5,6 +5,10 @@ default, setting COUNTY_TIMEZONE), so that a reading at 23:30 local time belongs
 as in the daily rollups. `previous()` is the period of the same kind just before (the quarter before
 a quarter, the month before a month, the same number of days before a range): the trend compares
 against it.
+
+`parse_period(text, tz, max_days=...)` refuses a longer period with PeriodTooLong: the API caps
+reporting periods at MAX_REPORT_DAYS (a year, leap years included), since a computation reads every
+device-day of the period and of the periods before it; the CLI allows any length.
 """
 
 from __future__ import annotations
@@ -23,10 +27,15 @@ _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 _WEEK = re.compile(r"^(\d{4})-?W(\d{2})$", re.IGNORECASE)
 _DAY = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
 FORMS = "2026, 2026-Q3, 2026-07, 2026-W27, 2026-07-15 or 2026-07-01..2026-07-31"
+MAX_REPORT_DAYS = 366
 
 
 class PeriodError(ValueError):
     """A period text that cannot be parsed; the message names the accepted forms."""
+
+
+class PeriodTooLong(PeriodError):
+    """A period longer than the caller allows; the message names the limit."""
 
 
 def zone(tz: str) -> ZoneInfo:
@@ -143,8 +152,16 @@ def _date(text: str) -> date:
         raise PeriodError(f"{text!r}: {e}") from e
 
 
-def parse_period(text: str, tz: str = "Asia/Shanghai") -> Period:
-    """Parse a period (see the module docstring); a PeriodError names the accepted forms."""
+def parse_period(text: str, tz: str = "Asia/Shanghai", max_days: int | None = None) -> Period:
+    """Parse a period (see the module docstring); a PeriodError names the accepted forms, a
+    PeriodTooLong the limit when the period has more than `max_days` days."""
+    period = _parse_period(text, tz)
+    if max_days is not None and period.days > max_days:
+        raise PeriodTooLong(f"a period is at most {max_days} days; {period.label} has {period.days:,} days")
+    return period
+
+
+def _parse_period(text: str, tz: str) -> Period:
     zone(tz)
     t = text.strip()
     try:
@@ -173,7 +190,7 @@ def parse_period(text: str, tz: str = "Asia/Shanghai") -> Period:
         if _DAY.match(t):
             d = _date(t)
             return Period("day", d, d + timedelta(days=1), tz)
-    except ValueError as e:
+    except (ValueError, OverflowError) as e:  # OverflowError: a date past year 9999
         if isinstance(e, PeriodError):
             raise
         raise PeriodError(f"{text!r}: {e}") from e

@@ -5,6 +5,11 @@ time series. `create_app(settings)` builds one; `village serve` runs it with uvi
 Paths: public pages at `/01/{gtin}/10/{lot}` (GS1 Digital Link), `/t/{code}` and `/dashboard`;
 everything machine-readable under `/api/v1` (OpenAPI at `/api/v1/openapi.json`, docs at
 `/api/v1/docs`). Every error is an RFC 9457 problem (api/problems.py).
+
+Around the routes, outermost first: the trusted proxies' client address and scheme (uvicorn's
+ProxyHeadersMiddleware, only for API_TRUSTED_PROXIES), security headers (api/headers.py), the public
+rate limit (api/ratelimit.py), redirects of non-canonical code spellings (api/canonical.py) and the
+micro-cache of public lookups (api/microcache.py).
 """
 
 from __future__ import annotations
@@ -16,25 +21,48 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import fastapi_offline
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from api import charts, problems
+from api.canonical import CanonicalPaths
+from api.headers import SecurityHeaders
 from api.microcache import MicroCache
 from api.ratelimit import RateLimiter
 from api.routers import admin, auth, dashboard, models, resolver, timeseries, trace
 from api.security import jwt_secret
 from api.services.tracing import TraceService
+from api.throttle import SignInThrottle
 from core.db import make_engine
 from core.settings import Settings, get_settings
 from ledger.models import Lot, Product
 
 HERE = Path(__file__).parent
 API_VERSION = "1.0.0"
+SWAGGER_ASSETS = Path(fastapi_offline.__file__).parent / "static"  # swagger-ui-dist 5.x, packaged
+DOCS_URL = "/api/v1/docs"
+DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Digital village API</title>
+<link rel="stylesheet" href="/api/v1/docs/assets/swagger-ui.css">
+<link rel="icon" href="/api/v1/docs/assets/favicon.png">
+</head>
+<body>
+<div id="swagger-ui" data-openapi-url="/api/v1/openapi.json"></div>
+<script src="/api/v1/docs/assets/swagger-ui-bundle.js"></script>
+<script src="/static/swagger-init.js"></script>
+</body>
+</html>
+"""
 
 TAGS = [
     {"name": "resolver", "description": "GS1 Digital Link resolver and the consumer trace page (public)."},
@@ -131,7 +159,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=API_VERSION,
         description=__doc__,
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
+        docs_url=None,  # served below from the packaged assets, under the Content-Security-Policy
         redoc_url=None,
         openapi_tags=TAGS,
         lifespan=lifespan,
@@ -140,13 +168,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.templates = templates(settings.county_timezone)
     app.state.trace = TraceService(engine, settings)
-    app.state.jwt_secret = jwt_secret(settings)
+    app.state.jwt_secret = jwt_secret(settings)  # SecretError (refusing to start) when missing or short
+    app.state.sign_in_throttle = SignInThrottle(
+        engine,
+        max_per_account=settings.api_login_max_failures,
+        max_per_address=settings.api_login_max_failures_per_address,
+        window_s=settings.api_login_window_s,
+    )
     problems.install(app)
     app.openapi = problem_openapi(app)  # type: ignore[method-assign]
+    # Each middleware added runs before the ones added earlier.
     app.add_middleware(MicroCache, cache=app.state.trace.responses)
-    app.add_middleware(RateLimiter, per_minute=settings.api_rate_limit_per_min)  # added last: runs first
+    app.add_middleware(CanonicalPaths)
+    app.add_middleware(RateLimiter, per_minute=settings.api_rate_limit_per_min)
+    app.add_middleware(SecurityHeaders)
+    if settings.trusted_proxies():
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies())
     for module in (resolver, trace, auth, admin, dashboard, timeseries, models):
         app.include_router(module.router)
+
+    @app.get(DOCS_URL, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(DOCS_PAGE)
+
+    app.mount(f"{DOCS_URL}/assets", StaticFiles(directory=str(SWAGGER_ASSETS)), name="swagger-ui")
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     return app
 

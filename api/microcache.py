@@ -4,6 +4,8 @@ A scanned bag is looked up again and again; its answer changes at most every API
 So the complete 200 answer (status, headers, body) of `GET /api/v1/trace/{code}`, `/t/{code}` and
 `/01/{gtin}/10/{lot}` without a query string is kept per worker, keyed by path and, for pages, by
 the language Accept-Language selects, and replayed without routing, validation or rendering.
+Only canonical paths (the stored code, a 14-digit GTIN) are kept: api/canonical.py redirects the
+other spellings of a code before they get here, so a client cannot fill the cache with spellings.
 Anything else (a query string, a linkset request, an error, another path) goes to the routes.
 The rate limiter stays in front of it, and an admin change clears it with the other trace caches.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from api.canonical import canonical_code
 from api.i18n import DEFAULT, from_accept_language
 from api.services.cache import TtlCache
 
@@ -30,15 +33,22 @@ def _header(scope: Scope, name: bytes) -> str:
     return ""
 
 
+def _is_gtin14(text: str) -> bool:
+    return len(text) == 14 and text.isascii() and text.isdigit()
+
+
 def cache_key(scope: Scope) -> tuple[str, ...] | None:
     """The key of a cacheable lookup, or None for anything the routes must answer."""
     if scope["type"] != "http" or scope["method"] != "GET" or scope["query_string"]:
         return None
     path: str = scope["path"]
     if path.startswith(JSON_PREFIX):
-        return ("json", path) if "/" not in path[len(JSON_PREFIX) :] else None
-    is_page = (path.startswith("/t/") and "/" not in path[3:]) or (path.startswith("/01/") and "/10/" in path)
-    if not is_page:
+        code = path[len(JSON_PREFIX) :]
+        return ("json", path) if "/" not in code and canonical_code(code) == code else None
+    if path.startswith("/t/"):
+        if canonical_code(path[3:]) != path[3:]:
+            return None
+    elif not (path.startswith("/01/") and _is_gtin14(path[4:18]) and path[18:22] == "/10/"):
         return None
     accept = _header(scope, b"accept")
     if "linkset" in accept:

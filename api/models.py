@@ -3,7 +3,8 @@
 A user has one role along the county > township > village tiers and a scope, the division code
 of the area the role covers (6 digits for a county, 9 for a township, 12 for a village). An API
 key acts as the user it belongs to, so a machine never has more rights than its owner. Passwords
-and keys are stored only as hashes (api/security.py). Migration 0005 creates the tables.
+and keys are stored only as hashes (api/security.py). Migration 0005 creates the tables, 0009 the
+sign-in throttle.
 """
 
 # No `from __future__ import annotations`: SQLModel reads the annotations at class creation.
@@ -53,3 +54,17 @@ class ApiKey(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     last_used_at: datetime | None = None
     revoked_at: datetime | None = None
+
+
+class LoginThrottle(SQLModel, table=True):
+    """Sign-in attempts counted per account and per client address in a fixed window (api/throttle.py).
+
+    `key` is `account:` or `address:` and a SHA-256 of the name or address (no raw input is kept);
+    `window_start` is epoch seconds. Shared by every worker through the registry database (migration 0009).
+    """
+
+    __tablename__ = "api_login_throttle"
+
+    key: str = Field(primary_key=True, max_length=80)
+    failures: int = 0
+    window_start: float = Field(index=True)

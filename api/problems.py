@@ -1,7 +1,10 @@
 """Errors as RFC 9457 problem details, everywhere: raised problems, HTTP errors, validation errors.
 
 Every error answer is `application/problem+json` with `type`, `title`, `status`, `detail` (the
-precise reason) and `instance` (the path). Validation errors list each problem under `errors`
+precise reason) and `instance` (the path). A detail never carries an internal address (InfluxDB, the
+chain's RPC URL) or an exception's text: a dependency that fails is named by what it is
+(`unavailable()`), an unexpected error is logged with an id and answered with a generic 500 that
+carries that id (`error_id`), so an operator can find the log line. Validation errors list each problem under `errors`
 (where and why) without echoing the input, which may be personal data. A browser that asks for
 HTML on a page route (not under /api/) gets the same status with a readable page instead.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 from http import HTTPStatus
 from typing import Any
 
@@ -19,6 +23,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.headers import security_headers
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,8 @@ TITLES = {
     "rate-limited": "Too many requests",
     "unauthenticated": "Authentication required",
     "bad-credentials": "Wrong user name or password",
+    "sign-in-throttled": "Too many failed sign-ins",
+    "period-too-long": "Period too long",
     "outside-scope": "Outside your area",
     "read-only-role": "Read-only role",
     "forbidden-role": "Not allowed for your role",
@@ -83,6 +91,25 @@ class Problem(Exception):
         self.headers = headers or {}
         self.extra = extra
         super().__init__(detail)
+
+
+def error_id() -> str:
+    """A short random id that ties an answer to its log line."""
+    return secrets.token_hex(6)
+
+
+def unavailable(what: str, exc: BaseException, retry_after: int = 30) -> Problem:
+    """A 503 problem for a dependency that failed (`what`: "the blockchain node", ...). The exception,
+    which may name internal URLs, goes to the log under an id; the answer carries only the id."""
+    eid = error_id()
+    log.warning("%s unavailable (error id %s): %s: %s", what, eid, type(exc).__name__, exc)
+    return Problem(
+        503,
+        "dependency-unavailable",
+        f"{what} cannot be reached now; try again later (error id {eid})",
+        headers={"Retry-After": str(retry_after)},
+        error_id=eid,
+    )
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -197,5 +224,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.error("unhandled error on %s %s: %s", request.method, request.url.path, type(exc).__name__, exc_info=exc)
-        return render(request, 500, "Internal Server Error", "an unexpected error; it has been logged")
+        # Answered by Starlette's outermost middleware, outside SecurityHeaders: add them here.
+        eid = error_id()
+        log.error(
+            "unhandled error %s on %s %s: %s", eid, request.method, request.url.path, type(exc).__name__, exc_info=exc
+        )
+        headers = {k.decode(): v.decode() for k, v in security_headers(request.url.scheme == "https")}
+        detail = f"an unexpected error; it has been logged with id {eid}"
+        return render(request, 500, "Internal Server Error", detail, headers=headers, error_id=eid)

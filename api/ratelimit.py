@@ -3,8 +3,9 @@
 API_RATE_LIMIT_PER_MIN requests per minute, with bursts up to that many; beyond it the answer is
 429 with a problem body and `Retry-After`. Pure ASGI (no per-request task or body copying), so a
 request under the limit costs a dictionary lookup. Buckets of idle clients are dropped now and then.
-Behind a reverse proxy the client address is the proxy's unless uvicorn trusts its
-X-Forwarded-For (`--forwarded-allow-ips`), which `village serve` passes through.
+The client is `scope["client"]`: the peer, or behind reverse proxies named in API_TRUSTED_PROXIES the
+nearest address they report that is not one of them (api/headers.py), so a forged X-Forwarded-For
+does not give a client a fresh bucket per request.
 """
 
 from __future__ import annotations

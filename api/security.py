@@ -4,7 +4,9 @@
   `scrypt$n$r$p$salt$hash` (base64), compared in constant time.
 - Access tokens: JWT (HS256) carrying the user name, role and scope, valid API_TOKEN_TTL_S.
   The signing secret is API_JWT_SECRET, or the file API_JWT_SECRET_FILE, or else a secret
-  generated once under VILLAGE_DATA_DIR/secrets so that every worker of the machine shares it.
+  generated once under VILLAGE_DATA_DIR/secrets so that every worker of the machine shares it
+  (written to a temporary file and linked into place, so no worker ever reads a partial one).
+  A secret under 32 bytes (RFC 7518 asks for at least the hash size for HS256) refuses to start.
   It is never logged.
 - API keys: `vk_{prefix}.{secret}` with 256 random bits; only the SHA-256 of the whole key is kept
   (a fast hash is enough for a key nobody can guess), looked up by its prefix.
@@ -13,10 +15,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
 import secrets
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -63,22 +67,57 @@ def verify_password(password: str, stored: str) -> bool:
 DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
 
 
+MIN_SECRET_BYTES = 32
+
+
+class SecretError(RuntimeError):
+    """A token signing secret that is missing, unreadable or too short to start with."""
+
+
+def _checked(secret: str, where: str) -> str:
+    size = len(secret.encode("utf-8"))
+    if size < MIN_SECRET_BYTES:
+        what = "empty" if size == 0 else f"{size} bytes long"
+        raise SecretError(
+            f"the token signing secret ({where}) is {what}: it must have at least {MIN_SECRET_BYTES} bytes; "
+            "generate one with `python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+        )
+    return secret
+
+
+def _create_secret_file(path: Path) -> None:
+    """Write a new secret to `path` atomically: complete and 0600 before anyone can open it, and
+    never over a secret another worker made first (a hard link does not replace an existing file)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".api_jwt_secret.", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(secrets.token_urlsafe(48))
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):  # another worker made it first: theirs is the one
+            os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+
+
 def jwt_secret(settings: Settings) -> str:
-    """The token signing secret: setting, file, or one generated under data_dir (mode 0600)."""
+    """The token signing secret: setting, file, or one generated under data_dir (mode 0600).
+
+    SecretError (with what to do) when the secret is empty, shorter than 32 bytes or unreadable."""
     if settings.api_jwt_secret.get_secret_value():
-        return settings.api_jwt_secret.get_secret_value()
+        return _checked(settings.api_jwt_secret.get_secret_value(), "API_JWT_SECRET")
     if settings.api_jwt_secret_file is not None:
-        return Path(settings.api_jwt_secret_file).read_text(encoding="utf-8").strip()
+        where = f"API_JWT_SECRET_FILE {settings.api_jwt_secret_file}"
+        try:
+            text = Path(settings.api_jwt_secret_file).read_text(encoding="utf-8")
+        except OSError as e:
+            raise SecretError(f"cannot read the token signing secret ({where}): {e.strerror}") from None
+        return _checked(text.strip(), where)
     path = settings.data_dir / "secrets" / "api_jwt_secret"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another worker made it first
-            return path.read_text(encoding="utf-8").strip()
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(48))
-    return path.read_text(encoding="utf-8").strip()
+        _create_secret_file(path)
+    return _checked(path.read_text(encoding="utf-8").strip(), f"{path}; delete it to have a new one made")
 
 
 def create_token(secret: str, username: str, role: str, scope: str, ttl_s: int) -> str:
@@ -101,8 +140,8 @@ def decode_token(secret: str, token: str) -> dict[str, Any]:
         )
     except jwt.ExpiredSignatureError:
         raise TokenError("the access token has expired: sign in again") from None
-    except jwt.PyJWTError as e:
-        raise TokenError(f"invalid access token: {e}") from None
+    except jwt.PyJWTError:  # the library's reason stays here: a token is either ours and valid, or not
+        raise TokenError("invalid access token: sign in again") from None
 
 
 def new_api_key() -> tuple[str, str, str]:

@@ -29,13 +29,27 @@ def serve(
     forwarded_allow_ips: str | None = typer.Option(
         None,
         "--forwarded-allow-ips",
-        help="Proxies whose X-Forwarded-For/Proto to trust (behind TLS termination), e.g. 127.0.0.1.",
+        help="Reverse proxies (IPs or networks, comma-separated) whose X-Forwarded-For/Proto to trust, "
+        "e.g. 10.0.0.5; overrides API_TRUSTED_PROXIES. '*' is refused.",
     ),
 ) -> None:
     """Run the API: public trace pages and JSON, dashboard, registry admin (uvicorn)."""
     import uvicorn
+    from pydantic import ValidationError
 
-    settings = get_settings()
+    from api.security import SecretError, jwt_secret
+
+    if forwarded_allow_ips is not None:  # the workers read their settings from the environment
+        os.environ["API_TRUSTED_PROXIES"] = forwarded_allow_ips
+        get_settings.cache_clear()
+    try:
+        settings = get_settings()
+    except ValidationError as e:
+        fail("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()), 2)
+    try:
+        jwt_secret(settings)  # refuse to start without a usable secret (and make it once, before the workers)
+    except SecretError as e:
+        fail(str(e), 2)
     registry_engine()  # migrate first, once, before the workers start
     host = host or settings.api_host
     port = port or settings.api_port
@@ -51,8 +65,7 @@ def serve(
         workers=workers,
         access_log=access_log,
         log_level=settings.log_level.lower(),
-        proxy_headers=forwarded_allow_ips is not None,
-        forwarded_allow_ips=forwarded_allow_ips,
+        proxy_headers=False,  # the app reads them, for API_TRUSTED_PROXIES only (api/headers.py)
         server_header=False,
     )
 

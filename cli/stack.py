@@ -374,8 +374,8 @@ def _serve(stack: LocalStack, port: int, base_url: str) -> Panel:
     lines = [
         f"dashboard   {base_url}/dashboard   (demo login: county / {passwords['county']}; also taiping,"
         " taipingcun, analyst: one per role)",
-        f"trace page  {base_url}/01/06947512300010/10/2026-M01-A   (or {base_url}/t/M35C-W3XR-D6R)",
-        f"trace JSON  {base_url}/api/v1/trace/M35C-W3XR-D6R   (/verify, /proof, /epcis, /qr.svg)",
+        f"trace page  {base_url}/01/06947512300010/10/2026-M01-A   (or {base_url}/t/M35CW3XRD6R)",
+        f"trace JSON  {base_url}/api/v1/trace/M35CW3XRD6R   (/verify, /proof, /epcis, /qr.svg)",
         f"API docs    {base_url}/api/v1/docs",
     ]
     return Panel("\n".join(lines), title="API and pages (village serve)")

@@ -14,7 +14,8 @@ here (tests/test_db_roles.py fails for a table that is not). Worked out from the
 - village_broker (broker-init, broker-sync): reads devices and service accounts; writes the ingest
   account.
 
-No role but the owner may delete anything; every service role reads `alembic_version`, since each
+No role but the owner may delete anything, but for the API's own sign-in counters (api_login_throttle,
+which it clears on a right password); every service role reads `alembic_version`, since each
 command checks that the schema is current before it starts.
 """
 
@@ -43,7 +44,15 @@ TRACE = (
     "event_correction",
 )
 LEDGER = ("anchor_window", "ledger_leaf", "growth_summary", "telemetry_digest", "lot_manifest")
-OTHER = ("dead_letter", "service_account", "county_statistic", "api_user", "api_key", "alembic_version")
+OTHER = (
+    "dead_letter",
+    "service_account",
+    "county_statistic",
+    "api_user",
+    "api_key",
+    "api_login_throttle",
+    "alembic_version",
+)
 TABLES = (*REGISTRY, *TRACE, *LEDGER, *OTHER)
 
 
@@ -54,10 +63,12 @@ class Grant:
     select: tuple[str, ...] = ()
     insert: tuple[str, ...] = ()
     update: tuple[str, ...] = ()
+    delete: tuple[str, ...] = ()
     columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def privileges(self, table: str) -> set[str]:
-        out = {p for p, tables in (("INSERT", self.insert), ("UPDATE", self.update)) if table in tables}
+        pairs = (("INSERT", self.insert), ("UPDATE", self.update), ("DELETE", self.delete))
+        out = {p for p, tables in pairs if table in tables}
         if table in self.select or table in self.columns:
             out.add("SELECT")
         return out
@@ -69,8 +80,9 @@ GRANTS: dict[str, Grant] = {
     # device provisioning), sign-in and API keys. Never the ledger's own tables, never a delete.
     "api": Grant(
         select=tuple(t for t in TABLES if t != "service_account"),
-        insert=(*(t for t in REGISTRY if t != "county"), *TRACE, "api_user", "api_key"),
-        update=(*REGISTRY, *TRACE, "api_user", "api_key"),
+        insert=(*(t for t in REGISTRY if t != "county"), *TRACE, "api_user", "api_key", "api_login_throttle"),
+        update=(*REGISTRY, *TRACE, "api_user", "api_key", "api_login_throttle"),
+        delete=("api_login_throttle",),
     ),
     # Ingest: one query resolving a device to its kind, status and place (ingest/enrich.py), and the
     # dead-letter store (insert, and the redelivery check). Not the devices' secret hashes, not farms.

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -100,11 +101,37 @@ class Settings(BaseSettings):
     api_jwt_secret_file: Path | None = Field(default=None, alias="API_JWT_SECRET_FILE")
     api_token_ttl_s: int = Field(default=3600, ge=60, alias="API_TOKEN_TTL_S")
     api_rate_limit_per_min: int = Field(default=120, ge=1, alias="API_RATE_LIMIT_PER_MIN")
+    # Reverse proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For/-Proto are believed: the
+    # client is the nearest address they report that is not one of them. Empty: headers ignored. No `*`.
+    api_trusted_proxies: str = Field(default="", alias="API_TRUSTED_PROXIES")
+    # Sign-in throttling, shared by all workers through the registry database: at most this many
+    # failed sign-ins per account and per client address within API_LOGIN_WINDOW_S, then 429.
+    api_login_max_failures: int = Field(default=10, ge=1, alias="API_LOGIN_MAX_FAILURES")
+    api_login_max_failures_per_address: int = Field(default=30, ge=1, alias="API_LOGIN_MAX_FAILURES_PER_ADDRESS")
+    api_login_window_s: int = Field(default=900, ge=1, alias="API_LOGIN_WINDOW_S")
     trace_base_url: str = Field(default="http://127.0.0.1:8000", alias="TRACE_BASE_URL")
     api_verify_cache_s: float = Field(default=60.0, ge=0, alias="API_VERIFY_CACHE_S")
 
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
     log_format: str = Field(default="console", alias="LOG_FORMAT")  # console | json
+
+    @field_validator("api_trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        entries = [e.strip() for e in value.split(",") if e.strip()]
+        if "*" in entries:
+            raise ValueError(
+                "API_TRUSTED_PROXIES may not be '*': that would believe the X-Forwarded-For of every client "
+                "(anyone could pick their own address); name the proxies' IPs or networks"
+            )
+        try:  # one spelling per entry, as uvicorn's ProxyHeadersMiddleware reads them
+            return ",".join(str(ip_network(e, strict=False) if "/" in e else ip_address(e)) for e in entries)
+        except ValueError as e:
+            raise ValueError(f"API_TRUSTED_PROXIES: {e}; give IP addresses or networks such as 10.0.0.0/8") from None
+
+    def trusted_proxies(self) -> list[str]:
+        """The trusted proxies as IPs and CIDRs (empty: trust none)."""
+        return [e for e in self.api_trusted_proxies.split(",") if e]
 
     def resolved_database_url(self) -> str:
         password = self.database_password.get_secret_value().strip()

@@ -142,11 +142,12 @@ def test_parse_wrk() -> None:
 def test_token_secret_from_setting_file_or_generated(tmp_path: Path) -> None:
     from core.settings import Settings
 
-    given = Settings(_env_file=None, VILLAGE_DATA_DIR=str(tmp_path), API_JWT_SECRET="from-the-setting")  # type: ignore[call-arg]
-    assert jwt_secret(given) == "from-the-setting"
-    (tmp_path / "secret").write_text("from-a-file\n")
+    setting, filed_secret = "from-the-setting-" + "s" * 32, "from-a-file-" + "f" * 32
+    given = Settings(_env_file=None, VILLAGE_DATA_DIR=str(tmp_path), API_JWT_SECRET=setting)  # type: ignore[call-arg]
+    assert jwt_secret(given) == setting
+    (tmp_path / "secret").write_text(filed_secret + "\n")
     filed = Settings(_env_file=None, VILLAGE_DATA_DIR=str(tmp_path), API_JWT_SECRET_FILE=str(tmp_path / "secret"))  # type: ignore[call-arg]
-    assert jwt_secret(filed) == "from-a-file"
+    assert jwt_secret(filed) == filed_secret
     generated = Settings(_env_file=None, VILLAGE_DATA_DIR=str(tmp_path / "data"))  # type: ignore[call-arg]
     first = jwt_secret(generated)
     path = tmp_path / "data" / "secrets" / "api_jwt_secret"

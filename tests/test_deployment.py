@@ -51,6 +51,7 @@ def run_compose(*args: str) -> subprocess.CompletedProcess[str]:
         "INFLUX_ORG",
         "MQTT_PUBLISH_PORT",
         "API_PUBLISH_PORT",
+        "API_TRUSTED_PROXIES",
         "COMPOSE_FILE",
     ):
         env.pop(name, None)
@@ -370,3 +371,11 @@ def test_database_and_influx_init_scripts_are_mounted_with_their_secrets(config:
     assert "--write-bucket" not in grants["api"] and "--write-bucket" not in grants["anchor"]
     assert grants["ingest"].split() == ["--write-bucket", '"$raw"']
     assert {f"influx_password_{u}" for u in grants} == influx_secrets
+
+
+def test_api_trusts_only_named_proxies(config: dict) -> None:
+    """No `*` for forwarded headers (a client would pick its own address): the proxies are a setting."""
+    api = config["services"]["api"]
+    argv = [str(a) for a in api["command"]]
+    assert "*" not in argv and "--forwarded-allow-ips" not in argv
+    assert environment(api).get("API_TRUSTED_PROXIES", "") != "*"

@@ -3,7 +3,9 @@
 `POST /api/v1/auth/token` (form fields `username`, `password`) returns a bearer token that names
 the user, role and scope, valid API_TOKEN_TTL_S. A signed-in user can make API keys for their own
 machines (`X-API-Key`); a key acts with its owner's role and area, is shown once, and can be revoked.
-Failed sign-ins are logged without the password (and without telling whether the name exists).
+Failed sign-ins are logged without the password (and without telling whether the name exists), and
+throttled per account and per client address (api/throttle.py): over the limit, a 429 problem with
+`Retry-After`, whatever the password.
 """
 
 from __future__ import annotations
@@ -66,16 +68,25 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
     return user
 
 
-def issue_token(request: Request, user: User) -> TokenOut:
-    settings = request.app.state.settings
-    token = create_token(request.app.state.jwt_secret, user.username, user.role, user.scope, settings.api_token_ttl_s)
-    return TokenOut(access_token=token, expires_in=settings.api_token_ttl_s, role=user.role, scope=user.scope)
+def client_address(request: Request) -> str:
+    """The client's address as the trusted proxies report it (api.app), else the peer's."""
+    return request.client.host if request.client else "unknown"
 
 
-@router.post("/token", response_model=TokenOut, responses=problem_responses(401, 422))
-def token(request: Request, session: SessionDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> TokenOut:
-    """OAuth2 password flow: a bearer token for `Authorization: Bearer ...`."""
-    user = authenticate(session, form.username, form.password)
+def sign_in(request: Request, session: Session, username: str, password: str) -> User:
+    """The user with this name and password; a 429 problem when sign-ins for the account or from the
+    address are throttled, a 401 problem when the credentials are wrong."""
+    throttle = request.app.state.sign_in_throttle
+    attempt = throttle.attempt(username, client_address(request))
+    if attempt.retry_after:
+        log.warning("sign-in throttled")
+        raise Problem(
+            429,
+            "sign-in-throttled",
+            f"too many failed sign-ins for this account or from your address; retry in {attempt.retry_after} s",
+            headers={"Retry-After": str(attempt.retry_after)},
+        )
+    user = authenticate(session, username, password)
     if user is None:
         log.info("sign-in refused")
         raise Problem(
@@ -84,6 +95,21 @@ def token(request: Request, session: SessionDep, form: Annotated[OAuth2PasswordR
             "wrong user name or password",
             headers={"WWW-Authenticate": 'Bearer realm="village"'},
         )
+    throttle.succeeded(attempt)
+    return user
+
+
+def issue_token(request: Request, user: User) -> TokenOut:
+    settings = request.app.state.settings
+    token = create_token(request.app.state.jwt_secret, user.username, user.role, user.scope, settings.api_token_ttl_s)
+    return TokenOut(access_token=token, expires_in=settings.api_token_ttl_s, role=user.role, scope=user.scope)
+
+
+@router.post("/token", response_model=TokenOut, responses=problem_responses(401, 422, 429))
+def token(request: Request, session: SessionDep, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> TokenOut:
+    """OAuth2 password flow: a bearer token for `Authorization: Bearer ...`. Failed sign-ins are
+    throttled per account and per address (429 with `Retry-After`)."""
+    user = sign_in(request, session, form.username, form.password)
     log.info("sign-in of %s (%s)", user.username, user.role)
     return issue_token(request, user)
 

@@ -14,10 +14,11 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import Session
 
+from analytics.periods import MAX_REPORT_DAYS, PeriodTooLong
 from api.deps import SESSION_COOKIE, Actor, ActorDep, SessionDep, area_of, current_principal
 from api.i18n import language, strings
 from api.problems import Problem, problem_responses
-from api.routers.auth import authenticate
+from api.routers.auth import sign_in
 from api.security import create_token
 from api.services import dashboard as dash
 from api.services.indicators import period_of
@@ -28,7 +29,11 @@ READ = problem_responses(401, 403, 422)
 
 PeriodQ = Annotated[
     str | None,
-    Query(max_length=40, description="Reporting period: 2026, 2026-Q3, 2026-07 (default: this month), 2026-W27"),
+    Query(
+        max_length=40,
+        description="Reporting period: 2026, 2026-Q3, 2026-07 (default: this month), 2026-W27, a day, or "
+        "2026-01-01..2026-06-30; at most 366 days",
+    ),
 ]
 VillageQ = Annotated[str | None, Query(pattern=r"^\d{12}$", description="A village of your area")]
 Section = Literal["indicators", "rankings", "devices", "alerts", "traceability", "anchoring"]
@@ -43,6 +48,8 @@ def _check(request: Request, actor: Actor, period: str | None, village: str | No
         actor.require_read(village, f"village {village}")
     try:
         period_of(period, request.app.state.settings)
+    except PeriodTooLong as e:
+        raise Problem(422, "period-too-long", f"period: {e}", max_days=MAX_REPORT_DAYS) from None
     except ValueError as e:
         raise Problem(422, "validation", f"period: {e}") from None
 
@@ -176,10 +183,15 @@ def login_page(request: Request) -> Response:
     return _login_form(request, failed=False)
 
 
-def _login_form(request: Request, failed: bool) -> Response:
+def _login_form(request: Request, failed: bool, retry_after: int = 0) -> Response:
     lang = language(request)
+    status = 429 if retry_after else 401 if failed else 200
     return request.app.state.templates.TemplateResponse(
-        request, "login.html", {"lang": lang, "t": strings(lang), "failed": failed}, status_code=401 if failed else 200
+        request,
+        "login.html",
+        {"lang": lang, "t": strings(lang), "failed": failed, "retry_after": retry_after},
+        status_code=status,
+        headers={"Retry-After": str(retry_after)} if retry_after else None,
     )
 
 
@@ -189,6 +201,7 @@ def _login_form(request: Request, failed: bool) -> Response:
     responses={
         303: {"description": "Signed in: to the dashboard"},
         401: {"description": "Wrong credentials: the form again", "content": {"text/html": {}}},
+        429: {"description": "Too many failed sign-ins: the form with the wait", "content": {"text/html": {}}},
     },
     response_class=HTMLResponse,
 )
@@ -198,9 +211,10 @@ def login(
     username: Annotated[str, Form(max_length=64)],
     password: Annotated[str, Form(max_length=200)],
 ) -> Response:
-    user = authenticate(session, username, password)
-    if user is None:
-        return _login_form(request, failed=True)
+    try:
+        user = sign_in(request, session, username, password)
+    except Problem as e:  # the same throttle as the token endpoint; answered as the form again
+        return _login_form(request, failed=True, retry_after=int(e.headers.get("Retry-After", 0)))
     settings = request.app.state.settings
     token = create_token(request.app.state.jwt_secret, user.username, user.role, user.scope, settings.api_token_ttl_s)
     response = RedirectResponse("/dashboard", status_code=303)

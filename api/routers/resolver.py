@@ -22,6 +22,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from api.canonical import REDIRECT
 from api.i18n import language, strings
 from api.problems import Problem, problem_responses
 from api.routers.trace import known_code, normalized, service
@@ -148,6 +149,7 @@ PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {"text/html": {}, LINKSET_JSON: {}},
     },
     307: {"description": "Redirect to the requested link type"},
+    **REDIRECT,
     **problem_responses(400, 404, 429),
 }
 

@@ -18,15 +18,16 @@ from fastapi import APIRouter, Query, Request
 from pydantic import AwareDatetime, BaseModel
 from sqlmodel import col, select
 
+from analytics.periods import MAX_REPORT_DAYS
 from analytics.rollups import ROLLUP_RP, Rollups, ident, quote
 from api.deps import ActorDep, SessionDep
-from api.problems import Problem, problem_responses
+from api.problems import Problem, problem_responses, unavailable
 from core.catalogue import get_catalogue
 from core.influx import InfluxError, InfluxV1
 from core.models import Device, Herd, Plot
 
 router = APIRouter(prefix="/api/v1/timeseries", tags=["timeseries"])
-MAX_SPAN = {"raw": timedelta(days=7), "1h": timedelta(days=93), "1d": timedelta(days=3660)}
+MAX_SPAN = {"raw": timedelta(days=7), "1h": timedelta(days=93), "1d": timedelta(days=MAX_REPORT_DAYS)}
 RAW_LIMIT = 20_000
 
 
@@ -195,11 +196,13 @@ def timeseries(
     resolution: Literal["raw", "1h", "1d"] = "1h",
     metric: Annotated[str | None, Query(max_length=64, description="Only this metric")] = None,
 ) -> TimeseriesOut:
-    """`start` and `end` are RFC 3339 times with an offset; at most 7 days raw, 93 days hourly."""
+    """`start` and `end` are RFC 3339 times with an offset; at most 7 days raw, 93 days hourly, 366 days daily."""
     if end <= start:
         raise Problem(422, "validation", "end must be after start")
     if end - start > MAX_SPAN[resolution]:
-        raise Problem(422, "validation", f"at most {MAX_SPAN[resolution].days} days at resolution {resolution}")
+        days = MAX_SPAN[resolution].days
+        detail = f"a time series spans at most {days} days at resolution {resolution}"
+        raise Problem(422, "period-too-long", detail, max_days=days)
     settings = request.app.state.settings
     catalogue = get_catalogue(settings.catalogue_file)
     kinds, tags, scope = _kinds_and_filter(session, actor, device, plot, village)
@@ -226,6 +229,5 @@ def timeseries(
                 unit = catalogue.kinds[kind].metrics[m].unit
                 series.append(Series(kind=kind, metric=m, unit=unit, columns=columns, values=points[m]))
     except InfluxError as e:
-        detail = f"the monitoring database cannot answer: {e}"
-        raise Problem(503, "dependency-unavailable", detail, headers={"Retry-After": "30"}) from None
+        raise unavailable("the monitoring database", e) from None
     return TimeseriesOut(scope=scope, resolution=resolution, start=start, end=end, sources=sources, series=series)

@@ -16,7 +16,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 
-from api.problems import Problem, problem_responses
+from api.canonical import REDIRECT
+from api.problems import Problem, problem_responses, unavailable
 from api.services.tracing import TraceService
 from core.influx import InfluxError
 from ledger.chain import ChainError
@@ -112,7 +113,7 @@ def _json(body: bytes, media_type: str = "application/json") -> Response:
     "/{code}",
     response_model=TraceOut,
     summary="A lot's trace",
-    responses=problem_responses(400, 404, 429),
+    responses={**REDIRECT, **problem_responses(400, 404, 429)},
 )
 async def get_trace(code: str, request: Request) -> Response:
     """Product and lot, origin plots, processing steps, events, inspections, growth summaries and the
@@ -130,7 +131,7 @@ async def get_trace(code: str, request: Request) -> Response:
     "/{code}/verify",
     response_model=VerificationOut,
     summary="Verify a lot against the chain",
-    responses=problem_responses(400, 404, 429),
+    responses={**REDIRECT, **problem_responses(400, 404, 429)},
 )
 async def verify(code: str, request: Request) -> Response:
     """Every record of the lot recomputed and checked against its anchored Merkle root: verified,
@@ -146,6 +147,7 @@ async def verify(code: str, request: Request) -> Response:
     summary="Proof bundle of a lot",
     responses={
         200: {"description": "A village-proof/1 bundle", "content": {"application/json": {}}},
+        **REDIRECT,
         **problem_responses(400, 404, 429, 503),
     },
 )
@@ -156,9 +158,10 @@ async def proof(code: str, request: Request) -> Response:
     stored = await known_code(trace, code)
     try:
         bundle = await run_in_threadpool(trace.bundle, stored)
-    except (ChainError, InfluxError) as e:
-        detail = f"cannot build the bundle now: {e}"
-        raise Problem(503, "dependency-unavailable", detail, headers={"Retry-After": "30"}) from None
+    except ChainError as e:
+        raise unavailable("the blockchain node", e) from None
+    except InfluxError as e:
+        raise unavailable("the monitoring database", e) from None
     return Response(
         orjson.dumps(bundle),
         media_type="application/json",
@@ -171,6 +174,7 @@ async def proof(code: str, request: Request) -> Response:
     summary="EPCIS 2.0 document of a lot",
     responses={
         200: {"description": "EPCISDocument (JSON-LD)", "content": {"application/ld+json": {}}},
+        **REDIRECT,
         **problem_responses(400, 404, 429),
     },
 )
@@ -186,7 +190,11 @@ async def epcis(code: str, request: Request) -> Response:
 @router.get(
     "/{code}/qr.svg",
     summary="QR code (SVG) of a lot's URI",
-    responses={200: {"content": {"image/svg+xml": {}}, "description": "SVG"}, **problem_responses(400, 404, 429)},
+    responses={
+        200: {"content": {"image/svg+xml": {}}, "description": "SVG"},
+        **REDIRECT,
+        **problem_responses(400, 404, 429),
+    },
     response_class=Response,
 )
 async def qr_svg(code: str, request: Request) -> Response:
@@ -199,7 +207,11 @@ async def qr_svg(code: str, request: Request) -> Response:
 @router.get(
     "/{code}/qr.png",
     summary="QR code (PNG) of a lot's URI",
-    responses={200: {"content": {"image/png": {}}, "description": "PNG"}, **problem_responses(400, 404, 429)},
+    responses={
+        200: {"content": {"image/png": {}}, "description": "PNG"},
+        **REDIRECT,
+        **problem_responses(400, 404, 429),
+    },
     response_class=Response,
 )
 async def qr_png(code: str, request: Request) -> Response:

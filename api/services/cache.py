@@ -43,6 +43,10 @@ class TtlCache:
                 self._data.popitem(last=False)
         return value
 
+    def __len__(self) -> int:
+        """Entries held (fresh or not yet swept)."""
+        return len(self._data)
+
     def pop(self, key: Any) -> None:
         with self._lock:
             self._data.pop(key, None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
 from dataclasses import asdict
 from typing import Any
 
@@ -115,12 +116,29 @@ def _columns(records: list[dict[str, Any]]) -> list[str]:
     return cols
 
 
+# A cell a spreadsheet would read as a formula (or as DDE, in older Excel): text that starts with one
+# of these (OWASP "CSV injection"). Such text comes from operators (farm, village, product names).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def is_formula_like(value: Any) -> bool:
+    """Text a spreadsheet would evaluate; numbers, and text that is just a number such as "-3.5", are not."""
+    return isinstance(value, str) and value.startswith(FORMULA_START) and not _NUMBER.fullmatch(value)
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell that no spreadsheet runs: formula-like text gets a leading apostrophe (shown as text)."""
+    value = _cell(value)
+    return "'" + value if is_formula_like(value) else value
+
+
 def to_csv(records: list[dict[str, Any]]) -> bytes:
     buf = io.StringIO()
     cols = _columns(records)
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(records)
+    w = csv.writer(buf)
+    w.writerow([csv_cell(c) for c in cols])
+    w.writerows([csv_cell(r.get(c)) for c in cols] for r in records)
     return ("\ufeff" + buf.getvalue()).encode("utf-8")  # BOM: Excel opens UTF-8 Chinese text correctly
 
 
@@ -136,6 +154,11 @@ def to_xlsx(snap: dict[str, Any]) -> bytes:
         ws.append(cols)
         for r in records:
             ws.append([_cell(r.get(c)) for c in cols])
+        for row in ws.iter_rows():
+            for cell in row:
+                if is_formula_like(cell.value):  # openpyxl would store "=..." as a formula: keep it text,
+                    cell.data_type = "s"  # and marked as typed text (Excel's quote prefix), so that
+                    cell.quotePrefix = True  # editing the cell does not turn it into one either
     buf = io.BytesIO()
     wb.save(buf)
     return buf.getvalue()

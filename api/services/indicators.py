@@ -20,7 +20,7 @@ from typing import Any
 from sqlmodel import Session
 
 from analytics.compute import compute_indicators
-from analytics.periods import Period, PeriodError, parse_period
+from analytics.periods import MAX_REPORT_DAYS, Period, PeriodError, parse_period
 from analytics.rollups import from_settings
 from api.services.cache import TtlCache
 from core.influx import InfluxError
@@ -29,6 +29,7 @@ from core.settings import Settings
 log = logging.getLogger(__name__)
 CACHE_S = 120.0
 DEFAULT_TREND = 5
+FIRST_YEAR, LAST_YEAR = 1970, 3000  # periods the dashboard computes (with DEFAULT_TREND periods before)
 
 _cache = TtlCache(CACHE_S, max_entries=200)
 _lock = threading.Lock()
@@ -43,8 +44,12 @@ def default_period(settings: Settings, now: datetime | None = None) -> str:
 
 
 def period_of(text: str | None, settings: Settings) -> Period:
-    """A reporting period (2026, 2026-Q3, 2026-07, 2026-W27, a day or a range); PeriodError with the forms."""
-    return parse_period(text or default_period(settings), settings.county_timezone)
+    """A reporting period (2026, 2026-Q3, 2026-07, 2026-W27, a day or a range) of at most MAX_REPORT_DAYS;
+    PeriodError with the forms, PeriodTooLong with the limit."""
+    period = parse_period(text or default_period(settings), settings.county_timezone, max_days=MAX_REPORT_DAYS)
+    if not (period.start.year >= FIRST_YEAR and period.end.year <= LAST_YEAR):  # its trend stays computable
+        raise PeriodError(f"a reporting period lies in the years {FIRST_YEAR} to {LAST_YEAR - 1}")
+    return period
 
 
 def report(session: Session, settings: Settings, county: str, period: Period, trend: int = DEFAULT_TREND) -> Any:
