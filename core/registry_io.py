@@ -31,6 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlmodel import Session, SQLModel, func, select
 
+from core.broker_auth import device_id_not_reserved
 from core.catalogue import Catalogue, get_catalogue
 from core.models import Animal, County, Device, Farm, Herd, Plot, Township, Village
 
@@ -123,6 +124,7 @@ class AnimalRow(_Row):
 
 class DeviceRow(_Row):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    _id_not_reserved = device_id_not_reserved
     kind: str = Field(min_length=1)
     plot_no: str | None = None
     herd_no: str | None = None
