@@ -150,6 +150,7 @@ class IngestService:
             engine=engine,
             metrics=self.metrics,
             stop=self.stop_event,
+            deadletter_rows=settings.ingest_deadletter_rows_per_message,
         )
         self.metrics.spool_batches.set(len(self.spool))
         self.client = self._make_client()

@@ -6,12 +6,35 @@ the fixtures start (tests/conftest.py).
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
+import sqlalchemy as sa
+import yaml
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from paho.mqtt.enums import CallbackAPIVersion
+from sqlmodel import Session, SQLModel, col, select
+from typer.testing import CliRunner
 
+from cli.main import app
+from core.catalogue import PACKAGED_CATALOGUE
+from core.db import alembic_config, get_engine, make_engine
 from core.localstack import LocalStack
+from core.models import DeadLetter, DeadLetterPayload
+from core.services import postgres
+from core.settings import get_settings
+from ingest.rejects import PREFIX_BYTES
 from tests.conftest import DeviceClient, now_ms, wait_ingest_ready, wait_until
 
 PROBE = {"air_temp_c": 10.0}
@@ -102,3 +125,217 @@ def test_attack_device_kicks_another_device(stack: LocalStack) -> None:
     assert victim.client.is_connected()
     with stack.influx() as influx:
         assert wait_until(lambda: influx.count("paddy", "water_level_cm", "device = 'paddy-0004'") == 20, 30)
+
+
+# ---------------------------------------------------------------- attack 4: bounded storage per message
+
+
+def _rows(stack: LocalStack) -> tuple[list[DeadLetter], list[DeadLetterPayload]]:
+    with Session(get_engine(stack.database_url)) as session:
+        rows = list(session.exec(select(DeadLetter).order_by(col(DeadLetter.id))))
+        return rows, list(session.exec(select(DeadLetterPayload).order_by(col(DeadLetterPayload.id))))
+
+
+def _registry_bytes(stack: LocalStack) -> int:
+    return sum(p.stat().st_size for p in stack.root.glob("village.db*"))
+
+
+def test_attack_dead_letter_amplification(stack: LocalStack) -> None:
+    """30,000 zeros (60,001 bytes) once wrote 30,000 rows with the whole payload each (1.8 GB):
+    now one copy of the payload and at most INGEST_DEADLETTER_ROWS_PER_MESSAGE rows, the rest counted."""
+    stack.start_ingest(1)
+    _ready(stack)
+    before = _registry_bytes(stack)
+    zeros = b"[" + b",".join([b"0"] * 30_000) + b"]"
+    assert len(zeros) == 60_001
+    soil = DeviceClient(stack, "soil-0004")
+    t = now_ms() - 1000
+    assert soil.send([zeros, {"ts": t, "values": {"soil_moisture": 30.0}}]) == [0, 0]
+    with stack.influx() as influx:  # ingestion goes on: the next reading is stored
+        assert wait_until(lambda: influx.count("soil", "soil_moisture", "device = 'soil-0004'") == 1)
+    assert wait_until(lambda: len(_rows(stack)[0]) == 21)
+    time.sleep(0.5)
+    rows, payloads = _rows(stack)
+    assert len(payloads) == 1  # one copy of the message, whole (it is under the size limit)
+    kept = payloads[0]
+    assert kept.payload == zeros and kept.size == 60_001 and not kept.truncated
+    assert kept.sha256 == hashlib.sha256(zeros).hexdigest()
+    assert len(rows) == 21 and {r.payload_id for r in rows} == {kept.id}
+    assert [(r.index, r.more) for r in rows[:20]] == [(i, 0) for i in range(20)]
+    rest = rows[20]  # the first of the rest, counting the others of its reason
+    assert (rest.reason, rest.index, rest.more) == ("bad_shape", 20, 29_979)
+    assert "29979 more for this reason up to index 29999" in rest.detail
+    assert sum(1 + r.more for r in rows) == 30_000 and {r.reason for r in rows} == {"bad_shape"}
+    assert all(r.detail.startswith("a reading must be a JSON object, got int") for r in rows)
+    assert _registry_bytes(stack) - before < 2_000_000  # was 3.7 GB in the report
+    assert stack.ingest_procs[0].poll() is None
+    listed = CliRunner().invoke(app, ["deadletters", "list"], env={**stack.env(), "COLUMNS": "300"})
+    assert listed.exit_code == 0 and "+29979" in listed.output and "(60001 bytes)" in listed.output
+
+
+def test_dead_letter_rows_count_the_rest_per_reason_and_replay_once_per_message(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    stack.start_ingest(1, INGEST_DEADLETTER_ROWS_PER_MESSAGE="3")
+    _ready(stack)
+    barn = DeviceClient(stack, "barn-0002")
+    t = now_ms() - 60_000
+    nh3 = [12.0, 130, 131, 132, 133, 134, 135, 136, 137, None, 14.0, None]  # None: an unknown metric
+    backfill = [
+        {"ts": t + i, "values": {"nh3_ppm": v} if v is not None else {"leaf_wetness": 1}} for i, v in enumerate(nh3)
+    ]
+    assert barn.send([backfill]) == [0]
+    assert wait_until(lambda: len(_rows(stack)[0]) == 5)
+    rows, payloads = _rows(stack)
+    assert len(payloads) == 1
+    # 3 rows of their own, then the first of each further reason with how many more it counts
+    assert [(r.reason, r.index, r.more) for r in rows] == [
+        ("out_of_range", 1, 0),
+        ("out_of_range", 2, 0),
+        ("out_of_range", 3, 0),
+        ("out_of_range", 4, 4),
+        ("unknown_metric", 9, 1),
+    ]
+    with stack.influx() as influx:
+        assert influx.count("barn", "nh3_ppm") == 2
+
+    # a sensor that really reads up to 200 ppm: widen the range and replay
+    catalogue = yaml.safe_load(PACKAGED_CATALOGUE.read_text())
+    catalogue["kinds"]["barn"]["metrics"]["nh3_ppm"]["max"] = 200
+    fixed = tmp_path / "catalogue.yaml"
+    fixed.write_text(yaml.safe_dump(catalogue, allow_unicode=True))
+    env = {**stack.env(), "CATALOGUE_FILE": str(fixed), "COLUMNS": "300"}
+    get_settings.cache_clear()
+    try:
+        replayed = CliRunner().invoke(app, ["deadletters", "replay", "--reason", "out_of_range"], env=env)
+        assert replayed.exit_code == 0 and "examined 4, stored 4, still rejected 0" in replayed.output, replayed.output
+        again = CliRunner().invoke(app, ["deadletters", "replay"], env=env)
+        assert "examined 1, stored 0, still rejected 1" in again.output, again.output
+    finally:
+        get_settings.cache_clear()
+    with stack.influx() as influx:
+        assert influx.count("barn", "nh3_ppm") == 10  # every nh3 reading of the message, each once
+    rows, _ = _rows(stack)
+    assert [r.replay_result for r in rows][:4] == ["stored"] * 4
+    assert rows[4].replay_result and rows[4].replay_result.startswith("rejected: unknown_metric: metric 'leaf_wetness'")
+
+
+def test_attack_oversized_message_refused_by_broker(stack: LocalStack) -> None:
+    """900 KB was accepted by the broker and stored whole; now the broker's max_packet_size is the
+    payload limit plus the MQTT header: the sender is disconnected and nothing of it is stored."""
+    stack.start_ingest(1)
+    _ready(stack)
+    assert stack.mosquitto
+    for protocol in (mqtt.MQTTv311, mqtt.MQTTv5):
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="soil-0005", protocol=protocol)
+        client.username_pw_set("soil-0005", stack.secrets["soil-0005"])  # type: ignore[attr-defined]
+        acked, dropped = threading.Event(), threading.Event()
+        client.on_publish = lambda *_a, acked=acked: acked.set()
+        client.on_disconnect = lambda *_a, dropped=dropped: dropped.set()
+        client.connect(stack.mosquitto.host, stack.mosquitto.port)
+        client.loop_start()
+        try:
+            body = b'{"ts": %d, "values": {"soil_moisture": 20}, "pad": "' % now_ms() + b"x" * 900_000 + b'"}'
+            client.publish("v1/devices/soil-0005/telemetry", body, qos=1)
+            assert dropped.wait(10), "the broker kept the connection of a 900 KB message"
+            assert not acked.is_set()
+        finally:
+            client.disconnect()
+            client.loop_stop()
+    # At the limit: 65,536 bytes pass the broker and are stored; a little over passes the broker
+    # (header allowance) and becomes payload_too_large with a prefix, its size and SHA-256.
+    soil = DeviceClient(stack, "soil-0005")
+    head = b'{"ts": %d, "values": {"soil_moisture": 21.5}}' % (now_ms() - 1000)
+    at_limit = head + b" " * (65_536 - len(head))
+    over = b'{"pad": "' + b"y" * (65_600 - 11) + b'"}'
+    assert len(at_limit) == 65_536 and len(over) == 65_600
+    assert soil.send([at_limit, over]) == [0, 0]
+    with stack.influx() as influx:
+        assert wait_until(lambda: influx.count("soil", "soil_moisture", "device = 'soil-0005'") == 1)
+    assert wait_until(lambda: len(_rows(stack)[0]) == 1)
+    time.sleep(0.5)
+    rows, payloads = _rows(stack)
+    assert [r.reason for r in rows] == ["payload_too_large"]  # nothing of the 900 KB messages
+    assert [(p.size, p.truncated, len(p.payload)) for p in payloads] == [(65_600, True, PREFIX_BYTES)]
+    assert payloads[0].payload == over[:PREFIX_BYTES] and payloads[0].sha256 == hashlib.sha256(over).hexdigest()
+    with stack.influx() as influx:
+        assert influx.count("soil", "soil_moisture", "device = 'soil-0005'") == 1
+
+
+# ---------------------------------------------------------------- migration 0006 (SQLite and PostgreSQL)
+
+DEAD_TABLES = {"dead_letter", "dead_letter_payload"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'registry.db'}"
+        return
+    folder = Path(tempfile.mkdtemp(prefix="village-pg-"))  # the 'postgres' user cannot enter tmp_path
+    server = postgres(folder).start()
+    try:
+        yield server.create_database("deadletters")
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_migration_0006_keeps_one_payload_per_message_and_downgrades(database_url: str) -> None:
+    cfg = alembic_config(database_url)
+    command.upgrade(cfg, "0001")
+    engine = make_engine(database_url)
+    when = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+    old = [  # three rows of one message, one of another
+        ("v1/devices/soil-0001/telemetry", when, b'[1, 2, {"values": {}}]', 0, "bad_shape"),
+        ("v1/devices/soil-0001/telemetry", when, b'[1, 2, {"values": {}}]', 1, "bad_shape"),
+        ("v1/devices/soil-0001/telemetry", when, b'[1, 2, {"values": {}}]', 2, "no_values"),
+        ("v1/devices/soil-0002/telemetry", when, b"not json", None, "not_json"),
+    ]
+    legacy = sa.table(
+        "dead_letter",
+        *(sa.column(c) for c in ("received_at", "topic", "device_id", "reason", "detail", "payload", "index")),
+    )
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                legacy.insert(),
+                [
+                    {"received_at": t, "topic": topic, "device_id": topic.split("/")[2], "reason": reason}
+                    | {"detail": reason, "payload": payload, "index": index}
+                    for topic, t, payload, index, reason in old
+                ],
+            )
+        command.upgrade(cfg, "0006")
+        with engine.connect() as conn:
+            diffs = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+            assert [d for d in diffs if _diff_table(d) in DEAD_TABLES] == []  # the models, exactly
+            payloads = conn.execute(sa.text("SELECT id, sha256, payload, truncated FROM dead_letter_payload")).all()
+            rows = conn.execute(sa.text('SELECT payload_id, "index", more FROM dead_letter ORDER BY id')).all()
+        assert sorted(bytes(p.payload) for p in payloads) == [b'[1, 2, {"values": {}}]', b"not json"]
+        assert all(p.sha256 == hashlib.sha256(bytes(p.payload)).hexdigest() and not p.truncated for p in payloads)
+        first = next(p.id for p in payloads if bytes(p.payload) == b"not json")
+        assert [r.more for r in rows] == [0, 0, 0, 0] and rows[3].payload_id == first
+        assert rows[0].payload_id == rows[1].payload_id == rows[2].payload_id != first
+        command.downgrade(cfg, "0001")
+        with engine.connect() as conn:
+            assert "dead_letter_payload" not in sa.inspect(conn).get_table_names()
+            back = conn.execute(sa.text('SELECT payload, "index" FROM dead_letter ORDER BY id')).all()
+        assert [(bytes(r.payload), r.index) for r in back] == [(p, i) for _, _, p, i, _ in old]
+        command.upgrade(cfg, "heads")  # with every other package's branch
+    finally:
+        engine.dispose()
+
+
+def _diff_table(diff: Any) -> str | None:
+    """The table an alembic autogenerate diff is about."""
+    if isinstance(diff, list):  # column modifications come as a list of tuples
+        return _diff_table(diff[0])
+    for part in diff[1:]:
+        if isinstance(part, sa.Table):
+            return part.name
+        if isinstance(part, sa.Index | sa.UniqueConstraint | sa.ForeignKeyConstraint) and part.table is not None:
+            return part.table.name
+        if isinstance(part, str) and part in DEAD_TABLES:
+            return part
+    return None
