@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import socket
+import ssl
+import subprocess
 import tempfile
 import threading
 import time
@@ -16,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 import paho.mqtt.client as mqtt
 import pytest
 import sqlalchemy as sa
@@ -31,8 +36,10 @@ from cli.main import app
 from core.catalogue import PACKAGED_CATALOGUE
 from core.db import alembic_config, get_engine, make_engine
 from core.localstack import LocalStack
-from core.models import DeadLetter, DeadLetterPayload
-from core.services import postgres
+from core.models import DeadLetter, DeadLetterPayload, Device
+from core.provisioning import provision
+from core.registry_io import load_demo
+from core.services import BrokerTls, free_port, postgres
 from core.settings import get_settings
 from ingest.rejects import PREFIX_BYTES
 from tests.conftest import DeviceClient, now_ms, wait_ingest_ready, wait_until
@@ -339,3 +346,129 @@ def _diff_table(diff: Any) -> str | None:
         if isinstance(part, str) and part in DEAD_TABLES:
             return part
     return None
+
+
+# ---------------------------------------------------------------- TLS and the metrics address
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    binary = shutil.which("openssl")
+    if binary is None:
+        pytest.fail("openssl is not installed: apt-get install openssl")
+    subprocess.run([binary, *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_ca(folder: Path, name: str) -> tuple[Path, Path]:
+    """A throw-away CA: (certificate, key)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    _openssl(
+        *("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"),
+        *("-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert)),
+        *("-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"),
+        cwd=folder,
+    )
+    return cert, key
+
+
+def make_server_cert(folder: Path, ca: tuple[Path, Path], names: str) -> tuple[Path, Path]:
+    """A server certificate signed by `ca` for `names` (subjectAltName syntax): (certificate, key)."""
+    cert, key, csr, ext = (folder / f"server.{x}" for x in ("pem", "key", "csr", "ext"))
+    ext.write_text(f"subjectAltName={names}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+    _openssl(
+        *("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=broker"),
+        *("-keyout", str(key), "-out", str(csr)),
+        cwd=folder,
+    )
+    _openssl(
+        *("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial"),
+        *("-days", "2", "-extfile", str(ext), "-out", str(cert)),
+        cwd=folder,
+    )
+    return cert, key
+
+
+@pytest.fixture
+def tls_stack(tmp_path: Path) -> Iterator[LocalStack]:
+    """The stack of tests/conftest.py with a second, TLS listener (as the deployment's on 8883)."""
+    ca = make_ca(tmp_path / "pki", "village-test-ca")
+    cert, key = make_server_cert(tmp_path / "pki", ca, "DNS:localhost,IP:127.0.0.1")
+    s = LocalStack(
+        tmp_path / "stack",
+        extra_env={"INGEST_BATCH_MS": "20", "INGEST_REGISTRY_TTL_S": "1"},
+        mqtt_tls=BrokerTls(free_port(), cert, key),
+    )
+    s.start()
+    with Session(get_engine(s.database_url)) as session:
+        load_demo(session)
+        session.commit()
+        s.secrets = {d.id: provision(session, d.id) for d in session.exec(select(Device))}  # type: ignore[attr-defined]
+        session.commit()
+    s.sync_broker()
+    s.ca_file = ca[0]  # type: ignore[attr-defined]
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def _tls_device(stack: LocalStack, device_id: str, ca_file: Path) -> mqtt.Client:
+    assert stack.mosquitto and stack.mosquitto.tls_port
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)
+    client.username_pw_set(device_id, stack.secrets[device_id])  # type: ignore[attr-defined]
+    client.tls_set(ca_certs=str(ca_file))
+    client.connect("127.0.0.1", stack.mosquitto.tls_port)
+    return client
+
+
+def test_devices_and_ingest_speak_tls_to_the_broker(tls_stack: LocalStack, tmp_path: Path) -> None:
+    stack = tls_stack
+    assert stack.mosquitto and stack.mosquitto.tls_port
+    ca_file: Path = stack.ca_file  # type: ignore[attr-defined]
+    tls_env = {"MQTT_PORT": str(stack.mosquitto.tls_port), "MQTT_TLS": "true", "MQTT_CA_FILE": str(ca_file)}
+    stack.start_ingest(1, **tls_env)
+    device = _tls_device(stack, "wx-0004", ca_file)
+    device.loop_start()
+    try:
+        with stack.influx() as influx:
+            for _ in range(100):  # until the ingest subscription is live
+                device.publish("v1/devices/wx-0004/telemetry", orjson.dumps({"ts": now_ms(), "values": PROBE}), qos=1)
+                if wait_until(lambda: influx.count("weather", "air_temp_c", "device = 'wx-0004'") > 0, 0.5):
+                    break
+            assert influx.count("weather", "air_temp_c", "device = 'wx-0004'") > 0, _ingest_log(stack)[-2000:]
+    finally:
+        device.disconnect()
+        device.loop_stop()
+    assert f"mqtts://127.0.0.1:{stack.mosquitto.tls_port}" in _ingest_log(stack)
+    # A broker certificate from a CA the client does not trust is refused, and plain MQTT gets no answer.
+    other_ca = make_ca(tmp_path / "other", "someone-else")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _tls_device(stack, "wx-0003", other_ca[0])
+    plain = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="wx-0003", protocol=mqtt.MQTTv5)
+    plain.username_pw_set("wx-0003", stack.secrets["wx-0003"])  # type: ignore[attr-defined]
+    connacks: list[object] = []
+    plain.on_connect = lambda *a: connacks.append(a[3])
+    plain.connect("127.0.0.1", stack.mosquitto.tls_port)
+    plain.loop_start()
+    time.sleep(1.5)
+    plain.loop_stop()
+    assert connacks == []
+
+
+def test_ingest_metrics_listen_on_loopback_by_default(stack: LocalStack) -> None:
+    port = free_port()
+    stack.start_ingest(1, INGEST_METRICS_PORT=str(port))
+    assert wait_until(lambda: _listening(port), 30), "no metrics server"
+    assert _listening(port) == ["127.0.0.1"]
+    assert "village_ingest_messages_total" in httpx.get(f"http://127.0.0.1:{port}/metrics").text
+
+
+def _listening(port: int) -> list[str]:
+    """Addresses with a TCP socket listening on `port` (from /proc/net/tcp)."""
+    out = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            out.append(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return out
