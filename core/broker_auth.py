@@ -37,9 +37,8 @@ RESERVED_NAMES = frozenset({"ingest"})
 RESERVED_PREFIXES = (INGEST_ACCOUNT_PREFIX,)
 
 # The largest PUBLISH the broker accepts (`max_packet_size`, the whole packet) is the payload
-# limit plus this: fixed header (5), topic length (2) and the longest device topic (85), packet
-# id (2), and up to 162 bytes of MQTT 5 properties with their length.
-MAX_DEVICE_ID_LENGTH = 64
+# limit plus this: fixed header (5), topic length (2) and the longest device topic (85: a device
+# id has at most 64 characters), packet id (2), and up to 162 bytes of MQTT 5 properties.
 PUBLISH_OVERHEAD_BYTES = 256
 
 

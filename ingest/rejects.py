@@ -35,8 +35,8 @@ class RejectedMessage:
     rejections: list[Rejection]
 
 
-def clip(detail: str) -> str:
-    return detail if len(detail) <= DETAIL_CHARS else detail[: DETAIL_CHARS - 1] + "…"
+def clip(detail: str, limit: int = DETAIL_CHARS) -> str:
+    return detail if len(detail) <= limit else detail[: limit - 1] + "…"
 
 
 def rows_for(rejections: list[Rejection], limit: int) -> list[tuple[Rejection, int]]:
@@ -57,7 +57,8 @@ def rows_for(rejections: list[Rejection], limit: int) -> list[tuple[Rejection, i
     for first, more, last in firsts.values():
         detail = first.detail
         if more:
-            detail = f"{clip(detail)} (and {more} more for this reason up to index {last}, without rows of their own)"
+            suffix = f" (and {more} more for this reason up to index {last}, without rows of their own)"
+            detail = clip(detail, DETAIL_CHARS - len(suffix)) + suffix
         out.append((Rejection(first.reason, detail, first.index), more))
     return out
 
