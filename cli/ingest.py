@@ -21,7 +21,6 @@ def ingest(
 ) -> None:
     """Consume device telemetry from MQTT, validate, enrich and store it in InfluxDB."""
     settings = get_settings()
-    setup_logging(settings.log_level, settings.log_format)
     highest = max(replicas - 1, replica)
     if highest >= settings.ingest_max_replicas:
         typer.echo(
@@ -30,6 +29,7 @@ def ingest(
             err=True,
         )
         raise typer.Exit(2)
+    setup_logging(settings.log_level, settings.log_format)
     if replicas > 1:
         raise typer.Exit(_supervise(replicas))
     from ingest.service import IngestService
