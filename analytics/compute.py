@@ -417,14 +417,14 @@ class _Cut:
             hi = int(local_midnight(tel.days[self.b - 1] + timedelta(days=1), self.period.tz).timestamp() * 1000)
             t = dead["ms"].to_numpy()
             inside = (t >= lo) & (t < hi)
-            n_dead = self.vsum(self.dev_v[self.dev_of_rows(dead)][inside])
+            n_dead = self.vsum(self.dev_v[self.dev_of_rows(dead)][inside], dead["n"].to_numpy()[inside])
         self.emit(
             {"dead": n_dead, "stored": parts["stored"]},
             lambda x, _s: Value(
                 "rejected_reading_rate",
                 _r(_pct(x["dead"], x["stored"] + x["dead"])),
                 {"dead_letters": int(x["dead"]), "stored_readings": int(x["stored"])},
-                note="dead letters of registered devices only",
+                note="readings rejected from registered devices (a row's counted rest included)",
             ),
         )
         self._continuous()

@@ -156,7 +156,7 @@ class Telemetry:
     fever: pd.DataFrame  # dev, day, hours
     nh3: pd.DataFrame  # dev, day, hours
     online: np.ndarray | None  # [device]: reported within the online window (current period only)
-    dead: pd.DataFrame  # dev, ms
+    dead: pd.DataFrame  # dev, ms, n (rejected readings the row stands for: 1 + its `more`)
     queries: int = 0
 
     def day_index(self, d: date) -> int:
@@ -265,7 +265,7 @@ def _empty_daily() -> pd.DataFrame:
 
 
 def _empty_dead() -> pd.DataFrame:
-    return pd.DataFrame({"dev": pd.Series(dtype=int), "ms": pd.Series(dtype="int64")})
+    return pd.DataFrame({"dev": pd.Series(dtype=int), "ms": pd.Series(dtype="int64"), "n": pd.Series(dtype=int)})
 
 
 def _day_mapper(bounds_ms: list[int]) -> Any:
@@ -328,14 +328,18 @@ def _online(rollups: Rollups, registry: Registry, now: datetime, intervals: floa
 
 def _dead_letters(session: Session, idx: dict[str, int], start: datetime, end: datetime) -> pd.DataFrame:
     rows = session.exec(
-        select(DeadLetter.device_id, DeadLetter.received_at).where(
+        select(DeadLetter.device_id, DeadLetter.received_at, DeadLetter.more).where(
             col(DeadLetter.received_at) >= start.astimezone(UTC),
             col(DeadLetter.received_at) < end.astimezone(UTC),
             col(DeadLetter.device_id).is_not(None),
         )
     ).all()
-    out = [(idx[d], int(_utc(t).timestamp() * 1000)) for d, t in rows if d in idx and t is not None]  # type: ignore[union-attr]
-    return pd.DataFrame(out, columns=["dev", "ms"]) if out else _empty_dead()
+    out = [
+        (idx[d], int(_utc(t).timestamp() * 1000), 1 + (more or 0))  # type: ignore[union-attr]
+        for d, t, more in rows
+        if d in idx and t is not None
+    ]
+    return pd.DataFrame(out, columns=["dev", "ms", "n"]) if out else _empty_dead()
 
 
 # ---------------------------------------------------------------- ledger snapshot

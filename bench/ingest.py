@@ -154,7 +154,7 @@ def run(
                 stored = _stored(influx)
                 elapsed = time.perf_counter() - t0
             with session_scope(engine) as session:
-                rejected = session.exec(select(func.count()).select_from(DeadLetter)).one()[0]
+                rejected = int(session.exec(select(func.coalesce(func.sum(1 + DeadLetter.more), 0))).one()[0])
             lag = scrape_lag(ports)
             stored -= baseline
             acked_readings = round(load.acked * load.readings_per_message)

@@ -30,16 +30,16 @@ def broker_files(settings: Settings) -> tuple[Path, Path, Path | None] | None:
 
 
 def sync_once(engine: Engine, settings: Settings) -> bool:
-    """Ensure the ingest account (when its password is set) and sync the broker files."""
+    """Ensure the ingest replicas' accounts (when their password is set) and sync the broker files."""
     files = broker_files(settings)
     if files is None:
         fail("set MOSQUITTO_PASSWD_FILE and MOSQUITTO_ACL_FILE to the broker's password and ACL files", 2)
     password = settings.mqtt_ingest_password.get_secret_value()
     with Session(engine) as session:
         if password:
-            provisioning.ensure_ingest_account(session, settings.mqtt_ingest_username, password)
+            provisioning.ensure_ingest_accounts(session, password, settings.ingest_max_replicas)
         else:
-            err_console.print("warning: MQTT_INGEST_PASSWORD is not set; the ingest account is left as it is")
+            err_console.print("warning: MQTT_INGEST_PASSWORD is not set; the ingest accounts are left as they are")
         changed = provisioning.sync_broker(session, *files)
         session.commit()
     return changed

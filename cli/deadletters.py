@@ -10,6 +10,7 @@ from sqlmodel import Session
 from core.catalogue import get_catalogue
 from core.db import get_engine, migrate
 from core.influx import InfluxError, InfluxV1
+from core.models import DeadLetterPayload
 from core.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True, help="Rejected readings: list them, replay them after a fix.")
@@ -22,7 +23,7 @@ def list_(
     all_: bool = typer.Option(False, "--all", help="Include dead letters already replayed."),
     limit: int = typer.Option(50, min=1, help="Newest N."),
 ) -> None:
-    """Show dead letters, newest first, with the precise reason."""
+    """Show dead letters, newest first, with the precise reason ("more": further rejections it counts)."""
     from ingest.deadletters import list_dead_letters
 
     settings = get_settings()
@@ -30,10 +31,9 @@ def list_(
     with Session(get_engine(settings.resolved_database_url())) as session:
         rows = list_dead_letters(session, reason, device, all_, limit)
     table = Table(title=f"dead letters ({len(rows)} shown)")
-    for column in ("id", "received (UTC)", "device", "reason", "detail", "index", "payload", "replay"):
+    for column in ("id", "received (UTC)", "device", "reason", "detail", "index", "more", "payload", "replay"):
         table.add_column(column, overflow="fold")
-    for r in rows:
-        payload = r.payload[:60].decode("utf-8", "replace") + ("…" if len(r.payload) > 60 else "")
+    for r, p in rows:
         table.add_row(
             str(r.id),
             r.received_at.strftime("%Y-%m-%d %H:%M:%S"),
@@ -41,10 +41,21 @@ def list_(
             r.reason,
             r.detail,
             "" if r.index is None else str(r.index),
-            payload,
+            f"+{r.more}" if r.more else "",
+            _payload(p),
             r.replay_result or "",
         )
     Console().print(table)
+
+
+def _payload(p: DeadLetterPayload | None) -> str:
+    """The start of the message, its size and (when only a prefix was kept) its SHA-256."""
+    if p is None:
+        return "-"
+    text = p.payload[:60].decode("utf-8", "replace") + ("…" if p.size > 60 else "")
+    if p.truncated:
+        return f"{text} ({p.size} bytes, first {len(p.payload)} kept, sha256 {p.sha256})"
+    return text if p.size <= 60 else f"{text} ({p.size} bytes)"
 
 
 @app.command("replay")

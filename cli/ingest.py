@@ -17,10 +17,18 @@ from core.settings import get_settings
 
 def ingest(
     replicas: int = typer.Option(1, min=1, max=64, help="Replicas to run, each its own process."),
-    replica: int = typer.Option(0, min=0, help="Index of this replica (stable MQTT client id and spool)."),
+    replica: int = typer.Option(0, min=0, help="Index i of this replica: account and client id ingest-<i>, spool."),
 ) -> None:
     """Consume device telemetry from MQTT, validate, enrich and store it in InfluxDB."""
     settings = get_settings()
+    highest = max(replicas - 1, replica)
+    if highest >= settings.ingest_max_replicas:
+        typer.echo(
+            f"error: replica {highest} has no broker account: `village broker sync` writes ingest-0.."
+            f"ingest-{settings.ingest_max_replicas - 1}; raise INGEST_MAX_REPLICAS (for the sync and ingest)",
+            err=True,
+        )
+        raise typer.Exit(2)
     setup_logging(settings.log_level, settings.log_format)
     if replicas > 1:
         raise typer.Exit(_supervise(replicas))

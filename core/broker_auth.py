@@ -11,18 +11,66 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import tempfile
 from pathlib import Path
 
+from pydantic import field_validator
 from sqlmodel import Session, select
 
 from core.models import Device, DeviceStatus, ServiceAccount
 
+log = logging.getLogger(__name__)
+
 ITERATIONS = 101
 TELEMETRY_TOPIC = "v1/devices/{device_id}/telemetry"
 TELEMETRY_FILTER = "v1/devices/+/telemetry"
+
+# The broker replaces every client's id with its username (`use_username_as_clientid`), so a
+# client id is only ever taken by a holder of that account's password. Ingest replica i is the
+# service account `ingest-<i>`; these names, and the former shared account `ingest`, can never
+# be device ids (`refuse_reserved_name`), so no device can take a replica's session.
+INGEST_ACCOUNT_PREFIX = "ingest-"
+RESERVED_NAMES = frozenset({"ingest"})
+RESERVED_PREFIXES = (INGEST_ACCOUNT_PREFIX,)
+
+# The largest PUBLISH the broker accepts (`max_packet_size`, the whole packet) is the payload
+# limit plus this: fixed header (5), topic length (2) and the longest device topic (85: a device
+# id has at most 64 characters), packet id (2), and up to 162 bytes of MQTT 5 properties.
+PUBLISH_OVERHEAD_BYTES = 256
+
+
+def ingest_account(replica: int) -> str:
+    """The broker account, and so the MQTT client id, of ingest replica `replica`."""
+    return f"{INGEST_ACCOUNT_PREFIX}{replica}"
+
+
+def reserved_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a device id (it is, or may become, a service account), else None."""
+    lowered = name.lower()
+    if lowered in RESERVED_NAMES or lowered.startswith(RESERVED_PREFIXES):
+        reserved = ", ".join([*sorted(RESERVED_NAMES), *(f"{p}*" for p in RESERVED_PREFIXES)])
+        return f"device id {name!r} is reserved for the broker's service accounts ({reserved})"
+    return None
+
+
+def refuse_reserved_name(name: str) -> str:
+    """Validator of device ids (registry files, API, provisioning): raise on a reserved name."""
+    problem = reserved_name_problem(name)
+    if problem:
+        raise ValueError(problem)
+    return name
+
+
+#: `_id_not_reserved = device_id_not_reserved` in a pydantic model with a field `id` refuses reserved ids.
+device_id_not_reserved = field_validator("id")(refuse_reserved_name)
+
+
+def broker_max_packet_size(max_payload_bytes: int) -> int:
+    """The broker's `max_packet_size` for a payload limit: a larger message never reaches ingest."""
+    return max_payload_bytes + PUBLISH_OVERHEAD_BYTES
 
 
 def new_secret() -> str:
@@ -58,7 +106,13 @@ def _atomic_write(path: Path, text: str) -> None:
 def render_passwd(session: Session) -> str:
     lines = [f"{a.username}:{a.secret_hash}" for a in session.exec(select(ServiceAccount))]
     devices = session.exec(select(Device).where(Device.status == DeviceStatus.active).order_by(Device.id))
-    lines += [f"{d.id}:{d.secret_hash}" for d in devices if d.secret_hash]
+    for d in devices:
+        if not d.secret_hash:
+            continue
+        if reserved_name_problem(d.id):  # registered before names were reserved: never a broker account
+            log.warning("device %s left out of the broker's password file: its id is reserved", d.id)
+            continue
+        lines.append(f"{d.id}:{d.secret_hash}")
     return "\n".join(lines) + "\n"
 
 

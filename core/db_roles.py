@@ -46,6 +46,7 @@ TRACE = (
 LEDGER = ("anchor_window", "ledger_leaf", "growth_summary", "telemetry_digest", "lot_manifest")
 OTHER = (
     "dead_letter",
+    "dead_letter_payload",
     "service_account",
     "county_statistic",
     "api_user",
@@ -87,8 +88,8 @@ GRANTS: dict[str, Grant] = {
     # Ingest: one query resolving a device to its kind, status and place (ingest/enrich.py), and the
     # dead-letter store (insert, and the redelivery check). Not the devices' secret hashes, not farms.
     "ingest": Grant(
-        select=("dead_letter", "alembic_version"),
-        insert=("dead_letter",),
+        select=("dead_letter", "dead_letter_payload", "alembic_version"),
+        insert=("dead_letter", "dead_letter_payload"),
         columns={
             "device": ("id", "kind", "status", "plot_id", "herd_id", "animal_id"),
             "plot": ("id", "plot_no", "village_code"),

@@ -16,10 +16,21 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.broker_auth import broker_max_packet_size
 from core.db import get_engine, migrate, session_scope
 from core.influx import InfluxV1
-from core.provisioning import ensure_ingest_account, sync_broker
-from core.services import ANVIL_DEV_KEY, Anvil, InfluxD, Mosquitto, anvil, die_with_parent, influxd, mosquitto
+from core.provisioning import ensure_ingest_accounts, sync_broker
+from core.services import (
+    ANVIL_DEV_KEY,
+    Anvil,
+    BrokerTls,
+    InfluxD,
+    Mosquitto,
+    anvil,
+    die_with_parent,
+    influxd,
+    mosquitto,
+)
 from core.settings import Settings
 
 
@@ -45,6 +56,7 @@ class LocalStack:
     ingest_procs: list[subprocess.Popen] = field(default_factory=list)
     anchor_procs: list[subprocess.Popen] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
+    mqtt_tls: BrokerTls | None = None  # a TLS listener besides the plain one on 127.0.0.1
 
     def __post_init__(self) -> None:
         self.root = self.root.resolve()
@@ -106,6 +118,10 @@ class LocalStack:
     def settings(self) -> Settings:
         return Settings(**self.env())
 
+    def _base_settings(self) -> Settings:
+        """The settings the stack's processes share before it runs (limits, replica accounts)."""
+        return Settings(_env_file=None, **self.extra_env)  # type: ignore[call-arg]
+
     def influx(self) -> InfluxV1:
         assert self.influxd
         return InfluxV1(self.influxd.url, self.influx_db)
@@ -113,7 +129,7 @@ class LocalStack:
     def sync_broker(self) -> bool:
         """Regenerate mosquitto's password and ACL files from the registry; reload it when they changed."""
         with session_scope(get_engine(self.database_url)) as session:
-            ensure_ingest_account(session, "ingest", self.ingest_password)
+            ensure_ingest_accounts(session, self.ingest_password, self._base_settings().ingest_max_replicas)
             changed = sync_broker(session, self.passwd_file, self.acl_file)
         if changed and self.mosquitto and self.mosquitto.running:
             self.mosquitto.reload()
@@ -129,7 +145,14 @@ class LocalStack:
         """Start the servers; with `chain`, also anvil (its state kept in the stack folder)."""
         migrate(self.database_url)
         self.sync_broker()
-        self.mosquitto = mosquitto(self.root / "mosquitto", self.passwd_file, self.acl_file, port=mqtt_port)
+        self.mosquitto = mosquitto(
+            self.root / "mosquitto",
+            self.passwd_file,
+            self.acl_file,
+            port=mqtt_port,
+            max_packet_bytes=broker_max_packet_size(self._base_settings().ingest_max_payload_bytes),
+            tls=self.mqtt_tls,
+        )
         self.influxd = influxd(self.root / "influxdb", port=influx_port)
         if chain:
             state = self.root / "anvil" / "state.json"

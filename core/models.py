@@ -101,8 +101,24 @@ class Device(SQLModel, table=True):
     revoked_at: datetime | None = None
 
 
+class DeadLetterPayload(SQLModel, table=True):
+    """The raw bytes of a message with rejections, stored once however many of its readings failed."""
+
+    __tablename__ = "dead_letter_payload"
+
+    id: int | None = Field(default=None, primary_key=True)
+    size: int  # bytes of the message as received
+    sha256: str = Field(index=True)  # hex digest of the whole message
+    payload: bytes  # the whole message, or only its first bytes when `truncated` (payload_too_large)
+    truncated: bool = False
+
+
 class DeadLetter(SQLModel, table=True):
-    """A rejected reading or message, kept with its raw payload so it can be replayed."""
+    """A rejected reading or message; its raw bytes are in `dead_letter_payload`, so it can be replayed.
+
+    A message gets at most INGEST_DEADLETTER_ROWS_PER_MESSAGE rows of one rejection each; its further
+    rejections are counted per reason on one more row each (the first of them, with `more` > 0).
+    """
 
     __tablename__ = "dead_letter"
 
@@ -112,8 +128,9 @@ class DeadLetter(SQLModel, table=True):
     device_id: str | None = Field(default=None, index=True)
     reason: str = Field(index=True)  # a stable code, e.g. "out_of_range"
     detail: str  # the precise human-readable reason
-    payload: bytes  # the raw message bytes as received (the whole message)
+    payload_id: int | None = Field(default=None, foreign_key="dead_letter_payload.id", index=True)
     index: int | None = None  # which reading of an array payload, when the message was an array
+    more: int = 0  # further readings of the message rejected for this reason, without rows of their own
     replayed_at: datetime | None = None
     replay_result: str | None = None
 

@@ -19,9 +19,18 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
-from core.broker_auth import hash_secret, new_secret, reload_broker, render_acl, render_passwd, verify_secret
+from core.broker_auth import (
+    hash_secret,
+    ingest_account,
+    new_secret,
+    reload_broker,
+    render_acl,
+    render_passwd,
+    reserved_name_problem,
+    verify_secret,
+)
 from core.models import Device, DeviceStatus, ServiceAccount, utcnow
 
 log = logging.getLogger(__name__)
@@ -45,6 +54,9 @@ def provision(session: Session, device_id: str) -> str:
     secret (the old one stops working at the next broker sync), and reinstates a revoked device.
     """
     device = _device(session, device_id)
+    problem = reserved_name_problem(device_id)
+    if problem:  # a row registered before the names were reserved: it must be renamed
+        raise ProvisioningError(problem)
     secret = new_secret()
     device.secret_hash = hash_secret(secret)
     device.status = DeviceStatus.active
@@ -86,6 +98,23 @@ def ensure_ingest_account(session: Session, username: str, password: str, role: 
     session.flush()
     log.info("broker account %s (%s) set", username, role)
     return True
+
+
+def ensure_ingest_accounts(session: Session, password: str, replicas: int) -> bool:
+    """Give each ingest replica 0..replicas-1 its own account `ingest-<i>` (all with `password`)
+    and remove every other ingest account (the former shared `ingest`, replicas above the count);
+    True when anything changed. The broker uses the account name as the replica's client id."""
+    wanted = {ingest_account(i) for i in range(replicas)}
+    changed = False
+    for username in sorted(wanted):
+        changed |= ensure_ingest_account(session, username, password)
+    for account in session.exec(select(ServiceAccount).where(ServiceAccount.role == "ingest")):
+        if account.username not in wanted:
+            session.delete(account)
+            changed = True
+            log.info("broker account %s removed", account.username)
+    session.flush()
+    return changed
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import Field
 from sqlmodel import Session, SQLModel, func, select
 
+from core.broker_auth import device_id_not_reserved
 from core.catalogue import Catalogue, get_catalogue
 from core.importing import (
     ImportErrors,
@@ -129,6 +130,7 @@ class AnimalRow(RowModel):
 
 class DeviceRow(RowModel):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    _id_not_reserved = device_id_not_reserved
     kind: str = Field(min_length=1)
     plot_no: str | None = None
     herd_no: str | None = None

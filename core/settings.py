@@ -31,13 +31,18 @@ class Settings(BaseSettings):
     database_url: str = Field(default="", alias="DATABASE_URL")
     database_password: SecretStr = Field(default=SecretStr(""), alias="DATABASE_PASSWORD")
 
-    # MQTT broker and the ingest account.
+    # MQTT broker. Ingest replica i authenticates as the service account `ingest-<i>`, which the
+    # broker also makes its client id; `village broker sync` writes the accounts of replicas
+    # 0..INGEST_MAX_REPLICAS-1, all with the password MQTT_INGEST_PASSWORD.
     mqtt_host: str = Field(default="127.0.0.1", alias="MQTT_HOST")
     mqtt_port: int = Field(default=1883, alias="MQTT_PORT")
-    mqtt_ingest_username: str = Field(default="ingest", alias="MQTT_INGEST_USERNAME")
     mqtt_ingest_password: SecretStr = Field(default=SecretStr(""), alias="MQTT_INGEST_PASSWORD")
-    mqtt_client_id: str = Field(default="ingest", alias="MQTT_CLIENT_ID")
     mqtt_share_group: str = Field(default="ingest", alias="MQTT_SHARE_GROUP")
+    ingest_max_replicas: int = Field(default=8, ge=1, le=64, alias="INGEST_MAX_REPLICAS")
+    # TLS to the broker (the deployment's listener on 8883); the CA file that signed the broker's
+    # certificate, or unset for the system's CAs. The broker's host name is checked.
+    mqtt_tls: bool = Field(default=False, alias="MQTT_TLS")
+    mqtt_ca_file: Path | None = Field(default=None, alias="MQTT_CA_FILE")
     # Broker files generated from the registry (password and ACL); the broker reloads on SIGHUP.
     mosquitto_passwd_file: Path | None = Field(default=None, alias="MOSQUITTO_PASSWD_FILE")
     mosquitto_acl_file: Path | None = Field(default=None, alias="MOSQUITTO_ACL_FILE")
@@ -64,6 +69,9 @@ class Settings(BaseSettings):
     ingest_retention_days: int = Field(default=400, alias="INGEST_RETENTION_DAYS")
     ingest_registry_ttl_s: float = Field(default=30.0, alias="INGEST_REGISTRY_TTL_S")
     ingest_metrics_port: int = Field(default=9108, alias="INGEST_METRICS_PORT")
+    ingest_metrics_host: str = Field(default="127.0.0.1", alias="INGEST_METRICS_HOST")
+    # Dead-letter rows of their own per message; further rejections are counted per reason.
+    ingest_deadletter_rows_per_message: int = Field(default=20, ge=1, alias="INGEST_DEADLETTER_ROWS_PER_MESSAGE")
     spool_dir: Path | None = Field(default=None, alias="SPOOL_DIR")
     spool_max_bytes: int = Field(default=512 * 1024 * 1024, alias="SPOOL_MAX_BYTES")
 

@@ -1,13 +1,19 @@
 """Dead letters: list them, and replay them after a fix (a catalogue change, a late registration).
 
-Replaying re-validates the stored raw payload against the current catalogue and registry.
-A reading that now passes is written to InfluxDB (idempotently: same series and time)
-and its dead letter is marked `stored`; one that fails again keeps its row, marked with
-the new reason, so nothing is ever deleted.
+Replaying re-validates each message's stored raw payload once, against the current catalogue
+and registry. A reading that now passes is written to InfluxDB (idempotently: same series and
+time) and its dead letter is marked `stored`; one that fails again keeps its row, marked with
+the new reason, so nothing is ever deleted. A row that counts further rejections of its reason
+(`more` > 0, see ingest/rejects.py) stands for its own reading and for every reading after it
+that has no row of its own: those that pass now are written with it (readings of them that were
+stored the first time are written again unchanged, which InfluxDB keeps once), and the row counts
+as stored when none of them fails again for its reason. A payload_too_large message kept only a
+prefix of itself and cannot be replayed.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -16,9 +22,9 @@ from sqlmodel import Session, col, select
 
 from core.catalogue import Catalogue
 from core.influx import InfluxV1
-from core.models import DeadLetter
+from core.models import DeadLetter, DeadLetterPayload
 from ingest.enrich import DeviceDirectory
-from ingest.payload import Rejection, Validator, device_from_topic
+from ingest.payload import Parsed, Reading, Validator, device_from_topic
 from ingest.pipeline import to_line
 
 
@@ -35,15 +41,21 @@ def list_dead_letters(
     device_id: str | None = None,
     include_replayed: bool = False,
     limit: int = 50,
-) -> list[DeadLetter]:
-    query = select(DeadLetter).order_by(col(DeadLetter.id).desc()).limit(limit)
+) -> list[tuple[DeadLetter, DeadLetterPayload | None]]:
+    """The newest dead letters, each with its message's stored payload."""
+    query = (
+        select(DeadLetter, DeadLetterPayload)
+        .join(DeadLetterPayload, col(DeadLetterPayload.id) == col(DeadLetter.payload_id), isouter=True)
+        .order_by(col(DeadLetter.id).desc())
+        .limit(limit)
+    )
     if reason:
         query = query.where(DeadLetter.reason == reason)
     if device_id:
         query = query.where(DeadLetter.device_id == device_id)
     if not include_replayed:
         query = query.where(col(DeadLetter.replayed_at).is_(None))
-    return list(session.exec(query))
+    return [(row, payload) for row, payload in session.exec(query)]
 
 
 def replay(
@@ -67,39 +79,71 @@ def replay(
             query = query.where(DeadLetter.reason == reason)
         if ids:
             query = query.where(col(DeadLetter.id).in_(ids))
-        rows = list(session.exec(query))
+        messages: dict[object, list[DeadLetter]] = defaultdict(list)
+        for row in session.exec(query):
+            messages[row.payload_id if row.payload_id is not None else ("row", row.id)].append(row)
         lines: list[str] = []
-        for row in rows:
-            report.examined += 1
-            device_id = device_from_topic(row.topic)
+        now = datetime.now(UTC)
+        for rows in messages.values():
+            first = rows[0]
+            payload = session.get(DeadLetterPayload, first.payload_id) if first.payload_id is not None else None
+            device_id = device_from_topic(first.topic)
             info = directory.get(device_id) if device_id else None
-            kind = info.kind if info is not None and info.kind in catalogue.kinds else None
-            # Time limits are judged at the time the message was received, not now.
-            received = row.received_at if row.received_at.tzinfo else row.received_at.replace(tzinfo=UTC)
-            parsed = validator.parse(row.topic, row.payload, kind, int(received.timestamp() * 1000))
-            if row.index is None:  # the whole message: every reading must pass now
-                problems, readings = parsed.rejections, parsed.readings
-            else:  # one element of an array
-                problems = [r for r in parsed.rejections if r.index == row.index]
-                readings = [] if problems else [parsed.readings[_position(parsed.rejections, row.index)]]
-            row.replayed_at = datetime.now(UTC)
-            if info is not None and not info.active:
-                row.replay_result = f"rejected: device_not_active: device {info.id!r} is {info.status}"
-            elif problems or not readings or info is None:
-                first = problems[0] if problems else None
-                row.replay_result = f"rejected: {first.reason}: {first.detail}" if first else "rejected"
+            if payload is None:
+                results = dict.fromkeys((r.id for r in rows), "rejected: the message's payload was not kept")
+            elif payload.truncated:
+                kept = f"only the first {len(payload.payload)} of its {payload.size} bytes were kept"
+                results = dict.fromkeys((r.id for r in rows), f"rejected: payload_too_large: {kept}")
+            elif info is not None and not info.active:
+                results = dict.fromkeys(
+                    (r.id for r in rows), f"rejected: device_not_active: device {info.id!r} is {info.status}"
+                )
             else:
-                lines += [to_line(r, info.tags) for r in readings]
-                row.replay_result = "stored"
-            report.stored += row.replay_result == "stored"
-            report.still_rejected += row.replay_result != "stored"
-            session.add(row)
-        if lines:
-            influx.write("\n".join(lines))  # raises when InfluxDB is away: nothing is marked then
+                kind = info.kind if info is not None and info.kind in catalogue.kinds else None
+                # Time limits are judged at the time the message was received, not now.
+                received = first.received_at if first.received_at.tzinfo else first.received_at.replace(tzinfo=UTC)
+                parsed = validator.parse(first.topic, payload.payload, kind, int(received.timestamp() * 1000))
+                listed = set(session.exec(select(DeadLetter.index).where(DeadLetter.payload_id == payload.id)))
+                results = {}
+                for row in rows:
+                    readings, result = _replay_row(row, parsed, listed)
+                    if info is not None:  # an unknown device's message fails as a whole (unknown_device)
+                        lines += [to_line(r, info.tags) for r in readings]
+                    results[row.id] = result
+            for row in rows:
+                row.replayed_at = now
+                row.replay_result = results[row.id]
+                report.examined += 1
+                report.stored += row.replay_result == "stored"
+                report.still_rejected += row.replay_result != "stored"
+                session.add(row)
+        if lines:  # two rows counting further readings of one message name some of them twice
+            influx.write("\n".join(dict.fromkeys(lines)))  # raises when InfluxDB is away: nothing is marked then
         session.commit()
     return report
 
 
-def _position(rejections: list[Rejection], index: int) -> int:
-    """Position among the accepted readings of array element `index` (rejected elements are skipped)."""
-    return index - sum(1 for r in rejections if r.index is not None and r.index < index)
+def _replay_row(row: DeadLetter, parsed: Parsed, listed: set[int | None]) -> tuple[list[Reading], str]:
+    """The readings a dead letter stands for that pass now, and its replay result."""
+    if row.index is None:  # the whole message: every reading must pass now
+        first = parsed.rejections[0] if parsed.rejections else None
+        if first is not None or not parsed.readings:
+            return [], f"rejected: {first.reason}: {first.detail}" if first else "rejected"
+        return parsed.readings, "stored"
+    rejected = {r.index: r for r in parsed.rejections if r.index is not None}
+    if any(r.index is None for r in parsed.rejections):
+        first = next(r for r in parsed.rejections if r.index is None)
+        return [], f"rejected: {first.reason}: {first.detail}"
+    accepted = iter(parsed.readings)  # in element order, rejected elements skipped
+    by_index = {i: next(accepted) for i in range(len(parsed.readings) + len(rejected)) if i not in rejected}
+    covered = [row.index]
+    if row.more:  # and every later reading without a row of its own
+        covered += [i for i in range(row.index + 1, len(by_index) + len(rejected)) if i not in listed]
+    readings = [by_index[i] for i in covered if i in by_index]
+    if row.index in rejected:
+        problem = rejected[row.index]
+        return readings, f"rejected: {problem.reason}: {problem.detail}"
+    again = sum(1 for i in covered if i in rejected and rejected[i].reason == row.reason)
+    if again:
+        return readings, f"rejected: {row.reason}: {again} of the readings it counts still fail"
+    return readings, "stored"

@@ -11,20 +11,20 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from influxdb_client import Point, WritePrecision
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine
 
 from core.catalogue import Catalogue
 from core.influx import InfluxRejected, InfluxUnavailable, InfluxV1
 from core.log import get_logger
-from core.models import DeadLetter
+from ingest import rejects
 from ingest.enrich import DeviceDirectory
 from ingest.metrics import IngestMetrics
 from ingest.payload import Parsed, Reading, Rejection, Validator, device_from_topic
+from ingest.rejects import RejectedMessage
 from ingest.spool import Spool
 
 log = get_logger("ingest")
@@ -122,6 +122,7 @@ class Pipeline:
         metrics: IngestMetrics,
         retry_s: float = 1.0,
         stop: threading.Event | None = None,
+        deadletter_rows: int = 20,
     ) -> None:
         self.catalogue = catalogue
         self.validator = validator
@@ -132,6 +133,7 @@ class Pipeline:
         self.metrics = metrics
         self.retry_s = retry_s
         self.stop = stop or threading.Event()
+        self.deadletter_rows = deadletter_rows  # rows of their own per message (INGEST_DEADLETTER_ROWS_PER_MESSAGE)
         self.seqs = SeqTracker()
         self._influx_down_until = 0.0
 
@@ -253,42 +255,31 @@ class Pipeline:
         return True
 
     def store_dead_letters(self, dead: list[DeadLetterRow]) -> None:
+        """Store the rejections message by message: one payload copy each, bounded rows (ingest/rejects.py)."""
         if not dead:
             return
-        rows = []
+        grouped: dict[int, tuple[Message, RejectedMessage]] = {}
         for d in dead:
-            if d.message.redelivered and self._already_dead(d):
-                continue
-            rows.append(
-                {
-                    "received_at": datetime.fromtimestamp(d.message.received_ms / 1000, UTC),
-                    "topic": d.message.topic,
-                    "device_id": d.device_id,
-                    "reason": d.rejection.reason,
-                    "detail": d.rejection.detail,
-                    "payload": d.message.payload,
-                    "index": d.rejection.index,
-                }
-            )
-            self.metrics.rejected.labels(d.rejection.reason).inc()
-        while rows:
+            entry = grouped.get(id(d.message))
+            if entry is None:
+                msg = d.message
+                rejected = RejectedMessage(msg.topic, msg.payload, msg.received_ms, d.device_id, [])
+                entry = grouped[id(msg)] = (msg, rejected)
+            entry[1].rejections.append(d.rejection)
+        messages = [m for msg, m in grouped.values() if not (msg.redelivered and self._already_dead(m))]
+        for reason, n in Counter(r.reason for m in messages for r in m.rejections).items():
+            self.metrics.rejected.labels(reason).inc(n)
+        while messages:
             try:
                 with self.engine.begin() as conn:
-                    conn.execute(insert(DeadLetter), rows)
+                    rejects.store(conn, messages, self.deadletter_rows)
                 return
             except Exception as e:  # the registry database is away: hold the acks and retry
                 log.error("dead-letter store unavailable; retrying", error=str(e))
                 if self.stop.wait(self.retry_s):
                     raise InterruptedError("stopped before dead letters were stored") from e
 
-    def _already_dead(self, d: DeadLetterRow) -> bool:
+    def _already_dead(self, m: RejectedMessage) -> bool:
         """A redelivered message that was dead-lettered before its ack was lost: do not store it twice."""
-        t = DeadLetter.__table__
-        query = (
-            select(t.c.id)
-            .where(t.c.topic == d.message.topic, t.c.payload == d.message.payload, t.c.reason == d.rejection.reason)
-            .limit(1)
-        )
-        query = query.where(t.c.index.is_(None) if d.rejection.index is None else t.c.index == d.rejection.index)
         with self.engine.connect() as conn:
-            return conn.execute(query).first() is not None
+            return rejects.already_stored(conn, m.topic, m.payload)

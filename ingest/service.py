@@ -29,7 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
 from prometheus_client import start_http_server
 
-from core.broker_auth import TELEMETRY_FILTER
+from core.broker_auth import TELEMETRY_FILTER, ingest_account
 from core.catalogue import get_catalogue
 from core.db import get_engine
 from core.influx import InfluxV1
@@ -99,7 +99,11 @@ class BufferedClient(mqtt.Client):
         return super()._packet_read()
 
     def buffered(self) -> bool:
-        return self._rpos < len(self._rbuf) and self._rsock is self._sock
+        """True while bytes wait that select() cannot see: in our buffer, or decrypted in TLS."""
+        if self._rpos < len(self._rbuf) and self._rsock is self._sock:
+            return True
+        pending = getattr(self._sock, "pending", None)  # ssl.SSLSocket
+        return bool(pending is not None and pending())
 
     #: Receives (topic, payload, dup, mid) of each QoS 1 PUBLISH, bypassing paho's generic
     #: dispatch (an MQTTMessage object, a debug-log call and a topic-filter match per message).
@@ -124,7 +128,9 @@ class IngestService:
     def __init__(self, settings: Settings, replica: int = 0, metrics: IngestMetrics | None = None) -> None:
         self.settings = settings
         self.replica = replica
-        self.client_id = f"{settings.mqtt_client_id}-{replica}"
+        # The broker makes the username the client id (use_username_as_clientid): the replica's
+        # own account, which no device can hold, so no device can take over its session.
+        self.client_id = ingest_account(replica)
         self.stop_event = threading.Event()
         self.metrics = metrics or IngestMetrics()
         self.connected = threading.Event()
@@ -144,6 +150,7 @@ class IngestService:
             engine=engine,
             metrics=self.metrics,
             stop=self.stop_event,
+            deadletter_rows=settings.ingest_deadletter_rows_per_message,
         )
         self.metrics.spool_batches.set(len(self.spool))
         self.client = self._make_client()
@@ -156,9 +163,10 @@ class IngestService:
             clean_session=False,
             manual_ack=True,
         )
-        client.username_pw_set(
-            self.settings.mqtt_ingest_username, self.settings.mqtt_ingest_password.get_secret_value()
-        )
+        client.username_pw_set(self.client_id, self.settings.mqtt_ingest_password.get_secret_value())
+        if self.settings.mqtt_tls:
+            ca = self.settings.mqtt_ca_file
+            client.tls_set(ca_certs=str(ca) if ca else None)  # verifies the chain and the host name
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -254,10 +262,11 @@ class IngestService:
         self.influx.ensure_database()
         self._thread = threading.Thread(target=self._run, name=f"ingest-{self.replica}", daemon=True)
         self._thread.start()
+        scheme = "mqtts" if self.settings.mqtt_tls else "mqtt"
         log.info(
             "ingest started",
             client_id=self.client_id,
-            broker=f"{self.settings.mqtt_host}:{self.settings.mqtt_port}",
+            broker=f"{scheme}://{self.settings.mqtt_host}:{self.settings.mqtt_port}",
             influx=self.settings.influx_url,
             spool=str(self.spool.path),
         )
@@ -282,7 +291,7 @@ class IngestService:
 
     def run_forever(self, metrics_port: int | None = None) -> None:
         if metrics_port:
-            start_http_server(metrics_port, addr="0.0.0.0", registry=self.metrics.registry)
+            start_http_server(metrics_port, addr=self.settings.ingest_metrics_host, registry=self.metrics.registry)
         self.start()
         try:
             while not self.stop_event.wait(1):

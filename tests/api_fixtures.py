@@ -10,6 +10,7 @@ Copies of the database file share InfluxDB and the chain: their anchored records
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import sqlite3
 import time
@@ -26,7 +27,7 @@ from api.demo import ensure_demo_users, seed
 from api.users import add_user
 from core.db import get_engine, migrate
 from core.influx import InfluxV1
-from core.models import DeadLetter, Device
+from core.models import DeadLetter, DeadLetterPayload, Device
 from core.provisioning import provision
 from core.registry_io import import_data
 from core.services import ANVIL_DEV_KEY, anvil, influxd
@@ -130,13 +131,17 @@ def api_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Template]
             ensure_demo_users(session, PASSWORD)
             for name, (role, scope) in USERS.items():
                 add_user(session, name, PASSWORD, role, scope, update=True)
+            raw = b'{"values": {"water_level_cm": 99}}'
+            payload = DeadLetterPayload(size=len(raw), sha256=hashlib.sha256(raw).hexdigest(), payload=raw)
+            session.add(payload)
+            session.flush()
             session.add(
                 DeadLetter(
                     topic="v1/devices/paddy-0002/telemetry",
                     device_id="paddy-0002",
                     reason="out_of_range",
                     detail="water_level_cm 99 above 50",
-                    payload=b'{"values": {"water_level_cm": 99}}',
+                    payload_id=payload.id,
                 )
             )
             session.commit()

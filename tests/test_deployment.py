@@ -20,6 +20,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cli.main import app
+from core.broker_auth import broker_max_packet_size
 from core.services import MOSQUITTO_CONF
 from core.settings import Settings
 
@@ -32,7 +33,14 @@ SECRETS = REPO / "deploy" / "secrets"
 NOT_SETTINGS = {"SECRETS_DIR"}
 ALIASES = {f.alias for f in Settings.model_fields.values() if f.alias}
 # Broker settings the code relies on: same values in production as in the tested local broker.
-ESSENTIAL = ["allow_anonymous", "persistence", "max_queued_messages", "max_queued_bytes", "max_inflight_messages"]
+ESSENTIAL = [
+    "allow_anonymous",
+    "persistence",
+    "max_queued_messages",
+    "max_queued_bytes",
+    "max_inflight_messages",
+    "use_username_as_clientid",
+]
 
 
 def docker_compose() -> str:
@@ -122,7 +130,7 @@ def environment(service: dict) -> dict[str, str]:
 
 
 def secret_targets(service: dict) -> list[str]:
-    return [s["target"] if isinstance(s, dict) else s for s in service.get("secrets", [])]
+    return [s.get("target", s["source"]) if isinstance(s, dict) else s for s in service.get("secrets", [])]
 
 
 # -- (1) the compose file validates ---------------------------------------------------------------
@@ -194,8 +202,10 @@ def test_compose_variables_are_settings(village_services: dict[str, dict]) -> No
         unknown = set(env) - ALIASES - NOT_SETTINGS
         assert not unknown, f"{name}: not settings of core/settings.py: {sorted(unknown)}"
         targets = secret_targets(service)
-        unknown = set(targets) - ALIASES
-        assert not unknown, f"{name}: secrets not named like a setting: {sorted(unknown)}"
+        # A secret is a setting's value (named like it), or a file a *_FILE setting points at.
+        files = {PurePosixPath(v).name for k, v in env.items() if k.endswith("_FILE") and v.startswith("/run/secrets/")}
+        unknown = set(targets) - ALIASES - files
+        assert not unknown, f"{name}: secrets neither named like a setting nor a *_FILE setting: {sorted(unknown)}"
         if targets:
             assert env.get("SECRETS_DIR") == "/run/secrets", f"{name}: secrets need SECRETS_DIR=/run/secrets"
         # The values parse as settings (ports are numbers, formats exist...).
@@ -228,9 +238,31 @@ def test_mosquitto_conf_has_the_essential_settings() -> None:
         assert prod.get(key) == local[key], f"mosquitto.conf: {key} is {prod.get(key)}, the code needs {local[key]}"
     assert prod["allow_anonymous"] == ["false"] and prod["persistence"] == ["true"]
     assert prod["max_queued_messages"] == ["0"]
-    for key in ("password_file", "acl_file", "pid_file", "persistence_location"):
+    for key in ("password_file", "acl_file", "pid_file", "persistence_location", "certfile", "keyfile"):
         assert len(prod.get(key, [])) == 1, f"mosquitto.conf needs one {key}"
-    assert prod["listener"] == ["1883 0.0.0.0"]
+    # One listener, with TLS; every client's id is its username (no session takeover by client id).
+    assert prod["listener"] == ["8883 0.0.0.0"] and prod["use_username_as_clientid"] == ["true"]
+    # The largest packet is the payload limit plus the PUBLISH header, as the tested broker's.
+    limit = broker_max_packet_size(Settings(_env_file=None).ingest_max_payload_bytes)  # type: ignore[call-arg]
+    assert prod["max_packet_size"] == [str(limit)]
+
+
+def test_broker_speaks_tls_and_ingest_checks_it(config: dict) -> None:
+    services = config["services"]
+    mosquitto_service, ingest = services["mosquitto"], services["ingest"]
+    conf = parse_conf(MOSQUITTO_CONF_FILE.read_text())
+    secrets = {f"/run/secrets/{s}" for s in secret_targets(mosquitto_service)}
+    assert {conf["certfile"][0], conf["keyfile"][0]} <= secrets, "certificate and key must be compose secrets"
+    assert [(str(p["published"]), str(p["target"])) for p in mosquitto_service["ports"]] == [("8883", "8883")]
+    env = environment(ingest)
+    assert env["MQTT_TLS"] == "true" and env["MQTT_PORT"] == "8883" and env["MQTT_HOST"] == "mosquitto"
+    assert PurePosixPath(env["MQTT_CA_FILE"]).name in secret_targets(ingest)
+    # one broker account per replica: the sync writes as many as ingest runs
+    replicas = ingest["command"][ingest["command"].index("--replicas") + 1]
+    for name in ("broker-init", "broker-sync", "ingest"):
+        assert environment(services[name])["INGEST_MAX_REPLICAS"] == str(replicas), name
+    # nothing in the compose network scrapes the metrics: they stay on the container's loopback
+    assert environment(ingest).get("INGEST_METRICS_HOST", "127.0.0.1") == "127.0.0.1"
 
 
 def test_broker_files_are_shared_with_mosquitto(config: dict) -> None:

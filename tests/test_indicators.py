@@ -147,7 +147,7 @@ def build_ledger(session: Session) -> None:
     session.add(Inspection(lot_id=2, lab="lab", report_no="R3", sampled_on=date(2026, 7, 3), passed=False))
     for when in (local(2026, 6, 2, 8), local(2026, 6, 3, 9), local(2026, 5, 30, 9)):  # two in the period
         session.add(DeadLetter(received_at=utc(when), topic="v1/devices/s1/telemetry", device_id="s1",
-                               reason="out_of_range", detail="x", payload=b"{}"))  # fmt: skip
+                               reason="out_of_range", detail="x"))  # fmt: skip
     session.flush()
 
 

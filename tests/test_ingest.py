@@ -11,12 +11,14 @@ from sqlmodel import Session, select
 
 from core.db import get_engine
 from core.localstack import LocalStack
-from core.models import DeadLetter
+from core.models import DeadLetter, DeadLetterPayload
 from core.services import free_port
 from core.settings import get_settings
 from tests.conftest import DeviceClient, now_ms, wait_ingest_ready, wait_until
 
 PROBE = {"air_temp_c": 10.0}
+_PAD = b'{"ts": 1, "values": {"soil_moisture": 1}, "pad": "'
+TOO_LARGE = _PAD + b"x" * (65_600 - len(_PAD) - 2) + b'"}'  # 65,600 bytes: 64 bytes over 64 KiB
 
 
 def _ready(stack: LocalStack) -> DeviceClient:
@@ -81,7 +83,7 @@ def test_bad_input_gets_its_reason_and_good_readings_are_all_stored(stack: Local
         ({"ts": t, "values": {}}, "no_values"),
         ([], "bad_shape"),
         (b"\xff\xfe\x00garbage", "not_utf8"),
-        (b'{"ts": 1, "values": {"soil_moisture": 1}, "pad": "' + b"x" * 70_000 + b'"}', "payload_too_large"),
+        (TOO_LARGE, "payload_too_large"),  # over the limit but within the broker's header allowance
     ]
     # a mixed array: the good element is stored, the bad one dead-lettered with its index
     mixed = [
@@ -110,7 +112,10 @@ def test_bad_input_gets_its_reason_and_good_readings_are_all_stored(stack: Local
     assert by_reason["unknown_metric"].detail.startswith("metric 'leaf_wetness' is not defined for kind 'soil'")
     assert "above maximum 100" in by_reason["out_of_range"].detail or any("above maximum 100" in r.detail for r in rows)
     assert "seconds, not milliseconds" in by_reason["too_old"].detail
-    assert by_reason["not_json"].payload == b"not json at all"  # the raw payload is kept
+    with Session(get_engine(stack.database_url)) as session:  # the raw payload is kept, once per message
+        kept = session.get(DeadLetterPayload, by_reason["not_json"].payload_id)
+        assert kept is not None and kept.payload == b"not json at all" and not kept.truncated
+        assert len(session.exec(select(DeadLetterPayload)).all()) == len(bad) + 1
     array_row = next(r for r in rows if r.index is not None)
     assert array_row.index == 1 and "below minimum 0" in array_row.detail
     assert all(r.topic == "v1/devices/soil-0001/telemetry" and r.device_id == "soil-0001" for r in rows)

@@ -275,3 +275,26 @@ def test_an_unexpected_validation_error_becomes_a_dead_letter_not_a_crash(engine
     assert lines == [] and [(d.rejection.reason, d.rejection.detail) for d in dead] == [
         ("internal_error", "RuntimeError: boom")
     ]
+
+
+def test_rejections_beyond_the_row_limit_are_counted_per_reason_with_short_details() -> None:
+    from ingest.payload import Rejection
+    from ingest.rejects import DETAIL_CHARS, clip, rows_for
+
+    long_name = "m" * 5000  # details quote the payload: a metric name of 5,000 characters
+    rejections = [Rejection("unknown_metric", f"metric {long_name!r} is not defined", i) for i in range(4)]
+    rejections += [Rejection("out_of_range", f"x{i} above maximum", i) for i in range(4, 9)]
+    rows = rows_for(rejections, 2)
+    assert [(r.reason, r.index, more) for r, more in rows] == [
+        ("unknown_metric", 0, 0),
+        ("unknown_metric", 1, 0),
+        ("unknown_metric", 2, 1),
+        ("out_of_range", 4, 4),
+    ]
+    assert sum(1 + more for _, more in rows) == len(rejections)
+    summary = rows[2][0].detail
+    assert len(summary) <= DETAIL_CHARS and summary.endswith(
+        "(and 1 more for this reason up to index 3, without rows of their own)"
+    )
+    assert len(clip(rows[0][0].detail)) == DETAIL_CHARS
+    assert rows_for(rejections[:2], 2) == [(r, 0) for r in rejections[:2]]

@@ -15,14 +15,14 @@ from paho.mqtt.client import CallbackAPIVersion
 from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy import Engine, inspect, text
-from sqlmodel import Session
+from sqlmodel import Session, select
 from typer.testing import CliRunner
 
 from core import provisioning
-from core.broker_auth import verify_secret
+from core.broker_auth import hash_secret, render_acl, render_passwd, reserved_name_problem, verify_secret
 from core.db import make_engine, migrate
 from core.models import Device, DeviceStatus, ServiceAccount
-from core.registry_io import load_demo
+from core.registry_io import ImportErrors, import_data, load_demo
 from core.services import Mosquitto, mosquitto
 
 A, B = "paddy-0001", "collar-0001"
@@ -90,6 +90,53 @@ def test_ensure_ingest_account_is_idempotent(engine: Engine) -> None:
         assert verify_secret("pw-2", first.secret_hash)
         with pytest.raises(ValueError, match="MQTT_INGEST_PASSWORD"):
             provisioning.ensure_ingest_account(session, "ingest", "")
+
+
+def test_each_ingest_replica_gets_its_own_account(engine: Engine) -> None:
+    with Session(engine) as session:
+        provisioning.ensure_ingest_account(session, "ingest", "pw")  # the former shared account
+        assert provisioning.ensure_ingest_accounts(session, "pw", 3)
+        names = sorted(a.username for a in session.exec(select(ServiceAccount)))
+        assert names == ["ingest-0", "ingest-1", "ingest-2"]  # the shared one is gone
+        assert all(verify_secret("pw", a.secret_hash) for a in session.exec(select(ServiceAccount)))
+        assert not provisioning.ensure_ingest_accounts(session, "pw", 3)  # idempotent
+        assert provisioning.ensure_ingest_accounts(session, "pw", 2)  # fewer replicas: fewer accounts
+        assert sorted(a.username for a in session.exec(select(ServiceAccount))) == ["ingest-0", "ingest-1"]
+        acl = render_acl(session)
+        assert "user ingest-0\ntopic read v1/devices/+/telemetry" in acl and "user ingest-2" not in acl
+
+
+@pytest.mark.parametrize("device_id", ["ingest", "ingest-0", "ingest-17", "INGEST-3", "ingest-x"])
+def test_service_account_names_are_refused_as_device_ids(engine: Engine, device_id: str) -> None:
+    """Registration (files and API share DeviceRow), provisioning and the password file all refuse them."""
+    with Session(engine) as session:
+        row = {"id": device_id, "kind": "soil", "plot_no": "211122101201-001"}
+        with pytest.raises(ImportErrors, match="reserved for the broker's service accounts"):
+            import_data(session, {"devices": [row]})
+        session.rollback()
+        # a row registered before names were reserved cannot be provisioned, nor reach the broker
+        session.add(Device(id=device_id, kind="soil", status=DeviceStatus.active, secret_hash=hash_secret("s")))
+        session.flush()
+        with pytest.raises(provisioning.ProvisioningError, match="reserved"):
+            provisioning.provision(session, device_id)
+        assert f"\n{device_id}:" not in "\n" + render_passwd(session)
+    for fine in ("ingester-1", "soil-ingest-0", "ingest_0"):
+        assert reserved_name_problem(fine) is None
+
+
+def test_ingest_refuses_a_replica_without_an_account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli.main import app
+    from core.settings import get_settings
+
+    monkeypatch.setenv("VILLAGE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("INGEST_MAX_REPLICAS", "2")
+    get_settings.cache_clear()
+    try:
+        for args in (["ingest", "--replica", "2"], ["ingest", "--replicas", "3"]):
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code == 2 and "INGEST_MAX_REPLICAS" in result.output, result.output
+    finally:
+        get_settings.cache_clear()
 
 
 def test_sync_writes_only_changes(engine: Engine, tmp_path: Path) -> None:
@@ -319,7 +366,10 @@ def test_cli_provision_revoke_and_sync(engine: Engine, tmp_path: Path, monkeypat
         secrets = {c["id"]: c["secret"] for c in provisioning.read_credentials(creds)}
         assert set(secrets) == {A, B}
         assert all(s not in result.output for s in secrets.values())
-        assert f"{A}:$7$" in passwd.read_text() and "ingest:$7$" in passwd.read_text()
+        # one account per ingest replica (INGEST_MAX_REPLICAS, 8 by default), the broker's client ids
+        users = [line.split(":")[0] for line in passwd.read_text().splitlines()]
+        assert A in users and [u for u in users if u.startswith("ingest")] == [f"ingest-{i}" for i in range(8)]
+        assert acl.read_text().count("topic read v1/devices/+/telemetry") == 8
 
         result = runner.invoke(app, ["devices", "provision", "--all-inactive", "--out", str(creds), "--show"])
         assert result.exit_code == 0, result.output

@@ -90,11 +90,11 @@ def last_readings(influx: InfluxV1, kinds: set[str], catalogue: Catalogue) -> di
 def dead_letters_24h(session: Session, now: datetime) -> dict[str, int]:
     since = (now - timedelta(hours=24)).astimezone(UTC)
     rows = session.exec(
-        select(DeadLetter.device_id, func.count())
+        select(DeadLetter.device_id, func.count() + func.coalesce(func.sum(DeadLetter.more), 0))
         .where(col(DeadLetter.received_at) >= since, col(DeadLetter.device_id).is_not(None))
         .group_by(DeadLetter.device_id)
     ).all()
-    return {d: n for d, n in rows if d}
+    return {d: int(n) for d, n in rows if d}  # rejected readings: a row and the rest it counts
 
 
 def device_health(
