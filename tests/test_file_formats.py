@@ -66,3 +66,14 @@ def test_readme_rules_table_is_the_declaration() -> None:
     result = CliRunner().invoke(app, ["registry", "rules", "--markdown"])
     assert result.exit_code == 0
     assert result.output.strip() in _section(), "README 'Who may reference what' differs from core/scope.py"
+
+
+def test_every_test_the_threat_model_names_exists() -> None:
+    text = README.read_text(encoding="utf-8")
+    start = text.index("## Threat model")
+    names = set(re.findall(r"`(test_[a-z0-9_]+)`", text[start : text.index("\n## ", start + 5)]))
+    assert len(names) > 30
+    defined = set()
+    for path in (Path(__file__).parent).glob("test_*.py"):
+        defined |= set(re.findall(r"^def (test_[a-z0-9_]+)\(", path.read_text(encoding="utf-8"), re.M))
+    assert names <= defined, f"README threat model names missing tests: {sorted(names - defined)}"
