@@ -36,7 +36,7 @@ from sqlmodel import Session, SQLModel, col, select
 
 from core.catalogue import get_catalogue
 from core.db import session_scope
-from core.influx import InfluxUnavailable, InfluxV1
+from core.influx import LATE_RP, InfluxUnavailable, InfluxV1
 from core.log import get_logger
 from core.settings import Settings
 from ledger import digests, growth, late, manifest
@@ -114,6 +114,7 @@ class Anchorer:
         self.clock = clock
         self.tz = settings.county_timezone
         self.seal_wait_s = settings.resolved_seal_wait_s() if seal_wait_s is None else seal_wait_s
+        self._late_rp_ready = False
         if self.seal_wait_s < settings.ingest_registry_ttl_s and seal_wait_s is None:
             log.warning(
                 "ANCHOR_SEAL_WAIT_S is shorter than INGEST_REGISTRY_TTL_S: a replica may write a sealed day "
@@ -129,6 +130,9 @@ class Anchorer:
             return None
         now = self.clock()
         up_to = now.astimezone(ZoneInfo(self.tz)).date() - timedelta(days=1)
+        if not self._late_rp_ready:  # 1.x: before ingest needs it (on 2.x the bucket <db>/late must exist)
+            self.influx.ensure_retention_policy(LATE_RP)
+            self._late_rp_ready = True
         with session_scope(self.engine) as session:
             villages = set(late.origin_villages(session).values())
             report = late.advance_seals(session, self.influx, villages, up_to, now, self.seal_wait_s, self.tz)

@@ -31,7 +31,7 @@ from typing import Any
 
 from sqlmodel import Session, col, func, select
 
-from core.influx import LATE_RP, InfluxV1
+from core.influx import LATE_RP, InfluxRejected, InfluxV1
 from core.models import Herd, Plot
 from ledger import digests
 from ledger.anchor_models import LateDigest, TelemetrySeal
@@ -132,10 +132,15 @@ def advance_seals(
 
 def ensure_late_digests(session: Session, influx: InfluxV1, village: str, batch: date, tz: str) -> int:
     """Supplementary digests of a village's closed late batch: one per plot (herd) and day."""
-    series = influx.query(
-        f'SELECT * FROM {late_source(influx)} WHERE "village" = {digests.quote(village)} '
-        f'AND {_batch_where(batch)} GROUP BY "plot", "herd"'
-    )
+    try:
+        series = influx.query(
+            f'SELECT * FROM {late_source(influx)} WHERE "village" = {digests.quote(village)} '
+            f'AND {_batch_where(batch)} GROUP BY "plot", "herd"'
+        )
+    except InfluxRejected as e:
+        if "not found" not in str(e):
+            raise
+        return 0  # no retention policy (bucket) `late`: no late reading was ever written
     spans: dict[tuple[str, str], tuple[int, int]] = {}
     for s in series:
         tags = s.get("tags", {})

@@ -215,3 +215,18 @@ def test_seal_rows_are_what_ingest_reads(engine: Engine) -> None:
         assert row is not None and row.until_ms == END_MS and row.sealed_through == JULY_1
         assert late.safe_through(row, now, 60) is None  # just sealed: nothing is safe yet
         assert late.safe_through(row, now + timedelta(seconds=60), 60) == JULY_1
+
+
+def test_a_batch_without_late_readings_closes_even_before_any_late_retention_policy(
+    engine: Engine, influx_server: InfluxD
+) -> None:
+    influx = InfluxV1(influx_server.url, "nolate", timeout=2)
+    influx.ensure_database()  # no retention policy `late`: no late reading was ever written
+    now = datetime.now(UTC)
+    with Session(engine) as session:
+        for day in range(3):  # sealed, moved (closing a batch), moved again (digesting the closed one)
+            report = late.advance_seals(session, influx, {VILLAGE}, JULY_1 + timedelta(days=day), now, 0, TZ)
+            assert report.sealed == 1 and report.late_digests == 0
+        row = session.get(TelemetrySeal, VILLAGE)
+        assert row is not None and row.late_digested == JULY_1 and row.previous == JULY_1 + timedelta(days=1)
+    influx.close()
