@@ -86,7 +86,8 @@ def seed(engine: Engine, influx: InfluxV1, settings: Settings, *, anchor: bool =
         from ledger.connect import anchoring_chain
 
         chain = anchoring_chain(settings)
-        worker = Anchorer(engine, settings, chain=chain, influx=influx)
+        # the readings were written above and no ingest runs: seal and digest in the same pass
+        worker = Anchorer(engine, settings, chain=chain, influx=influx, seal_wait_s=0)
         report = worker.run_once(force_window=True)
         worker.run_once()  # tracks the receipts
         out["windows"] = report.windows

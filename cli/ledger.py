@@ -58,6 +58,8 @@ def anchor(
                 f"states {states}{error}",
                 highlight=False,
             )
+        if report.seal_wait_s:
+            console.print(f"days sealed: digested in a pass {report.seal_wait_s:.0f} s from now", highlight=False)
 
     if once:
         show(worker.run_once(force_window=flush))

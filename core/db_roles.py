@@ -43,7 +43,15 @@ TRACE = (
     "inspection_item",
     "event_correction",
 )
-LEDGER = ("anchor_window", "ledger_leaf", "growth_summary", "telemetry_digest", "lot_manifest")
+LEDGER = (
+    "anchor_window",
+    "ledger_leaf",
+    "growth_summary",
+    "telemetry_digest",
+    "lot_manifest",
+    "telemetry_seal",
+    "late_digest",
+)
 OTHER = (
     "dead_letter",
     "dead_letter_payload",
@@ -85,10 +93,11 @@ GRANTS: dict[str, Grant] = {
         update=(*REGISTRY, *TRACE, "api_user", "api_key", "api_login_throttle"),
         delete=("api_login_throttle",),
     ),
-    # Ingest: one query resolving a device to its kind, status and place (ingest/enrich.py), and the
-    # dead-letter store (insert, and the redelivery check). Not the devices' secret hashes, not farms.
+    # Ingest: one query resolving a device to its kind, status and place (ingest/enrich.py), the
+    # dead-letter store (insert, and the redelivery check), and the days sealed for anchoring (where a
+    # late reading goes, ingest/late.py). Not the devices' secret hashes, not farms.
     "ingest": Grant(
-        select=("dead_letter", "dead_letter_payload", "alembic_version"),
+        select=("dead_letter", "dead_letter_payload", "telemetry_seal", "alembic_version"),
         insert=("dead_letter", "dead_letter_payload"),
         columns={
             "device": ("id", "kind", "status", "plot_id", "herd_id", "animal_id"),

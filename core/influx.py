@@ -17,6 +17,12 @@ import httpx
 
 from core.settings import Settings
 
+#: Retention policy of late readings (readings for a village-day already sealed by the anchoring
+#: worker): the same measurements and tags as the raw data plus the tag `sealed_through`, so that
+#: they can never overwrite an anchored point, and queries of the default retention policy (daily
+#: digests, growth summaries, rollups, dashboards) never see them. On 2.x: the bucket `<db>/late`.
+LATE_RP = "late"
+
 
 class InfluxError(RuntimeError):
     pass
@@ -105,10 +111,18 @@ class InfluxV1:
         with contextlib.suppress(InfluxRejected):
             self._request("POST", "/query", data={"q": f'CREATE DATABASE "{self.db}"'})
 
-    def write(self, body: bytes | str, precision: str = "ms") -> None:
+    def ensure_retention_policy(self, rp: str, duration: str = "INF") -> None:
+        """Create a retention policy of the database when it is missing (1.x; best effort: a write to a
+        missing one fails loudly). On 2.x the bucket `<db>/<rp>` must exist: the v1 API maps it by name."""
+        q = f'CREATE RETENTION POLICY "{rp}" ON "{self.db}" DURATION {duration} REPLICATION 1'
+        with contextlib.suppress(InfluxRejected):
+            self._request("POST", "/query", data={"q": q})
+
+    def write(self, body: bytes | str, precision: str = "ms", rp: str | None = None) -> None:
+        """Write line protocol to the configured retention policy, or to `rp`."""
         params = {"db": self.db, "precision": precision}
-        if self.rp:
-            params["rp"] = self.rp
+        if rp or self.rp:
+            params["rp"] = rp or self.rp
         data = body.encode() if isinstance(body, str) else body
         self._request("POST", "/write", params=params, content=data)
 

@@ -102,6 +102,10 @@ class LocalStack:
             "INFLUX_DB": self.influx_db,
             "SPOOL_DIR": str(self.root / "spool"),
             "INGEST_METRICS_PORT": "0",
+            # everything on loopback: replicas re-read the registry every 2 s and a write lands in
+            # milliseconds, so a sealed day can be digested 5 s later (ledger/late.py)
+            "INGEST_REGISTRY_TTL_S": "2",
+            "ANCHOR_SEAL_WAIT_S": "5",
             # anvil mines a block per transaction and no other: one confirmation is all there is
             **(
                 {

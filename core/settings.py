@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     anchor_resend_s: float = Field(default=120.0, gt=0, alias="ANCHOR_RESEND_S")
     # Seconds a pass waits for a sent transaction's block before moving on (the next pass tracks it).
     anchor_mine_wait_s: float = Field(default=3.0, ge=0, alias="ANCHOR_MINE_WAIT_S")
+    # Seconds between sealing a village's days and digesting them (ledger/late.py): every ingest
+    # replica must have re-read the seals (INGEST_REGISTRY_TTL_S) and finished a write in flight
+    # (up to twice INFLUX_TIMEOUT_S). Unset: INGEST_REGISTRY_TTL_S + 2 * INFLUX_TIMEOUT_S + 5.
+    anchor_seal_wait_s: float | None = Field(default=None, ge=0, alias="ANCHOR_SEAL_WAIT_S")
     # The county's time zone: days of telemetry digests and growth summaries are cut in it.
     county_timezone: str = Field(default="Asia/Shanghai", alias="COUNTY_TIMEZONE")
 
@@ -150,6 +154,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'village.db').resolve()}"
+
+    def resolved_seal_wait_s(self) -> float:
+        if self.anchor_seal_wait_s is not None:
+            return self.anchor_seal_wait_s
+        return self.ingest_registry_ttl_s + 2 * self.influx_timeout_s + 5
 
     def resolved_spool_dir(self) -> Path:
         return self.spool_dir or self.data_dir / "spool"

@@ -47,6 +47,11 @@ class IngestMetrics:
             "village_ingest_readings_rejected", "readings dead-lettered, by reason", ["reason"], registry=r
         )
         self.spooled = Counter("village_ingest_readings_spooled", "readings written to the local spool", registry=r)
+        self.late = Counter(
+            "village_ingest_readings_late",
+            "readings of sealed (digested) days, stored apart in the retention policy `late`",
+            registry=r,
+        )
         self.replayed = Counter("village_ingest_readings_replayed", "spooled readings replayed to InfluxDB", registry=r)
         self.duplicates = Counter(
             "village_ingest_duplicates", "readings whose (device, seq) was seen recently", registry=r

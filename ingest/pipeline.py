@@ -4,6 +4,9 @@
 InfluxDB or in the durable spool, and every rejection is in the dead-letter store; only
 then may the caller acknowledge the messages to the broker. When neither InfluxDB nor
 the spool can take a batch, it waits and tries again (backpressure), never drops.
+
+Right before each write to InfluxDB (a fresh batch or a spool replay), readings of days that the
+anchoring worker has sealed are routed to the retention policy `late` (ingest/late.py).
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from influxdb_client import Point, WritePrecision
 from sqlalchemy import Engine
 
 from core.catalogue import Catalogue
-from core.influx import InfluxRejected, InfluxUnavailable, InfluxV1
+from core.influx import LATE_RP, InfluxRejected, InfluxUnavailable, InfluxV1
 from core.log import get_logger
 from ingest import rejects
 from ingest.enrich import DeviceDirectory
+from ingest.late import Seals, SealsUnavailable, route
 from ingest.metrics import IngestMetrics
 from ingest.payload import Parsed, Reading, Rejection, Validator, device_from_topic
 from ingest.rejects import RejectedMessage
@@ -123,6 +127,7 @@ class Pipeline:
         retry_s: float = 1.0,
         stop: threading.Event | None = None,
         deadletter_rows: int = 20,
+        seals: Seals | None = None,
     ) -> None:
         self.catalogue = catalogue
         self.validator = validator
@@ -136,6 +141,9 @@ class Pipeline:
         self.deadletter_rows = deadletter_rows  # rows of their own per message (INGEST_DEADLETTER_ROWS_PER_MESSAGE)
         self.seqs = SeqTracker()
         self._influx_down_until = 0.0
+        # the seals are reloaded as often as the device directory (INGEST_REGISTRY_TTL_S)
+        self.seals = seals or Seals(engine, ttl=directory.ttl, retry_s=retry_s)
+        self._late_rp_ready = False
 
     # -- processing ---------------------------------------------------------------------------
     def process(self, batch: list[Message]) -> tuple[list[str], list[int], list[DeadLetterRow]]:
@@ -207,27 +215,50 @@ class Pipeline:
         raise InterruptedError("stopped before the batch was stored")
 
     def _try_write(self, lines: list[str], body: bytes) -> bool:
-        """Write to InfluxDB; False when it is unavailable. Refused lines are dead-lettered."""
+        """Route and write to InfluxDB; False when it (or the registry's seals) is unavailable, so
+        the caller spools the unrouted batch. Refused lines are dead-lettered."""
         if time.monotonic() < self._influx_down_until:
             return False
         try:
-            self.influx.write(body)
+            seals, horizon = self.seals.current()
+        except SealsUnavailable as e:
+            log.warning("telemetry seals unavailable; spooling until the registry answers", error=str(e))
+            return False
+        on_time, late = route(lines, seals, horizon)
+        if on_time and not self._write_part(on_time, None if late else body, None):
+            return False
+        if late:
+            if not self._write_part(late, None, LATE_RP):
+                return False  # the on-time part is written again on replay: same points, no change
+            self.metrics.late.inc(len(late))
+        return True
+
+    def _write_part(self, lines: list[str], body: bytes | None, rp: str | None) -> bool:
+        try:
+            if rp is not None and not self._late_rp_ready:
+                self.influx.ensure_retention_policy(rp)  # 1.x; on 2.x the bucket <db>/late must exist
+                self._late_rp_ready = True
+            self.influx.write(body if body is not None else "\n".join(lines), rp=rp)
             return True
         except InfluxUnavailable as e:
             self.metrics.influx_errors.inc()
             self._influx_down_until = time.monotonic() + self.retry_s
-            log.warning("InfluxDB unavailable; spooling", error=str(e))
+            log.warning("InfluxDB unavailable; spooling", error=str(e), retention_policy=rp)
             return False
         except InfluxRejected as e:
             self.metrics.influx_errors.inc()
+            if rp is not None and "not found" in str(e):  # the late bucket is missing: keep, do not drop
+                self._influx_down_until = time.monotonic() + self.retry_s
+                log.error("InfluxDB has no retention policy (bucket) for late readings; spooling", error=str(e))
+                return False
             log.error("InfluxDB refused a batch; isolating the refused lines", error=str(e))
-            self._write_isolating(lines)
+            self._write_isolating(lines, rp)
             return True
 
-    def _write_isolating(self, lines: list[str]) -> None:
+    def _write_isolating(self, lines: list[str], rp: str | None = None) -> None:
         """Write halves recursively so that only the lines InfluxDB refuses are dead-lettered."""
         try:
-            self.influx.write("\n".join(lines))
+            self.influx.write("\n".join(lines), rp=rp)
             return
         except InfluxRejected as e:
             if len(lines) == 1:
@@ -235,8 +266,8 @@ class Pipeline:
                 self.store_dead_letters([DeadLetterRow(msg, None, Rejection("influx_rejected", str(e)[:1000]))])
                 return
         mid = len(lines) // 2
-        self._write_isolating(lines[:mid])
-        self._write_isolating(lines[mid:])
+        self._write_isolating(lines[:mid], rp)
+        self._write_isolating(lines[mid:], rp)
 
     def drain_spool(self) -> bool:
         """Replay spooled batches oldest first; True when the spool is empty."""

@@ -6,11 +6,13 @@
   its window and its Merkle proof once the window is built.
 - `AnchorWindow`: a batch of leaves whose Merkle root goes on chain in one transaction, chained
   to the previous window's root, with the state of that transaction (`AnchorState`).
-- `GrowthSummary`, `TelemetryDigest`, `LotManifest`: records computed by the ledger itself (from
-  InfluxDB and from the other records), stored with their content and salt so that they can be
-  hashed again and compared with a fresh computation.
+- `GrowthSummary`, `TelemetryDigest`, `LateDigest`, `LotManifest`: records computed by the ledger
+  itself (from InfluxDB and from the other records), stored with their content and salt so that
+  they can be hashed again and compared with a fresh computation.
+- `TelemetrySeal`: per village, the last local day whose readings are frozen (ledger/late.py);
+  ingest reads it (by SQL, ingest/late.py) to keep later readings of those days apart.
 
-Migration 0003 creates them.
+Migration 0003 creates the first ones, 0007 `TelemetrySeal` and `LateDigest`.
 """
 
 # No `from __future__ import annotations`: SQLModel reads the annotations at class creation.
@@ -19,7 +21,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from core.models import utcnow
@@ -121,4 +123,46 @@ class LotManifest(SQLModel, table=True):
     version: int
     content: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
+    salt: str = Field(default_factory=new_salt, min_length=32, max_length=32)
+
+
+class TelemetrySeal(SQLModel, table=True):
+    """Days up to `sealed_through` of a village are sealed: ingest stores readings for them as late
+    readings (InfluxDB retention policy `late`), never over the points a digest was computed from.
+
+    Ingest reads `village`, `until_ms` and `sealed_through` (ingest/late.py); the anchoring worker
+    moves the seal (ledger/late.py) and digests a sealed day only ANCHOR_SEAL_WAIT_S after
+    `sealed_at`, when every ingest replica must have seen the seal.
+    """
+
+    __tablename__ = "telemetry_seal"
+
+    village: str = Field(primary_key=True)  # village code: every reading of a plot, herd or animal carries it
+    sealed_through: date  # local day (county time zone)
+    # epoch ms of the end of `sealed_through`: ingest compares reading times with it
+    until_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    sealed_at: datetime  # when `sealed_through` last moved
+    previous: date | None = None  # `sealed_through` before that move: the late batch now closing
+    late_digested: date | None = None  # the last late batch whose supplementary digests were made
+
+
+class LateDigest(SQLModel, table=True):
+    """A supplementary digest: one plot's (or herd's) late readings of one day that arrived in one
+    batch (ledger/late.py); "late_digest/1". `supplement` numbers them per plot-day: 1, 2..."""
+
+    __tablename__ = "late_digest"
+    __table_args__ = (
+        UniqueConstraint("tag", "value", "day", "supplement", name="uq_late_digest_supplement"),
+        UniqueConstraint("tag", "value", "day", "batch", name="uq_late_digest_batch"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    tag: str  # "plot" or "herd"
+    value: str = Field(index=True)
+    day: date = Field(index=True)  # the readings' local day
+    supplement: int  # 1 for the first supplementary digest of this plot-day, then 2, 3...
+    batch: date  # the InfluxDB tag `sealed_through` of the late readings it covers
+    readings: int
+    sha256: str
+    computed_at: datetime = Field(default_factory=utcnow)
     salt: str = Field(default_factory=new_salt, min_length=32, max_length=32)

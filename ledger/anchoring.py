@@ -2,8 +2,11 @@
 
 One pass (`Anchorer.run_once`) does, in order:
 
-1. derive: per-plot daily telemetry digests for finished days and growth summaries for finished
-   seasons (from InfluxDB), then lot manifests (from the leaves of each lot's records);
+1. derive: seal finished days per village (committed on its own: ingest then stores later readings
+   of them as late readings) and digest each closed batch of late readings; per-plot daily
+   telemetry digests for days sealed at least ANCHOR_SEAL_WAIT_S ago and growth summaries for
+   seasons sealed as long (from InfluxDB; ledger/late.py), then lot manifests (from the leaves of
+   each lot's records);
 2. leaves: every record without a leaf gets one, computed from its canonical bytes, which are
    kept with it (records are append-only from here on: changing one is tampering);
 3. windows: leaves without a window are closed into a window when there are
@@ -33,15 +36,16 @@ from sqlmodel import Session, SQLModel, col, select
 
 from core.catalogue import get_catalogue
 from core.db import session_scope
-from core.influx import InfluxUnavailable, InfluxV1
+from core.influx import LATE_RP, InfluxUnavailable, InfluxV1
 from core.log import get_logger
 from core.settings import Settings
-from ledger import digests, growth, manifest
+from ledger import digests, growth, late, manifest
 from ledger.anchor_models import (
     ON_CHAIN,
     AnchorState,
     AnchorWindow,
     GrowthSummary,
+    LateDigest,
     LedgerLeaf,
     LotManifest,
     TelemetryDigest,
@@ -63,6 +67,7 @@ SOURCES: dict[str, type[SQLModel]] = {
     CORRECTION: EventCorrection,
     growth.GROWTH: GrowthSummary,
     digests.DIGEST: TelemetryDigest,
+    late.LATE_DIGEST: LateDigest,
     manifest.MANIFEST: LotManifest,
 }
 
@@ -85,6 +90,7 @@ class PassReport:
     sent: list[str] = field(default_factory=list)
     states: dict[str, str] = field(default_factory=dict)  # window id -> state, for windows that changed
     chain_error: str | None = None
+    seal_wait_s: float | None = None  # seconds until the newest seal is safe and its days can be digested
 
     def __bool__(self) -> bool:
         return bool(self.leaves or self.windows or self.sent or self.states or any(self.derived.values()))
@@ -98,23 +104,56 @@ class Anchorer:
         chain: Chain | None = None,
         influx: InfluxV1 | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        seal_wait_s: float | None = None,
     ) -> None:
+        """`seal_wait_s` overrides ANCHOR_SEAL_WAIT_S, e.g. 0 where no ingest runs (readings written
+        directly and completely before the pass): nothing can be in flight then."""
         self.engine = engine
         self.settings = settings
         self.chain = chain
         self.influx = influx
         self.clock = clock
         self.tz = settings.county_timezone
+        self.seal_wait_s = settings.resolved_seal_wait_s() if seal_wait_s is None else seal_wait_s
+        self._late_rp_ready = False
+        if self.seal_wait_s < settings.ingest_registry_ttl_s and seal_wait_s is None:
+            log.warning(
+                "ANCHOR_SEAL_WAIT_S is shorter than INGEST_REGISTRY_TTL_S: a replica may write a sealed day "
+                "after its digest",
+                seal_wait_s=self.seal_wait_s,
+                registry_ttl_s=settings.ingest_registry_ttl_s,
+            )
 
     # -- 1 and 2: derived records and leaves ------------------------------------------------------------
+    def seal(self) -> late.SealReport | None:
+        """Move the seals in a transaction of their own, committed before any digest is computed."""
+        if self.influx is None:
+            return None
+        now = self.clock()
+        up_to = now.astimezone(ZoneInfo(self.tz)).date() - timedelta(days=1)
+        if not self._late_rp_ready:  # 1.x: before ingest needs it (on 2.x the bucket <db>/late must exist)
+            self.influx.ensure_retention_policy(LATE_RP)
+            self._late_rp_ready = True
+        with session_scope(self.engine) as session:
+            villages = set(late.origin_villages(session).values())
+            report = late.advance_seals(session, self.influx, villages, up_to, now, self.seal_wait_s, self.tz)
+        if report.villages:
+            log.info("days sealed", through=up_to.isoformat(), villages=len(report.villages))
+        return report
+
     def derive(self, session: Session) -> dict[str, int]:
         out = {"digests": 0, "growth": 0}
         if self.influx is not None:
-            today = self.clock().astimezone(ZoneInfo(self.tz)).date()
+            now = self.clock()
+            today = now.astimezone(ZoneInfo(self.tz)).date()
+            safe = late.safe_days(session, now, self.seal_wait_s)
+            origins = {o: safe[v] for o, v in late.origin_villages(session).items() if v in safe}
             try:
-                out["digests"] = digests.ensure_digests(session, self.influx, self.tz, today - timedelta(days=1))
+                out["digests"] = digests.ensure_digests(
+                    session, self.influx, self.tz, today - timedelta(days=1), safe=origins
+                )
                 cat = get_catalogue(self.settings.catalogue_file)
-                out["growth"] = growth.ensure_summaries(session, self.influx, cat, self.tz, today)
+                out["growth"] = growth.ensure_summaries(session, self.influx, cat, self.tz, today, safe_villages=safe)
             except InfluxUnavailable as e:
                 log.warning("InfluxDB unavailable; telemetry records wait", error=str(e))
         return out
@@ -289,8 +328,15 @@ class Anchorer:
     # -- the loop ---------------------------------------------------------------------------------------
     def run_once(self, force_window: bool = False) -> PassReport:
         report = PassReport()
+        sealed: dict[str, int] = {}
+        try:
+            if (seals := self.seal()) is not None:
+                sealed = {"sealed": seals.sealed, "late_digests": seals.late_digests}
+                report.seal_wait_s = seals.wait_s
+        except InfluxUnavailable as e:  # a closed late batch could not be read: the seal waits
+            log.warning("InfluxDB unavailable; seals wait", error=str(e))
         with session_scope(self.engine) as session:
-            report.derived = self.derive(session)
+            report.derived = {**sealed, **self.derive(session)}
             report.leaves = self.make_leaves(session, [k for k in SOURCES if k != manifest.MANIFEST])
             report.derived["manifests"] = manifest.ensure_manifests(session)
             report.leaves += self.make_leaves(session, [manifest.MANIFEST])

@@ -8,11 +8,16 @@ Canonical form, one line per reading, joined with "\n":
   RFC 8785 JSON of {"device": id, "fields": {metric: value}, "measurement": kind, "time": epoch ms}
 ordered by measurement, device, then time; fields that are null in a row are left out. The day
 is cut in the county's time zone (Asia/Shanghai by default).
+
+Only the default retention policy is read: late readings (retention policy `late`, ledger/late.py)
+never change a digest; they get supplementary digests of their own. A day is digested only once
+its village's seal is safe (every ingest replica keeps later readings of it apart).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -35,6 +40,11 @@ def day_bounds(day: date, tz: str) -> tuple[datetime, datetime]:
     return start, datetime.combine(day + timedelta(days=1), time(), ZoneInfo(tz))
 
 
+def local_day(ms: int, tz: str) -> date:
+    """The local day of an epoch-ms instant."""
+    return datetime.fromtimestamp(ms / 1000, ZoneInfo(tz)).date()
+
+
 def quote(value: str) -> str:
     """An InfluxQL string literal."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -44,17 +54,28 @@ def _rfc3339(t: datetime) -> str:
     return t.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-TAG_COLUMNS = frozenset({"county", "village", "plot", "herd", "animal", "device"})
+TAG_COLUMNS = frozenset({"county", "village", "plot", "herd", "animal", "device", "sealed_through"})
 
 
-def canonical_days(influx: InfluxV1, tag: str, value: str, first: date, last: date, tz: str) -> dict[date, list[bytes]]:
+def canonical_days(
+    influx: InfluxV1,
+    tag: str,
+    value: str,
+    first: date,
+    last: date,
+    tz: str,
+    source: str = "/.*/",
+    where: str = "",
+) -> dict[date, list[bytes]]:
     """The readings of one plot or herd from `first` to `last` (local days, inclusive) as canonical
-    lines per day, in canonical order (see the module docstring). One query for the whole range."""
+    lines per day, in canonical order (see the module docstring). One query for the whole range.
+    `source` and `where` (an extra condition) select late readings for supplementary digests."""
     start, _ = day_bounds(first, tz)
     _, end = day_bounds(last, tz)
     zone = ZoneInfo(tz)
+    extra = f" AND {where}" if where else ""
     series = influx.query(
-        f'SELECT * FROM /.*/ WHERE "{tag}" = {quote(value)} '
+        f'SELECT * FROM {source} WHERE "{tag}" = {quote(value)}{extra} '
         f"AND time >= '{_rfc3339(start)}' AND time < '{_rfc3339(end)}' GROUP BY \"device\""
     )
     days: dict[date, list[bytes]] = {}
@@ -123,9 +144,12 @@ def _collect(session: Session, lot_ids: list[int]) -> list[RecordRef]:
     return sorted(set(refs), key=lambda r: r.id)
 
 
-def ensure_digests(session: Session, influx: InfluxV1, tz: str, up_to: date) -> int:
+def ensure_digests(
+    session: Session, influx: InfluxV1, tz: str, up_to: date, safe: Mapping[tuple[str, str], date] | None = None
+) -> int:
     """Compute the missing digests of every lot origin for the days of its season up to `up_to`
-    (a finished day: readings of today may still arrive). Returns how many were added."""
+    (a finished day: readings of today may still arrive) and, with `safe`, up to the origin's
+    safely sealed day (origins missing from it wait). Returns how many were added."""
     from ledger.growth import season_of
     from ledger.models import Lot
 
@@ -137,6 +161,10 @@ def ensure_digests(session: Session, influx: InfluxV1, tz: str, up_to: date) -> 
         for tag, value in origins_of(session, [lot_id]):
             day = season[0]
             last = min(season[1], up_to)
+            if safe is not None:
+                if (tag, value) not in safe:
+                    continue
+                last = min(last, safe[(tag, value)])
             have = set(
                 session.exec(
                     select(TelemetryDigest.day).where(TelemetryDigest.tag == tag, TelemetryDigest.value == value)

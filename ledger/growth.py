@@ -10,6 +10,7 @@ record; verification recomputes it and compares.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -183,8 +184,17 @@ def _collect(session: Session, lot_ids: list[int]) -> list[RecordRef]:
     return [RecordRef(GROWTH, g.id) for g in sorted(rows, key=lambda g: g.id or 0) if g.id is not None]
 
 
-def ensure_summaries(session: Session, influx: InfluxV1, catalogue: Catalogue, tz: str, today: date) -> int:
-    """Compute the summary of every plot-grown lot whose season has ended (once; it is then anchored)."""
+def ensure_summaries(
+    session: Session,
+    influx: InfluxV1,
+    catalogue: Catalogue,
+    tz: str,
+    today: date,
+    safe_villages: Mapping[str, date] | None = None,
+) -> int:
+    """Compute the summary of every plot-grown lot whose season has ended (once; it is then anchored)
+    and, with `safe_villages` (village -> last safely sealed day, ledger/late.py), whose season is
+    safely sealed in every village of its plots: later readings can no longer change it."""
     have = set(session.exec(select(GrowthSummary.lot_id)).all())
     added = 0
     for lot_id in session.exec(select(Lot.id)).all():
@@ -193,6 +203,11 @@ def ensure_summaries(session: Session, influx: InfluxV1, catalogue: Catalogue, t
         season = season_of(session, lot_id, tz)
         if season is None or season[1] >= today:
             continue
+        if safe_villages is not None:
+            plots_of_lot = select(Plot.village_code).join(LotSource, col(LotSource.plot_id) == Plot.id)
+            villages = session.exec(plots_of_lot.where(LotSource.lot_id == lot_id)).all()
+            if any(safe_villages.get(v) is None or safe_villages[v] < season[1] for v in villages):
+                continue
         devices = [[d.id, d.kind] for d in plot_devices(session, lot_id)]
         content = compute(session, influx, catalogue, lot_id, tz, season, devices)
         if content is None:

@@ -2,7 +2,10 @@
 
 For each record of the lot (ledger.records.records_of_lot) the record is rebuilt from the
 database, and telemetry records (growth summaries, daily digests) from InfluxDB; its leaf is
-recomputed from that, never taken from storage. Then:
+recomputed from that, never taken from storage. A daily digest is recomputed from the default
+retention policy only (the readings that were on time), a supplementary digest from its batch of
+late readings only (retention policy `late`, ledger/late.py), so late data never changes what was
+anchored and is itself verifiable. Then:
 
 - no leaf yet, or its window not yet in a block: **pending**;
 - recomputed leaf equal to the anchored one, its proof leading to the window's root, and that
@@ -27,8 +30,16 @@ from sqlmodel import Session, col, select
 from core.catalogue import get_catalogue
 from core.influx import InfluxV1
 from core.settings import Settings
-from ledger import digests, growth, manifest
-from ledger.anchor_models import ON_CHAIN, AnchorWindow, GrowthSummary, LedgerLeaf, LotManifest, TelemetryDigest
+from ledger import digests, growth, late, manifest
+from ledger.anchor_models import (
+    ON_CHAIN,
+    AnchorWindow,
+    GrowthSummary,
+    LateDigest,
+    LedgerLeaf,
+    LotManifest,
+    TelemetryDigest,
+)
 from ledger.anchoring import hex32, unhex
 from ledger.chain import Chain
 from ledger.codes import canonical_lot_uri
@@ -124,6 +135,11 @@ def current_record(
             n, sha = recomputed.digests[ref.id]
         else:
             n, sha = digests.compute(influx, d.tag, d.value, d.day, settings.county_timezone)
+        rec["content"] = {**rec["content"], "readings": n, "sha256": sha}
+    elif ref.kind == late.LATE_DIGEST:
+        ld = session.get(LateDigest, ref.id)
+        assert ld is not None
+        n, sha = late.compute(influx, ld, settings.county_timezone)
         rec["content"] = {**rec["content"], "readings": n, "sha256": sha}
     elif ref.kind == growth.GROWTH:
         g = session.get(GrowthSummary, ref.id)

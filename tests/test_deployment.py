@@ -401,7 +401,7 @@ def test_database_and_influx_init_scripts_are_mounted_with_their_secrets(config:
     # read-only for the API and the anchoring worker, write for ingest (and the operators' rollups)
     grants = dict(re.findall(r"^v1_auth (\w+) (.+)$", INIT_AUTH.read_text(), re.M))
     assert "--write-bucket" not in grants["api"] and "--write-bucket" not in grants["anchor"]
-    assert grants["ingest"].split() == ["--write-bucket", '"$raw"']
+    assert grants["ingest"].split() == ["--write-bucket", '"$raw"', "--write-bucket", '"$late"']
     assert {f"influx_password_{u}" for u in grants} == influx_secrets
 
 

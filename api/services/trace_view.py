@@ -2,8 +2,10 @@
 
 Built from the same rows as the ledger records (ledger.records), for the lot and all its ancestors:
 product and lot, origin plots with their village, township and county, the processing steps
-(lineage, from the fields to the bag), the events in time order, the inspections, and the growth
-summaries of the plot lots (with daily means from InfluxDB for the small charts, when it answers).
+(lineage, from the fields to the bag), the events in time order, the inspections, the growth
+summaries of the plot lots (with daily means from InfluxDB for the small charts, when it answers),
+and the days of the season that had late sensor data (readings that arrived after the day was
+sealed and digested, kept apart with supplementary digests: ledger/late.py).
 
 No personal data: farms appear by their registry code only (never their name or contact), and
 plots by their number, area and crop (no coordinates, which could point at a smallholder's house).
@@ -20,6 +22,7 @@ from sqlmodel import Session, col, select
 
 from core.influx import InfluxError, InfluxV1
 from core.models import County, Farm, Plot, Township, Village
+from ledger import late
 from ledger.anchor_models import GrowthSummary
 from ledger.codes import format_code, lot_uri
 from ledger.digests import day_bounds, quote
@@ -252,4 +255,5 @@ def build_view(session: Session, lot: Lot, base_url: str, influx: InfluxV1 | Non
         "events": [{**_event(session, e, codes_by_id), **corrections.get(e.id, {})} for e in events],  # type: ignore[arg-type]
         "inspections": inspections,
         "growth": growth_of(session, lineage, codes_by_id, influx, tz),
+        "late_data": late.summary(session, lineage),
     }
