@@ -359,7 +359,7 @@ def test_api_role_serves_and_administers_but_never_writes_the_ledger(deployment:
         "DELETE FROM inspection",
         "DELETE FROM lot",
         "SELECT * FROM service_account",
-        "INSERT INTO dead_letter (received_at, topic, reason, detail, payload) VALUES (now(), 't', 'r', 'd', '')",
+        "INSERT INTO dead_letter (received_at, topic, reason, detail, more) VALUES (now(), 't', 'r', 'd', 0)",
     ):
         refused(engine, sql)
     with InfluxV1.from_settings(settings) as api_influx, pytest.raises(InfluxRejected):
@@ -387,12 +387,12 @@ def test_broker_role_syncs_the_broker_files(deployment: Deployment) -> None:
         get_settings.cache_clear()
     assert out.exit_code == 0, out.output
     passwd = (folder / "passwd").read_text()
-    assert passwd.startswith("ingest:") and "soil-0001:" in passwd
+    assert passwd.startswith("ingest-0:") and "soil-0001:" in passwd
     engine = deployment.engine("broker")
     for sql in (
         "SELECT * FROM api_user",
         "UPDATE device SET status = 'active'",
-        "INSERT INTO dead_letter (received_at, topic, reason, detail, payload) VALUES (now(), 't', 'r', 'd', '')",
+        "INSERT INTO dead_letter (received_at, topic, reason, detail, more) VALUES (now(), 't', 'r', 'd', 0)",
         "SELECT * FROM lot",
         "DELETE FROM service_account",
     ):
