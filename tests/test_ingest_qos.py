@@ -3,13 +3,18 @@ and ingest processes: devices at QoS 0 and 2 beside QoS 1, and the stock-paho fa
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from core.broker_auth import TELEMETRY_FILTER
 from core.localstack import LocalStack
+from core.services import die_with_parent
 from tests.conftest import DeviceClient, now_ms, wait_ingest_ready, wait_until
 
 PROBE = {"air_temp_c": 10.0}
@@ -48,6 +53,29 @@ def _assert_session_undisturbed(stack: LocalStack) -> None:
     assert log.count("session_present") == 1, "the ingest replica connected more than once"
 
 
+def _assert_everything_acknowledged(stack: LocalStack) -> None:
+    """Stop the replica, then take over its persistent session: the broker resends every message
+    it delivered but never had acknowledged, so nothing may arrive."""
+    assert stack.mosquitto
+    stack.stop_ingest()
+    received: list[str] = []
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id="ingest-0", protocol=mqtt.MQTTv311, clean_session=False, manual_ack=True
+    )
+    client.username_pw_set("ingest-0", stack.ingest_password)
+    client.on_message = lambda _c, _u, m: received.append(m.topic)
+    client.on_connect = lambda c, _u, _f, _rc, _p: c.subscribe(f"$share/ingest/{TELEMETRY_FILTER}", qos=1)
+    client.connect(stack.mosquitto.host, stack.mosquitto.port)
+    client.loop_start()
+    try:
+        assert wait_until(client.is_connected, 10)
+        time.sleep(2)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    assert received == [], f"{len(received)} messages were delivered to ingest but never acknowledged"
+
+
 def _interleave(stack: LocalStack, devices: dict[str, QosDevice | DeviceClient], n: int) -> int:
     """Send `n` readings from each device, interleaved; returns the first timestamp."""
     t0 = now_ms() - 60_000
@@ -82,3 +110,53 @@ def test_fault_qos0_publisher_does_not_disconnect_ingest(stack: LocalStack) -> N
         qos1.close()
     time.sleep(0.5)  # a disconnect caused by the last batch's acknowledgements shows in the log by now
     _assert_session_undisturbed(stack)
+    _assert_everything_acknowledged(stack)
+
+
+def _all_qos_stored(stack: LocalStack) -> None:
+    """Devices at QoS 0, 1 and 2, interleaved: each reading stored once, the replica never knocked off,
+    every message acknowledged (a QoS 2 publication reaches our QoS 1 subscription as QoS 1)."""
+    wait_ingest_ready(stack, DeviceClient(stack, "wx-0005"), "weather", PROBE)
+    devices: dict[str, QosDevice | DeviceClient] = {
+        "soil-0001": QosDevice(stack, "soil-0001", qos=0),
+        "soil-0002": DeviceClient(stack, "soil-0002"),
+        "soil-0003": QosDevice(stack, "soil-0003", qos=2),
+    }
+    try:
+        _interleave(stack, devices, 15)
+        for device_id in devices:
+            assert wait_until(lambda d=device_id: _count(stack, d) == 15, 30), f"readings of {device_id} missing"
+    finally:
+        for device in devices.values():
+            device.close()
+    time.sleep(0.5)
+    _assert_session_undisturbed(stack)
+    _assert_everything_acknowledged(stack)
+
+
+def test_fault_qos2_publisher_beside_qos0_and_qos1_is_stored_and_acknowledged(stack: LocalStack) -> None:
+    stack.start_ingest(1)
+    _all_qos_stored(stack)
+    assert "mqtt client: stock paho" not in _ingest_log(stack)  # the fast path was tested
+
+
+def test_fault_paho_internals_changed_ingest_falls_back_to_stock_paho(stack: LocalStack) -> None:
+    """A paho whose internals fail the start-up self-check (simulated: paho 2.1 has no paho.mqtt._packet)
+    makes the replica run on paho's public API, with a warning, and lose nothing."""
+    code = (
+        "import ingest.mqttclient as m; m._IMPORT_PROBLEM = 'simulated: no paho.mqtt._packet';"
+        "from cli.main import app; app()"
+    )
+    with open(stack.root / "ingest.log", "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, "ingest", "--replica", "0"],
+            env={**os.environ, **stack.env()},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+    stack.ingest_procs.append(proc)
+    _all_qos_stored(stack)
+    log = _ingest_log(stack)
+    assert "mqtt client: stock paho, slower; the fast path does not fit this paho" in log
+    assert "simulated: no paho.mqtt._packet" in log
