@@ -319,7 +319,7 @@ def _cuts(stream: bytes) -> list[list[bytes]]:
 #: paho internals the fast path overrides or calls, and instance state it reads or writes.
 _METHODS = ("_sock_recv", "_packet_read", "_handle_publish", "_packet_handle", "_packet_queue", "reconnect", "ack")
 _STATE = ("_in_packet", "_last_bytes_received", "_sock", "_protocol", "_manual_ack")
-_OURS = ("_rbuf", "_rpos", "_rsock", "_village_qos2", "on_delivery", "ack_stored")
+_OURS = ("_rbuf", "_rpos", "_rsock", "_village_qos2", "_deliver", "on_delivery", "ack_stored", "buffered")
 
 
 def fast_path_problem() -> str | None:

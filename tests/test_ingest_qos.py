@@ -137,7 +137,9 @@ def _all_qos_stored(stack: LocalStack) -> None:
 def test_fault_qos2_publisher_beside_qos0_and_qos1_is_stored_and_acknowledged(stack: LocalStack) -> None:
     stack.start_ingest(1)
     _all_qos_stored(stack)
-    assert "mqtt client: stock paho" not in _ingest_log(stack)  # the fast path was tested
+    log = _ingest_log(stack)
+    assert "mqtt client: stock paho" not in log  # the fast path was tested
+    assert "the broker delivered QoS 2" not in log  # granted QoS 1, the broker downgraded QoS 2
 
 
 def test_fault_paho_internals_changed_ingest_falls_back_to_stock_paho(stack: LocalStack) -> None:
