@@ -105,8 +105,9 @@ class IngestService:
         if any(c.is_failure for c in codes):
             log.error("subscription refused", reasons=[str(c) for c in codes])
             return
-        if any(c.value < 1 for c in codes):  # MQTT 3.1.1: the code is the QoS granted
-            log.error("subscription granted QoS 0: the broker will not redeliver unstored readings", codes=codes)
+        granted = [c.value for c in codes]  # MQTT 3.1.1: the code is the QoS granted
+        if min(granted) < 1:
+            log.error("subscription granted QoS 0: the broker will not redeliver unstored readings", granted=granted)
         self.metrics.subscribed.set(1)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, rc: object, _p: object) -> None:
