@@ -10,6 +10,7 @@ import os
 from functools import lru_cache
 from ipaddress import ip_address, ip_network
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -70,6 +71,8 @@ class Settings(BaseSettings):
     ingest_registry_ttl_s: float = Field(default=30.0, alias="INGEST_REGISTRY_TTL_S")
     ingest_metrics_port: int = Field(default=9108, alias="INGEST_METRICS_PORT")
     ingest_metrics_host: str = Field(default="127.0.0.1", alias="INGEST_METRICS_HOST")
+    # auto: the fast MQTT client when paho passes its self-check (ingest/mqttclient.py); stock: paho's public API.
+    ingest_mqtt_client: Literal["auto", "stock"] = Field(default="auto", alias="INGEST_MQTT_CLIENT")
     # Dead-letter rows of their own per message; further rejections are counted per reason.
     ingest_deadletter_rows_per_message: int = Field(default=20, ge=1, alias="INGEST_DEADLETTER_ROWS_PER_MESSAGE")
     spool_dir: Path | None = Field(default=None, alias="SPOOL_DIR")

@@ -8,6 +8,10 @@ what makes one replica fast. The session is persistent (clean session off), so m
 that arrive while a replica is down, or that it received but had not acknowledged when it
 died, are delivered again when it returns.
 
+The MQTT client (ingest/mqttclient.py) is paho with a fast read path, or stock paho when the
+installed paho's internals fail its start-up self-check; both acknowledge only what is stored,
+and a QoS 0 message (no packet id) is stored without an acknowledgement.
+
 The consumer speaks MQTT 3.1.1, not 5: paho builds a `Properties` object for every MQTT 5
 PUBLISH, which was a fifth of the CPU per message, and the consumer needs no MQTT 5 feature
 (mosquitto serves `$share/` subscriptions to 3.1.1 clients too; devices may use either).
@@ -17,16 +21,11 @@ The broker's `max_inflight_messages 0` lets a batch's worth of messages be in fl
 from __future__ import annotations
 
 import select
-import struct
 import threading
 import time
-from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
-from paho.mqtt._packet import decode_publish  # paho 2.2's own decoder (see _handle_publish)
-from paho.mqtt.client import PUBACK, time_func
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.exception import MalformedPacket
+from paho.mqtt.enums import MQTTErrorCode
 from prometheus_client import start_http_server
 
 from core.broker_auth import TELEMETRY_FILTER, ingest_account
@@ -37,91 +36,12 @@ from core.log import get_logger
 from core.settings import Settings
 from ingest.enrich import DeviceDirectory
 from ingest.metrics import IngestMetrics
+from ingest.mqttclient import IngestClient, make_client
 from ingest.payload import Validator
 from ingest.pipeline import Message, Pipeline
 from ingest.spool import Spool
 
 log = get_logger("ingest")
-
-
-class BufferedClient(mqtt.Client):
-    """A paho client that reads the socket in 64 KiB chunks.
-
-    paho reads every packet with at least three `recv` calls (command byte, length bytes,
-    body); at ten thousand messages a second those system calls are a large part of the
-    cost. This serves paho's small reads from a buffer instead. The owner of the loop must
-    call `loop_read` again while `buffered()` is true, since select() cannot see it.
-    """
-
-    _rbuf = b""
-    _rpos = 0
-    _rsock: object = None
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        if self._rsock is not self._sock:  # a new connection: drop what was left of the old one
-            self._rbuf, self._rpos, self._rsock = b"", 0, self._sock
-        if self._rpos >= len(self._rbuf):
-            self._rbuf, self._rpos = super()._sock_recv(65536), 0  # BlockingIOError when nothing waits
-            if not self._rbuf:
-                return b""
-        chunk = self._rbuf[self._rpos : self._rpos + bufsize]
-        self._rpos += len(chunk)
-        return chunk
-
-    def _packet_read(self) -> MQTTErrorCode:
-        """Take a packet that is whole in the buffer in one slice; anything else goes to paho.
-
-        paho assembles every packet from a one-byte read of its type, one read per length byte
-        and a read of the body, with bookkeeping between them: per message that cost as much as
-        decoding it. The packet is then handled by paho's own `_packet_handle`.
-        """
-        packet = self._in_packet
-        if packet["command"] == 0 and self._rsock is self._sock:
-            buf, pos, end = self._rbuf, self._rpos, len(self._rbuf)
-            length, mult, i = 0, 1, pos + 1
-            while i < end and i <= pos + 4:
-                byte = buf[i]
-                i += 1
-                length += (byte & 127) * mult
-                mult *= 128
-                if not byte & 128:
-                    if i + length > end:
-                        break  # the rest is still on the socket: paho reads it
-                    packet["command"], packet["packet"], packet["pos"] = buf[pos], buf[i : i + length], 0
-                    self._rpos = i + length
-                    try:
-                        rc = self._packet_handle()
-                    except MalformedPacket:
-                        rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
-                    packet["command"], packet["packet"] = 0, bytearray()
-                    self._last_bytes_received = time_func()
-                    return rc
-        return super()._packet_read()
-
-    def buffered(self) -> bool:
-        """True while bytes wait that select() cannot see: in our buffer, or decrypted in TLS."""
-        if self._rpos < len(self._rbuf) and self._rsock is self._sock:
-            return True
-        pending = getattr(self._sock, "pending", None)  # ssl.SSLSocket
-        return bool(pending is not None and pending())
-
-    #: Receives (topic, payload, dup, mid) of each QoS 1 PUBLISH, bypassing paho's generic
-    #: dispatch (an MQTTMessage object, a debug-log call and a topic-filter match per message).
-    on_qos1: Callable[[str, bytes, bool, int], None] | None = None
-
-    def _handle_publish(self) -> MQTTErrorCode:
-        packet = self._in_packet
-        if self.on_qos1 is None or not self._manual_ack or (packet["command"] & 0x06) >> 1 != 1:
-            return super()._handle_publish()
-        result = decode_publish(packet["command"], packet["packet"], self._protocol)
-        self.on_qos1(result.topic.decode("utf-8", "replace"), result.payload, result.dup, result.mid)
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def ack_many(self, mids: list[int]) -> None:
-        """Acknowledge QoS 1 messages with one socket write instead of one per PUBACK."""
-        if mids:
-            packet = b"".join(struct.pack("!BBH", PUBACK, 2, mid) for mid in mids)
-            self._packet_queue(PUBACK, packet, 0, 0)
 
 
 class IngestService:
@@ -137,6 +57,7 @@ class IngestService:
         self._pending: list[Message] = []
         self._received = 0
         self._generation = 0
+        self._qos2_seen = False
         catalogue = get_catalogue(settings.catalogue_file)
         self.influx = InfluxV1.from_settings(settings)
         self.spool = Spool(settings.resolved_spool_dir() / f"{self.client_id}.sqlite", settings.spool_max_bytes)
@@ -155,13 +76,9 @@ class IngestService:
         self.metrics.spool_batches.set(len(self.spool))
         self.client = self._make_client()
 
-    def _make_client(self) -> BufferedClient:
-        client = BufferedClient(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=mqtt.MQTTv311,
-            clean_session=False,
-            manual_ack=True,
+    def _make_client(self) -> IngestClient:
+        client = make_client(
+            self.settings.ingest_mqtt_client, client_id=self.client_id, protocol=mqtt.MQTTv311, clean_session=False
         )
         client.username_pw_set(self.client_id, self.settings.mqtt_ingest_password.get_secret_value())
         if self.settings.mqtt_tls:
@@ -171,8 +88,7 @@ class IngestService:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message  # QoS 0/2, which devices should not use
-        client.on_qos1 = self._on_qos1
+        client.on_delivery = self._on_delivery
         return client
 
     # -- MQTT callbacks ---------------------------------------------------------------------
@@ -188,8 +104,11 @@ class IngestService:
     def _on_subscribe(self, _c: mqtt.Client, _u: object, _mid: int, codes: list, _p: object) -> None:
         if any(c.is_failure for c in codes):
             log.error("subscription refused", reasons=[str(c) for c in codes])
-        else:
-            self.metrics.subscribed.set(1)
+            return
+        granted = [c.value for c in codes]  # MQTT 3.1.1: the code is the QoS granted
+        if min(granted) < 1:
+            log.error("subscription granted QoS 0: the broker will not redeliver unstored readings", granted=granted)
+        self.metrics.subscribed.set(1)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, rc: object, _p: object) -> None:
         self.connected.clear()
@@ -199,12 +118,13 @@ class IngestService:
         if not self.stop_event.is_set():
             log.warning("disconnected from broker; reconnecting", reason=str(rc))
 
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        self._on_qos1(msg.topic, msg.payload, bool(msg.dup), msg.mid)
-
-    def _on_qos1(self, topic: str, payload: bytes, dup: bool, mid: int) -> None:
+    def _on_delivery(self, topic: str, payload: bytes, qos: int, dup: bool, mid: int) -> None:
+        """A message in: mid is its packet id, 0 at QoS 0 (stored the same, never acknowledged)."""
         self._received += 1
         self._pending.append(Message(topic, payload, int(time.time() * 1000), dup, mid, self._generation))
+        if qos == 2 and not self._qos2_seen:
+            self._qos2_seen = True
+            log.warning("the broker delivered QoS 2 on a QoS 1 subscription; completing it after store")
 
     # -- the loop -------------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -222,7 +142,7 @@ class IngestService:
         self.metrics.queue_depth.set(len(batch))
         self.pipeline.handle(batch)
         if self.connected.is_set():
-            self.client.ack_many([m.mid for m in batch if m.generation == self._generation])
+            self.client.ack_stored([m.mid for m in batch if m.generation == self._generation])
 
     def _loop(self) -> None:
         size, max_age = self.settings.ingest_batch_size, self.settings.ingest_batch_ms / 1000
