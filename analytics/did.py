@@ -650,10 +650,22 @@ def _aggregate(
     return est, inf
 
 
-def _twfe(panel: DidPanel) -> tuple[RegressionResult, RegressionResult | None, list[int], TwfeWeights]:
+def _twfe(panel: DidPanel) -> tuple[RegressionResult, RegressionResult | None, list[int], TwfeWeights, list[str]]:
+    from linearmodels.panel.utility import AbsorbingEffectError
+
     from analytics.panel import demean, fixed_effects
 
     n, T = panel.y.shape
+    notes: list[str] = []
+    ent = np.repeat(np.arange(n), T)
+    tim = np.tile(np.arange(T), n)
+    controls = []
+    for j, c in enumerate(panel.controls):
+        v = panel.x[:, :, j].ravel()  # type: ignore[index]
+        if np.linalg.norm(demean(v, ent, tim)) > 1e-9 * max(1.0, float(np.linalg.norm(v))):
+            controls.append(c)
+        else:
+            notes.append(f"TWFE: covariate {c} does not vary within units and periods (absorbed by the effects)")
     gi = {int(p): i for i, p in enumerate(panel.periods)}
     in_panel = np.isin(panel.g, panel.cohorts)
     tt = np.broadcast_to(panel.periods, (n, T))
@@ -662,7 +674,7 @@ def _twfe(panel: DidPanel) -> tuple[RegressionResult, RegressionResult | None, l
     frame = pd.DataFrame({panel.outcome: panel.y.ravel(), TREATED: D.ravel()}, index=idx)
     for j, c in enumerate(panel.controls):
         frame[c] = panel.x[:, :, j].ravel()  # type: ignore[index]
-    fit = fixed_effects(frame, panel.outcome, [TREATED], panel.controls)
+    fit = fixed_effects(frame, panel.outcome, [TREATED], controls)
 
     # event-study form: dummies of e = t - g for the cohorts, e = -1 left out (and the earliest one
     # when every unit is eventually treated, else the dummies span the unit and period effects)
@@ -680,16 +692,18 @@ def _twfe(panel: DidPanel) -> tuple[RegressionResult, RegressionResult | None, l
         names.append(name)
     event: RegressionResult | None
     try:
-        event = fixed_effects(frame, panel.outcome, names, panel.controls) if names else None
-    except (ValueError, np.linalg.LinAlgError):
+        event = fixed_effects(frame, panel.outcome, names, controls) if names else None
+    except (ValueError, np.linalg.LinAlgError, AbsorbingEffectError):
         event = None
+        notes.append(
+            "TWFE event study not identified: its relative-period dummies are collinear with the unit and period "
+            f"effects even without e = {', '.join(map(str, ref))}"
+        )
 
     # de Chaisemartin and D'Haultfoeuille weights: residual of D on unit and period effects (and controls)
-    ent = np.repeat(np.arange(n), T)
-    tim = np.tile(np.arange(T), n)
     eps = demean(D.ravel(), ent, tim)
-    if panel.controls:
-        xs = demean(frame[panel.controls].to_numpy(dtype=float), ent, tim)
+    if controls:
+        xs = demean(frame[controls].to_numpy(dtype=float), ent, tim)
         eps = eps - xs @ np.linalg.lstsq(xs, eps, rcond=None)[0]
     treated = D.ravel() == 1
     W = np.where(treated, eps, 0.0) / eps[treated].sum()
@@ -708,7 +722,7 @@ def _twfe(panel: DidPanel) -> tuple[RegressionResult, RegressionResult | None, l
         negative_sum=float(W[treated][W[treated] < -1e-12].sum()),
         sigma_fe=abs(float(fit.params[TREATED])) / sd if sd > 0 else math.nan,
     )
-    return fit, event, ref, weights
+    return fit, event, ref, weights, notes
 
 
 def callaway_santanna(
@@ -858,7 +872,7 @@ def callaway_santanna(
         df = len(i_grp) - 1
         heterogeneity = {"chi2": chi2, "df": df, "p": float(stats.chi2.sf(chi2, df))}
 
-    twfe, twfe_event, ref, weights = _twfe(panel)
+    twfe, twfe_event, ref, weights, twfe_notes = _twfe(panel)
     return DidResult(
         panel=panel,
         control_group=control_group,
@@ -881,6 +895,6 @@ def callaway_santanna(
         twfe_event_ref=ref,
         weights=weights,
         heterogeneity=heterogeneity,
-        skipped=skipped,
+        skipped=skipped + twfe_notes,
         influence=psi,
     )
