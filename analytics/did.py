@@ -198,7 +198,9 @@ def prepare_panel(
     first_period, last_period = int(periods[0]), int(periods[-1])
     early = frame.loc[(frame[first_treated] > 0) & (frame[first_treated] <= first_period), unit].unique()
     if len(early):
-        notes.append(f"{len(early)} unit(s) treated in or before the first period {first_period} dropped (no pre-period)")
+        notes.append(
+            f"{len(early)} unit(s) treated in or before the first period {first_period} dropped (no pre-period)"
+        )
         frame = frame[~frame[unit].isin(early)]
     inside = frame[first_treated][(frame[first_treated] > first_period) & (frame[first_treated] <= last_period)]
     off = sorted(set(inside.unique()) - {int(p) for p in periods})
@@ -450,9 +452,7 @@ class DidResult(Result):
         for e in self.dynamic:
             k = int(e.labels["e"])
             tw = twfe_dyn.get(k)
-            dyn_rows.append(
-                [k, e.att, e.se, e.ci_lower, e.ci_upper, e.band_lower, e.band_upper, tw[0] if tw else None]
-            )
+            dyn_rows.append([k, e.att, e.se, e.ci_lower, e.ci_upper, e.band_lower, e.band_upper, tw[0] if tw else None])
         dyn = Table(
             ["e", "ATT(e)", "Std. Err.", "Lower CI", "Upper CI", "Lower band", "Upper band", "TWFE"],
             dyn_rows,
@@ -514,7 +514,8 @@ class DidResult(Result):
         tables = self.tables()
         first = tables[0]
         header = key_values([(r[0], r[1]) for r in first.rows] + [(r[2], r[3]) for r in first.rows])
-        return "\n\n".join([first.title or "", header, *first.notes, *(t.text() for t in tables[1:])]).strip()
+        top = "\n".join([first.title or "", "=" * len(first.title or ""), header, "", *first.notes])
+        return "\n\n".join([top, *(t.text() for t in tables[1:])]).strip()
 
     def to_dict(self) -> dict[str, Any]:
         p = self.panel
@@ -593,13 +594,16 @@ class _Cell:
     n_control: int
 
 
-def _cells(panel: DidPanel, control_group: ControlGroup, X_of: Any) -> tuple[list[_Cell], list[float], np.ndarray, list[str]]:
+def _cells(
+    panel: DidPanel, control_group: ControlGroup, X_of: Any
+) -> tuple[list[_Cell], list[float], np.ndarray, list[str]]:
     n, T = panel.y.shape
     index = {int(p): i for i, p in enumerate(panel.periods)}
     cells: list[_Cell] = []
     atts: list[float] = []
     psi: list[np.ndarray] = []
     skipped: list[str] = []
+    no_control: list[str] = []
     for g in panel.cohorts:
         gi = index[g]
         treated = panel.g == g
@@ -611,14 +615,16 @@ def _cells(panel: DidPanel, control_group: ControlGroup, X_of: Any) -> tuple[lis
             else:
                 ctrl = (panel.g == 0) | ((panel.g > panel.periods[max(ti, bi)]) & (panel.g != g))
             if not ctrl.any():
-                skipped.append(f"ATT({g},{t}) not estimable: no {control_group}-treated control unit")
+                no_control.append(f"({g},{t})")
                 continue
             sub = treated | ctrl
             d = treated[sub].astype(float)
             dy = panel.y[sub, ti] - panel.y[sub, bi]
             X = X_of(sub, bi)
             if X.shape[1] > 1 and ctrl.sum() <= X.shape[1]:
-                skipped.append(f"ATT({g},{t}) not estimable: {int(ctrl.sum())} controls for {X.shape[1] - 1} covariates")
+                skipped.append(
+                    f"ATT({g},{t}) not estimable: {int(ctrl.sum())} controls for {X.shape[1] - 1} covariates"
+                )
                 continue
             att, inf = drdid_panel(dy, d, X)
             full = np.zeros(n)
@@ -626,6 +632,9 @@ def _cells(panel: DidPanel, control_group: ControlGroup, X_of: Any) -> tuple[lis
             cells.append(_Cell(g, t, int(panel.periods[bi]), ti - gi, int(treated.sum()), int(ctrl.sum())))
             atts.append(att)
             psi.append(full)
+    if no_control:
+        who = "never-treated" if control_group == "never" else "not-yet-treated"
+        skipped.insert(0, f"{len(no_control)} ATT(g,t) not estimable, no {who} control unit: {', '.join(no_control)}")
     if not cells:
         raise PanelTooShort("no ATT(g,t) is estimable: " + ("; ".join(skipped[:3]) or "no cohort"))
     return cells, atts, np.column_stack(psi), skipped
@@ -640,7 +649,12 @@ def _weight_if(keys: Sequence[int], pg: dict[int, float], g_all: np.ndarray) -> 
 
 
 def _aggregate(
-    att: np.ndarray, psi: np.ndarray, cols: Sequence[int], groups: Sequence[int], pg: dict[int, float], g_all: np.ndarray
+    att: np.ndarray,
+    psi: np.ndarray,
+    cols: Sequence[int],
+    groups: Sequence[int],
+    pg: dict[int, float],
+    g_all: np.ndarray,
 ) -> tuple[float, np.ndarray]:
     """sum_k w_k att_k with w_k = pg(g_k) / sum pg over `cols`, and its influence function."""
     share = np.array([pg[g] for g in groups])
@@ -678,7 +692,9 @@ def _twfe(panel: DidPanel) -> tuple[RegressionResult, RegressionResult | None, l
 
     # event-study form: dummies of e = t - g for the cohorts, e = -1 left out (and the earliest one
     # when every unit is eventually treated, else the dummies span the unit and period effects)
-    rel = np.where(in_panel[:, None], np.arange(T)[None, :] - np.array([gi.get(int(g), 0) for g in panel.g])[:, None], 0)
+    rel = np.where(
+        in_panel[:, None], np.arange(T)[None, :] - np.array([gi.get(int(g), 0) for g in panel.g])[:, None], 0
+    )
     events = sorted({int(v) for v in rel[in_panel].ravel()})
     ref = [-1]
     if not (~in_panel).any() and len(events) > 1:
@@ -750,9 +766,7 @@ def callaway_santanna(
     panel = (
         data
         if isinstance(data, DidPanel)
-        else prepare_panel(
-            data, unit=unit, time=time, first_treated=first_treated, outcome=outcome, controls=controls
-        )
+        else prepare_panel(data, unit=unit, time=time, first_treated=first_treated, outcome=outcome, controls=controls)
     )
     if not panel.cohorts:
         raise PanelTooShort(
@@ -798,9 +812,7 @@ def callaway_santanna(
         i_grp.append(add(float(att[ks].mean()), psi[:, ks].mean(axis=1), g=g))
     theta_g = np.array([estimates[i][0] for i in i_grp])
     psi_g = np.column_stack([estimates[i][1] for i in i_grp])
-    i_grp_all = add(
-        *_aggregate(theta_g, psi_g, range(len(i_grp)), groups_with_post, pg, panel.g), aggregation="group"
-    )
+    i_grp_all = add(*_aggregate(theta_g, psi_g, range(len(i_grp)), groups_with_post, pg, panel.g), aggregation="group")
     i_cal: list[int] = []
     for t in sorted({cells[k].t for k in post}):
         ks = [k for k in post if cells[k].t == t]
@@ -853,9 +865,7 @@ def callaway_santanna(
         return out
 
     att_gt = [
-        estimate(
-            k, {"g": c.g, "t": c.t, "base": c.base, "e": c.e, "n_treated": c.n_treated, "n_control": c.n_control}
-        )
+        estimate(k, {"g": c.g, "t": c.t, "base": c.base, "e": c.e, "n_treated": c.n_treated, "n_control": c.n_control})
         for k, c in enumerate(cells)
     ]
 

@@ -45,10 +45,8 @@ def hand_att(df: pd.DataFrame, g: int, t: int, control: str) -> tuple[float, int
     wide = df.pivot(index="village", columns="year", values="y")
     change = wide[t] - wide[base]
     treated = gs.index[gs == g]
-    if control == "never":
-        controls = gs.index[gs == 0]
-    else:
-        controls = gs.index[(gs == 0) | ((gs > max(t, base)) & (gs != g))]
+    later = (gs > max(t, base)) & (gs != g)
+    controls = gs.index[gs == 0] if control == "never" else gs.index[(gs == 0) | later]
     d1, d0 = change[treated], change[controls]
     att = d1.mean() - d0.mean()
     se = math.sqrt(d1.var(ddof=0) / len(d1) + d0.var(ddof=0) / len(d0))
@@ -154,7 +152,7 @@ def test_planted_heterogeneous_effects_cs_recovers_twfe_biased_with_negative_wei
 
 
 def test_planted_with_noise_inside_the_bands_and_twfe_event_study() -> None:
-    df, tau = planted(noise=0.5, seed=11, per_cohort=60)
+    df, _ = planted(noise=0.5, seed=11, per_cohort=60)
     r = callaway_santanna(df, reps=499, seed=3)
     dyn = {e.labels["e"]: e for e in r.dynamic}
     z = 1.959963984540054
@@ -264,7 +262,9 @@ def test_input_checks() -> None:
     gap.loc[7, "y"] = np.nan
     gap = gap.drop(index=[20])
     p = prepare_panel(gap, unit="village", time="year", first_treated="g", outcome="y")
-    assert len(p.units) == 7 and any("missing values" in n for n in p.notes) and any("every period" in n for n in p.notes)
+    assert (
+        len(p.units) == 7 and any("missing values" in n for n in p.notes) and any("every period" in n for n in p.notes)
+    )
     off = df.copy()
     off["g"] = off["g"].replace(2017, 2017.5)
     with pytest.raises(DidInputError, match="whole numbers"):
