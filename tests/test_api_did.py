@@ -38,7 +38,13 @@ def _registry(session: Session) -> None:
             data["villages"].append({"code": village, "township_code": f"{code}001", "name_zh": f"村{v}"})
             data["farms"].append({"code": f"F{village}", "name": "农场", "village_code": village})
             data["plots"].append(
-                {"plot_no": f"{village}-001", "farm_code": f"F{village}", "village_code": village, "area_mu": 10, "crop": "rice"}
+                {
+                    "plot_no": f"{village}-001",
+                    "farm_code": f"F{village}",
+                    "village_code": village,
+                    "area_mu": 10,
+                    "crop": "rice",
+                }
             )
     import_data(session, data)
     for code, since in ROLLOUT.items():
@@ -46,7 +52,9 @@ def _registry(session: Session) -> None:
             continue
         plot = session.exec(select(Plot).where(Plot.plot_no == f"{code}001001-001")).one()
         session.add(
-            Device(id=f"did-soil-{code}", kind="soil", plot_id=plot.id, status=DeviceStatus.active, provisioned_at=since)
+            Device(
+                id=f"did-soil-{code}", kind="soil", plot_id=plot.id, status=DeviceStatus.active, provisioned_at=since
+            )
         )
         # a second village's device a year later does not move the county's treatment year
         later = session.exec(select(Plot).where(Plot.plot_no == f"{code}001002-001")).one()
