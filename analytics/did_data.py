@@ -16,18 +16,24 @@ Registry default (`village models did` without --csv, `GET /api/v1/models/did`):
   statistics and a year of statistics before it, or no control county), `PanelTooShort` says what
   it has instead of estimating anything.
 
-Demo (`--demo`, `source=demo`): the illustrative county panel of analytics/demo_data.py (synthesised,
-anchored on RESEARCH.md's Liaoning figures) with each county's planted roll-out year as treatment:
-first treated in the first full year after the roll-out midpoint (floor(tau) + 1).
+Demo panels (`--demo villages|counties`, `source=demo`), both synthesised and marked illustrative:
+- `villages` (`data/demo_did_villages.csv`, written by `python -m analytics.did_data`): 48 villages of
+  the demo county, 2016-2025, cohorts 2019, 2021 and 2023 and never treated, planted effects on rice
+  yield that differ by cohort and grow with exposure, and selection on irrigated land;
+- `counties`: the county statistics of analytics/demo_data.py with each county's planted roll-out
+  year as treatment (first full year after the roll-out midpoint, floor(tau) + 1). Every county is
+  treated by 2022 and the roll-outs are gradual and overlap, so it shows little.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pandas as pd
 from sqlmodel import Session, select
 
@@ -175,8 +181,8 @@ def did_from_registry(
     return result
 
 
-def demo_panel(outcome: str = DEFAULT_OUTCOME, controls: Sequence[str] = ()) -> pd.DataFrame:
-    """The demo statistics (no database) with each county's planted roll-out as its first-treated year."""
+def county_demo_panel(outcome: str = DEFAULT_OUTCOME, controls: Sequence[str] = ()) -> pd.DataFrame:
+    """The demo county statistics (no database) with each county's planted roll-out as its first-treated year."""
     from analytics import statistics_io
     from analytics.demo_data import COUNTIES
 
@@ -187,19 +193,71 @@ def demo_panel(outcome: str = DEFAULT_OUTCOME, controls: Sequence[str] = ()) -> 
     return data
 
 
+# ---------------------------------------------------------------- the village demo panel
+
+DEMO_VILLAGES_FILE = Path(__file__).with_name("data") / "demo_did_villages.csv"
+DEMO_VILLAGE_OUTCOME = "rice_yield_kg_mu"
+DEMO_VILLAGE_COHORTS = {2019: (15.0, 8.0), 2021: (10.0, 5.0), 2023: (6.0, 3.0)}  # g: (effect at e=0, per year)
+DEMO_VILLAGE_RULE = (
+    "illustrative: synthesised village panel (analytics/did_data.py, seed 2026); planted effects on rice yield "
+    "tau(g, t) = a_g + b_g (t - g) kg/mu with (a, b) = (15, 8) for 2019, (10, 5) for 2021, (6, 3) for 2023; "
+    "villages with more irrigated land adopt earlier and trend up faster (control for irrigated_share)"
+)
+
+
+def simulate_villages(seed: int = 2026) -> pd.DataFrame:
+    """48 villages of the demo county, 2016-2025: 12 per cohort (first full year with monitoring devices 2019,
+    2021, 2023) and 12 never treated. Yield trends up faster where more land is irrigated, and those villages
+    adopt earlier, so the unconditional comparison is biased and the doubly robust one is not."""
+    rng = np.random.default_rng(seed)
+    years = np.arange(2016, 2026)
+    weather = rng.normal(0, 10, len(years))
+    rows = []
+    groups = [2019, 2021, 2023, 0]
+    for k, g in enumerate(groups):
+        for j in range(12):
+            code = f"211122{101 + k:03d}{201 + j:03d}"
+            share = float(np.clip(rng.normal(0.68 - 0.06 * k, 0.12), 0.2, 0.98))
+            level = 520 + rng.normal(0, 25)
+            for i, t in enumerate(years):
+                effect = 0.0
+                if g and t >= g:
+                    a, b = DEMO_VILLAGE_COHORTS[g]
+                    effect = a + b * (t - g)
+                y = level + weather[i] + (4 + 12 * share) * (t - 2016) + effect + rng.normal(0, 6)
+                rows.append((code, int(t), g, round(float(y), 1), round(share, 3)))
+    return pd.DataFrame(rows, columns=["village_code", "year", FIRST_TREATED, DEMO_VILLAGE_OUTCOME, "irrigated_share"])
+
+
+def write_demo_villages(path: Path = DEMO_VILLAGES_FILE) -> Path:
+    simulate_villages().to_csv(path, index=False, lineterminator="\n")
+    return path
+
+
 def did_demo(
     *,
-    outcome: str = DEFAULT_OUTCOME,
+    panel: str = "villages",
+    outcome: str | None = None,
     controls: Sequence[str] = (),
-    control_group: ControlGroup = "notyet",
+    control_group: ControlGroup = "never",
     reps: int = 999,
     seed: int | None = 0,
     alpha: float = 0.05,
 ) -> DidResult:
-    """The DID on the illustrative demo panel (every demo county is treated by 2022: not-yet-treated controls)."""
+    """The DID on a demo panel: `villages` (the synthesised village panel with planted effects) or `counties`
+    (the demo county statistics with their planted roll-out years; every county is treated by 2022, so only
+    not-yet-treated controls exist)."""
+    if panel == "villages":
+        data = pd.read_csv(DEMO_VILLAGES_FILE, dtype={"village_code": str})
+        unit, outcome, rule = "village_code", outcome or DEMO_VILLAGE_OUTCOME, DEMO_VILLAGE_RULE
+    elif panel == "counties":
+        outcome = outcome or DEFAULT_OUTCOME
+        data, unit, rule = county_demo_panel(outcome, controls), "county_code", DEMO_RULE
+    else:
+        raise ValueError(f"demo panel {panel!r}: use villages or counties")
     result = callaway_santanna(
-        demo_panel(outcome, controls),
-        unit="county_code",
+        data,
+        unit=unit,
         time="year",
         first_treated=FIRST_TREATED,
         outcome=outcome,
@@ -209,5 +267,9 @@ def did_demo(
         seed=seed,
         alpha=alpha,
     )
-    result.source = {"source": "demo", "unit": "county", "treatment": DEMO_RULE}
+    result.source = {"source": "demo", "panel": panel, "unit": unit.removesuffix("_code"), "treatment": rule}
     return result
+
+
+if __name__ == "__main__":
+    print(write_demo_villages())

@@ -433,15 +433,18 @@ def did_cmd(
     seed: int = typer.Option(0, help="Seed of the bootstrap draws (stored in the output)."),
     alpha: float = typer.Option(0.05, help="Level of the intervals and the uniform band."),
     county: str | None = typer.Option(None, "--county", help="Registry: only this county's villages."),
-    demo: bool = typer.Option(False, "--demo", help="The illustrative demo panel with its planted roll-out years."),
+    demo: str | None = typer.Option(
+        None, "--demo", help="An illustrative demo panel: villages (planted effects) or counties (demo statistics)."
+    ),
     chart: Path | None = typer.Option(None, "--chart", help="Write the event-study chart as FILE.png and FILE.svg."),
     as_json: bool = JsonOption,
 ) -> None:
     """Staggered difference-in-differences (Callaway and Sant'Anna 2021) with the two-way FE estimate beside it.
 
     Without --csv: counties first treated in the first full year with monitoring devices in any of
-    their villages (registry), outcome from the county statistics; the command says so when the
-    registry cannot give a panel long enough.
+    their villages (registry), outcome from the county statistics (default rri); the command says so
+    when the registry cannot give a panel long enough. --demo villages: a synthesised village panel
+    with planted effects (analytics/data/demo_did_villages.csv).
     """
     import pandas as pd
 
@@ -474,7 +477,8 @@ def did_cmd(
             result.source = {"source": "csv", "file": str(csv)}
         elif demo:
             result = did_data.did_demo(
-                outcome=outcome or did_data.DEFAULT_OUTCOME,
+                panel=demo,
+                outcome=outcome,
                 controls=ctrl,
                 control_group=group,
                 reps=reps,

@@ -121,17 +121,24 @@ def test_did_from_the_registry_equals_the_analytics_function(client: TestClient)
     assert again["overall"] == body["overall"]  # same seed, same errors
 
 
-def test_did_demo_source_and_bad_parameters(client: TestClient) -> None:
+def test_did_demo_sources_and_bad_parameters(client: TestClient) -> None:
     auth = token(client, "analyst")
     r = client.get(
+        "/api/v1/models/did", params={"source": "demo", "controls": "irrigated_share", "reps": 49}, headers=auth
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["source"]["source"] == "demo" and body["estimator"] == "dr" and body["outcome"] == "rice_yield_kg_mu"
+    assert body["twfe"]["weights"]["negative_cells"] > 0
+    r = client.get(
         "/api/v1/models/did",
-        params={"source": "demo", "control_group": "notyet", "reps": 19, "outcome": "dvi"},
+        params={"source": "demo-counties", "control_group": "notyet", "reps": 19, "outcome": "dvi"},
         headers=auth,
     )
     assert r.status_code == 200, r.text
-    assert r.json()["source"]["source"] == "demo" and r.json()["control_group"] == "notyet"
+    assert r.json()["source"]["panel"] == "counties" and r.json()["control_group"] == "notyet"
     p = is_problem(
-        client.get("/api/v1/models/did", params={"source": "demo"}, headers=auth), 422, "did-panel-too-short"
+        client.get("/api/v1/models/did", params={"source": "demo-counties"}, headers=auth), 422, "did-panel-too-short"
     )
     assert "not-yet-treated" in p["detail"]
     is_problem(client.get("/api/v1/models/did", params={"control_group": "later"}, headers=auth), 422)

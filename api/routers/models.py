@@ -142,10 +142,10 @@ def did(
     request: Request,
     session: SessionDep,
     _actor: ActorDep,
-    outcome: Var = "rri",
+    outcome: Annotated[str | None, Query(min_length=1, max_length=60, pattern=r"^[a-z][a-z0-9_]*$")] = None,
     controls: Vars = "",
     control_group: Annotated[str, Query(pattern=r"^(never|notyet)$")] = "never",
-    source: Annotated[str, Query(pattern=r"^(registry|demo)$")] = "registry",
+    source: Annotated[str, Query(pattern=r"^(registry|demo|demo-counties)$")] = "registry",
     county: Annotated[str | None, Query(pattern=r"^[0-9]{6}$")] = None,
     reps: Annotated[int, Query(ge=0, le=2000)] = 499,
     seed: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
@@ -153,8 +153,9 @@ def did(
     """ATT(g,t), simple/dynamic/group/calendar aggregations with multiplier-bootstrap errors (seed stored) and the
     event study's uniform band; the TWFE coefficient with its negative weights. `source=registry`: counties first
     treated in the first full year with monitoring devices in any village, outcome from the statistics (a 422
-    `did-panel-too-short` says what the registry has when that is not enough); `source=demo`: the illustrative
-    demo panel with its planted roll-out years."""
+    `did-panel-too-short` says what the registry has when that is not enough; outcome default rri);
+    `source=demo`: the illustrative village panel with planted effects (outcome rice_yield_kg_mu, covariate
+    irrigated_share); `demo-counties`: the demo county statistics with their planted roll-out years."""
     from analytics import did_data
     from analytics.did import ControlGroup, PanelTooShort
 
@@ -163,10 +164,20 @@ def did(
 
     def run() -> Any:
         try:
-            if source == "demo":
-                return did_data.did_demo(outcome=outcome, controls=ctrl, control_group=group, reps=reps, seed=seed)
+            if source.startswith("demo"):
+                panel = "counties" if source == "demo-counties" else "villages"
+                return did_data.did_demo(
+                    panel=panel, outcome=outcome, controls=ctrl, control_group=group, reps=reps, seed=seed
+                )
             return did_data.did_from_registry(
-                session, outcome=outcome, controls=ctrl, control_group=group, county=county, reps=reps, seed=seed, tz=tz
+                session,
+                outcome=outcome or did_data.DEFAULT_OUTCOME,
+                controls=ctrl,
+                control_group=group,
+                county=county,
+                reps=reps,
+                seed=seed,
+                tz=tz,
             )
         except PanelTooShort as e:
             raise Problem(422, "did-panel-too-short", str(e)) from None
