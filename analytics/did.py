@@ -42,7 +42,7 @@ cohorts (the first have no pre-period and are dropped, the second are not-yet-tr
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -420,7 +420,7 @@ class DidResult(Result):
             ["", "", "", ""],
             [[*info[i], *info[i + 1]] for i in range(0, len(info), 2)],
             title="Staggered difference-in-differences (Callaway and Sant'Anna 2021)",
-            notes=[*p.notes, *self.skipped, *self.convention_lines()],
+            notes=[*self.source_lines(), *p.notes, *self.skipped, *self.convention_lines()],
         )
         lvl = self._level()
         gt_rows = [
@@ -497,6 +497,16 @@ class DidResult(Result):
             notes=[self.warning(), STAR_NOTE],
         )
         return [head, gt, dyn, agg, twfe]
+
+    def source_lines(self) -> list[str]:
+        src = self.source
+        if not src:
+            return []
+        lines = [f"data: {src.get('source')}" + (f" ({src['treatment']})" if "treatment" in src else "")]
+        if "county_first_treated" in src:
+            firsts = ", ".join(f"{c}: {g or 'never'}" for c, g in src["county_first_treated"].items())
+            lines.append(f"first full year with monitoring devices by county: {firsts}")
+        return lines
 
     def convention_lines(self) -> list[str]:
         return [
@@ -595,7 +605,7 @@ class _Cell:
 
 
 def _cells(
-    panel: DidPanel, control_group: ControlGroup, X_of: Any
+    panel: DidPanel, control_group: ControlGroup, X_of: Callable[[np.ndarray, int], np.ndarray]
 ) -> tuple[list[_Cell], list[float], np.ndarray, list[str]]:
     n, T = panel.y.shape
     index = {int(p): i for i, p in enumerate(panel.periods)}
@@ -880,7 +890,7 @@ def callaway_santanna(
         diff = R @ theta_g
         chi2 = float(diff @ np.linalg.pinv(R @ cov @ R.T) @ diff)
         df = len(i_grp) - 1
-        heterogeneity = {"chi2": chi2, "df": df, "p": float(stats.chi2.sf(chi2, df))}
+        heterogeneity = {"chi2": chi2, "df": df, "p": float(stats.chi2.sf(chi2, df))}  # Wald, analytic covariance
 
     twfe, twfe_event, ref, weights, twfe_notes = _twfe(panel)
     return DidResult(
