@@ -414,7 +414,13 @@ def hausman_cmd(
     print_result(_run(lambda: hausman(data, y, xs, ctrl)), as_json)
 
 
-@models_app.command("did")
+@models_app.command(
+    "did",
+    help="Staggered difference-in-differences (Callaway and Sant'Anna 2021) with the two-way FE estimate beside it. "
+    "Without --csv: counties first treated in the first full year with monitoring devices in any of their villages "
+    "(registry), outcome from the county statistics; it says so when the registry cannot give a panel long enough. "
+    "--demo villages: a synthesised village panel with planted effects.",
+)
 def did_cmd(
     csv: Path | None = typer.Option(
         None, "--csv", help="A long panel CSV (one row per unit and period); without it: the registry and statistics."
@@ -425,7 +431,7 @@ def did_cmd(
         "first_treated", "--first-treated", help="CSV: first treated period; 0 or blank for never treated."
     ),
     outcome: str | None = typer.Option(
-        None, "--outcome", help="CSV: the outcome column; registry or demo: a model variable (default rri)."
+        None, "--outcome", help="CSV: the outcome column; registry: a model variable (default rri); demo: a column."
     ),
     controls: str = typer.Option("", "--controls", help="Covariates, comma-separated (doubly robust estimator)."),
     control_group: str = typer.Option("never", "--control-group", help="never or notyet (not-yet-treated)."),
@@ -439,13 +445,7 @@ def did_cmd(
     chart: Path | None = typer.Option(None, "--chart", help="Write the event-study chart as FILE.png and FILE.svg."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Staggered difference-in-differences (Callaway and Sant'Anna 2021) with the two-way FE estimate beside it.
-
-    Without --csv: counties first treated in the first full year with monitoring devices in any of
-    their villages (registry), outcome from the county statistics (default rri); the command says so
-    when the registry cannot give a panel long enough. --demo villages: a synthesised village panel
-    with planted effects (analytics/data/demo_did_villages.csv).
-    """
+    """Staggered difference-in-differences (Callaway and Sant'Anna 2021) with the two-way FE estimate beside it."""
     import pandas as pd
 
     from analytics import did_data
