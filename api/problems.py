@@ -63,6 +63,7 @@ TITLES = {
     "not-found": "Not found",
     "conflict": "Already exists",
     "dependency-unavailable": "A service this needs is unavailable",
+    "did-panel-too-short": "The data cannot give a difference-in-differences panel",
 }
 
 

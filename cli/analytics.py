@@ -412,3 +412,105 @@ def hausman_cmd(
     xs, ctrl = _split(x), _split(controls)
     data = _variables(load_wide(csv, years, counties), [y, *xs, *ctrl])
     print_result(_run(lambda: hausman(data, y, xs, ctrl)), as_json)
+
+
+@models_app.command(
+    "did",
+    help="Staggered difference-in-differences (Callaway and Sant'Anna 2021) with the two-way FE estimate beside it. "
+    "Without --csv: counties first treated in the first full year with monitoring devices in any of their villages "
+    "(registry), outcome from the county statistics; it says so when the registry cannot give a panel long enough. "
+    "--demo villages: a synthesised village panel with planted effects.",
+)
+def did_cmd(
+    csv: Path | None = typer.Option(
+        None, "--csv", help="A long panel CSV (one row per unit and period); without it: the registry and statistics."
+    ),
+    unit: str = typer.Option("unit", "--unit", help="CSV: the unit column."),
+    time: str = typer.Option("year", "--time", help="CSV: the period column (whole numbers)."),
+    first_treated: str = typer.Option(
+        "first_treated", "--first-treated", help="CSV: first treated period; 0 or blank for never treated."
+    ),
+    outcome: str | None = typer.Option(
+        None, "--outcome", help="CSV: the outcome column; registry: a model variable (default rri); demo: a column."
+    ),
+    controls: str = typer.Option("", "--controls", help="Covariates, comma-separated (doubly robust estimator)."),
+    control_group: str = typer.Option("never", "--control-group", help="never or notyet (not-yet-treated)."),
+    reps: int = typer.Option(999, min=0, help="Multiplier-bootstrap draws (0: analytic standard errors)."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap draws (stored in the output)."),
+    alpha: float = typer.Option(0.05, help="Level of the intervals and the uniform band."),
+    county: str | None = typer.Option(None, "--county", help="Registry: only this county's villages."),
+    demo: str | None = typer.Option(
+        None, "--demo", help="An illustrative demo panel: villages (planted effects) or counties (demo statistics)."
+    ),
+    chart: Path | None = typer.Option(None, "--chart", help="Write the event-study chart as FILE.png and FILE.svg."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Staggered difference-in-differences (Callaway and Sant'Anna 2021) with the two-way FE estimate beside it."""
+    import pandas as pd
+
+    from analytics import did_data
+    from analytics.did import DidInputError, PanelTooShort, callaway_santanna
+
+    if control_group not in ("never", "notyet"):
+        fail(f"--control-group {control_group!r}: use never or notyet", 2)
+    ctrl = _split(controls)
+    group: Any = control_group
+    try:
+        if csv is not None:
+            if not csv.is_file():
+                fail(f"{csv}: no such file", 2)
+            if not outcome:
+                fail("--outcome COL is needed with --csv", 2)
+            data = pd.read_csv(csv, dtype={unit: str}, skipinitialspace=True)
+            result = callaway_santanna(
+                data,
+                unit=unit,
+                time=time,
+                first_treated=first_treated,
+                outcome=outcome,
+                controls=ctrl,
+                control_group=group,
+                reps=reps,
+                seed=seed,
+                alpha=alpha,
+            )
+            result.source = {"source": "csv", "file": str(csv)}
+        elif demo:
+            result = did_data.did_demo(
+                panel=demo,
+                outcome=outcome,
+                controls=ctrl,
+                control_group=group,
+                reps=reps,
+                seed=seed,
+                alpha=alpha,
+            )
+        else:
+            from sqlmodel import Session
+
+            from core.settings import get_settings
+
+            with Session(registry_engine()) as session:
+                result = did_data.did_from_registry(
+                    session,
+                    outcome=outcome or did_data.DEFAULT_OUTCOME,
+                    controls=ctrl,
+                    control_group=group,
+                    county=county,
+                    reps=reps,
+                    seed=seed,
+                    alpha=alpha,
+                    tz=get_settings().county_timezone,
+                )
+    except PanelTooShort as e:
+        fail(str(e))
+    except KeyError as e:
+        fail(str(e.args[0]) if e.args else str(e), 2)
+    except (DidInputError, ValueError) as e:
+        fail(str(e))
+    print_result(result, as_json)
+    if chart is not None:
+        from analytics.did_chart import event_study_chart
+
+        for path in event_study_chart(result, chart):
+            err_console.print(f"wrote {path}", highlight=False)

@@ -5,10 +5,10 @@ with its tables (`tables`) and a text rendering like the statistics packages pri
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import pandas as pd
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from sqlmodel import Session
 
 from api.deps import ActorDep, SessionDep
@@ -131,3 +131,57 @@ def threshold(
     xs, ctrl = _split(x), _split(controls)
     data = _variables(_wide(session), [y, *xs, q, *ctrl])
     return _answer(lambda: panel_threshold(data, y, xs, q, ctrl, reps=reps, grid=grid, double=double, seed=seed))
+
+
+@router.get(
+    "/did",
+    summary="Staggered difference-in-differences (Callaway and Sant'Anna 2021) beside two-way fixed effects",
+    responses=READ,
+)
+def did(
+    request: Request,
+    session: SessionDep,
+    _actor: ActorDep,
+    outcome: Annotated[str | None, Query(min_length=1, max_length=60, pattern=r"^[a-z][a-z0-9_]*$")] = None,
+    controls: Vars = "",
+    control_group: Annotated[str, Query(pattern=r"^(never|notyet)$")] = "never",
+    source: Annotated[str, Query(pattern=r"^(registry|demo|demo-counties)$")] = "registry",
+    county: Annotated[str | None, Query(pattern=r"^[0-9]{6}$")] = None,
+    reps: Annotated[int, Query(ge=0, le=2000)] = 499,
+    seed: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
+) -> dict[str, Any]:
+    """ATT(g,t), simple/dynamic/group/calendar aggregations with multiplier-bootstrap errors (seed stored) and the
+    event study's uniform band; the TWFE coefficient with its negative weights. `source=registry`: counties first
+    treated in the first full year with monitoring devices in any village, outcome from the statistics (a 422
+    `did-panel-too-short` says what the registry has when that is not enough; outcome default rri);
+    `source=demo`: the illustrative village panel with planted effects (outcome rice_yield_kg_mu, covariate
+    irrigated_share); `demo-counties`: the demo county statistics with their planted roll-out years."""
+    from analytics import did_data
+    from analytics.did import ControlGroup, PanelTooShort
+
+    ctrl, group = _split(controls), cast(ControlGroup, control_group)
+    tz = request.app.state.settings.county_timezone
+
+    def run() -> Any:
+        try:
+            if source.startswith("demo"):
+                panel = "counties" if source == "demo-counties" else "villages"
+                return did_data.did_demo(
+                    panel=panel, outcome=outcome, controls=ctrl, control_group=group, reps=reps, seed=seed
+                )
+            return did_data.did_from_registry(
+                session,
+                outcome=outcome or did_data.DEFAULT_OUTCOME,
+                controls=ctrl,
+                control_group=group,
+                county=county,
+                reps=reps,
+                seed=seed,
+                tz=tz,
+            )
+        except PanelTooShort as e:
+            raise Problem(422, "did-panel-too-short", str(e)) from None
+
+    out = _answer(run)
+    out["source"].pop("villages", None)  # per-village device counts stay behind the registry's own scopes
+    return out
