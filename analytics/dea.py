@@ -187,7 +187,7 @@ def envelopment(x: np.ndarray, y: np.ndarray, rts: Rts = "vrs", *, ranges: bool 
         lambdas[o] = r2.x[:n]
         s_in[o] = r2.x[n : n + m]
         s_out[o] = r2.x[n + m :]
-        if ranges and -r2.fun > RANGE_TOL * max(1.0, float(np.abs(b_eq2).max())):
+        if ranges and -r2.fun > RANGE_TOL * max(1.0, float(np.abs(b_eq2).max())) and _may_have_ties(r2):
             spread = _slack_ranges(c2, a_eq2, b_eq2, -float(r2.fun), n, m, s)
             scale = np.maximum(np.abs(x).max(axis=0), 1.0)
             if np.any(spread[:, 1] - spread[:, 0] > RANGE_TOL * scale):
@@ -197,6 +197,14 @@ def envelopment(x: np.ndarray, y: np.ndarray, rts: Rts = "vrs", *, ranges: bool 
     s_in[s_in <= DUST * x.max(axis=0)] = 0.0
     s_out[s_out <= DUST * np.maximum(y.max(axis=0), 1.0)] = 0.0
     return out
+
+
+def _may_have_ties(res: Any) -> bool:
+    """False when the LP optimum is certainly unique: every variable at zero has a positive reduced cost
+    (HiGHS' `lower.marginals`), so none can enter the basis without losing. True also for a degenerate basis."""
+    at_zero = res.x <= 1e-9
+    flat = np.abs(res.lower.marginals) <= 1e-9
+    return bool(np.any(at_zero & flat))
 
 
 def _slack_ranges(
@@ -322,14 +330,15 @@ class DEAStage:
         return rows
 
 
-def run_dea(inputs: pd.DataFrame, outputs: pd.DataFrame, *, slack_rts: Rts = "vrs") -> DEAStage:
-    """CRS and VRS input-oriented DEA of the units (rows) of `inputs` and `outputs`."""
+def run_dea(inputs: pd.DataFrame, outputs: pd.DataFrame, *, slack_rts: Rts = "vrs", ranges: bool = True) -> DEAStage:
+    """CRS and VRS input-oriented DEA of the units (rows) of `inputs` and `outputs`; `ranges`: check
+    the slack model's max-slack solutions for ties (2 LPs per input and unit with slack)."""
     if not inputs.index.equals(outputs.index):
         raise ValueError("inputs and outputs must have the same units")
     x = inputs.to_numpy(dtype=float)
     y = outputs.to_numpy(dtype=float)
-    crs = envelopment(x, y, "crs", ranges=slack_rts == "crs")
-    vrs = envelopment(x, y, "vrs", ranges=slack_rts == "vrs")
+    crs = envelopment(x, y, "crs", ranges=ranges and slack_rts == "crs")
+    vrs = envelopment(x, y, "vrs", ranges=ranges and slack_rts == "vrs")
     return DEAStage(inputs, outputs, crs, vrs, slack_rts)
 
 
@@ -634,7 +643,7 @@ def three_stage_dea(
         adjusted[i] = x[i] + (f.zbeta.max() - f.zbeta) + (f.v_hat.max() - f.v_hat)
     if n < 10 * (k + 3):
         notes.append(f"Stage 2 estimates {k + 3} parameters from {n} units per frontier: read its tests with care.")
-    stage3 = run_dea(adjusted, y, slack_rts=rts)
+    stage3 = run_dea(adjusted, y, slack_rts=rts, ranges=False)  # stage-3 slacks feed nothing
     return ThreeStageDEA(
         stage1,
         environment,
@@ -659,6 +668,7 @@ def county_dea(
     outputs: Sequence[str] = DEFAULT_OUTPUTS,
     environment: Sequence[str] = DEFAULT_ENV,
     rts: Rts = "vrs",
+    orientation: str = "input",
     names: Mapping[str, str] | None = None,
 ) -> ThreeStageDEA:
     """The three-stage DEA of the counties in one year of the statistics (`statistics_io.to_wide`).
@@ -696,6 +706,7 @@ def county_dea(
         outputs,
         environment,
         rts=rts,
+        orientation=orientation,
         names=names,
         specification=spec,
     )
