@@ -421,7 +421,7 @@ class ThreeStageDEA(Result):
         return Table(headers, rows, title="Stage 1: DEA on the observed inputs", notes=notes)
 
     def _stage2_table(self) -> Table:
-        cols = self.inputs
+        cols = [i for i in self.inputs if i in self.frontiers]
         variables = ["const", *self.environment]
         rows: list[list[Any]] = []
         for var in variables:
@@ -600,11 +600,11 @@ def three_stage_dea(
     dupes = sorted({v for v in names_used if names_used.count(v) > 1})
     if dupes:
         raise ValueError(f"variable(s) used twice: {', '.join(dupes)}")
-    frame = data
+    frame = data.copy()
     if unit is not None:
         if unit not in data.columns:
             raise KeyError(f"unknown unit column {unit!r}")
-        frame = data.set_index(unit)
+        frame = frame.set_index(unit)
     missing = [v for v in names_used if v not in frame.columns]
     if missing:
         raise KeyError(f"unknown variable(s): {', '.join(missing)}")
@@ -629,8 +629,11 @@ def three_stage_dea(
         )
     if not environment:
         notes.append("No environmental variables: stages 2 and 3 are not computed.")
+    elif n <= k + 3:
+        notes.append(f"Stage 2 has {k + 3} parameters per frontier and there are {n} units: stages 2 and 3 skipped.")
+    if not environment or n <= k + 3:
         return ThreeStageDEA(
-            stage1, [], {}, None, None, orientation, dict(names or {}), dict(specification or {}), notes
+            stage1, environment, {}, None, None, orientation, dict(names or {}), dict(specification or {}), notes
         )
 
     slacks = stage1.total_slacks()
@@ -638,6 +641,12 @@ def three_stage_dea(
     frontiers: dict[str, FrontierResult] = {}
     adjusted = x.copy()
     for i in inputs:
+        spread = float(slacks[i].max() - slacks[i].min())
+        if spread <= DUST * max(float(x[i].abs().max()), 1.0):
+            notes.append(
+                f"{i}: every unit has the same total slack ({slacks[i].iloc[0]:g}): no frontier, not adjusted."
+            )
+            continue
         f = cost_frontier(slacks[i].rename(f"slack_{i}"), z)
         frontiers[i] = f
         adjusted[i] = x[i] + (f.zbeta.max() - f.zbeta) + (f.v_hat.max() - f.v_hat)

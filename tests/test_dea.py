@@ -305,6 +305,24 @@ def test_three_stage_json_follows_the_conventions() -> None:
     assert only.stage3 is None and only.to_dict()["stage3"] == [] and "stages 2 and 3" in only.notes[-1]
 
 
+def test_three_stage_skips_what_cannot_be_estimated() -> None:
+    # five units cannot carry a frontier with two environmental variables (five parameters)
+    eg1 = pd.DataFrame(
+        {"y": [1.0, 2, 3, 1, 2], "x1": [2.0, 2, 6, 3, 6], "x2": [5.0, 4, 6, 2, 2], "z1": [1.0, 2, 3, 4, 5]},
+        index=list("12345"),
+    )
+    eg1["z2"] = eg1["z1"] ** 2
+    r = three_stage_dea(eg1, ["x1", "x2"], ["y"], ["z1", "z2"])
+    assert r.stage3 is None and not r.frontiers and "skipped" in r.notes[-1] and "z1, z2" in str(r)
+    # an input nobody wastes has no slack to explain: it is not adjusted, the other one is
+    data, _, _ = _planted(n=40, seed=3)
+    data["w"] = 5 * data["y"]  # every unit uses exactly 5 per unit of output
+    r = three_stage_dea(data, ["x", "w"], ["y"], ["z1", "z2"])
+    assert set(r.frontiers) == {"x"} and (r.adjusted["w"] == data["w"]).all()
+    assert any(n.startswith("w: every unit has the same total slack") for n in r.notes)
+    assert set(r.to_dict()["stage2"]) == {"x"}
+
+
 def test_county_dea_on_the_demo_panel() -> None:
     wide = to_wide(read_statistics_frame(DEMO_FILE))
     r = county_dea(wide)
