@@ -188,7 +188,7 @@ def envelopment(x: np.ndarray, y: np.ndarray, rts: Rts = "vrs", *, ranges: bool 
         s_in[o] = r2.x[n : n + m]
         s_out[o] = r2.x[n + m :]
         if ranges and -r2.fun > RANGE_TOL * max(1.0, float(np.abs(b_eq2).max())) and _may_have_ties(r2):
-            spread = _slack_ranges(c2, a_eq2, b_eq2, -float(r2.fun), n, m, s)
+            spread = _slack_ranges(a_eq2, b_eq2, -float(r2.fun), n, m, s)
             scale = np.maximum(np.abs(x).max(axis=0), 1.0)
             if np.any(spread[:, 1] - spread[:, 0] > RANGE_TOL * scale):
                 out.slack_ranges[o] = spread
@@ -207,9 +207,7 @@ def _may_have_ties(res: Any) -> bool:
     return bool(np.any(at_zero & flat))
 
 
-def _slack_ranges(
-    c2: np.ndarray, a_eq: np.ndarray, b_eq: np.ndarray, best: float, n: int, m: int, s: int
-) -> np.ndarray:
+def _slack_ranges(a_eq: np.ndarray, b_eq: np.ndarray, best: float, n: int, m: int, s: int) -> np.ndarray:
     """Min and max of each input slack over the max-slack solutions of one unit."""
     total = np.concatenate([np.zeros(n), np.ones(m + s)])[None, :]
     a_ub = -total
@@ -616,6 +614,14 @@ def three_stage_dea(
     if len(bad):
         where = "; ".join(f"{u}: {', '.join(bad.columns[bad.loc[u].isna()])}" for u in bad.index[:5])
         raise ValueError(f"missing or non-numeric values ({where})")
+    for kind, cols in (("input", inputs), ("output", outputs)):
+        part = values[cols]
+        negative = part[(part < 0).any(axis=1)]
+        if len(negative):
+            raise ValueError(f"negative {kind}s (units {', '.join(negative.index[:5])}): DEA needs values >= 0")
+        empty = part.index[part.sum(axis=1) <= 0]
+        if len(empty):
+            raise ValueError(f"units without a positive {kind}: {', '.join(empty[:5])}")
 
     x, y = values[inputs], values[outputs]
     stage1 = run_dea(x, y, slack_rts=rts)

@@ -306,8 +306,10 @@ def cost_frontier(
     if np.linalg.matrix_rank(xv) < k:
         raise ValueError(f"stochastic frontier of {y.name}: the environmental variables are collinear or constant")
 
+    sy = float(np.std(yv))
+    if sy == 0:
+        raise ValueError(f"stochastic frontier of {y.name}: the dependent variable does not vary")
     # standardise: y / sy, z -> (z - mean) / sd, so one tolerance fits any units
-    sy = float(np.std(yv)) or 1.0
     zm = xv[:, 1:].mean(axis=0)
     zs = xv[:, 1:].std(axis=0)
     xs = np.column_stack([np.ones(n), (xv[:, 1:] - zm) / zs]) if k > 1 else xv
@@ -391,7 +393,8 @@ def cost_frontier(
     a[k, k] = sy * sy
     params = a @ params_std
     missing = ~np.isfinite(cov_std)
-    cov = a @ np.where(missing, 0.0, cov_std) @ a.T  # a is block-diagonal: NaN blocks stay apart
+    # a is block-diagonal (beta | sigma2 | gamma), so the NaN blocks stay apart
+    cov = a @ np.where(missing, 0.0, cov_std) @ a.T
     cov[missing] = np.nan
     loglik = loglik_std + shift
     loglik_ols = ll_ols_std + shift

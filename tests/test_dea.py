@@ -175,6 +175,10 @@ def test_dea_refuses_unusable_data() -> None:
     data = pd.DataFrame({"u": ["a", "b", "c"], "x": [1.0, 2, None], "y": [1.0, 2, 3]})
     with pytest.raises(ValueError, match="c: x"):
         three_stage_dea(data, ["x"], ["y"], unit="u")
+    with pytest.raises(ValueError, match="units without a positive output: b"):
+        three_stage_dea(data.assign(y=[1.0, 0, 3], x=[1.0, 2, 3]), ["x"], ["y"], unit="u")
+    with pytest.raises(ValueError, match="negative inputs \\(units a\\)"):
+        three_stage_dea(data.assign(x=[-1.0, 2, 3]), ["x"], ["y"], unit="u")
     with pytest.raises(KeyError, match="nope"):
         three_stage_dea(data, ["x"], ["nope"], unit="u")
     with pytest.raises(ValueError, match="only input orientation"):
