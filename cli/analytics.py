@@ -50,7 +50,7 @@ def print_result(result: Result, as_json: bool = False) -> None:
     for table in result.tables():
         console.print(rich_table(table))
         for note in table.notes:  # below the table, not as a caption squeezed to its width
-            console.print(note, highlight=False, soft_wrap=True)
+            console.print(note, highlight=False, soft_wrap=True, markup=False)  # notes are text: [x] is no markup
         console.print()
 
 
@@ -514,3 +514,68 @@ def did_cmd(
 
         for path in event_study_chart(result, chart):
             err_console.print(f"wrote {path}", highlight=False)
+
+
+@models_app.command("dea")
+def dea_cmd(
+    inputs: str | None = typer.Option(
+        None, "--inputs", help="Inputs, comma-separated (county default: labour, optical cable)."
+    ),
+    outputs: str | None = typer.Option(
+        None, "--outputs", help="Outputs, comma-separated (county default: output value, online sales)."
+    ),
+    env: str | None = typer.Option(None, "--env", help="Environmental variables for stage 2 ('' for stage 1 only)."),
+    unit: str | None = typer.Option(None, "--unit", help="With --csv: the column naming the units (one row each)."),
+    orientation: str = typer.Option("input", help="Only input orientation (stage 3 adjusts inputs)."),
+    rts: str = typer.Option(
+        "vrs", help="The model whose slacks go to stage 2: vrs (BCC) or crs; both scores are shown."
+    ),
+    year: int | None = typer.Option(None, help="County data: this year (default: the latest complete one)."),
+    counties: str | None = CountiesOption,
+    csv: Path | None = typer.Option(
+        None, "--csv", help="With --unit: any CSV, one row per unit; without: a statistics CSV."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Three-stage DEA (Fried et al. 2002): DEA, stochastic frontiers of the slacks, DEA on adjusted inputs."""
+    from analytics import dea
+
+    if rts not in ("crs", "vrs"):
+        fail(f"--rts {rts!r}: use vrs or crs", 2)
+    if orientation != "input":
+        fail(f"--orientation {orientation!r}: only input orientation is implemented (stage 3 adjusts inputs)", 2)
+    if unit is not None:
+        import pandas as pd
+
+        if csv is None or not csv.is_file():
+            fail("--unit needs --csv FILE with one row per unit", 2)
+        if not inputs or not outputs:
+            fail("--unit needs --inputs and --outputs (columns of the CSV)", 2)
+        data = _run(lambda: pd.read_csv(csv, dtype={unit: str}, encoding="utf-8-sig"))
+        result = _run(
+            lambda: dea.three_stage_dea(
+                data,
+                _split(inputs),
+                _split(outputs),
+                _split(env),
+                unit=unit,
+                rts=rts,  # type: ignore[arg-type]
+                specification={"units": f"rows of {csv.name}", "source": str(csv)},
+            )
+        )
+    else:
+        from analytics.statistics_io import county_names
+
+        wide = load_wide(csv, None, counties)
+        result = _run(
+            lambda: dea.county_dea(
+                wide,
+                year=year,
+                inputs=_split(inputs) if inputs is not None else dea.DEFAULT_INPUTS,
+                outputs=_split(outputs) if outputs is not None else dea.DEFAULT_OUTPUTS,
+                environment=_split(env) if env is not None else dea.DEFAULT_ENV,
+                rts=rts,  # type: ignore[arg-type]
+                names=county_names(),
+            )
+        )
+    print_result(result, as_json)

@@ -58,3 +58,44 @@ def test_unknown_variable_is_a_422_problem(client: TestClient) -> None:
     auth = token(client, "analyst")
     p = is_problem(client.get("/api/v1/models/fe", params={"y": "no_such_var"}, headers=auth), 422)
     assert "no_such_var" in p["detail"]
+
+
+def test_dea_equals_the_analytics_function(client: TestClient) -> None:
+    import inspect
+
+    from analytics import dea
+    from analytics.statistics_io import county_names
+    from api.routers import models
+
+    auth = token(client, "analyst")
+    r = client.get("/api/v1/models/dea", headers=auth)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    with Session(client.app.state.engine) as session:  # type: ignore[attr-defined]
+        wide = statistics_io.to_wide(statistics_io.load_statistics(session))
+        direct = dea.county_dea(wide, names=county_names(session)).to_dict()
+    assert {k: v for k, v in body.items() if k != "summary"} == direct
+    assert len(body["stage1"]) == 14 and body["specification"]["year"] == 2024
+    row = body["stage1"][0]
+    assert {"unit", "crs", "vrs", "scale", "rts", "slacks"} <= set(row)
+    assert set(row["slacks"]) == set(dea.DEFAULT_INPUTS) and set(body["stage2"]) == set(dea.DEFAULT_INPUTS)
+    assert {"beta", "sigma2", "gamma", "loglik", "lr"} <= set(body["stage2"]["employment_primary"])
+    assert len(body["stage3"]) == 14 and "Stage 1 and stage 3 side by side" in body["summary"]
+    # the endpoint's defaults are the module's default specification
+    params = inspect.signature(models.dea).parameters
+    assert params["inputs"].default == ",".join(dea.DEFAULT_INPUTS)
+    assert params["outputs"].default == ",".join(dea.DEFAULT_OUTPUTS)
+    assert params["env"].default == ",".join(dea.DEFAULT_ENV)
+
+
+def test_dea_options_and_bad_input(client: TestClient) -> None:
+    auth = token(client, "county")
+    r = client.get("/api/v1/models/dea", params={"year": 2020, "env": "", "rts": "crs"}, headers=auth)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["rts"] == "crs" and body["stage2"] == {} and body["stage3"] == []
+    p = is_problem(client.get("/api/v1/models/dea", params={"inputs": "no_such_var"}, headers=auth), 422)
+    assert "no_such_var" in p["detail"]
+    is_problem(client.get("/api/v1/models/dea", params={"orientation": "output"}, headers=auth), 422)
+    is_problem(client.get("/api/v1/models/dea", params={"year": 2001}, headers=auth), 422)
+    is_problem(client.get("/api/v1/models/dea"), 401)

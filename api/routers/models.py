@@ -185,3 +185,38 @@ def did(
     out = _answer(run)
     out["source"].pop("villages", None)  # per-village device counts stay behind the registry's own scopes
     return out
+
+
+@router.get(
+    "/dea", summary="Three-stage DEA: DEA, stochastic frontiers of the slacks, DEA on adjusted inputs", responses=READ
+)
+def dea(
+    session: SessionDep,
+    _actor: ActorDep,
+    inputs: Vars = "employment_primary,optical_cable_length",
+    outputs: Vars = "gross_output_agri,farm_ecommerce_sales",
+    env: Vars = "gdp_per_capita,fiscal_agri_support,rural_ageing_rate",
+    year: Year = None,
+    rts: Annotated[str, Query(pattern=r"^(vrs|crs)$")] = "vrs",
+    orientation: Annotated[str, Query(pattern=r"^input$")] = "input",
+) -> dict[str, Any]:
+    """The counties of one year (default: the latest complete one); `summary` is the text of the
+    statsmodels Summary the CLI prints."""
+    from analytics.dea import county_dea
+    from analytics.statistics_io import county_names
+
+    wide = _wide(session)
+    try:
+        result = county_dea(
+            wide,
+            year=year,
+            inputs=_split(inputs),
+            outputs=_split(outputs),
+            environment=_split(env),
+            rts=rts,  # type: ignore[arg-type]
+            orientation=orientation,
+            names=county_names(session),
+        )
+    except (KeyError, ValueError) as e:
+        raise Problem(422, "model-input", str(e.args[0]) if e.args else str(e)) from None
+    return {**result.to_dict(), "summary": str(result.summary())}
