@@ -295,6 +295,8 @@ def refused_lines(body: str, lines: list[str]) -> dict[int, str]:
             positions.setdefault(line, []).append(i)
         for segment in text.split(_UNABLE)[1:]:
             line, sep, reason = segment.rpartition("': ")
+            if line not in positions:  # an unclosed quote swallowed the lines after it: refuse its own
+                line = line.split("\n", 1)[0]
             for i in positions.get(line, []) if sep else []:
                 refused[i] = f"unable to parse: {_DROPPED.sub('', reason).strip()}"
     conflict = _CONFLICT.search(text)
