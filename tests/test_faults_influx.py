@@ -16,7 +16,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from core.influx import InfluxV1, refused_lines
+from core.influx import InfluxV1
 from core.localstack import LocalStack
 from core.services import InfluxD, free_port, influxd
 from core.settings import get_settings
@@ -170,6 +170,8 @@ def test_fault_influx_unparsable_lines_are_named_by_influxdb_not_bisected(tmp_pa
 
 def test_fault_influx_answers_of_2x_and_3_name_their_lines() -> None:
     """Bodies as InfluxDB 2.x (422 partial write), 3 Core (`data` with line numbers) and IOx send them."""
+    from core.influx import refused_lines
+
     lines = ["soil,d=a soil_moisture=1 1", "paddy,d=b water_level_cm=2 1", "soil,d=c soil_moisture=3i 1"]
     v2 = (
         '{"code":"unprocessable entity","message":"failure writing points to database: partial write: field type '
