@@ -273,7 +273,8 @@ bind-address = "{host}:{rpc_port}"
 [http]
   bind-address = "{host}:{port}"
   log-enabled = false
-  max-body-size = 0
+  auth-enabled = {auth}
+  max-body-size = {max_body}
 [logging]
   level = "warn"
 [continuous_queries]
@@ -299,13 +300,27 @@ class InfluxD(Service):
         raise ServiceError("InfluxDB /ping did not answer 204")
 
 
-def influxd(workdir: Path, port: int | None = None, host: str = "127.0.0.1") -> InfluxD:
-    """An InfluxDB 1.x server (Debian's `influxdb` package) with its data in `workdir` (not started)."""
+def influxd(
+    workdir: Path, port: int | None = None, host: str = "127.0.0.1", auth: bool = False, max_body_bytes: int = 0
+) -> InfluxD:
+    """An InfluxDB 1.x server (Debian's `influxdb` package) with its data in `workdir` (not started).
+
+    `auth` turns authentication on (create the first admin user before anything else); a
+    `max_body_bytes` above 0 makes /write answer 413 to larger requests (both for fault tests)."""
     binary = find_binary("influxd")
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
     conf = workdir / "influxdb.conf"
-    conf.write_text(INFLUXD_CONF.format(host=host, port=port, rpc_port=free_port(host), dir=workdir.resolve()))
+    conf.write_text(
+        INFLUXD_CONF.format(
+            host=host,
+            port=port,
+            rpc_port=free_port(host),
+            dir=workdir.resolve(),
+            auth="true" if auth else "false",
+            max_body=max_body_bytes,
+        )
+    )
     return InfluxD("influxd", [binary, "run", "-config", str(conf)], workdir, host, port, workdir / "influxd.log")
 
 

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     ingest_mqtt_client: Literal["auto", "stock"] = Field(default="auto", alias="INGEST_MQTT_CLIENT")
     # Dead-letter rows of their own per message; further rejections are counted per reason.
     ingest_deadletter_rows_per_message: int = Field(default=20, ge=1, alias="INGEST_DEADLETTER_ROWS_PER_MESSAGE")
+    # Longest wait between tries of a failing InfluxDB (the wait doubles from 1 s; Retry-After wins).
+    ingest_retry_max_s: float = Field(default=30.0, ge=1.0, alias="INGEST_RETRY_MAX_S")
     spool_dir: Path | None = Field(default=None, alias="SPOOL_DIR")
     spool_max_bytes: int = Field(default=512 * 1024 * 1024, alias="SPOOL_MAX_BYTES")
 

@@ -9,6 +9,12 @@ that has no row of its own: those that pass now are written with it (readings of
 stored the first time are written again unchanged, which InfluxDB keeps once), and the row counts
 as stored when none of them fails again for its reason. A payload_too_large message kept only a
 prefix of itself and cannot be replayed.
+
+Lines InfluxDB refused (`influx_rejected`, topic `influx`) keep their line protocol: they are
+written again as they are, after the fix InfluxDB's reason called for (a measurement dropped
+after a field type conflict, say). Every replayed line is routed like ingest routes it (readings
+of a sealed day go to the retention policy `late`), and a line InfluxDB refuses again by name
+leaves its row rejected with InfluxDB's reason.
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from core.catalogue import Catalogue
-from core.influx import InfluxV1
+from core.influx import LATE_RP, InfluxV1
 from core.models import DeadLetter, DeadLetterPayload
 from ingest.enrich import DeviceDirectory
+from ingest.late import Seals, route
 from ingest.payload import Parsed, Reading, Validator, device_from_topic
-from ingest.pipeline import to_line
+from ingest.pipeline import INFLUX_TOPIC, to_line
 
 
 @dataclass
@@ -82,7 +89,9 @@ def replay(
         messages: dict[object, list[DeadLetter]] = defaultdict(list)
         for row in session.exec(query):
             messages[row.payload_id if row.payload_id is not None else ("row", row.id)].append(row)
-        lines: list[str] = []
+        lines: dict[str, int] = {}  # each line to write once, with its position
+        covers: dict[int | None, list[int]] = {}  # a row's lines: it is stored only if InfluxDB takes them
+        results: dict[int | None, str] = {}
         now = datetime.now(UTC)
         for rows in messages.values():
             first = rows[0]
@@ -90,13 +99,21 @@ def replay(
             device_id = device_from_topic(first.topic)
             info = directory.get(device_id) if device_id else None
             if payload is None:
-                results = dict.fromkeys((r.id for r in rows), "rejected: the message's payload was not kept")
+                results.update(dict.fromkeys((r.id for r in rows), "rejected: the message's payload was not kept"))
+            elif first.topic == INFLUX_TOPIC:  # line protocol InfluxDB refused: written again as it is
+                kept = payload.payload.decode().split("\n")
+                listed = set(session.exec(select(DeadLetter.index).where(DeadLetter.payload_id == payload.id)))
+                for row in rows:
+                    covers[row.id] = [lines.setdefault(kept[i], len(lines)) for i in _influx_indices(row, kept, listed)]
+                    results[row.id] = "stored"
             elif payload.truncated:
-                kept = f"only the first {len(payload.payload)} of its {payload.size} bytes were kept"
-                results = dict.fromkeys((r.id for r in rows), f"rejected: payload_too_large: {kept}")
+                kept_bytes = f"only the first {len(payload.payload)} of its {payload.size} bytes were kept"
+                results.update(dict.fromkeys((r.id for r in rows), f"rejected: payload_too_large: {kept_bytes}"))
             elif info is not None and not info.active:
-                results = dict.fromkeys(
-                    (r.id for r in rows), f"rejected: device_not_active: device {info.id!r} is {info.status}"
+                results.update(
+                    dict.fromkeys(
+                        (r.id for r in rows), f"rejected: device_not_active: device {info.id!r} is {info.status}"
+                    )
                 )
             else:
                 kind = info.kind if info is not None and info.kind in catalogue.kinds else None
@@ -104,23 +121,57 @@ def replay(
                 received = first.received_at if first.received_at.tzinfo else first.received_at.replace(tzinfo=UTC)
                 parsed = validator.parse(first.topic, payload.payload, kind, int(received.timestamp() * 1000))
                 listed = set(session.exec(select(DeadLetter.index).where(DeadLetter.payload_id == payload.id)))
-                results = {}
                 for row in rows:
                     readings, result = _replay_row(row, parsed, listed)
                     if info is not None:  # an unknown device's message fails as a whole (unknown_device)
-                        lines += [to_line(r, info.tags) for r in readings]
+                        covers[row.id] = [lines.setdefault(to_line(r, info.tags), len(lines)) for r in readings]
                     results[row.id] = result
+        # raises when InfluxDB is away or refuses the batch as a whole: nothing is marked then
+        refused = _write_routed(engine, influx, list(lines))
+        for rows in messages.values():
             for row in rows:
+                result = results[row.id]
+                again = next((refused[i] for i in covers.get(row.id, []) if i in refused), None)
+                if result == "stored" and again is not None:
+                    result = f"rejected: influx_rejected: {again}"
                 row.replayed_at = now
-                row.replay_result = results[row.id]
+                row.replay_result = result
                 report.examined += 1
-                report.stored += row.replay_result == "stored"
-                report.still_rejected += row.replay_result != "stored"
+                report.stored += result == "stored"
+                report.still_rejected += result != "stored"
                 session.add(row)
-        if lines:  # two rows counting further readings of one message name some of them twice
-            influx.write("\n".join(dict.fromkeys(lines)))  # raises when InfluxDB is away: nothing is marked then
         session.commit()
     return report
+
+
+def _influx_indices(row: DeadLetter, kept: list[str], listed: set[int | None]) -> list[int]:
+    """The lines of a refused-lines message a row stands for (a row with `more`: also the later
+    lines without a row of their own; a row without an index: all of them)."""
+    if row.index is None:
+        return list(range(len(kept)))
+    later = [i for i in range(row.index + 1, len(kept)) if i not in listed] if row.more else []
+    return [i for i in [row.index, *later] if i < len(kept)]
+
+
+def _write_routed(engine: Engine, influx: InfluxV1, lines: list[str]) -> dict[int, str]:
+    """Write lines as ingest would (late readings to `late`); the ones InfluxDB refused by name."""
+    if not lines:
+        return {}
+    seals, horizon = Seals(engine, ttl=0).current()
+    on_time: list[tuple[int, str]] = []
+    late: list[tuple[int, str]] = []
+    for i, line in enumerate(lines):
+        now, after = route([line], seals, horizon)
+        (on_time if now else late).append((i, (now or after)[0]))
+    refused: dict[int, str] = {}
+    for part, rp in ((on_time, None), (late, LATE_RP)):
+        if not part:
+            continue
+        if rp is not None:
+            influx.ensure_retention_policy(rp)
+        named = influx.write_lines([line for _, line in part], rp=rp)
+        refused.update((part[i][0], reason) for i, reason in named.items())
+    return refused
 
 
 def _replay_row(row: DeadLetter, parsed: Parsed, listed: set[int | None]) -> tuple[list[Reading], str]:

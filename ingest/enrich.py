@@ -5,6 +5,10 @@ change (a revocation) is seen within that time without a restart. A device missi
 the cache is looked up once on its own, so a newly registered device is picked up at
 once; an id that is still unknown is remembered briefly, so a flood of readings from an
 unknown device does not become a flood of queries.
+
+While the registry database is unreachable, the last loaded table keeps serving (a revocation
+waits for it, as it waits for the TTL); a device that is not in it raises `RegistryUnavailable`,
+and the pipeline holds that batch, unacknowledged, until the registry answers.
 """
 
 from __future__ import annotations
@@ -14,8 +18,17 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
+from core.log import get_logger
 from core.models import DeviceStatus
+
+log = get_logger("ingest")
+
+
+class RegistryUnavailable(RuntimeError):
+    """The registry database could not be read, and the cached device table cannot answer."""
+
 
 _QUERY = """
 SELECT d.id, d.kind, d.status,
@@ -83,14 +96,23 @@ class DeviceDirectory:
     def get(self, device_id: str) -> DeviceInfo | None:
         now = time.monotonic()
         if now - self._loaded_at > self.ttl:
-            self.refresh()
+            try:
+                self.refresh()
+            except SQLAlchemyError as e:
+                if not self._loaded_at:
+                    raise RegistryUnavailable(f"cannot read the device table: {type(e).__name__}: {e}") from e
+                self._loaded_at = now - self.ttl + min(self.ttl, self.negative_ttl)  # try again soon
+                log.warning("registry unreachable; using the device table loaded earlier", error=str(e)[:300])
         info = self._devices.get(device_id)
         if info is not None:
             return info
         if now - self._unknown.get(device_id, -1e9) < self.negative_ttl:
             return None
-        with self.engine.connect() as conn:
-            row = conn.execute(text(_QUERY + " WHERE d.id = :id"), {"id": device_id}).first()
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(text(_QUERY + " WHERE d.id = :id"), {"id": device_id}).first()
+        except SQLAlchemyError as e:
+            raise RegistryUnavailable(f"cannot look up device {device_id!r}: {type(e).__name__}: {e}") from e
         with self._lock:
             if row is None:
                 self._unknown[device_id] = now

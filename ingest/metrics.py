@@ -58,7 +58,13 @@ class IngestMetrics:
         )
         self.gaps = Counter("village_ingest_seq_gaps", "readings missing by sequence number (estimate)", registry=r)
         self.ts_missing = Counter("village_ingest_ts_missing", "readings without ts, stamped on receipt", registry=r)
-        self.influx_errors = Counter("village_ingest_influx_errors", "failed InfluxDB writes", registry=r)
+        self.influx_errors = Counter(
+            "village_ingest_influx_errors",
+            "failed InfluxDB writes by status: the HTTP status, timeout, connection, or refused_lines "
+            "(a 400/422 naming lines, which are dead-lettered)",
+            ["status"],
+            registry=r,
+        )
         self.subscribed = Gauge("village_ingest_subscribed", "1 while subscribed to the device topics", registry=r)
         self.spool_batches = Gauge("village_ingest_spool_batches", "batches waiting in the spool", registry=r)
         self.queue_depth = Gauge("village_ingest_queue_depth", "messages received but not yet stored", registry=r)

@@ -31,7 +31,7 @@ from prometheus_client import start_http_server
 from core.broker_auth import TELEMETRY_FILTER, ingest_account
 from core.catalogue import get_catalogue
 from core.db import get_engine
-from core.influx import InfluxV1
+from core.influx import InfluxError, InfluxV1
 from core.log import get_logger
 from core.settings import Settings
 from ingest.enrich import DeviceDirectory
@@ -72,6 +72,7 @@ class IngestService:
             metrics=self.metrics,
             stop=self.stop_event,
             deadletter_rows=settings.ingest_deadletter_rows_per_message,
+            retry_max_s=settings.ingest_retry_max_s,
         )
         self.metrics.spool_batches.set(len(self.spool))
         self.client = self._make_client()
@@ -103,12 +104,19 @@ class IngestService:
 
     def _on_subscribe(self, _c: mqtt.Client, _u: object, _mid: int, codes: list, _p: object) -> None:
         if any(c.is_failure for c in codes):
-            log.error("subscription refused", reasons=[str(c) for c in codes])
+            log.error("subscription refused", client_id=self.client_id, reasons=[str(c) for c in codes])
             return
         granted = [c.value for c in codes]  # MQTT 3.1.1: the code is the QoS granted
         if min(granted) < 1:
             log.error("subscription granted QoS 0: the broker will not redeliver unstored readings", granted=granted)
         self.metrics.subscribed.set(1)
+        # operators and scripts wait for this line: from now on the replica receives readings
+        log.info(
+            "subscription granted",
+            client_id=self.client_id,
+            topic=f"$share/{self.settings.mqtt_share_group}/{TELEMETRY_FILTER}",
+            qos=granted,
+        )
 
     def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, rc: object, _p: object) -> None:
         self.connected.clear()
@@ -179,7 +187,10 @@ class IngestService:
                 self.pipeline.drain_spool()  # replay while idle
 
     def start(self) -> None:
-        self.influx.ensure_database()
+        try:
+            self.influx.ensure_database()
+        except InfluxError as e:  # InfluxDB away at start: readings wait in the spool until it returns
+            log.warning(self.influx.what_to_fix(e), error=str(e)[:300])
         self._thread = threading.Thread(target=self._run, name=f"ingest-{self.replica}", daemon=True)
         self._thread.start()
         scheme = "mqtts" if self.settings.mqtt_tls else "mqtt"
