@@ -212,7 +212,7 @@ class LoadGenerator:
     def _fail(self, pub: Publisher, why: str) -> None:
         if pub.state == "failed":
             return
-        pub.state, pub.error = "failed", why
+        pub.state, pub.error = "failed", f"{pub.error}, then {why}" if pub.error else why
         if pub.sock in self.sel.get_map():
             self.sel.unregister(pub.sock)
         pub.sock.close()
