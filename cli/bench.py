@@ -21,7 +21,9 @@ def ingest(
         0.8, min=0, help="Paced latency run at this share of the single-reading peak just measured (0: skip it)."
     ),
     rate: float = typer.Option(0, min=0, help="Pace the latency run at this many messages/s instead of --pace."),
-    sentinel_every: int = typer.Option(50, min=1, help="One message in this many of the paced run is a sentinel."),
+    sentinel_devices: int = typer.Option(
+        4, min=1, help="Devices of the paced run whose every reading is a sentinel (4 of 200: 2 % of the messages)."
+    ),
     poll_ms: int = typer.Option(50, min=5, help="Milliseconds between the sentinel poller's InfluxDB queries."),
 ) -> None:
     """Publish readings through mosquitto as fast as it takes them, then paced; count what InfluxDB stored."""
@@ -40,7 +42,7 @@ def ingest(
                 per_message=per_message,
                 replicas=replicas,
                 rate=paced,
-                sentinel_every=sentinel_every,
+                sentinel_devices=sentinel_devices,
                 poll_interval=poll_ms / 1000,
             )
         runs.append(r)

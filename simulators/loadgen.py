@@ -16,9 +16,11 @@ the broker, ingest and InfluxDB it measures (README "Benchmark").
 Each device sends at most `max_inflight` unacknowledged messages (or the broker's Receive
 Maximum, if smaller), like `mosquitto_pub -M`. Messages go round-robin over the devices, either
 as fast as the broker takes them or paced at a fixed rate. A reading's `ts` is the wall time it
-was made (milliseconds, unique per device). In a paced run every `sentinel_every`-th message
-carries a sentinel: a fixed marker value in one metric (`SENTINELS`), reported to `on_sentinel`
-with the time it was due, so a poller can time when it becomes queryable in InfluxDB.
+was made (milliseconds, unique per device). In a paced run a few devices spread over the list
+(`sentinel_indices`) send sentinels: each of their readings carries a fixed marker value in one
+metric (`SENTINELS`) and is reported to `on_sentinel` with the time it was due, so that a poller
+can time when it becomes queryable in InfluxDB. Sentinels come from a few devices rather than
+from every Nth message because a query of InfluxDB 1.x costs per series it touches.
 """
 
 from __future__ import annotations
@@ -376,6 +378,13 @@ class LoadGenerator:
         return into
 
 
+def sentinel_indices(devices: int, count: int) -> set[int]:
+    """`count` device indices spread evenly over `devices`, alternating even and odd (the bench's kinds)."""
+    if count >= devices:
+        return set(range(devices))
+    return {min(devices - 1, i * devices // count + i % 2) for i in range(count)}
+
+
 def publish_load(
     devices: list[tuple[str, str, str]],
     host: str,
@@ -384,7 +393,7 @@ def publish_load(
     per_message: int = 1,
     max_inflight: int = 100,
     rate: float | None = None,
-    sentinel_every: int = 0,
+    sentinel_devices: int = 0,
     on_sentinel: SentinelHook | None = None,
     topic: str = TELEMETRY_TOPIC,
     ack_timeout: float = 300.0,
@@ -392,8 +401,8 @@ def publish_load(
     """Publish `readings` readings from `devices` [(id, secret, kind)], `per_message` per payload.
 
     Without `rate` as fast as the broker takes them; with it, paced at `rate` messages per second
-    (message i is due `i / rate` s after the first). With `sentinel_every` (paced, single readings),
-    that share of the messages are sentinels, spread over all devices, reported to `on_sentinel`.
+    (message i is due `i / rate` s after the first). With `sentinel_devices` (single readings), the
+    readings of that many devices (`sentinel_indices`) are sentinels, reported to `on_sentinel`.
     Returns when every message is acknowledged or its publisher failed.
     """
     cpu0 = time.thread_time()
@@ -407,7 +416,7 @@ def publish_load(
     start = result.started = time.perf_counter()
     result.started_wall = time.time()
     wall_offset = result.started_wall - start
-    sentinels = sentinel_every > 0 and per_message == 1 and on_sentinel is not None
+    sentinels = sentinel_indices(n, sentinel_devices) if per_message == 1 and on_sentinel else set()
     behind = 0.0
     i = 0
     while result.readings < readings and any(p.state == "ready" for p in pubs):
@@ -434,7 +443,7 @@ def publish_load(
             last_ts[d] = ts
             seqs[d] += 1
             batch.append({"ts": ts, "seq": seqs[d], "values": values[d](i)})
-        if sentinels and (i // n) % sentinel_every == d % sentinel_every:
+        if d in sentinels:
             metric, marker = SENTINELS[pub.kind]
             batch[0]["values"] = {**batch[0]["values"], metric: marker}
             # timed from when it was due, or written if that is later (up to one tick early)

@@ -17,7 +17,7 @@ from core.broker_auth import TELEMETRY_TOPIC
 from core.db import get_engine
 from core.localstack import LocalStack
 from core.models import Device
-from simulators.loadgen import _receive_maximum, connect_packet, publish_load
+from simulators.loadgen import _receive_maximum, connect_packet, publish_load, sentinel_indices
 
 
 def test_bench_ingest_counts_every_reading_and_reports_its_figures() -> None:
@@ -33,10 +33,10 @@ def test_bench_ingest_counts_every_reading_and_reports_its_figures() -> None:
 
 
 def test_bench_ingest_paced_run_times_sentinels_found_in_influxdb() -> None:
-    figures = run(readings=2000, devices=8, replicas=1, timeout=120, rate=500, sentinel_every=10)
+    figures = run(readings=2000, devices=8, replicas=1, timeout=120, rate=500, sentinel_devices=2)
     assert figures["paced_messages_per_s"] == 500 and 400 <= figures["published_per_s"] <= 520
     assert figures["stored"] == figures["acked"] == 2000 and figures["lost"] == 0
-    assert figures["sentinels"] == 200 and figures["sentinels_missing"] == 0  # every device sent its share
+    assert figures["sentinels"] == 500 and figures["sentinels_missing"] == 0  # 2 devices of 8: every reading
     # device to queryable: at least ingest's batch wait, well under the poller's give-up time
     assert 0 < figures["latency_ms_p50"] <= figures["latency_ms_p99"] <= figures["latency_ms_max"] < 10_000
     assert figures["polls"] > 0 and figures["poller_cpu_s"] > 0 and 0 < figures["poller_cores"] < 0.5
@@ -75,6 +75,7 @@ def test_load_generator_reads_the_brokers_receive_maximum() -> None:
     props = bytes([0x22, 0, 10]) + bytes([0x26, 0, 1]) + b"k" + bytes([0, 1]) + b"v" + bytes([0x21, 0, 20])
     assert _receive_maximum(props) == 20 and _receive_maximum(b"") is None
     assert connect_packet("d", "d", "s")[:1] == b"\x10"
+    assert sentinel_indices(200, 4) == {0, 51, 100, 151} and sentinel_indices(3, 5) == {0, 1, 2}
 
 
 def test_bench_cli_prints_one_json_line_last(tmp_path: Path) -> None:
@@ -95,8 +96,8 @@ def test_bench_cli_prints_one_json_line_last(tmp_path: Path) -> None:
             "5",
             "--rate",
             "250",
-            "--sentinel-every",
-            "5",
+            "--sentinel-devices",
+            "1",
         ],
         capture_output=True,
         text=True,
@@ -111,7 +112,7 @@ def test_bench_cli_prints_one_json_line_last(tmp_path: Path) -> None:
         ("single", 250),
     ]
     assert all(r["lost"] == 0 and r["stored"] == 500 and r["acked_readings"] == 500 for r in last["runs"])
-    assert last["runs"][2]["sentinels"] == 100 and last["runs"][2]["latency_ms_p99"] > 0
+    assert last["runs"][2]["sentinels"] == 125 and last["runs"][2]["latency_ms_p99"] > 0
     assert last["targets"]["zero_lost"] is True and set(last["targets"]) == {
         "zero_lost",
         "single_stored_per_s_at_least_10000",
