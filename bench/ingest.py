@@ -13,7 +13,9 @@ code), and waits until InfluxDB holds them all. Figures of a run:
 - stored_per_s: readings stored / seconds from the first publish to the last reading stored;
 - paced runs: device-to-queryable latency p50/p99 of sentinel readings (`SentinelPoller`), from
   the moment a sentinel was due at its device to the first answer of InfluxDB that holds it;
-- cpu_s: CPU seconds of each part over the run (from /proc), and cores_used = their sum / seconds.
+- cpu_s: CPU seconds of each part over the run (from /proc), and cores_used = their sum / seconds;
+- stages: where a reading's time goes: ingest's batch age limit, the replicas' mean publish-to-stored
+  lag, InfluxDB's write requests (count, points per write, mean duration), queries and GC pauses.
 """
 
 from __future__ import annotations
@@ -200,6 +202,40 @@ def _stored(client: InfluxV1) -> int:
     return sum(client.count(kind, next(iter(SAMPLE_VALUES[kind](0)))) for kind in KINDS)
 
 
+def _stage_snapshot(stack: LocalStack, ports: list[int]) -> dict[str, float]:
+    """Counters that say where a reading's time goes: InfluxDB's write requests (its /debug/vars) and
+    the replicas' publish-to-stored lag (sum and count of their histogram: a mean, no quantiles)."""
+    assert stack.influxd
+    out = {"lag_sum": 0.0, "lag_count": 0.0}
+    for port in ports:
+        for line in _METRICS.get(f"http://127.0.0.1:{port}/metrics").text.splitlines():
+            if line.startswith("village_ingest_store_lag_seconds_sum"):
+                out["lag_sum"] += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("village_ingest_store_lag_seconds_count"):
+                out["lag_count"] += float(line.rsplit(" ", 1)[1])
+    stats = _METRICS.get(f"{stack.influxd.url}/debug/vars").json()
+    httpd = next(v["values"] for k, v in stats.items() if k.startswith("httpd"))
+    for key in ("writeReq", "writeReqDurationNs", "pointsWrittenOK", "queryReq", "queryReqDurationNs"):
+        out[key] = float(httpd[key])
+    out["gc_pause_ns"] = float(stats["memstats"]["PauseTotalNs"])
+    return out
+
+
+def _stages(before: dict[str, float], after: dict[str, float], batch_ms: int) -> dict[str, Any]:
+    d = {k: after[k] - before[k] for k in before}
+    writes, queries = d["writeReq"] or 1, d["queryReq"] or 1
+    return {
+        "ingest_batch_ms": batch_ms,  # INGEST_BATCH_MS: a batch is written once its first message is this old
+        "ingest_lag_ms_mean": round(d["lag_sum"] / d["lag_count"] * 1000, 1) if d["lag_count"] else None,
+        "influx_writes": int(d["writeReq"]),
+        "influx_points_per_write": round(d["pointsWrittenOK"] / writes),
+        "influx_write_ms_mean": round(d["writeReqDurationNs"] / writes / 1e6, 1),
+        "influx_queries": int(d["queryReq"]),
+        "influx_query_ms_mean": round(d["queryReqDurationNs"] / queries / 1e6, 1),
+        "influx_gc_pause_ms": round(d["gc_pause_ns"] / 1e6, 1),
+    }
+
+
 def _cpu_snapshot(stack: LocalStack) -> dict[str, float]:
     assert stack.mosquitto and stack.mosquitto.proc and stack.influxd and stack.influxd.proc
     return {
@@ -244,7 +280,7 @@ def run(
             if rate and sentinel_devices and per_message == 1:
                 poller = SentinelPoller(stack.influxd.url, stack.influx_db, interval=poll_interval)
                 poller.start()
-            cpu0 = _cpu_snapshot(stack)
+            cpu0, stages0 = _cpu_snapshot(stack), _stage_snapshot(stack, ports)
             load = publish_load(
                 creds,
                 stack.mosquitto.host,
@@ -265,7 +301,7 @@ def run(
                 time.sleep(0.05)
                 done_at = scrape_done(ports)
             elapsed = time.perf_counter() - t0
-            cpu1 = _cpu_snapshot(stack)
+            cpu1, stages1 = _cpu_snapshot(stack), _stage_snapshot(stack, ports)
             stored = _stored(influx)  # the figure itself is counted in InfluxDB
             while stored < expected and time.monotonic() < deadline:  # should not happen: then time it
                 time.sleep(0.2)
@@ -276,6 +312,7 @@ def run(
             stored -= baseline
             cpu = {part: round(cpu1[part] - cpu0[part], 2) for part in cpu0}
             figures = _figures(load, stored, rejected, elapsed, per_message, rate, devices, replicas, cpu)
+            figures["stages"] = _stages(stages0, stages1, stack.settings().ingest_batch_ms)
             if poller:
                 poller.finish.set()
                 poller.join(poller.give_up_s + 30)

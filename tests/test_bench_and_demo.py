@@ -40,6 +40,8 @@ def test_bench_ingest_paced_run_times_sentinels_found_in_influxdb() -> None:
     # device to queryable: at least ingest's batch wait, well under the poller's give-up time
     assert 0 < figures["latency_ms_p50"] <= figures["latency_ms_p99"] <= figures["latency_ms_max"] < 10_000
     assert figures["polls"] > 0 and figures["poller_cpu_s"] > 0 and 0 < figures["poller_cores"] < 0.5
+    stages = figures["stages"]  # where the time goes, from InfluxDB's and the replicas' own counters
+    assert stages["influx_writes"] > 0 and stages["influx_points_per_write"] > 0 and stages["ingest_lag_ms_mean"] > 0
 
 
 def test_load_generator_counts_reason_codes_and_names_failed_publishers(stack: LocalStack) -> None:
