@@ -121,6 +121,7 @@ class SentinelPoller(threading.Thread):
         self.expected = 0
         self.missing = 0
         self.latencies: list[float] = []
+        self.timeline: list[tuple[float, float]] = []  # (due, latency) of each sentinel seen
         self.queries: list[str] = []
         self.query_s = 0.0
         self.cpu_s = 0.0
@@ -157,6 +158,7 @@ class SentinelPoller(threading.Thread):
                     hit = self._pending.pop((row[dev], row[t]), None)
                     if hit is not None:
                         self.latencies.append(seen_at - hit[1])
+                        self.timeline.append((hit[1], seen_at - hit[1]))
 
     def run(self) -> None:
         cpu0 = time.thread_time()
@@ -381,6 +383,7 @@ def _latency(poller: SentinelPoller, influx_cpu_per_query: float, elapsed: float
         "latency_ms_p50": ms(0.5),
         "latency_ms_p99": ms(0.99),
         "latency_ms_max": round(max(lat) * 1000, 1) if lat and not missing else None,
+        "latency_ms_p99_per_tenth": _per_tenth(poller.timeline),
         "poll_ms": round(poller.interval * 1000),
         "polls": polls,
         "poll_query_ms_mean": round(poller.query_s / polls * 1000, 1) if polls else None,
@@ -388,6 +391,17 @@ def _latency(poller: SentinelPoller, influx_cpu_per_query: float, elapsed: float
         "poller_influx_cpu_s": round(influx_cpu, 2),
         "poller_cores": round((poller.cpu_s + influx_cpu) / elapsed, 3),
     }
+
+
+def _per_tenth(timeline: list[tuple[float, float]]) -> list[float | None]:
+    """p99 of the sentinels due in each tenth of the run: flat if the stack kept up, rising if it fell behind."""
+    if not timeline:
+        return []
+    first, last = min(t for t, _ in timeline), max(t for t, _ in timeline)
+    slices: list[list[float]] = [[] for _ in range(10)]
+    for due, latency in timeline:
+        slices[min(9, int((due - first) / ((last - first) or 1) * 10))].append(latency)
+    return [None if (v := percentile(x, 0.99)) is None else round(v * 1000) for x in slices]
 
 
 def _wait_ready(stack: LocalStack, influx: InfluxV1, cred: tuple[str, str, str], timeout: float = 60) -> None:
