@@ -26,6 +26,12 @@ class TtlCache:
             return None
         return entry[1]
 
+    def entry(self, key: Any) -> tuple[Any, float] | None:
+        """(value, seconds it stays fresh) if present and fresh, else None."""
+        entry = self._data.get(key)
+        left = entry[0] - time.monotonic() if entry is not None else 0.0
+        return (entry[1], left) if entry is not None and left >= 0 else None
+
     def get_any(self, key: Any) -> tuple[Any | None, bool]:
         """(value or None, fresh?): a stale value is still returned, for stale-while-revalidate."""
         entry = self._data.get(key)
