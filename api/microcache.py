@@ -4,9 +4,10 @@ A scanned bag is looked up again and again; its answer changes at most every API
 So the complete 200 answer (status, headers, body) of `GET /api/v1/trace/{code}`, `/t/{code}` and
 `/01/{gtin}/10/{lot}` without a query string is kept per worker, keyed by path and, for pages, by
 the language Accept-Language selects, and replayed without routing, validation or rendering.
-Like a shared HTTP cache it keeps an answer no longer than its `Cache-Control: max-age` (which
-the routes set to what is left of the verification it shows), not at all with `no-store`, and
-replays it with an `Age` header, so that a browser's copy expires with ours.
+Like a shared HTTP cache it keeps an answer no longer than its `Cache-Control: s-maxage` (else
+`max-age`), which the routes set from the verification it shows (api/services/tracing.py
+`Freshness`), not at all with `no-store`, and replays it with an `Age` header, so that a
+browser's copy expires with the verification.
 Only canonical paths (the stored code, a 14-digit GTIN) are kept: api/canonical.py redirects the
 other spellings of a code before they get here, so a client cannot fill the cache with spellings.
 Anything else (a query string, a linkset request, an error, another path) goes to the routes.
@@ -30,6 +31,7 @@ Send = Callable[[Any], Awaitable[None]]
 
 JSON_PREFIX = "/api/v1/trace/"
 MAX_AGE = re.compile(rb"(?:^|[,\s])max-age=(\d+)")
+S_MAXAGE = re.compile(rb"(?:^|[,\s])s-maxage=(\d+)")
 
 
 def _header(scope: Scope, name: bytes) -> str:
@@ -64,12 +66,12 @@ def cache_key(scope: Scope) -> tuple[str, ...] | None:
 
 
 def keep_for(headers: list[tuple[bytes, bytes]], default: float) -> float:
-    """Seconds an answer with these headers may be kept: 0 with no-store, at most its max-age."""
+    """Seconds an answer with these headers may be kept: 0 with no-store, at most its s-maxage (else max-age)."""
     for k, v in headers:
         if k.lower() == b"cache-control":
             if b"no-store" in v or b"private" in v:
                 return 0.0
-            if m := MAX_AGE.search(v):
+            if m := S_MAXAGE.search(v) or MAX_AGE.search(v):
                 return min(default, float(m.group(1)))
     return default
 

@@ -106,9 +106,9 @@ def render_page(request: Request, lang: str):  # type: ignore[no-untyped-def]
 
 async def _page(request: Request, trace: TraceService, code: str, link_header: str) -> Response:
     lang = language(request)
-    body, seconds_left = await run_in_threadpool(trace.page, code, lang, render_page(request, lang))
+    body, freshness = await run_in_threadpool(trace.page, code, lang, render_page(request, lang))
     # kept no longer than its badge is valid; "checking": the page reloads itself and nobody keeps it
-    cache_control = verification_cache_control(seconds_left)
+    cache_control = verification_cache_control(freshness)
     return HTMLResponse(
         body, headers={**HTML_HEADERS, "Cache-Control": cache_control, "Content-Language": lang, "Link": link_header}
     )

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.canonical import REDIRECT
 from api.problems import Problem, problem_responses, unavailable
-from api.services.tracing import TraceService
+from api.services.tracing import Freshness, TraceService
 from core.influx import InfluxError
 from ledger.chain import ChainError
 from ledger.codes import TraceCodeError, normalize_code
@@ -27,10 +27,13 @@ router = APIRouter(prefix="/api/v1/trace", tags=["trace"])
 CACHE_CONTROL = "public, max-age=30"  # answers that embed no verification
 
 
-def verification_cache_control(seconds_left: float | None) -> str:
-    """Cache-Control of an answer that shows a verification: kept (by browsers, proxies and
-    api/microcache.py) no longer than the verification stays valid; not at all while "checking"."""
-    return "no-store" if seconds_left is None else f"public, max-age={int(seconds_left)}"
+def verification_cache_control(freshness: Freshness | None) -> str:
+    """Cache-Control of an answer that shows a verification: kept by browsers no longer than the
+    verification stays valid, by shared caches (api/microcache.py) until it is due for a re-check;
+    not at all while "checking"."""
+    if freshness is None:
+        return "no-store"
+    return f"public, max-age={int(freshness.max_age)}, s-maxage={int(freshness.shared)}"
 
 
 class _Open(BaseModel):
@@ -128,9 +131,9 @@ async def get_trace(code: str, request: Request) -> Response:
     which waits for it). Farms appear by code only; no personal data."""
     trace = service(request)
     stored = await known_code(trace, code)
-    body, seconds_left = await run_in_threadpool(trace.view_json, stored)
+    body, freshness = await run_in_threadpool(trace.view_json, stored)
     return Response(
-        body, media_type="application/json", headers={"Cache-Control": verification_cache_control(seconds_left)}
+        body, media_type="application/json", headers={"Cache-Control": verification_cache_control(freshness)}
     )
 
 
@@ -151,7 +154,7 @@ async def verify(code: str, request: Request) -> Response:
     return Response(
         orjson.dumps(checked.result),
         media_type="application/json",
-        headers={"Cache-Control": verification_cache_control(checked.seconds_left())},
+        headers={"Cache-Control": verification_cache_control(checked.freshness())},
     )
 
 

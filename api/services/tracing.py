@@ -8,8 +8,10 @@ most for "unverifiable"), counted from the start of the check that produced it. 
   always has a fresh one; a lot with none fresh answers "checking" (pages and the trace JSON do
   not make a consumer wait) or, for /verify, waits for the check;
 - what embeds a result (the trace JSON, each rendered page, and the whole answers replayed by
-  api/microcache.py) is kept only until that result expires, and says so to browsers and
-  proxies with `Cache-Control: max-age` (the micro-cache adds `Age` when it replays);
+  api/microcache.py) is kept no longer than that result: `Freshness` says how long, to browsers
+  (`Cache-Control: max-age`, until it expires) and to shared caches such as the micro-cache
+  (`s-maxage`, until it is due for a re-check, so that a lookup then reaches the service and
+  starts one); the micro-cache adds `Age` when it replays;
 - the lot's view (no verification in it) is read once per API_VERIFY_CACHE_S, QR images are
   kept as long as the process lives (a code never changes).
 
@@ -60,6 +62,22 @@ class Checked:
     def seconds_left(self) -> float:
         return max(0.0, self.expires - time.monotonic())
 
+    def freshness(self) -> Freshness:
+        """How long an answer showing this result may be kept: shared caches until it is due for a re-check
+        (or, once a re-check is under way, until it expires), anyone else until it expires."""
+        now = time.monotonic()
+        keep = (self.refresh if now < self.refresh else self.expires) - now
+        return Freshness(max(0.0, self.expires - now), max(0.0, keep))
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """Seconds an answer that shows a verification may be kept: `max_age` by anyone (Cache-Control
+    max-age), `shared` by this worker's caches and other shared caches (s-maxage)."""
+
+    max_age: float
+    shared: float
+
 
 def badge(v: Verification) -> dict[str, Any]:
     """The summary a page shows: status, counts, and the newest block that anchors a verified record."""
@@ -98,6 +116,7 @@ class TraceService:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._refreshing: set[str] = set()
+        self._outlived = False  # a check took longer than API_VERIFY_CACHE_S: lookups wait for theirs
         self._chain: Chain | object | None = _MISSING
         self._influx: InfluxV1 | None = None
         self.closed = False
@@ -186,10 +205,10 @@ class TraceService:
                 view = build_view(s, lot, self.settings.trace_base_url, influx, self.settings.county_timezone)
             return self.views.set(code, view)
 
-    def view_json(self, code: str) -> tuple[bytes, float | None]:
-        """The trace JSON with the verification badge, and how many seconds it may be kept (None: not at
-        all, the badge says "checking")."""
-        hit = self.json.entry(code)
+    def view_json(self, code: str) -> tuple[bytes, Freshness | None]:
+        """The trace JSON with the verification badge, and how long it may be kept (None: not at all, the
+        badge says "checking")."""
+        hit = self._cached(self.json, code)
         if hit is not None:
             return hit
         checked = self.checked(code, wait=False)
@@ -199,9 +218,9 @@ class TraceService:
 
     def page(
         self, code: str, lang: str, render: Callable[[dict[str, Any], dict[str, Any]], bytes]
-    ) -> tuple[bytes, float | None]:
+    ) -> tuple[bytes, Freshness | None]:
         """The rendered page, and how long it may be kept, as for `view_json`."""
-        hit = self.pages.entry((code, lang))
+        hit = self._cached(self.pages, (code, lang))
         if hit is not None:
             return hit
         checked = self.checked(code, wait=False)
@@ -209,13 +228,21 @@ class TraceService:
         return body, self._keep(self.pages, (code, lang), body, checked)
 
     @staticmethod
-    def _keep(cache: TtlCache, key: Any, body: bytes, checked: Checked) -> float | None:
-        """Cache `body` exactly as long as the verification it shows stays valid; that many seconds."""
+    def _keep(cache: TtlCache, key: Any, body: bytes, checked: Checked) -> Freshness | None:
+        """Cache `body` (with the expiry of the verification it shows) as a shared cache may keep it."""
         if checked.result["status"] == CHECKING:
             return None
-        left = checked.seconds_left()
-        cache.set(key, body, ttl=left)
-        return left
+        freshness = checked.freshness()
+        cache.set(key, (body, checked.expires), ttl=freshness.shared)
+        return freshness
+
+    @staticmethod
+    def _cached(cache: TtlCache, key: Any) -> tuple[bytes, Freshness] | None:
+        hit = cache.entry(key)
+        if hit is None:
+            return None
+        (body, expires), shared = hit
+        return body, Freshness(max(0.0, expires - time.monotonic()), shared)
 
     # ---- verification
 
@@ -266,6 +293,10 @@ class TraceService:
             started = time.monotonic()
             result = self._compute_verification(code)
             ttl, took = self._ttl_for(result), time.monotonic() - started
+            if (took >= ttl) != self._outlived and result["status"] != UNVERIFIABLE:
+                self._outlived = took >= ttl
+                if self._outlived:
+                    log.warning("a verification took %.1f s, more than API_VERIFY_CACHE_S: lookups wait", took)
             # refresh ahead, late enough to check once per TTL, early enough to finish before the expiry
             checked = Checked(result, started + ttl, started + max(ttl / 2, ttl - 2 * took - 1))
             self.verifications.set(code, checked, ttl=checked.expires - time.monotonic())
@@ -295,7 +326,7 @@ class TraceService:
             if time.monotonic() >= hit.refresh:
                 self._spawn(code)
             return hit
-        if wait or self.settings.api_verify_cache_s <= 0:
+        if wait or self.settings.api_verify_cache_s <= 0 or self._outlived:  # else born expired, never shown
             return self._verify_into_cache(code)
         self._spawn(code)
         now = time.monotonic()
