@@ -32,13 +32,6 @@ class TtlCache:
         left = entry[0] - time.monotonic() if entry is not None else 0.0
         return (entry[1], left) if entry is not None and left >= 0 else None
 
-    def get_any(self, key: Any) -> tuple[Any | None, bool]:
-        """(value or None, fresh?): a stale value is still returned, for stale-while-revalidate."""
-        entry = self._data.get(key)
-        if entry is None:
-            return None, False
-        return entry[1], entry[0] >= time.monotonic()
-
     def set(self, key: Any, value: Any, ttl: float | None = None) -> Any:
         if (ttl if ttl is not None else self.ttl) <= 0:
             return value
