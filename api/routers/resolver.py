@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from api.canonical import REDIRECT
 from api.i18n import language, strings
 from api.problems import Problem, problem_responses
-from api.routers.trace import known_code, normalized, service
+from api.routers.trace import known_code, normalized, service, verification_cache_control
 from api.services.tracing import TraceService
 from ledger import codes
 from ledger.vocab import get_vocab
@@ -33,7 +33,7 @@ from ledger.vocab import get_vocab
 router = APIRouter(tags=["resolver"])
 GS1 = "https://gs1.org/voc/"
 LINKSET_JSON = "application/linkset+json"
-HTML_HEADERS = {"Vary": "Accept-Language, Accept", "Cache-Control": "public, max-age=30"}
+HTML_HEADERS = {"Vary": "Accept-Language, Accept"}
 
 
 def link_types() -> dict[str, str]:
@@ -106,11 +106,12 @@ def render_page(request: Request, lang: str):  # type: ignore[no-untyped-def]
 
 async def _page(request: Request, trace: TraceService, code: str, link_header: str) -> Response:
     lang = language(request)
-    body, final = await run_in_threadpool(trace.page, code, lang, render_page(request, lang))
-    headers = {**HTML_HEADERS, "Content-Language": lang, "Link": link_header}
-    if not final:  # the badge says "checking": the page reloads itself; nobody keeps this copy
-        headers["Cache-Control"] = "no-store"
-    return HTMLResponse(body, headers=headers)
+    body, freshness = await run_in_threadpool(trace.page, code, lang, render_page(request, lang))
+    # kept no longer than its badge is valid; "checking": the page reloads itself and nobody keeps it
+    cache_control = verification_cache_control(freshness)
+    return HTMLResponse(
+        body, headers={**HTML_HEADERS, "Cache-Control": cache_control, "Content-Language": lang, "Link": link_header}
+    )
 
 
 def _wants_linkset(request: Request, link_type: str | None) -> bool:
