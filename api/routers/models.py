@@ -43,7 +43,7 @@ def _answer(compute: Callable[[], Any]) -> dict[str, Any]:
     except (KeyError, ValueError) as e:
         raise Problem(422, "model-input", str(e.args[0]) if e.args else str(e)) from None
     out = result.to_dict()
-    out["summary"] = result.summary()
+    out["summary"] = str(result.summary())
     return out
 
 
