@@ -3,27 +3,31 @@
 Every function takes a pandas DataFrame indexed by (entity, time) (or with `county_code` and
 `year` columns) and returns a result object from `analytics.results` (text summary + JSON).
 
+Every model has county (entity) and year effects by default (`time_effects=True`).
+
 Fixed effects: linearmodels' PanelOLS with entity and time effects and standard errors clustered
-by entity. The default covariance uses linearmodels' `debiased=True, group_debias=True`: the
-cluster-robust sandwich scaled by G/(G-1) * (N-1)/(N-K), with G clusters, N observations and K the
-regressors plus the absorbed effects (entities + periods - 1). That is exactly the small-sample
-correction statsmodels applies to an OLS with entity and year dummies (LSDV) and
-`cov_type="cluster"`, so both give the same standard errors (the tests check it); Stata's
-`xtreg ..., fe vce(cluster id)` does not count the entity effects nested in the clusters in K,
-which makes its errors slightly smaller.
+by entity, in one of three small-sample conventions (`se`, results.SE_CONVENTIONS). "lsdv" (the
+default) uses linearmodels' `debiased=True, group_debias=True`: the cluster-robust sandwich scaled
+by G/(G-1) * (N-1)/(N-K), with G clusters, N observations and K the regressors plus the absorbed
+effects (entities + periods - 1), exactly the correction statsmodels applies to an OLS with entity
+and year dummies (LSDV) and `cov_type="cluster"` (the tests check it). "stata" is Stata's
+`xtreg y x i.year, fe vce(cluster id)`: the entity effects nested in the clusters are not counted
+in K (K = regressors + year dummies + constant) and t has G - 1 degrees of freedom. "linearmodels"
+is its default N/(N-K) without the group factor.
 
 Mediation (the three steps of Baron and Kenny as the Chinese literature applies them, each with
 two-way fixed effects): (1) Y on X: total effect c; (2) M on X: a; (3) Y on X and M: direct effect
 c' and b. The indirect effect a*b is tested with the Sobel z = ab / sqrt(b^2 s_a^2 + a^2 s_b^2)
-(clustered standard errors) and a percentile confidence interval from a cluster bootstrap that
-resamples whole entities.
+(clustered standard errors) and percentile and bias-corrected (Efron) confidence intervals from
+a cluster bootstrap that resamples whole entities.
 
 Threshold (Hansen 1999, J. Econometrics 93:345-368):
     y_it = mu_i [+ lambda_t] + b1' x_it 1(q_it <= g) + b2' x_it 1(q_it > g) + theta' z_it + e_it.
-The within transformation removes mu_i (and lambda_t with `time_effects=True`); g is found by a grid
-search minimising SSR(g) over the values of q between its `trim` and 1 - `trim` quantiles (at most
-`grid` points). F1 = (S0 - S1(g^)) / s^2 with s^2 = S1(g^) / (n(T-1)) ((n-1)(T-1) with time
-effects); its p-value comes from Hansen's fixed-regressor bootstrap: residual vectors of whole
+The within transformation removes mu_i (and lambda_t with `time_effects=True`, the default); g is
+found by minimising SSR(g) over every distinct value of q between its `trim` and 1 - `trim`
+quantiles (thinned to `grid` evenly spaced candidates only when `grid` is given).
+F1 = (S0 - S1(g^)) / s^2 with Hansen's s^2 = S1(g^) / (n(T-1)) (`sigma2="hansen"`, his code and
+xthreg, with or without year effects; `sigma2="dof"`: (n-1)(T-1) with year effects); its p-value comes from Hansen's fixed-regressor bootstrap: residual vectors of whole
 entities from the model without threshold are resampled, regressors and q stay fixed, and the
 search is repeated on each bootstrap sample. The confidence interval of g is the set of grid
 points where LR(g) = (S1(g) - S1(g^)) / s^2 <= c(alpha) = -2 ln(1 - sqrt(1 - alpha)) (7.35 at
@@ -210,6 +214,8 @@ def fixed_effects(
     """
     if se not in SE_CONVENTIONS:
         raise ValueError(f"se {se!r}: use one of {', '.join(SE_CONVENTIONS)}")
+    if se == "stata" and not entity_effects:
+        raise ValueError("se 'stata' is xtreg's fixed-effects covariance: it needs entity effects")
     regs = [x] if isinstance(x, str) else list(x)
     regs += [c for c in controls if c not in regs]
     frame = _columns(as_panel(data), [y, *regs])
