@@ -27,12 +27,13 @@ The within transformation removes mu_i (and lambda_t with `time_effects=True`, t
 found by minimising SSR(g) over every distinct value of q between its `trim` and 1 - `trim`
 quantiles (thinned to `grid` evenly spaced candidates only when `grid` is given).
 F1 = (S0 - S1(g^)) / s^2 with Hansen's s^2 = S1(g^) / (n(T-1)) (`sigma2="hansen"`, his code and
-xthreg, with or without year effects; `sigma2="dof"`: (n-1)(T-1) with year effects); its p-value comes from Hansen's fixed-regressor bootstrap: residual vectors of whole
-entities from the model without threshold are resampled, regressors and q stay fixed, and the
-search is repeated on each bootstrap sample. The confidence interval of g is the set of grid
-points where LR(g) = (S1(g) - S1(g^)) / s^2 <= c(alpha) = -2 ln(1 - sqrt(1 - alpha)) (7.35 at
-95 %). With `double=True` a second threshold is searched given the first, the first is refined given
-the second, and F2 is bootstrapped under the single-threshold model. The panel must be balanced.
+xthreg, with or without year effects; `sigma2="dof"`: (n-1)(T-1) with year effects); its p-value
+comes from Hansen's fixed-regressor bootstrap: residual vectors of whole entities from the model
+without threshold are resampled, regressors and q stay fixed, and the search is repeated on each
+bootstrap sample. The confidence interval of g is the set of grid points where LR(g) = (S1(g) -
+S1(g^)) / s^2 <= c(alpha) = -2 ln(1 - sqrt(1 - alpha)) (7.35 at 95 %). With `double=True` a second
+threshold is searched given the first, the first is refined given the second, and F2 is bootstrapped
+under the single-threshold model. The panel must be balanced.
 SSR(g) for all grid points and bootstrap replications is computed at once with the
 Frisch-Waugh-Lovell theorem: the regressors without threshold are projected out once, so each grid
 point costs one inner product per replication.
