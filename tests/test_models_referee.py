@@ -178,3 +178,24 @@ def test_results_keep_the_fit_and_compare_on_linearmodels() -> None:
     assert "\\begin{tabular}" in smry.as_latex() and "<table" in smry.as_html()
     text = smry.as_text()
     assert f"({table.models[1].tstats['c']:.2f})" in text and "Std. errors lsdv:" in text
+
+
+def test_cli_se_sigma2_and_lr_chart(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from analytics.statistics_io import DEMO_FILE
+    from cli.main import app
+
+    runner = CliRunner()
+    demo = str(DEMO_FILE)
+    result = runner.invoke(app, ["models", "fe", "--csv", demo, "--controls", "", "--se", "stata", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [m["se"] for m in json.loads(result.output)["regressions"]] == ["stata"]
+    result = runner.invoke(app, ["models", "fe", "--csv", demo, "--se", "sas"])
+    assert result.exit_code == 2 and "--se:" in result.output
+    stem = tmp_path / "lr"
+    args = ["models", "threshold", "--csv", demo, "--reps", "0", "--no-double", "--sigma2", "dof", "--chart", str(stem)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "S1/((n-1)(T-1)) (dof)" in result.output and "county and year effects" in result.output
+    assert stem.with_suffix(".png").stat().st_size > 0 and stem.with_suffix(".svg").stat().st_size > 0
