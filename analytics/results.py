@@ -350,16 +350,17 @@ class RegressionTable(Result):
 
     def _frames(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """Coefficients, precision (t or se) and p-values, variables x columns: compare's, or the results' own
-        where a model was not fitted here (a result built by hand has no fit)."""
+        where a model was not fitted here (a result built by hand has no fit). The p-values (the stars) are
+        always the results' own: with se="stata" they use t(G-1), which compare's do not."""
         cols, variables = self.column_names(), self.variables()
+        own = [
+            pd.DataFrame({c: getattr(m, attr) for c, m in zip(cols, self.models, strict=True)})
+            for attr in ("params", "tstats" if self.show == "t" else "std_errors", "pvalues")
+        ]
+        frames = own
         if all(m.fit is not None for m in self.models):
             comp = self.comparison
-            frames = [comp.params, comp.tstats if self.show == "t" else comp.std_errors, comp.pvalues]
-        else:
-            frames = [
-                pd.DataFrame({c: getattr(m, attr) for c, m in zip(cols, self.models, strict=True)})
-                for attr in ("params", "tstats" if self.show == "t" else "std_errors", "pvalues")
-            ]
+            frames = [comp.params, comp.tstats if self.show == "t" else comp.std_errors, own[2]]
         return tuple(f.reindex(index=variables, columns=cols) for f in frames)  # type: ignore[return-value]
 
     def tables(self) -> list[Table]:

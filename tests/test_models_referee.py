@@ -199,3 +199,18 @@ def test_cli_se_sigma2_and_lr_chart(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "S1/((n-1)(T-1)) (dof)" in result.output and "county and year effects" in result.output
     assert stem.with_suffix(".png").stat().st_size > 0 and stem.with_suffix(".svg").stat().st_size > 0
+
+
+def test_table_stars_use_the_results_own_p_values() -> None:
+    """With Stata's errors the p-values come from t(G-1); the side-by-side table must star by them, not by
+    compare's t(N-K)."""
+    df = simulated_panel(n=8, t=6)
+    table = fixed_effects_table(df, "y", "x", ["c"], se="stata")
+    params, _, pvalues = table._frames()
+    for col, model in zip(table.column_names(), table.models, strict=True):
+        assert pvalues[col].dropna().to_dict() == pytest.approx(model.pvalues.to_dict())
+        assert params[col].dropna().to_dict() == pytest.approx(model.params.to_dict())
+    g = table.models[0].entities
+    t = table.models[0].tstats["x"]
+    assert table.models[0].pvalues["x"] == pytest.approx(2 * stats.t.sf(abs(t), g - 1), rel=1e-10)
+    assert table.comparison.pvalues.at["x", "(1)"] != pytest.approx(table.models[0].pvalues["x"], rel=1e-3)
