@@ -45,6 +45,7 @@ from ledger.chain import Chain
 from ledger.codes import canonical_lot_uri
 from ledger.merkle import leaf_hash, process_proof
 from ledger.models import Lot
+from ledger.proofs import proof_of
 from ledger.records import RecordNotFound, RecordRef, canonical_bytes, record, records_of_lot
 
 VERIFIED, PENDING, TAMPERED = "verified", "pending", "tampered"
@@ -220,7 +221,7 @@ def check_record(
     ok, why = _anchored(chain, window, answers)
     check.block_number, check.tx_hash = window.block_number, window.tx_hash
     check.anchored_at = window.block_time.isoformat() if window.block_time else None
-    proof = [unhex(p) for p in row.proof or []]
+    proof = [unhex(p) for p in proof_of(session, row)]
     if not ok:
         check.status, check.reasons = TAMPERED, [why or "root not on chain"]
         return check
