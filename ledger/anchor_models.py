@@ -72,11 +72,12 @@ class LedgerLeaf(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("kind", "record_id", name="uq_ledger_leaf_record"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    kind: str = Field(index=True)  # a record kind, e.g. "inspection/1"
-    record_id: int = Field(index=True)
+    # (kind, record_id) is looked up through the unique constraint; no index of their own (0010)
+    kind: str  # a record kind, e.g. "inspection/1"
+    record_id: int
     leaf: str = Field(index=True)  # 0x + 64 hex: keccak256(keccak256(canonical))
     canonical: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    created_at: datetime = Field(default_factory=utcnow, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
     window_seq: int | None = Field(default=None, foreign_key="anchor_window.seq", index=True)
     # index of the leaf's node in its window's tree (OpenZeppelin's `treeIndex`): its proof is read
     # from the window's `LedgerTreePage`s (ledger/proofs.py)

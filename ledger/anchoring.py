@@ -42,7 +42,7 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, SQLModel, col, select
 
 from core.catalogue import get_catalogue
-from core.db import session_scope
+from core.db import driver_value, insert_many, session_scope, update_many
 from core.influx import LATE_RP, InfluxUnavailable, InfluxV1
 from core.log import get_logger
 from core.settings import Settings
@@ -198,14 +198,9 @@ class Anchorer:
                     hexes = leaf_hashes(canonical).tobytes().hex()
                     leaves = ["0x" + hexes[k : k + 2 * HASH_BYTES] for k in range(0, len(hexes), 2 * HASH_BYTES)]
                 with self._timed("store_leaves"):
-                    now = datetime.now(UTC)
-                    session.execute(
-                        sa.insert(leaf_t),
-                        [
-                            {"kind": kind, "record_id": i, "leaf": leaf, "canonical": c, "created_at": now}
-                            for i, leaf, c in zip(part, leaves, canonical, strict=True)
-                        ],
-                    )
+                    now = driver_value(session, leaf_t, "created_at", datetime.now(UTC))
+                    rows = [(kind, i, leaf, c, now) for i, leaf, c in zip(part, leaves, canonical, strict=True)]
+                    insert_many(session, leaf_t, ("kind", "record_id", "leaf", "canonical", "created_at"), rows)
                 added += len(part)
         return added
 
@@ -247,17 +242,12 @@ class Anchorer:
         session.add(window)
         session.flush()
         with self._timed("proofs"):
-            places = [{"leaf_id": i, "tree_index": t} for i, t in zip(ids, tree.tree_index.tolist(), strict=True)]
+            places = [(seq, t, i) for i, t in zip(ids, tree.tree_index.tolist(), strict=True)]
+            pages = list(proofs.pages(tree))
         with self._timed("store_proofs"):
-            proofs.store_tree(session, seq, tree)
+            proofs.store_pages(session, seq, pages)
             leaf = LedgerLeaf.__table__  # type: ignore[attr-defined]
-            place = (
-                sa.update(leaf)
-                .where(leaf.c.id == sa.bindparam("leaf_id"))
-                .values(window_seq=seq, tree_index=sa.bindparam("tree_index"))
-            )
-            for start in range(0, len(places), LEAF_CHUNK * 10):
-                session.execute(place, places[start : start + LEAF_CHUNK * 10])
+            update_many(session, leaf, ("window_seq", "tree_index"), "id", places)
         log.info("window closed", window=window.window_id, leaves=len(ids), root=window.root)
         return window
 

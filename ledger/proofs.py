@@ -19,11 +19,12 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 from sqlmodel import Session
 
+from core.db import insert_many
 from core.log import get_logger
 from ledger.anchor_models import PAGE_NODES, LedgerLeaf, LedgerTreePage
 from ledger.merkle import HASH_BYTES, MerkleTree
 
-__all__ = ["PAGE_NODES", "path_nodes", "proof_of", "read_proof", "store_tree"]
+__all__ = ["PAGE_NODES", "pages", "path_nodes", "proof_of", "read_proof", "store_pages", "store_tree"]
 
 PAGE_BYTES = PAGE_NODES * HASH_BYTES
 _PAGE = LedgerTreePage.__table__  # type: ignore[attr-defined]
@@ -46,11 +47,13 @@ def pages(tree: MerkleTree) -> Iterable[tuple[int, bytes]]:
         yield page, blob[start : start + PAGE_BYTES]
 
 
-def store_tree(session: Session, window_seq: int, tree: MerkleTree, chunk: int = 20_000) -> None:
-    """Write every node of a window's tree (one insert statement per `chunk` pages)."""
-    rows = [{"window_seq": window_seq, "page": p, "nodes": b} for p, b in pages(tree)]
-    for start in range(0, len(rows), chunk):
-        session.execute(sa.insert(_PAGE), rows[start : start + chunk])
+def store_tree(session: Session, window_seq: int, tree: MerkleTree) -> None:
+    """Write every node of a window's tree."""
+    store_pages(session, window_seq, pages(tree))
+
+
+def store_pages(session: Session, window_seq: int, numbered: Iterable[tuple[int, bytes]]) -> None:
+    insert_many(session, _PAGE, ("window_seq", "page", "nodes"), [(window_seq, p, b) for p, b in numbered])
 
 
 def read_proof(session: Session, window_seq: int, tree_index: int) -> list[bytes]:

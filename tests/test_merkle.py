@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger import merkle
-from ledger.merkle import MerkleTree, keccak256, leaf_hash, leaf_hashes, node_hash, process_proof, verify
+from ledger.merkle import MerkleTree, keccak256, leaf_hash, node_hash, process_proof, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 OZ_SCRIPT = ROOT / "tests" / "merkle_oz.mjs"

@@ -6,6 +6,9 @@ leaf); ledger/proofs.py reads a proof back from a few pages. Existing proofs are
 window's tree is rebuilt from its leaves (in id order, as the worker built it), its root checked
 against the window's, and each stored proof against the rebuilt one.
 
+Also drops three indexes of ledger_leaf that no query uses (kind and record_id are looked up
+together, through uq_ledger_leaf_record; created_at not at all): each cost every insert a b-tree.
+
 Revision ID: 0010
 Revises: 0003
 Create Date: 2026-12-03 14:00:00
@@ -28,6 +31,7 @@ depends_on: str | Sequence[str] | None = None
 
 PAGE_NODES = 32  # frozen here: the layout this revision writes (ledger.anchor_models.PAGE_NODES)
 CHUNK = 10_000
+DROPPED_INDEXES = ("kind", "record_id", "created_at")
 log = logging.getLogger("alembic.runtime.migration")
 
 window_t = sa.table("anchor_window", sa.column("seq", sa.Integer), sa.column("root", sa.String))
@@ -96,6 +100,8 @@ def upgrade() -> None:
         )
     with op.batch_alter_table("ledger_leaf") as b:
         b.drop_column("proof")
+        for column in DROPPED_INDEXES:
+            b.drop_index(f"ix_ledger_leaf_{column}")
 
 
 def downgrade() -> None:
@@ -120,4 +126,6 @@ def downgrade() -> None:
         )
     with op.batch_alter_table("ledger_leaf") as b:
         b.drop_column("tree_index")
+        for column in DROPPED_INDEXES:
+            b.create_index(f"ix_ledger_leaf_{column}", [column])
     op.drop_table("ledger_tree_page")
