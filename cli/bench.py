@@ -93,7 +93,7 @@ def anchor(
     for row in rows:
         table.add_row(*row)
     console.print(table)
-    print(json.dumps({"bench": "anchor", **r}, ensure_ascii=False))
+    print(json.dumps(r, ensure_ascii=False))
 
 
 @app.command("api")

@@ -183,6 +183,9 @@ class _CKeccak:
         """out[k] = keccak256(messages[k]) for C-contiguous uint8 arrays (m, L) and (m, 32)."""
         m, length = messages.shape
         assert messages.flags.c_contiguous and out.flags.c_contiguous and out.shape == (m, HASH_BYTES)
+        if length == 0:  # empty messages: no stride to walk
+            self.hash_many([b""] * m, out)
+            return
         absorb, digest, reset = self.lib.absorb, self.lib.digest, self.lib.reset
         state = self.state.value
         src, dst = messages.ctypes.data, out.ctypes.data

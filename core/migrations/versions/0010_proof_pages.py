@@ -10,7 +10,7 @@ Also drops three indexes of ledger_leaf that no query uses (kind and record_id a
 together, through uq_ledger_leaf_record; created_at not at all): each cost every insert a b-tree.
 
 Revision ID: 0010
-Revises: 0003
+Revises: 0009 (and needs 0003, which made the ledger's tables)
 Create Date: 2026-12-03 14:00:00
 """
 
@@ -25,9 +25,9 @@ from alembic import op
 from ledger.merkle import HASH_BYTES, MerkleTree
 
 revision: str = "0010"
-down_revision: str | None = "0003"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = "0003"
 
 PAGE_NODES = 32  # frozen here: the layout this revision writes (ledger.anchor_models.PAGE_NODES)
 CHUNK = 10_000
