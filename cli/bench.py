@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -57,6 +58,8 @@ def anchor(
     database: str = typer.Option("sqlite", help="sqlite (a file) or postgres (a cluster of its own)."),
     verify_samples: int = typer.Option(2000, min=1, help="Proofs read back and checked to time one check."),
     seed: int = typer.Option(7, help="Seed of the generated records."),
+    keep: Path | None = typer.Option(None, help="Keep the database (and anvil's files) in this folder."),
+    rpc_url: str | None = typer.Option(None, help="Anchor on this running anvil instead of starting one."),
 ) -> None:
     """Trace records from the database to the chain through the anchoring worker: leaves, tree, every
     proof stored, one window anchored on anvil, one record verified; proof checks; gas per window."""
@@ -64,7 +67,9 @@ def anchor(
 
     console = Console(stderr=True)
     with console.status(f"anchoring {records:,} trace records through the worker ({database}, anvil)..."):
-        r = run(records=records, database=database, verify_samples=verify_samples, seed=seed)
+        r = run(
+            records=records, database=database, verify_samples=verify_samples, seed=seed, keep=keep, rpc_url=rpc_url
+        )
     table = Table(title=f"village bench anchor: {records:,} records, {database}")
     for col in ("figure", "value", "target"):
         table.add_column(col, justify="right" if col != "figure" else "left")
