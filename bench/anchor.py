@@ -21,6 +21,10 @@ What it does, in order:
    `proof_read_us_median`), the contract's own check over RPC, and the gas of windows of 1,
    1,000 and `records` leaves, anchored by the same worker (`gas_1`, `gas_1000`, `gas_<records>`).
 
+Phases are wall-clock seconds; `end_to_end_cpu_s` is the CPU time this process spent in step 2
+(user + system; anvil's not in it), which says how loaded the machine was when set against
+`end_to_end_s`.
+
 `peak_rss_mb` is this process's peak resident memory over its whole life up to the end of step 2
 (`getrusage(RUSAGE_SELF).ru_maxrss`: migrations, the demo county and the worker's pass; the worker
 is what peaks). Not in it, and reported beside it: the child that made the rows
@@ -186,7 +190,7 @@ def run(
         figures["setup_records_s"] = round(_in_child(url, records, seed), 1)
 
         gc.collect()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         report = worker.run_once()
         passed = time.perf_counter()
         with Session(engine) as session:
@@ -198,7 +202,7 @@ def run(
             ref = RecordRef(INSPECTION, random.Random(seed).choice(inspections))
             checked = time.perf_counter()
             check = check_record(session, ref, chain, None, settings)
-            done = time.perf_counter()
+            done, cpu_done = time.perf_counter(), time.process_time()
             assert check.status == VERIFIED, check
             figures["verified_record"] = {"kind": ref.kind, "id": ref.id, "status": check.status}
         t = report.timings
@@ -214,6 +218,7 @@ def run(
                 "anchor_s": round(t.get("send", 0) + t.get("track", 0), 2),
                 "verify_record_ms": round((done - checked) * 1e3, 1),
                 "end_to_end_s": round(done - start, 2),
+                "end_to_end_cpu_s": round(cpu_done - cpu_start, 2),
                 "worker_pass_s": round(passed - start, 2),
                 "peak_rss_mb": _rss_mb(resource.RUSAGE_SELF),
                 "peak_rss_children_mb": _rss_mb(resource.RUSAGE_CHILDREN),
