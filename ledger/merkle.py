@@ -72,10 +72,10 @@ def node_hash(a: bytes, b: bytes) -> bytes:
 def process_proof(leaf: bytes, proof: Sequence[bytes]) -> bytes:
     """The root that `proof` leads to from `leaf` (MerkleProof.processProof)."""
     computed = _check_node(leaf)
-    h = _hasher()
+    hash_ = _hasher().hash
     for sibling in proof:
-        s = _check_node(sibling)
-        computed = h.hash(computed + s if computed <= s else s + computed)
+        s = sibling if type(sibling) is bytes and len(sibling) == HASH_BYTES else _check_node(sibling)
+        computed = hash_(computed + s if computed <= s else s + computed)
     return computed
 
 
