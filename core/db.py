@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, Table, event
 from sqlmodel import Session, create_engine
 
 from core.settings import get_settings
@@ -68,3 +69,34 @@ def migrate(url: str | None = None) -> None:
     if url.startswith("sqlite"):
         make_engine(url).dispose()  # creates the parent folder
     command.upgrade(alembic_config(url), "heads")  # several packages add migration branches
+
+
+def _mark(session: Session) -> str:
+    return "?" if session.connection().dialect.paramstyle == "qmark" else "%s"
+
+
+def insert_many(session: Session, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """INSERT `rows` (tuples of values as the driver takes them: see `driver_value`) in the session's
+    transaction through the driver's executemany. SQLAlchemy's own executemany processes every
+    parameter of every row in Python (~20 µs a row), more than SQLite spends storing the row."""
+    if rows:
+        marks = ", ".join([_mark(session)] * len(columns))
+        sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
+        session.connection().exec_driver_sql(sql, list(rows))  # type: ignore[arg-type]
+
+
+def update_many(
+    session: Session, table: Table, columns: Sequence[str], key: str, rows: Sequence[Sequence[Any]]
+) -> None:
+    """UPDATE `columns` of the rows whose `key` is the last value of each tuple of `rows` (as `insert_many`)."""
+    if rows:
+        mark = _mark(session)
+        sets = ", ".join(f"{c} = {mark}" for c in columns)
+        session.connection().exec_driver_sql(f"UPDATE {table.name} SET {sets} WHERE {key} = {mark}", list(rows))  # type: ignore[arg-type]
+
+
+def driver_value(session: Session, table: Table, column: str, value: Any) -> Any:
+    """`value` as the column's type would bind it for this database (e.g. a datetime for SQLite)."""
+    dialect = session.connection().dialect
+    process = table.c[column].type.dialect_impl(dialect).bind_processor(dialect)
+    return process(value) if process is not None else value

@@ -46,6 +46,7 @@ TRACE = (
 LEDGER = (
     "anchor_window",
     "ledger_leaf",
+    "ledger_tree_page",
     "growth_summary",
     "telemetry_digest",
     "lot_manifest",

@@ -3,16 +3,19 @@
 - `LedgerLeaf`: one leaf per trace record (records are append-only: a correction is a new
   event, a changed lot gets a new manifest), with the canonical bytes it was computed
   from (the proof bundle carries them, and a verifier names what changed by diffing against them),
-  its window and its Merkle proof once the window is built.
+  and, once its window is built, the window and where the leaf sits in the window's tree.
 - `AnchorWindow`: a batch of leaves whose Merkle root goes on chain in one transaction, chained
   to the previous window's root, with the state of that transaction (`AnchorState`).
+- `LedgerTreePage`: a window's Merkle tree, every node, in pages of `PAGE_NODES` nodes; a leaf's
+  proof is the siblings on its path, read from a few pages (ledger/proofs.py).
 - `GrowthSummary`, `TelemetryDigest`, `LateDigest`, `LotManifest`: records computed by the ledger
   itself (from InfluxDB and from the other records), stored with their content and salt so that
   they can be hashed again and compared with a fresh computation.
 - `TelemetrySeal`: per village, the last local day whose readings are frozen (ledger/late.py);
   ingest reads it (by SQL, ingest/late.py) to keep later readings of those days apart.
 
-Migration 0003 creates the first ones, 0007 `TelemetrySeal` and `LateDigest`.
+Migration 0003 creates the first ones, 0007 `TelemetrySeal` and `LateDigest`, 0010 `LedgerTreePage`
+(it replaced a JSON list of hex siblings per leaf: ~1.4 KB a leaf against 64 bytes).
 """
 
 # No `from __future__ import annotations`: SQLModel reads the annotations at class creation.
@@ -69,13 +72,33 @@ class LedgerLeaf(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("kind", "record_id", name="uq_ledger_leaf_record"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    kind: str = Field(index=True)  # a record kind, e.g. "inspection/1"
-    record_id: int = Field(index=True)
+    # (kind, record_id) is looked up through the unique constraint; no index of their own (0010)
+    kind: str  # a record kind, e.g. "inspection/1"
+    record_id: int
     leaf: str = Field(index=True)  # 0x + 64 hex: keccak256(keccak256(canonical))
     canonical: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    created_at: datetime = Field(default_factory=utcnow, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
     window_seq: int | None = Field(default=None, foreign_key="anchor_window.seq", index=True)
-    proof: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    # index of the leaf's node in its window's tree (OpenZeppelin's `treeIndex`): its proof is read
+    # from the window's `LedgerTreePage`s (ledger/proofs.py)
+    tree_index: int | None = None
+
+
+#: nodes per `LedgerTreePage` row: 1 KiB, stored in the row itself by SQLite (4 KiB pages) and
+#: PostgreSQL (below its 2 KB TOAST threshold); a proof of a million-leaf window reads 17 of them
+PAGE_NODES = 32
+
+
+class LedgerTreePage(SQLModel, table=True):
+    """Nodes `page * PAGE_NODES` to `page * PAGE_NODES + PAGE_NODES - 1` of a window's Merkle tree
+    (the array of OpenZeppelin's `SimpleMerkleTree`: root first, node i's children 2i+1 and 2i+2),
+    32 bytes each, concatenated; the last page of a window may be shorter."""
+
+    __tablename__ = "ledger_tree_page"
+
+    window_seq: int = Field(foreign_key="anchor_window.seq", primary_key=True)
+    page: int = Field(primary_key=True)
+    nodes: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class GrowthSummary(SQLModel, table=True):

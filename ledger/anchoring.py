@@ -8,10 +8,14 @@ One pass (`Anchorer.run_once`) does, in order:
    seasons sealed as long (from InfluxDB; ledger/late.py), then lot manifests (from the leaves of
    each lot's records);
 2. leaves: every record without a leaf gets one, computed from its canonical bytes, which are
-   kept with it (records are append-only from here on: changing one is tampering);
+   kept with it (records are append-only from here on: changing one is tampering); records are
+   built, hashed and stored `LEAF_CHUNK` at a time with set-based queries (ledger.records.
+   records_many), so a pass over a million new records takes tens of seconds and bounded memory;
+   lot manifests are updated for the lots the new leaves may concern (ledger.manifest);
 3. windows: leaves without a window are closed into a window when there are
    ANCHOR_WINDOW_LEAVES of them or the oldest is ANCHOR_WINDOW_SECONDS old; the Merkle tree is
-   built, and root, previous window's root and every leaf's proof are stored;
+   built, and root, previous window's root and every node of the tree are stored, from which
+   every leaf's proof is read (ledger/proofs.py);
 4. send: windows go on chain strictly in order (the contract refuses a `prevRoot` that is not
    its last root); before sending, the contract is asked whether the root is already there, so
    a window is never anchored twice, even after a crash between sending and recording;
@@ -26,21 +30,24 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import numpy as np
+import sqlalchemy as sa
 from sqlalchemy import Engine, func
 from sqlmodel import Session, SQLModel, col, select
 
 from core.catalogue import get_catalogue
-from core.db import session_scope
+from core.db import driver_value, insert_many, session_scope, update_many
 from core.influx import LATE_RP, InfluxUnavailable, InfluxV1
 from core.log import get_logger
 from core.settings import Settings
-from ledger import digests, growth, late, manifest
+from ledger import digests, growth, late, manifest, proofs
 from ledger.anchor_models import (
     ON_CHAIN,
     AnchorState,
@@ -52,13 +59,14 @@ from ledger.anchor_models import (
     TelemetryDigest,
 )
 from ledger.chain import AnchorReceipt, Chain, ChainError, ChainUnavailable
-from ledger.merkle import MerkleTree, leaf_hash
+from ledger.merkle import HASH_BYTES, MerkleTree, leaf_hashes
 from ledger.models import EventCorrection, Inspection, Lot, TraceEvent
-from ledger.records import CORRECTION, EVENT, INSPECTION, LOT, canonical_bytes, record
+from ledger.records import CORRECTION, EVENT, INSPECTION, LOT, canonical_bytes, chunks, records_many
 
 log = get_logger("anchor")
 
 ZERO_ROOT = "0x" + "00" * 32
+LEAF_CHUNK = 10_000  # records built, hashed and inserted at a time: bounds the memory of a pass
 
 #: record kind -> the table whose rows are its records (every row gets a leaf)
 SOURCES: dict[str, type[SQLModel]] = {
@@ -92,6 +100,10 @@ class PassReport:
     states: dict[str, str] = field(default_factory=dict)  # window id -> state, for windows that changed
     chain_error: str | None = None
     seal_wait_s: float | None = None  # seconds until the newest seal is safe and its days can be digested
+    # seconds per step of the pass, summed over kinds and windows: records (rows -> record dicts),
+    # canonical (RFC 8785 bytes), leaves (double keccak), store_leaves, manifests, tree, proofs (the
+    # tree's pages and each leaf's place), store_proofs, commit, track, send
+    timings: dict[str, float] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.leaves or self.windows or self.sent or self.states or any(self.derived.values()))
@@ -117,6 +129,8 @@ class Anchorer:
         self.tz = settings.county_timezone
         self.seal_wait_s = settings.resolved_seal_wait_s() if seal_wait_s is None else seal_wait_s
         self._late_rp_ready = False
+        self._manifests_checked = False  # the first pass checks every lot's manifest, later ones the touched lots
+        self._timings: dict[str, float] = {}
         if self.seal_wait_s < settings.ingest_registry_ttl_s and seal_wait_s is None:
             log.warning(
                 "ANCHOR_SEAL_WAIT_S is shorter than INGEST_REGISTRY_TTL_S: a replica may write a sealed day "
@@ -159,58 +173,83 @@ class Anchorer:
                 log.warning("InfluxDB unavailable; telemetry records wait", error=str(e))
         return out
 
+    @contextlib.contextmanager
+    def _timed(self, step: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._timings[step] = self._timings.get(step, 0.0) + time.perf_counter() - start
+
     def make_leaves(self, session: Session, kinds: list[str] | None = None) -> int:
+        """Give every record of `kinds` (default: all) without a leaf its leaf; returns how many."""
         added = 0
+        leaf_t = LedgerLeaf.__table__  # type: ignore[attr-defined]
         for kind in kinds or list(SOURCES):
             table = SOURCES[kind]
             have = select(LedgerLeaf.record_id).where(LedgerLeaf.kind == kind)
             ids = session.exec(select(table.id).where(col(table.id).not_in(have)).order_by(table.id)).all()  # type: ignore[attr-defined]
-            for record_id in ids:
-                canonical = canonical_bytes(record(session, kind, record_id))
-                session.add(
-                    LedgerLeaf(kind=kind, record_id=record_id, leaf=hex32(leaf_hash(canonical)), canonical=canonical)
-                )
-                added += 1
-            session.flush()
+            for part in chunks(ids, LEAF_CHUNK):
+                with self._timed("records"):
+                    recs = records_many(session, kind, part)
+                with self._timed("canonical"):
+                    canonical = [canonical_bytes(r) for r in recs]
+                    del recs
+                with self._timed("leaves"):
+                    hexes = leaf_hashes(canonical).tobytes().hex()
+                    leaves = ["0x" + hexes[k : k + 2 * HASH_BYTES] for k in range(0, len(hexes), 2 * HASH_BYTES)]
+                with self._timed("store_leaves"):
+                    now = driver_value(session, leaf_t, "created_at", datetime.now(UTC))
+                    rows = [(kind, i, leaf, c, now) for i, leaf, c in zip(part, leaves, canonical, strict=True)]
+                    insert_many(session, leaf_t, ("kind", "record_id", "leaf", "canonical", "created_at"), rows)
+                added += len(part)
         return added
 
     # -- 3: windows -------------------------------------------------------------------------------------
     def close_windows(self, session: Session, force: bool = False) -> list[AnchorWindow]:
         size, max_age = self.settings.anchor_window_leaves, self.settings.anchor_window_seconds
         windows = []
+        leaf = LedgerLeaf.__table__.c  # type: ignore[attr-defined]
         while True:
-            waiting = session.exec(
-                select(LedgerLeaf).where(col(LedgerLeaf.window_seq).is_(None)).order_by(LedgerLeaf.id).limit(size)
-            ).all()
-            if not waiting:
+            first = session.execute(
+                sa.select(leaf.created_at).where(leaf.window_seq.is_(None)).order_by(leaf.id).limit(1)
+            ).first()
+            if first is None:
                 break
-            oldest = waiting[0].created_at
-            oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+            oldest = first.created_at if first.created_at.tzinfo else first.created_at.replace(tzinfo=UTC)
+            waiting = session.execute(
+                sa.select(leaf.id, leaf.leaf).where(leaf.window_seq.is_(None)).order_by(leaf.id).limit(size)
+            ).all()
             age = (self.clock() - oldest).total_seconds()
             if len(waiting) < size and age < max_age and not force:
                 break
-            windows.append(self._window(session, list(waiting)))
+            windows.append(self._window(session, [r.id for r in waiting], [r.leaf for r in waiting]))
         return windows
 
-    def _window(self, session: Session, leaves: list[LedgerLeaf]) -> AnchorWindow:
+    def _window(self, session: Session, ids: list[int], hex_leaves: list[str]) -> AnchorWindow:
+        """Build the tree over the leaves (in id order), store its nodes and each leaf's place in it."""
         last = session.exec(select(AnchorWindow).order_by(col(AnchorWindow.seq).desc())).first()
         seq = (last.seq + 1) if last else 1
-        tree = MerkleTree.build([unhex(x.leaf) for x in leaves])
+        with self._timed("tree"):
+            values = np.frombuffer(bytes.fromhex("".join(h[2:] for h in hex_leaves)), dtype=np.uint8)
+            tree = MerkleTree.build(values.reshape(len(ids), HASH_BYTES))
         window = AnchorWindow(
             seq=seq,
             window_id=f"w{seq:06d}",
             root=hex32(tree.root),
             prev_root=last.root if last else ZERO_ROOT,
-            leaf_count=len(leaves),
+            leaf_count=len(ids),
         )
         session.add(window)
         session.flush()
-        for row in leaves:
-            row.window_seq = seq
-            row.proof = [hex32(p) for p in tree.proof(unhex(row.leaf))]
-            session.add(row)
-        session.flush()
-        log.info("window closed", window=window.window_id, leaves=len(leaves), root=window.root)
+        with self._timed("proofs"):
+            places = [(seq, t, i) for i, t in zip(ids, tree.tree_index.tolist(), strict=True)]
+            pages = list(proofs.pages(tree))
+        with self._timed("store_proofs"):
+            proofs.store_pages(session, seq, pages)
+            leaf = LedgerLeaf.__table__  # type: ignore[attr-defined]
+            update_many(session, leaf, ("window_seq", "tree_index"), "id", places)
+        log.info("window closed", window=window.window_id, leaves=len(ids), root=window.root)
         return window
 
     # -- 4 and 5: chain -------------------------------------------------------------------------------
@@ -335,6 +374,7 @@ class Anchorer:
     # -- the loop ---------------------------------------------------------------------------------------
     def run_once(self, force_window: bool = False) -> PassReport:
         report = PassReport()
+        self._timings = report.timings
         sealed: dict[str, int] = {}
         try:
             if (seals := self.seal()) is not None:
@@ -344,15 +384,23 @@ class Anchorer:
             log.warning("InfluxDB unavailable; seals wait", error=str(e))
         with session_scope(self.engine) as session:
             report.derived = {**sealed, **self.derive(session)}
+            before = session.execute(sa.select(func.max(LedgerLeaf.id))).scalar() or 0
             report.leaves = self.make_leaves(session, [k for k in SOURCES if k != manifest.MANIFEST])
-            report.derived["manifests"] = manifest.ensure_manifests(session)
+            with self._timed("manifests"):
+                lots = manifest.lots_to_check(session, before) if self._manifests_checked else None
+                report.derived["manifests"] = manifest.ensure_manifests(session, lots) if lots != set() else 0
             report.leaves += self.make_leaves(session, [manifest.MANIFEST])
             report.windows = [w.window_id for w in self.close_windows(session, force=force_window)]
+            committing = time.perf_counter()
+        self._timings["commit"] = time.perf_counter() - committing
+        self._manifests_checked = True
         if self.chain is not None:
             with session_scope(self.engine) as session:
                 try:
-                    self.track(session, report)
-                    self.send(session, report)
+                    with self._timed("track"):
+                        self.track(session, report)
+                    with self._timed("send"):
+                        self.send(session, report)
                 except ChainUnavailable as e:
                     report.chain_error = str(e)
                     log.warning("chain unavailable; windows wait", error=str(e))

@@ -41,6 +41,7 @@ from ledger.codes import canonical_lot_uri
 from ledger.manifest import MANIFEST
 from ledger.merkle import leaf_hash
 from ledger.models import Inspection, Lot, LotSource
+from ledger.proofs import proof_of
 from ledger.records import RecordRef, canonical_bytes, records_of_lot
 from ledger.verify import Recomputed, current_record
 
@@ -102,7 +103,7 @@ def _entries(
         if ref.kind != MANIFEST and row.leaf not in listed:  # the anchored leaf, not a recomputed one
             pending.append({**entry, "note": f"anchored in {window.window_id}; the lot's next manifest is not yet"})
             continue
-        records.append({**entry, "proof": row.proof or [], "window": _window_json(window)})
+        records.append({**entry, "proof": proof_of(session, row), "window": _window_json(window)})
     return records, pending
 
 

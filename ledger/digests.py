@@ -17,7 +17,8 @@ its village's seal is safe (every ingest replica keeps later readings of it apar
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -29,7 +30,7 @@ from core.influx import InfluxV1
 from core.models import Herd, Plot
 from ledger.anchor_models import TelemetryDigest
 from ledger.models import LotSource
-from ledger.records import RecordRef, register_kind
+from ledger.records import RecordRef, register_kind, rows_where_in
 
 DIGEST = "digest/1"
 
@@ -144,6 +145,48 @@ def _collect(session: Session, lot_ids: list[int]) -> list[RecordRef]:
     return sorted(set(refs), key=lambda r: r.id)
 
 
+def origins_by_lot(session: Session, lot_ids: Iterable[int]) -> dict[int, set[tuple[str, str]]]:
+    """`origins_of` each of many lots."""
+    src = LotSource.__table__.c  # type: ignore[attr-defined]
+    rows = rows_where_in(session, [src.lot_id, src.plot_id, src.herd_id], src.lot_id, lot_ids)
+    plot, herd = Plot.__table__.c, Herd.__table__.c  # type: ignore[attr-defined]
+    plots = dict(rows_where_in(session, [plot.id, plot.plot_no], plot.id, {r.plot_id for r in rows if r.plot_id}))
+    herds = dict(rows_where_in(session, [herd.id, herd.herd_no], herd.id, {r.herd_id for r in rows if r.herd_id}))
+    out: dict[int, set[tuple[str, str]]] = defaultdict(set)
+    for r in rows:
+        if r.plot_id is not None and r.plot_id in plots:
+            out[r.lot_id].add(("plot", plots[r.plot_id]))
+        if r.herd_id is not None and r.herd_id in herds:
+            out[r.lot_id].add(("herd", herds[r.herd_id]))
+    return out
+
+
+def in_seasons_many(session: Session, table: Any, lineages: Mapping[int, list[int]]) -> dict[int, set[int]]:
+    """For each lineage, the ids of `table`'s rows (TelemetryDigest, LateDigest: tag, value, day) of
+    the lineage's plots and herds on a day of any of its lots' seasons (`_collect`, late.of_lots)."""
+    from ledger.growth import seasons_of
+
+    every = {lot for lineage in lineages.values() for lot in lineage}
+    origins = origins_by_lot(session, every)
+    seasons = seasons_of(session, every)
+    c = table.__table__.c
+    values = {value for found in origins.values() for _, value in found}
+    by_origin: dict[tuple[str, str], list[tuple[int, date]]] = defaultdict(list)
+    for row_id, tag, value, day in rows_where_in(session, [c.id, c.tag, c.value, c.day], c.value, values):
+        by_origin[(tag, value)].append((row_id, day))
+    out: dict[int, set[int]] = {}
+    for lot, lineage in lineages.items():
+        spans = [s for s in (seasons[m] for m in lineage) if s is not None]
+        mine = {o for m in lineage for o in origins.get(m, ())}
+        out[lot] = {i for o in mine for i, day in by_origin.get(o, ()) if any(a <= day <= b for a, b in spans)}
+    return out
+
+
+def _collect_many(session: Session, lineages: Mapping[int, list[int]]) -> dict[int, set[RecordRef]]:
+    found = in_seasons_many(session, TelemetryDigest, lineages)
+    return {lot: {RecordRef(DIGEST, i) for i in ids} for lot, ids in found.items()}
+
+
 def ensure_digests(
     session: Session, influx: InfluxV1, tz: str, up_to: date, safe: Mapping[tuple[str, str], date] | None = None
 ) -> int:
@@ -186,4 +229,9 @@ def ensure_digests(
     return added
 
 
-register_kind(DIGEST, _load, _collect)
+def _load_many(session: Session, ids: Sequence[int]) -> dict[int, tuple[dict[str, Any], str]]:
+    t = TelemetryDigest.__table__  # type: ignore[attr-defined]
+    return {r.id: (content(r), r.salt) for r in rows_where_in(session, [t], t.c.id, ids)}
+
+
+register_kind(DIGEST, _load, _collect, bulk=_load_many, collect_many=_collect_many)

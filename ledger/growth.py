@@ -10,7 +10,8 @@ record; verification recomputes it and compares.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -25,7 +26,7 @@ from ledger.anchor_models import GrowthSummary
 from ledger.codes import canonical_lot_uri
 from ledger.digests import day_bounds, quote
 from ledger.models import Lot, LotSource, TraceEvent
-from ledger.records import RecordNotFound, RecordRef, register_kind
+from ledger.records import RecordNotFound, RecordRef, register_kind, rows_where_in
 from ledger.vocab import get_vocab
 
 GROWTH = "growth/1"
@@ -34,30 +35,43 @@ SEASON_STEPS = ("sowing", "transplanting", "fertilising", "spraying", "irrigatin
 
 def season_of(session: Session, lot_id: int, tz: str = "Asia/Shanghai") -> tuple[date, date] | None:
     """First field event to harvest of a lot grown on plots (None for lots without plots)."""
-    if not session.exec(
-        select(LotSource.id).where(LotSource.lot_id == lot_id, col(LotSource.plot_id).is_not(None))
-    ).first():
-        return None
+    return seasons_of(session, [lot_id], tz)[lot_id]
+
+
+def seasons_of(
+    session: Session, lot_ids: Iterable[int], tz: str = "Asia/Shanghai"
+) -> dict[int, tuple[date, date] | None]:
+    """`season_of` of many lots: the local days of their first season step and of their harvest
+    (or their last step); without steps, April 15 to October 15 of the harvest year."""
+    ids = set(lot_ids)
+    src, ev, lot = LotSource.__table__.c, TraceEvent.__table__.c, Lot.__table__.c  # type: ignore[attr-defined]
+    grown = {r[0] for r in rows_where_in(session, [src.lot_id], src.lot_id, ids, src.plot_id.is_not(None))}
     vocab = get_vocab()
     steps = [vocab.normalize_step(s) for s in SEASON_STEPS]
-    times = session.exec(
-        select(TraceEvent.event_time, TraceEvent.biz_step).where(
-            TraceEvent.lot_id == lot_id, col(TraceEvent.biz_step).in_(steps)
-        )
-    ).all()
+    harvesting = vocab.normalize_step("harvesting")
+    times: dict[int, list[tuple[datetime, str]]] = defaultdict(list)
+    for lot_id, t, step in rows_where_in(
+        session, [ev.lot_id, ev.event_time, ev.biz_step], ev.lot_id, grown, ev.biz_step.in_(steps)
+    ):
+        times[lot_id].append((t, step))
+    years = dict(rows_where_in(session, [lot.id, lot.harvest_year], lot.id, grown - set(times)))
     zone = ZoneInfo(tz)
 
     def local(t: datetime) -> date:
         return (t if t.tzinfo else t.replace(tzinfo=ZoneInfo("UTC"))).astimezone(zone).date()
 
-    if times:
-        start = min(local(t) for t, _ in times)
-        harvest = [local(t) for t, s in times if s == vocab.normalize_step("harvesting")]
-        return start, max(harvest) if harvest else max(local(t) for t, _ in times)
-    lot = session.get(Lot, lot_id)
-    if lot is None or lot.harvest_year is None:
-        return None
-    return date(lot.harvest_year, 4, 15), date(lot.harvest_year, 10, 15)
+    out: dict[int, tuple[date, date] | None] = {}
+    for lot_id in ids:
+        if lot_id not in grown:
+            out[lot_id] = None
+        elif lot_times := times.get(lot_id):
+            days = [(local(t), s) for t, s in lot_times]
+            harvest = [d for d, s in days if s == harvesting]
+            out[lot_id] = min(d for d, _ in days), max(harvest) if harvest else max(d for d, _ in days)
+        else:
+            year = years.get(lot_id)
+            out[lot_id] = None if year is None else (date(year, 4, 15), date(year, 10, 15))
+    return out
 
 
 def _r(x: float | None) -> float | None:
@@ -184,6 +198,18 @@ def _collect(session: Session, lot_ids: list[int]) -> list[RecordRef]:
     return [RecordRef(GROWTH, g.id) for g in sorted(rows, key=lambda g: g.id or 0) if g.id is not None]
 
 
+def _collect_many(session: Session, lineages: Mapping[int, list[int]]) -> dict[int, set[RecordRef]]:
+    g = GrowthSummary.__table__.c  # type: ignore[attr-defined]
+    every = {lot for lineage in lineages.values() for lot in lineage}
+    by_lot: dict[int, list[int]] = defaultdict(list)
+    for summary_id, lot_id in rows_where_in(session, [g.id, g.lot_id], g.lot_id, every):
+        by_lot[lot_id].append(summary_id)
+    return {
+        lot: {RecordRef(GROWTH, i) for member in lineage for i in by_lot.get(member, ())}
+        for lot, lineage in lineages.items()
+    }
+
+
 def ensure_summaries(
     session: Session,
     influx: InfluxV1,
@@ -220,4 +246,9 @@ def ensure_summaries(
     return added
 
 
-register_kind(GROWTH, _load, _collect)
+def _load_many(session: Session, ids: Sequence[int]) -> dict[int, tuple[dict[str, Any], str]]:
+    t = GrowthSummary.__table__  # type: ignore[attr-defined]
+    return {r.id: (r.content, r.salt) for r in rows_where_in(session, [t], t.c.id, ids)}
+
+
+register_kind(GROWTH, _load, _collect, bulk=_load_many, collect_many=_collect_many)

@@ -25,6 +25,7 @@ digest and flip every lot grown there to "tampered". So days are sealed before t
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -36,7 +37,7 @@ from core.models import Herd, Plot
 from ledger import digests
 from ledger.anchor_models import LateDigest, TelemetrySeal
 from ledger.models import LotSource
-from ledger.records import RecordNotFound, RecordRef, register_kind
+from ledger.records import RecordNotFound, RecordRef, register_kind, rows_where_in
 
 LATE_DIGEST = "late_digest/1"
 BATCH_TAG = "sealed_through"  # the tag ingest gives late readings (ingest/late.py)
@@ -222,6 +223,11 @@ def _collect(session: Session, lot_ids: list[int]) -> list[RecordRef]:
     return sorted((RecordRef(LATE_DIGEST, d.id) for d in of_lots(session, lot_ids) if d.id), key=lambda r: r.id)
 
 
+def _collect_many(session: Session, lineages: Mapping[int, list[int]]) -> dict[int, set[RecordRef]]:
+    found = digests.in_seasons_many(session, LateDigest, lineages)
+    return {lot: {RecordRef(LATE_DIGEST, i) for i in ids} for lot, ids in found.items()}
+
+
 def summary(session: Session, lot_ids: list[int]) -> list[dict[str, Any]]:
     """Which days of the lots' plots and herds had late readings, for the trace page and JSON."""
     days: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -235,4 +241,9 @@ def summary(session: Session, lot_ids: list[int]) -> list[dict[str, Any]]:
     return [days[k] for k in sorted(days)]
 
 
-register_kind(LATE_DIGEST, _load, _collect)
+def _load_many(session: Session, ids: Sequence[int]) -> dict[int, tuple[dict[str, Any], str]]:
+    t = LateDigest.__table__  # type: ignore[attr-defined]
+    return {r.id: (content(r), r.salt) for r in rows_where_in(session, [t], t.c.id, ids)}
+
+
+register_kind(LATE_DIGEST, _load, _collect, bulk=_load_many, collect_many=_collect_many)

@@ -10,74 +10,193 @@ tampered, not as absent.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from ledger.anchor_models import LedgerLeaf, LotManifest
+from core.models import Herd, Plot, utcnow
+from ledger import digests, growth, late
+from ledger.anchor_models import GrowthSummary, LateDigest, LedgerLeaf, LotManifest, TelemetryDigest
 from ledger.codes import canonical_lot_uri
-from ledger.models import Lot
-from ledger.records import RecordNotFound, RecordRef, records_of_lot, register_kind
+from ledger.models import (
+    EventCorrection,
+    Inspection,
+    Lot,
+    LotParent,
+    LotSource,
+    Product,
+    TraceEvent,
+    TraceEventLot,
+    new_salt,
+)
+from ledger.records import (
+    CORRECTION,
+    EVENT,
+    INSPECTION,
+    LOT,
+    RecordNotFound,
+    RecordRef,
+    chunks,
+    records_of_lots,
+    register_kind,
+    rows_where_in,
+)
 
 MANIFEST = "manifest/1"
 
 
-def lot_leaves(session: Session, lot_id: int) -> dict[str, str]:
-    """leaf hex -> kind of the lot's records that already have a leaf (manifests excluded)."""
-    refs = [r for r in records_of_lot(session, lot_id) if r.kind != MANIFEST]
-    out: dict[str, str] = {}
-    by_kind: dict[str, list[int]] = {}
-    for r in refs:
-        by_kind.setdefault(r.kind, []).append(r.id)
-    for kind, ids in by_kind.items():
-        rows = session.exec(
-            select(LedgerLeaf.leaf).where(LedgerLeaf.kind == kind, col(LedgerLeaf.record_id).in_(ids))
-        ).all()
-        out.update({leaf: kind for leaf in rows})
+def ensure_manifests(session: Session, lot_ids: Iterable[int] | None = None) -> int:
+    """Add a manifest version for every lot (of `lot_ids`; default: all) whose leaf list grew;
+    returns how many were added. Set-based (`records_of_lots`): a few queries per table, however
+    many lots, so the first pass over a million records takes seconds, not hours."""
+    lot_t = Lot.__table__.c  # type: ignore[attr-defined]
+    ids = sorted(session.execute(sa.select(lot_t.id)).scalars() if lot_ids is None else set(lot_ids))
+    if not ids:
+        return 0
+    refs = records_of_lots(session, ids, exclude=[MANIFEST])
+    by_kind: dict[str, set[int]] = defaultdict(set)
+    for found in refs.values():
+        for r in found:
+            by_kind[r.kind].add(r.id)
+    leaf = LedgerLeaf.__table__.c  # type: ignore[attr-defined]
+    leaf_of: dict[RecordRef, str] = {}
+    for kind, record_ids in by_kind.items():
+        rows = rows_where_in(session, [leaf.record_id, leaf.leaf], leaf.record_id, record_ids, leaf.kind == kind)
+        leaf_of.update({RecordRef(kind, rid): value for rid, value in rows})
+    latest = _latest(session, ids)
+    uris = _lot_uris(session, ids)
+    now, new = utcnow(), []
+    for lot_id in ids:
+        if lot_id not in refs:
+            continue
+        current = {leaf_of[r]: r.kind for r in refs[lot_id] if r in leaf_of}
+        if not current:
+            continue
+        prev = latest.get(lot_id)
+        if prev is not None:
+            old = prev.content["leaves"]
+            if set(current) <= set(old):
+                continue  # nothing new (a record gone missing is for verification to report)
+            current = {**dict(zip(old, _kinds_of(session, old), strict=True)), **current}
+        content = {
+            "lot": uris[lot_id],
+            "counts": dict(sorted(Counter(current.values()).items())),
+            "leaves": sorted(current),
+        }
+        version = (prev.version + 1) if prev is not None else 1
+        new.append({"lot_id": lot_id, "version": version, "content": content, "created_at": now, "salt": new_salt()})
+    if new:
+        session.execute(sa.insert(LotManifest.__table__), new)  # type: ignore[attr-defined]
+    return len(new)
+
+
+def _latest(session: Session, lot_ids: list[int]) -> dict[int, Any]:
+    """The newest manifest row (lot_id, version, content) of each of these lots that has one."""
+    m = LotManifest.__table__.c  # type: ignore[attr-defined]
+    out: dict[int, Any] = {}
+    for part in chunks(lot_ids):
+        newest = sa.select(m.lot_id, sa.func.max(m.version).label("v")).where(m.lot_id.in_(part)).group_by(m.lot_id)
+        newest = newest.subquery()
+        q = sa.select(m.lot_id, m.version, m.content).join(
+            newest, (m.lot_id == newest.c.lot_id) & (m.version == newest.c.v)
+        )
+        out.update({r.lot_id: r for r in session.execute(q)})
     return out
 
 
-def latest(session: Session, lot_id: int) -> LotManifest | None:
-    return session.exec(
-        select(LotManifest).where(LotManifest.lot_id == lot_id).order_by(col(LotManifest.version).desc())
-    ).first()
+def _lot_uris(session: Session, lot_ids: list[int]) -> dict[int, str]:
+    lot, product = Lot.__table__.c, Product.__table__.c  # type: ignore[attr-defined]
+    q = sa.select(lot.id, lot.lot_no, lot.code, product.gtin).join_from(
+        Lot.__table__,  # type: ignore[attr-defined]
+        Product.__table__,  # type: ignore[attr-defined]
+        lot.product_id == product.id,
+    )
+    out = {}
+    for part in chunks(lot_ids):
+        for r in session.execute(q.where(lot.id.in_(part))):
+            view = SimpleNamespace(lot_no=r.lot_no, code=r.code, product=SimpleNamespace(gtin=r.gtin))
+            out[r.id] = canonical_lot_uri(view)  # type: ignore[arg-type]
+    return out
 
 
-def build_content(lot: Lot, leaves: dict[str, str]) -> dict[str, Any]:
-    return {
-        "lot": canonical_lot_uri(lot),
-        "counts": dict(sorted(Counter(leaves.values()).items())),
-        "leaves": sorted(leaves),
+def lots_to_check(session: Session, since_leaf: int) -> set[int] | None:
+    """Lots whose manifest may have to grow because of the leaves made after leaf id `since_leaf`
+    (manifest leaves aside): the lots those records may belong to, and their descendants, whose
+    lineage includes them. A superset: `ensure_manifests` adds nothing for a lot that did not
+    change. None when a new leaf is of a kind this function cannot place (then: every lot)."""
+    leaf = LedgerLeaf.__table__.c  # type: ignore[attr-defined]
+    new = leaf.id > since_leaf
+    kinds = set(session.execute(sa.select(leaf.kind).where(new).distinct()).scalars()) - {MANIFEST}
+    if not kinds:
+        return set()
+    ev, link = TraceEvent.__table__.c, TraceEventLot.__table__.c  # type: ignore[attr-defined]
+    src, plot, herd = LotSource.__table__.c, Plot.__table__.c, Herd.__table__.c  # type: ignore[attr-defined]
+
+    def records(kind: str, id_col: Any) -> Any:  # `id_col` is the id of a record of `kind` made after since_leaf
+        return sa.and_(leaf.kind == kind, leaf.record_id == id_col, new)
+
+    queries: dict[str, list[Any]] = {
+        LOT: [sa.select(leaf.record_id).where(leaf.kind == LOT, new)],
+        EVENT: [
+            sa.select(ev.lot_id).join(LedgerLeaf.__table__, records(EVENT, ev.id)),  # type: ignore[attr-defined]
+            sa.select(link.lot_id).join(LedgerLeaf.__table__, records(EVENT, link.trace_event_id)),  # type: ignore[attr-defined]
+        ],
+        INSPECTION: [
+            sa.select(Inspection.__table__.c.lot_id).join(  # type: ignore[attr-defined]
+                LedgerLeaf.__table__,  # type: ignore[attr-defined]
+                records(INSPECTION, Inspection.__table__.c.id),  # type: ignore[attr-defined]
+            )
+        ],
+        growth.GROWTH: [
+            sa.select(GrowthSummary.__table__.c.lot_id).join(  # type: ignore[attr-defined]
+                LedgerLeaf.__table__,  # type: ignore[attr-defined]
+                records(growth.GROWTH, GrowthSummary.__table__.c.id),  # type: ignore[attr-defined]
+            )
+        ],
     }
-
-
-def ensure_manifests(session: Session) -> int:
-    """Add a manifest version for every lot whose leaf list grew; returns how many were added."""
-    added = 0
-    for lot in session.exec(select(Lot)).all():
-        assert lot.id is not None
-        current = lot_leaves(session, lot.id)
-        if not current:
-            continue
-        prev = latest(session, lot.id)
-        if prev is not None:
-            old = set(prev.content["leaves"])
-            if set(current) <= old:
-                continue  # nothing new (a record gone missing is for verification to report)
-            kinds = dict(zip(prev.content["leaves"], _kinds_of(session, prev.content["leaves"]), strict=True))
-            current = {**kinds, **current}
-        session.add(
-            LotManifest(lot_id=lot.id, version=(prev.version + 1) if prev else 1, content=build_content(lot, current))
-        )
-        added += 1
-    session.flush()
-    return added
+    cor = EventCorrection.__table__.c  # type: ignore[attr-defined]
+    corrected = sa.select(cor.event_id).join(LedgerLeaf.__table__, records(CORRECTION, cor.id))  # type: ignore[attr-defined]
+    queries[CORRECTION] = [
+        sa.select(ev.lot_id).where(ev.id.in_(corrected)),
+        sa.select(link.lot_id).where(link.trace_event_id.in_(corrected)),
+    ]
+    for kind, table in ((digests.DIGEST, TelemetryDigest), (late.LATE_DIGEST, LateDigest)):
+        d = table.__table__.c  # type: ignore[attr-defined]
+        plots = sa.select(d.value).join(LedgerLeaf.__table__, records(kind, d.id)).where(d.tag == "plot")  # type: ignore[attr-defined]
+        herds = sa.select(d.value).join(LedgerLeaf.__table__, records(kind, d.id)).where(d.tag == "herd")  # type: ignore[attr-defined]
+        queries[kind] = [
+            sa.select(src.lot_id).join(Plot.__table__, src.plot_id == plot.id).where(plot.plot_no.in_(plots)),  # type: ignore[attr-defined]
+            sa.select(src.lot_id).join(Herd.__table__, src.herd_id == herd.id).where(herd.herd_no.in_(herds)),  # type: ignore[attr-defined]
+        ]
+    if kinds - set(queries):
+        return None
+    lots: set[int] = set()
+    for kind in kinds:
+        for q in queries[kind]:
+            lots.update(x for x in session.execute(q.distinct()).scalars() if x is not None)
+    lp = LotParent.__table__.c  # type: ignore[attr-defined]
+    children: dict[int, list[int]] = defaultdict(list)
+    for child, parent in session.execute(sa.select(lp.child_lot_id, lp.parent_lot_id)):
+        children[parent].append(child)
+    frontier = list(lots)
+    while frontier:
+        frontier = [c for p in frontier for c in children.get(p, ()) if c not in lots]
+        lots.update(frontier)
+    return lots
 
 
 def _kinds_of(session: Session, leaves: list[str]) -> list[str]:
     rows = dict(session.exec(select(LedgerLeaf.leaf, LedgerLeaf.kind).where(col(LedgerLeaf.leaf).in_(leaves))).all())
     return [rows.get(leaf, "unknown") for leaf in leaves]
+
+
+def _load_many(session: Session, ids: Sequence[int]) -> dict[int, tuple[dict[str, Any], str]]:
+    t = LotManifest.__table__  # type: ignore[attr-defined]
+    return {r.id: (r.content, r.salt) for r in rows_where_in(session, [t.c.id, t.c.content, t.c.salt], t.c.id, ids)}
 
 
 def _load(session: Session, manifest_id: int) -> tuple[dict[str, Any], str]:
@@ -95,4 +214,4 @@ def _collect(session: Session, lot_ids: list[int]) -> list[RecordRef]:
     return [RecordRef(MANIFEST, i) for i in rows]
 
 
-register_kind(MANIFEST, _load, _collect)
+register_kind(MANIFEST, _load, _collect, bulk=_load_many)

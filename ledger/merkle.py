@@ -16,25 +16,32 @@ Formats, all exact:
 Duplicate leaves are kept, as OpenZeppelin does (both appear in the tree); looking a proof up by
 value then gives the one of the last duplicate, like OpenZeppelin's `getProof(leaf)`.
 
-Speed: a tree of a million leaves has a million inner nodes to hash. Hashing each with a new
-pycryptodome hash object costs ~12 µs; `_BatchKeccak` drives pycryptodome's C keccak directly
-(one reusable state, three C calls per node, ~3 µs), level by level over numpy buffers. Proofs
-for every leaf come as one numpy matrix of node indices (`proof_matrix`), turned into bytes only
-when a proof is asked for. Single-threaded.
+Speed: a tree of a million leaves has a million inner nodes to hash, and a million records have
+two million leaf hashes. Hashing each with a new pycryptodome hash object costs ~12 µs; driving
+pycryptodome's C keccak directly through ctypes (`_CKeccak`: one reusable state per thread, three
+C calls per hash) costs ~3 µs. Those are private symbols of pycryptodome (a declared dependency),
+so at import the binding is checked against the public `Crypto.Hash.keccak.new` on test vectors
+of every length class; if a symbol is missing or a digest differs, a RuntimeWarning says so and
+everything falls back to `keccak.new` (`_PublicKeccak`): same results, about four times slower.
+Proofs for every leaf come as one numpy matrix of node indices (`proof_matrix`), turned into bytes
+only when a proof is asked for. Single-threaded.
 """
 
 from __future__ import annotations
 
 import ctypes
 import importlib.util
+import threading
+import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from Crypto.Hash import keccak as _keccak
 
 HASH_BYTES = 32
 DUMP_FORMAT = "simple-v1"
+_KECCAK_PADDING = 0x01  # Keccak padding (SHA-3 would be 0x06)
 
 
 def keccak256(data: bytes) -> bytes:
@@ -43,19 +50,32 @@ def keccak256(data: bytes) -> bytes:
 
 def leaf_hash(canonical: bytes) -> bytes:
     """The leaf of a record: keccak256(keccak256(canonical bytes))."""
-    return keccak256(keccak256(canonical))
+    h = _hasher()
+    return h.hash(h.hash(canonical))
+
+
+def leaf_hashes(canonicals: Sequence[bytes]) -> np.ndarray:
+    """`leaf_hash` of many records at once, as a (n, 32) uint8 array in input order."""
+    first = np.empty((len(canonicals), HASH_BYTES), dtype=np.uint8)
+    out = np.empty_like(first)
+    h = _hasher()
+    h.hash_many(canonicals, first)
+    h.hash_rows(first, out)
+    return out
 
 
 def node_hash(a: bytes, b: bytes) -> bytes:
     """OpenZeppelin's commutative node hash: keccak256 of the sorted pair."""
-    return keccak256(a + b if a <= b else b + a)
+    return _hasher().hash(a + b if a <= b else b + a)
 
 
 def process_proof(leaf: bytes, proof: Sequence[bytes]) -> bytes:
     """The root that `proof` leads to from `leaf` (MerkleProof.processProof)."""
     computed = _check_node(leaf)
+    hash_ = _hasher().hash
     for sibling in proof:
-        computed = node_hash(computed, _check_node(sibling))
+        s = sibling if type(sibling) is bytes and len(sibling) == HASH_BYTES else _check_node(sibling)
+        computed = hash_(computed + s if computed <= s else s + computed)
     return computed
 
 
@@ -70,58 +90,165 @@ def _check_node(node: bytes) -> bytes:
     return bytes(node)
 
 
-class _BatchKeccak:
-    """keccak256 of many equal-length messages through pycryptodome's C functions.
+# ---------------------------------------------------------------- keccak256, fast and public
 
-    pycryptodome's Python hash objects cost ~12 µs each, mostly object overhead; driving its C
-    library (`Crypto.Hash._keccak`: keccak_absorb, keccak_digest, keccak_reset) with one state
-    costs ~3 µs. One instance per call: the state is not shared between threads.
-    """
 
-    _lib: ctypes.CDLL | None = None
+class _Hasher(Protocol):
+    def hash(self, data: bytes) -> bytes: ...
 
-    @classmethod
-    def _load(cls) -> ctypes.CDLL:
-        if cls._lib is None:
+    def hash_many(self, messages: Sequence[bytes], out: np.ndarray) -> None: ...
+
+    def hash_rows(self, messages: np.ndarray, out: np.ndarray) -> None: ...
+
+
+class _PublicKeccak:
+    """keccak256 through pycryptodome's public API (`Crypto.Hash.keccak.new`): the fallback."""
+
+    def hash(self, data: bytes) -> bytes:
+        return _keccak.new(digest_bits=256, data=data).digest()
+
+    def hash_many(self, messages: Sequence[bytes], out: np.ndarray) -> None:
+        """out[k] = keccak256(messages[k]) into a C-contiguous (n, 32) uint8 array."""
+        new = _keccak.new
+        out[:] = np.frombuffer(
+            b"".join(new(digest_bits=256, data=m).digest() for m in messages), dtype=np.uint8
+        ).reshape(len(messages), HASH_BYTES)
+
+    def hash_rows(self, messages: np.ndarray, out: np.ndarray) -> None:
+        """out[k] = keccak256(messages[k]) for C-contiguous uint8 arrays (m, L) and (m, 32)."""
+        self.hash_many([row.tobytes() for row in messages], out)
+
+
+class _KeccakLib:
+    """pycryptodome's C keccak (`Crypto.Hash._keccak`: keccak_init, keccak_absorb, keccak_digest,
+    keccak_reset), bound through ctypes. Raises ImportError, OSError or AttributeError when the
+    library or one of its symbols is missing."""
+
+    def __init__(self, path: str | None = None) -> None:
+        if path is None:
             spec = importlib.util.find_spec("Crypto.Hash._keccak")
             if spec is None or not spec.origin:
                 raise ImportError("pycryptodome's Crypto.Hash._keccak library not found")
-            lib = ctypes.CDLL(spec.origin)
-            vp, sz = ctypes.c_void_p, ctypes.c_size_t
-            lib.keccak_init.argtypes = [ctypes.POINTER(vp), sz, ctypes.c_ubyte]
-            lib.keccak_absorb.argtypes = [vp, vp, sz]
-            lib.keccak_digest.argtypes = [vp, vp, sz, ctypes.c_ubyte]
-            lib.keccak_reset.argtypes = [vp]
-            lib.keccak_destroy.argtypes = [vp]
-            cls._lib = lib
-        return cls._lib
+            path = spec.origin
+        lib = ctypes.CDLL(path)
+        vp, sz, ub = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_ubyte
+        self.init = lib["keccak_init"]
+        self.init.argtypes = [ctypes.POINTER(vp), sz, ub]
+        self.absorb = lib["keccak_absorb"]  # from an address
+        self.absorb.argtypes = [vp, vp, sz]
+        self.absorb_bytes = lib["keccak_absorb"]  # from a bytes object, without copying it
+        self.absorb_bytes.argtypes = [vp, ctypes.c_char_p, sz]
+        self.digest = lib["keccak_digest"]
+        self.digest.argtypes = [vp, vp, sz, ub]
+        self.reset = lib["keccak_reset"]
+        self.reset.argtypes = [vp]
+        self.destroy = lib["keccak_destroy"]
+        self.destroy.argtypes = [vp]
 
-    def __init__(self) -> None:
-        self.lib = self._load()
+
+class _CKeccak:
+    """keccak256 through `_KeccakLib` with one state (not shared between threads: see `_hasher`)."""
+
+    def __init__(self, lib: _KeccakLib) -> None:
+        self.lib = lib
         state = ctypes.c_void_p()
         # capacity 64 bytes = keccak256 (rate 136), 24 rounds
-        if self.lib.keccak_init(ctypes.byref(state), 64, 24) != 0:
+        if lib.init(ctypes.byref(state), 64, 24) != 0:
             raise RuntimeError("keccak_init failed")
         self.state = state
+        self._buf = ctypes.create_string_buffer(HASH_BYTES)
+        self._buf_addr = ctypes.addressof(self._buf)
 
-    def __enter__(self) -> _BatchKeccak:
-        return self
+    def close(self) -> None:
+        self.lib.destroy(self.state)
 
-    def __exit__(self, *_: object) -> None:
-        self.lib.keccak_destroy(self.state)
+    def hash(self, data: bytes) -> bytes:
+        lib, state = self.lib, self.state.value
+        lib.absorb_bytes(state, data, len(data))
+        lib.digest(state, self._buf_addr, HASH_BYTES, _KECCAK_PADDING)
+        lib.reset(state)
+        return self._buf.raw
+
+    def hash_many(self, messages: Sequence[bytes], out: np.ndarray) -> None:
+        """out[k] = keccak256(messages[k]) into a C-contiguous (n, 32) uint8 array."""
+        assert out.flags.c_contiguous and out.shape == (len(messages), HASH_BYTES) and out.dtype == np.uint8
+        absorb, digest, reset = self.lib.absorb_bytes, self.lib.digest, self.lib.reset
+        state, dst = self.state.value, out.ctypes.data
+        for d, m in zip(range(dst, dst + HASH_BYTES * len(messages), HASH_BYTES), messages, strict=True):
+            absorb(state, m, len(m))
+            digest(state, d, HASH_BYTES, _KECCAK_PADDING)
+            reset(state)
 
     def hash_rows(self, messages: np.ndarray, out: np.ndarray) -> None:
         """out[k] = keccak256(messages[k]) for C-contiguous uint8 arrays (m, L) and (m, 32)."""
         m, length = messages.shape
         assert messages.flags.c_contiguous and out.flags.c_contiguous and out.shape == (m, HASH_BYTES)
-        absorb, digest, reset = self.lib.keccak_absorb, self.lib.keccak_digest, self.lib.keccak_reset
+        if length == 0:  # empty messages: no stride to walk
+            self.hash_many([b""] * m, out)
+            return
+        absorb, digest, reset = self.lib.absorb, self.lib.digest, self.lib.reset
         state = self.state.value
         src, dst = messages.ctypes.data, out.ctypes.data
         pairs = zip(range(src, src + length * m, length), range(dst, dst + HASH_BYTES * m, HASH_BYTES), strict=True)
         for a, d in pairs:
             absorb(state, a, length)
-            digest(state, d, HASH_BYTES, 0x01)  # 0x01: Keccak padding (SHA-3 would be 0x06)
+            digest(state, d, HASH_BYTES, _KECCAK_PADDING)
             reset(state)
+
+
+# lengths around keccak256's 136-byte block, so padding and multi-block absorbing are both checked
+_SELF_TEST = [bytes(range(256))[:n] for n in (0, 1, 31, 32, 63, 64, 65, 135, 136, 137, 200, 256)] + [b"\xff" * 1000]
+
+
+def _bind(path: str | None = None, reference: _Hasher | None = None) -> _KeccakLib | None:
+    """The C binding if its symbols are there and it hashes `_SELF_TEST` exactly as `reference`
+    (the public API) does; else None, with a RuntimeWarning saying why."""
+    reference = reference or _PublicKeccak()
+    try:
+        lib = _KeccakLib(path)
+        hasher = _CKeccak(lib)
+    except (ImportError, OSError, AttributeError, RuntimeError) as e:
+        warnings.warn(
+            f"ledger.merkle: pycryptodome's C keccak cannot be bound ({e}); falling back to Crypto.Hash.keccak.new",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    try:
+        rows = np.frombuffer(bytes(range(128)), dtype=np.uint8).reshape(2, 64)  # two inner-node inputs
+        got_rows = np.empty((2, HASH_BYTES), dtype=np.uint8)
+        hasher.hash_rows(rows, got_rows)
+        many = np.empty((len(_SELF_TEST), HASH_BYTES), dtype=np.uint8)
+        hasher.hash_many(_SELF_TEST, many)
+        agree = all(hasher.hash(m) == reference.hash(m) == many[k].tobytes() for k, m in enumerate(_SELF_TEST))
+        agree = agree and [r.tobytes() for r in got_rows] == [reference.hash(bytes(r)) for r in rows]
+    finally:
+        hasher.close()
+    if not agree:
+        warnings.warn(
+            "ledger.merkle: pycryptodome's C keccak disagrees with Crypto.Hash.keccak.new on its self-test; "
+            "falling back to Crypto.Hash.keccak.new",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    return lib
+
+
+_LIB: _KeccakLib | None = _bind()
+_PUBLIC = _PublicKeccak()
+_local = threading.local()
+
+
+def _hasher() -> _Hasher:
+    """This thread's hasher: the checked C binding, or the public API when it is unavailable.
+    One C state per thread, kept for the thread's lifetime (a few hundred bytes)."""
+    if _LIB is None:
+        return _PUBLIC
+    h = getattr(_local, "hasher", None)
+    if h is None or h.lib is not _LIB:
+        h = _local.hasher = _CKeccak(_LIB)
+    return h
 
 
 def _as_matrix(leaves: Sequence[bytes] | np.ndarray) -> np.ndarray:
@@ -175,13 +302,13 @@ class MerkleTree:
         tree_index = np.empty(n, dtype=np.int64)
         tree_index[order] = 2 * n - 2 - np.arange(n)
         if n > 1:
-            with _BatchKeccak() as hasher:
-                # internal nodes 0..n-2 by heap level, deepest first; a level's children are contiguous
-                depth = (n - 2 + 1).bit_length() - 1
-                for level in range(depth, -1, -1):
-                    lo, hi = (1 << level) - 1, min((1 << (level + 1)) - 2, n - 2)
-                    children = nodes[2 * lo + 1 : 2 * hi + 3].reshape(hi - lo + 1, 2 * HASH_BYTES)
-                    hasher.hash_rows(_sorted_pairs(children), nodes[lo : hi + 1])
+            hasher = _hasher()
+            # internal nodes 0..n-2 by heap level, deepest first; a level's children are contiguous
+            depth = (n - 2 + 1).bit_length() - 1
+            for level in range(depth, -1, -1):
+                lo, hi = (1 << level) - 1, min((1 << (level + 1)) - 2, n - 2)
+                children = nodes[2 * lo + 1 : 2 * hi + 3].reshape(hi - lo + 1, 2 * HASH_BYTES)
+                hasher.hash_rows(_sorted_pairs(children), nodes[lo : hi + 1])
         return cls(nodes, tree_index)
 
     def __len__(self) -> int:

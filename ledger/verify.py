@@ -59,6 +59,7 @@ from ledger.chain import Chain
 from ledger.codes import canonical_lot_uri
 from ledger.merkle import leaf_hash, process_proof
 from ledger.models import Lot
+from ledger.proofs import proof_of
 from ledger.records import RecordNotFound, RecordRef, canonical_bytes, record, records_of_lot
 
 VERIFIED, PENDING, TAMPERED, UNVERIFIABLE = "verified", "pending", "tampered", "unverifiable"
@@ -305,7 +306,7 @@ def check_record(
             check.reasons += ["changed after its leaf was made", *diff(json.loads(row.canonical), rec)]
         return check
     check.block_number, check.anchored_at, check.tx_hash = wc.block_number, wc.anchored_at, wc.tx_hash
-    proof = [unhex(p) for p in row.proof or []]
+    proof = [unhex(p) for p in proof_of(session, row)]
     if hex32(process_proof(unhex(leaf), proof)) == window.root:
         check.status = VERIFIED
         return check

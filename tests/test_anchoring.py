@@ -17,6 +17,7 @@ from ledger.anchoring import Anchorer, unhex
 from ledger.chain import Chain
 from ledger.merkle import leaf_hash
 from ledger.models import Inspection, InspectionItem
+from ledger.proofs import proof_of
 from ledger.trace_io import load_demo_trace
 from tests.chain_fixtures import chain_settings
 
@@ -69,10 +70,12 @@ def test_every_record_is_anchored_once_and_its_proof_checks_on_chain(
     for row in rows[:: max(1, len(rows) // 25)]:
         assert leaf_hash(row.canonical).hex() == row.leaf[2:]
         window = next(w for w in ws if w.seq == row.window_seq)
-        assert chain.verify_on_chain([unhex(p) for p in row.proof or []], window.root, row.leaf)
+        with Session(engine) as session:
+            proof = [unhex(p) for p in proof_of(session, row)]
+        assert chain.verify_on_chain(proof, window.root, row.leaf)
         bad = bytearray(unhex(row.leaf))
         bad[0] ^= 1
-        assert not chain.verify_on_chain([unhex(p) for p in row.proof or []], window.root, bytes(bad))
+        assert not chain.verify_on_chain(proof, window.root, bytes(bad))
     # a second pass anchors nothing more
     again = worker.run_once()
     assert not again.sent and not again.windows and again.leaves == 0

@@ -15,7 +15,8 @@ from Crypto.Hash import keccak as pycryptodome_keccak
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.merkle import MerkleTree, _BatchKeccak, keccak256, leaf_hash, node_hash, process_proof, verify
+from ledger import merkle
+from ledger.merkle import MerkleTree, keccak256, leaf_hash, node_hash, process_proof, verify
 
 ROOT = Path(__file__).resolve().parents[1]
 OZ_SCRIPT = ROOT / "tests" / "merkle_oz.mjs"
@@ -57,10 +58,15 @@ def test_keccak_and_leaf_hash_vectors() -> None:
 def test_batch_keccak_matches_pycryptodome(length: int) -> None:
     messages = np.frombuffer(os.urandom(length * 50), dtype=np.uint8).reshape(50, length).copy()
     out = np.zeros((50, 32), dtype=np.uint8)
-    with _BatchKeccak() as hasher:
-        hasher.hash_rows(messages, out)
-    for row, digest in zip(messages, out, strict=True):
-        assert digest.tobytes() == pycryptodome_keccak.new(digest_bits=256, data=row.tobytes()).digest()
+    assert merkle._LIB is not None, "the C binding failed its self-test here"
+    hasher = merkle._CKeccak(merkle._LIB)
+    hasher.hash_rows(messages, out)
+    many = np.zeros((50, 32), dtype=np.uint8)
+    hasher.hash_many([row.tobytes() for row in messages], many)
+    hasher.close()
+    for row, digest, other in zip(messages, out, many, strict=True):
+        expected = pycryptodome_keccak.new(digest_bits=256, data=row.tobytes()).digest()
+        assert digest.tobytes() == other.tobytes() == expected
 
 
 def test_same_trees_roots_proofs_and_dumps_as_openzeppelin() -> None:
@@ -149,3 +155,82 @@ def test_numpy_input_equals_bytes_input() -> None:
     leaves = [os.urandom(32) for _ in range(257)]
     as_array = np.frombuffer(b"".join(leaves), dtype=np.uint8).reshape(-1, 32)
     assert MerkleTree.build(as_array).root == MerkleTree.build(leaves).root
+
+
+# ---------------------------------------------------------------- the C binding's check and its fallback
+
+
+class _WrongKeccak(merkle._PublicKeccak):
+    """A reference that disagrees on one input: what a changed private C function would look like."""
+
+    def hash(self, data: bytes) -> bytes:
+        digest = super().hash(data)
+        return digest if len(data) != 136 else bytes(32)
+
+
+def test_binding_without_the_symbols_falls_back_with_a_warning() -> None:
+    libc = subprocess.run(["ldd", "/bin/sh"], capture_output=True, text=True).stdout
+    path = next((w for w in libc.split() if "libc.so" in w and w.startswith("/")), None)
+    assert path, libc
+    with pytest.warns(RuntimeWarning, match="cannot be bound"):
+        assert merkle._bind(path) is None  # a real library without keccak_init
+    with pytest.warns(RuntimeWarning, match="cannot be bound"):
+        assert merkle._bind("/nonexistent/_keccak.so") is None
+
+
+def test_binding_that_disagrees_with_the_public_api_falls_back_with_a_warning() -> None:
+    with pytest.warns(RuntimeWarning, match="disagrees"):
+        assert merkle._bind(reference=_WrongKeccak()) is None
+    assert merkle._bind() is not None  # the installed pycryptodome passes its self-test
+
+
+@pytest.mark.parametrize("length", [0, 1, 32, 64, 136, 137, 500])
+def test_public_fallback_hashes_as_the_c_binding(length: int) -> None:
+    assert merkle._LIB is not None
+    fast, public = merkle._CKeccak(merkle._LIB), merkle._PublicKeccak()
+    try:
+        rows = np.frombuffer(os.urandom(length * 40 or 1), dtype=np.uint8)[: length * 40].reshape(40, length).copy()
+        for h in (fast, public):
+            out_rows, out_many = np.zeros((40, 32), dtype=np.uint8), np.zeros((40, 32), dtype=np.uint8)
+            h.hash_rows(rows, out_rows)
+            h.hash_many([r.tobytes() for r in rows], out_many)
+            assert np.array_equal(out_rows, out_many)
+            assert out_rows[0].tobytes() == fast.hash(rows[0].tobytes()) == public.hash(rows[0].tobytes())
+    finally:
+        fast.close()
+
+
+def test_trees_leaves_and_proofs_are_the_same_on_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    records = [os.urandom(random.randrange(1, 400)) for _ in range(301)]
+    fast_leaves = merkle.leaf_hashes(records)
+    fast = MerkleTree.build(fast_leaves)
+    monkeypatch.setattr(merkle, "_LIB", None)
+    assert merkle._hasher() is merkle._PUBLIC
+    slow_leaves = merkle.leaf_hashes(records)
+    assert np.array_equal(fast_leaves, slow_leaves)
+    assert slow_leaves[7].tobytes() == leaf_hash(records[7]) == keccak256(keccak256(records[7]))
+    slow = MerkleTree.build(slow_leaves)
+    assert np.array_equal(slow.nodes, fast.nodes) and slow.root == reference_root(list(map(bytes, slow_leaves)))
+    assert verify(slow.root, slow.leaf(5), slow.proof(5))
+    assert not verify(slow.root, slow.leaf(5), slow.proof(6))
+
+
+def test_import_falls_back_when_the_c_library_cannot_be_loaded() -> None:
+    """At import: ctypes cannot load the library -> a RuntimeWarning, the public API, the same root."""
+    script = (
+        "import ctypes, warnings\n"
+        "import numpy, Crypto.Hash.keccak  # loaded first: pycryptodome's own loader uses ctypes too\n"
+        "def broken(*a, **k):\n    raise OSError('no such library')\n"
+        "ctypes.CDLL = broken\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from ledger import merkle\n"
+        "assert merkle._LIB is None and merkle._hasher() is merkle._PUBLIC\n"
+        "assert any('falling back' in str(w.message) for w in caught), caught\n"
+        "print(merkle.MerkleTree.build([merkle.leaf_hash(bytes([i])) for i in range(9)]).root.hex())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([os.sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    expected = MerkleTree.build([leaf_hash(bytes([i])) for i in range(9)]).root.hex()
+    assert done.stdout.strip() == expected

@@ -11,8 +11,10 @@ from sqlmodel import Session, select
 from core.db import get_engine, migrate
 from core.services import Postgres
 from core.settings import Settings
-from ledger.anchor_models import LedgerLeaf, LotManifest
+from ledger.anchor_models import AnchorWindow, LedgerLeaf, LotManifest
 from ledger.anchoring import Anchorer
+from ledger.merkle import verify
+from ledger.proofs import proof_of
 from ledger.records import record
 from ledger.trace_io import load_demo_trace
 
@@ -49,6 +51,15 @@ def test_migrations_demo_and_records_are_the_same_on_postgresql(pg: Postgres, tm
     with Session(on_pg) as session:
         manifests = session.exec(select(LotManifest)).all()
         assert manifests and all(m.content["leaves"] for m in manifests)
+    # windows closed on PostgreSQL: every proof read back from its tree pages leads to the root
+    Anchorer(on_pg, Settings(_env_file=None, DATABASE_URL=pg.url("village_test"))).run_once(force_window=True)  # type: ignore[call-arg]
+    with Session(on_pg) as session:
+        roots = {w.seq: bytes.fromhex(w.root[2:]) for w in session.exec(select(AnchorWindow))}
+        rows = session.exec(select(LedgerLeaf)).all()
+        assert roots and all(r.window_seq in roots for r in rows)
+        for r in rows:
+            proof = [bytes.fromhex(p[2:]) for p in proof_of(session, r)]
+            assert verify(roots[r.window_seq], bytes.fromhex(r.leaf[2:]), proof), r.id
     migrate(pg.url("village_test"))  # idempotent
     on_pg.dispose()
     on_sqlite.dispose()
