@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session, select
@@ -25,13 +26,14 @@ from core.db import get_engine, migrate, session_scope
 from core.services import ANVIL_DEV_KEY, Anvil
 from core.services import anvil as make_anvil
 from core.settings import Settings, get_settings
-from ledger.anchor_models import ON_CHAIN, AnchorState, AnchorWindow, LedgerLeaf
+from ledger.anchor_models import ON_CHAIN, AnchorState, AnchorWindow, LedgerLeaf, LedgerTreePage
 from ledger.anchoring import Anchorer, PassReport, hex32, unhex
 from ledger.bundle import lot_bundle
 from ledger.bundle_verify import verify_bundle
 from ledger.chain import Chain, ContractMismatch
 from ledger.merkle import MerkleTree, leaf_hash
 from ledger.models import Inspection, InspectionItem, Lot
+from ledger.proofs import store_tree
 from ledger.records import INSPECTION, canonical_bytes, record
 from ledger.trace_io import load_demo_trace
 from ledger.verify import PENDING, TAMPERED, UNVERIFIABLE, VERIFIED, Verification, verify_lot
@@ -172,9 +174,12 @@ def test_attack_window_rewritten_behind_a_forged_transaction_stays_tampered(ledg
         (row,) = [r for r in rows if r.kind == INSPECTION and r.record_id == insp.id]
         row.canonical = canonical_bytes(record(session, INSPECTION, insp.id))
         row.leaf = hex32(leaf_hash(row.canonical))
+        rows.sort(key=lambda r: r.id or 0)
         tree = MerkleTree.build([unhex(r.leaf) for r in rows])
-        for r in rows:
-            r.proof = [hex32(p) for p in tree.proof(unhex(r.leaf))]
+        session.execute(sa.delete(LedgerTreePage).where(LedgerTreePage.window_seq == w.seq))
+        store_tree(session, w.seq, tree)  # every proof of the window rewritten to the forged root
+        for r, place in zip(rows, tree.tree_index.tolist(), strict=True):
+            r.tree_index = place
             session.add(r)
         window = session.get(AnchorWindow, w.seq)
         assert window is not None
