@@ -12,7 +12,8 @@ module does not depend on the database models. Three forms of one event:
   source/destination types, ...) and the project's steps as full URIs (``https://ref.gs1.org/cbv/BizStep-shipping``,
   ``https://w3id.org/village-trace/voc/BizStep-drying``), never the bare words or CURIEs a reader must expand;
   extension keys as ``{prefix}:name`` with the prefix declared in the document's ``@context``.
-  On import all three spellings of a vocabulary value (bare word, CURIE, full URI; and CBV URNs) are accepted.
+  On import all three spellings of a vocabulary value (bare word, CURIE, full URI) are accepted, with one hash
+  (CBV URNs too in ``normalise_event``; GS1's JSON schema refuses them in a document).
 
 Every exported event carries its GS1 event hash as ``eventID`` (``ledger.epcis_hash``); the hash is the same for
 all three forms. Documents are checked against GS1's EPCIS 2.0 JSON schema and expand as JSON-LD offline: the
