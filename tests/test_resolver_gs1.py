@@ -253,6 +253,15 @@ def test_existing_behaviours_stay(client: TestClient) -> None:
     assert r.status_code == 307 and r.headers["location"] == f"{BASE}/api/v1/trace/{BAG}"
 
 
+@pytest.mark.parametrize("accept", [LINKSET, "application/json", HTML["Accept"]])
+def test_a_named_link_type_wins_over_accept(client: TestClient, accept: str) -> None:
+    """A GS1 client that names a link type gets that link, whatever its Accept header prefers."""
+    r = client.get(f"{URI}?linkType=gs1:epcis", headers={"Accept": accept}, follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"] == f"{BASE}/api/v1/trace/{BAG}/epcis"
+    page = client.get(f"{URI}?linkType=gs1:pip", headers={"Accept": accept})
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+
+
 def test_exported_epcis_names_business_steps_by_full_uri(client: TestClient) -> None:
     """The README's promise, through the API: CBV and project steps and dispositions as full URIs."""
     events = client.get(f"/api/v1/trace/{BAG}/epcis").json()["epcisBody"]["eventList"]

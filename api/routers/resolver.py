@@ -136,13 +136,16 @@ async def _page(request: Request, trace: TraceService, code: str, link_header: s
 
 
 def _linkset_media(request: Request, link_type: str | None) -> str | None:
-    """The media type to answer the linkset in, or None for the page.
+    """The media type to answer the linkset in, or None for the page or the link `?linkType=` names.
 
-    `?linkType=linkset` (or `all`) asks for it whatever Accept says; otherwise Accept decides, and a client
-    that takes only `application/json` gets the linkset under that name."""
+    `?linkType=linkset` (or `all`) asks for it whatever Accept says; a known link type asks for that link
+    (the page included) whatever Accept says; otherwise Accept decides, and a client that takes only
+    `application/json` gets the linkset under that name."""
     variant = page_variant(request.headers.get("accept", ""))
     if link_type in ("linkset", "all"):
         return variant if variant != "text/html" else LINKSET_JSON
+    if link_type and _expand(link_type) in link_types():
+        return None
     return None if variant == "text/html" else variant
 
 
