@@ -4,6 +4,10 @@ A scanned bag is looked up again and again; its answer changes at most every API
 So the complete 200 answer (status, headers, body) of `GET /api/v1/trace/{code}`, `/t/{code}` and
 `/01/{gtin}/10/{lot}` without a query string is kept per worker, keyed by path and, for pages, by
 the language Accept-Language selects, and replayed without routing, validation or rendering.
+Like a shared HTTP cache it keeps an answer no longer than its `Cache-Control: s-maxage` (else
+`max-age`), which the routes set from the verification it shows (api/services/tracing.py
+`Freshness`), not at all with `no-store`, and replays it with an `Age` header, so that a
+browser's copy expires with the verification.
 Only canonical paths (the stored code, a 14-digit GTIN) are kept: api/canonical.py redirects the
 other spellings of a code before they get here, so a client cannot fill the cache with spellings.
 Anything else (a query string, a linkset asked for by Accept, an error, another path) goes to the routes.
@@ -12,6 +16,8 @@ The rate limiter stays in front of it, and an admin change clears it with the ot
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -25,6 +31,8 @@ Receive = Callable[[], Awaitable[Any]]
 Send = Callable[[Any], Awaitable[None]]
 
 JSON_PREFIX = "/api/v1/trace/"
+MAX_AGE = re.compile(rb"(?:^|[,\s])max-age=(\d+)")
+S_MAXAGE = re.compile(rb"(?:^|[,\s])s-maxage=(\d+)")
 PAGE = "text/html"
 # What the Digital Link URI answers by Accept (api/routers/resolver.py): the page, or the linkset.
 RESOLVER_OFFERS = (PAGE, "application/linkset+json", "application/json")
@@ -65,6 +73,17 @@ def cache_key(scope: Scope) -> tuple[str, ...] | None:
     return ("page", path, lang)
 
 
+def keep_for(headers: list[tuple[bytes, bytes]], default: float) -> float:
+    """Seconds an answer with these headers may be kept: 0 with no-store, at most its s-maxage (else max-age)."""
+    for k, v in headers:
+        if k.lower() == b"cache-control":
+            if b"no-store" in v or b"private" in v:
+                return 0.0
+            if m := S_MAXAGE.search(v) or MAX_AGE.search(v):
+                return min(default, float(m.group(1)))
+    return default
+
+
 class MicroCache:
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], cache: TtlCache) -> None:
         self.app = app
@@ -77,8 +96,9 @@ class MicroCache:
             return
         hit = self.cache.get(key)
         if hit is not None:
-            status, headers, body = hit
-            await send({"type": "http.response.start", "status": status, "headers": headers})
+            status, headers, body, stored = hit
+            age = (b"age", str(int(time.monotonic() - stored)).encode())
+            await send({"type": "http.response.start", "status": status, "headers": [*headers, age]})
             await send({"type": "http.response.body", "body": body})
             return
         start: dict[str, Any] = {}
@@ -94,7 +114,9 @@ class MicroCache:
                 complete = not message.get("more_body", False)
             await send(message)
 
+        stored = time.monotonic()  # before the answer is made: its age counts from there
         await self.app(scope, receive, capture)
-        no_store = any(k == b"cache-control" and b"no-store" in v for k, v in start.get("headers", []))
-        if complete and start.get("status") == 200 and not no_store:
-            self.cache.set(key, (200, list(start.get("headers", [])), b"".join(chunks)))
+        headers = list(start.get("headers", []))
+        ttl = keep_for(headers, self.cache.ttl)
+        if complete and start.get("status") == 200 and ttl > 0:
+            self.cache.set(key, (200, headers, b"".join(chunks), stored), ttl=ttl - (time.monotonic() - stored))

@@ -21,7 +21,7 @@ from ledger.connect import anchoring_chain, influx_of, reading_chain
 from ledger.models import Lot
 
 console = Console()
-STATUS_STYLE = {"verified": "green", "pending": "yellow", "tampered": "bold red"}
+STATUS_STYLE = {"verified": "green", "pending": "yellow", "tampered": "bold red", "unverifiable": "magenta"}
 
 
 def _lot(session: Session, code: str) -> Lot:
@@ -77,14 +77,14 @@ def verify_cmd(
     code: str = typer.Argument(..., help="The lot's trace code (or its Digital Link URI)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Recompute every record of a lot, check its proof and the root on chain."""
+    """Recompute every record of a lot, check its proof and the root on chain (exit 3: tampered; 2: unverifiable)."""
     settings = get_settings()
     with Session(registry_engine()) as session:
         lot = _lot(session, _code_of(session, code))
         try:
             report = verify.verify_lot(session, lot, reading_chain(settings), influx_of(settings), settings)
-        except ChainError as e:
-            fail(f"cannot reach the chain at {settings.chain_rpc_url}: {e}", 2)
+        except ChainError as e:  # unreachable, or no TraceAnchor there (a reset chain): unverifiable, not tampered
+            fail(f"cannot verify against the chain at {settings.chain_rpc_url}: {e}", 2)
     if as_json:
         print(json.dumps(report.to_dict(), ensure_ascii=False, indent=1))
     else:
@@ -102,8 +102,12 @@ def verify_cmd(
             )
         console.print(table)
         console.print(f"{report.counts}", highlight=False)
+        if report.reason:
+            console.print(f"[{STATUS_STYLE[report.status]}]{report.status}[/]: {report.reason}", highlight=False)
     if report.status == verify.TAMPERED:
         raise typer.Exit(3)
+    if report.status == verify.UNVERIFIABLE:
+        raise typer.Exit(2)
 
 
 def _code_of(session: Session, text: str) -> str:
@@ -196,7 +200,7 @@ def verify_bundle_cmd(
         fail(f"cannot reach the chain at {url}: {e}", 2)
     for r in result.records:
         mark = "[green]ok[/]" if r.ok else "[bold red]FAILED[/]"
-        console.print(f"{mark} {r.kind} window {r.window} block {r.block_number} {'; '.join(r.problems)}")
+        console.print(f"{mark} {r.kind} window {r.window} block {r.block_number} {'; '.join(r.problems + r.notes)}")
     for m in result.manifests:
         if m.newest_in_bundle:
             later = "unknown" if m.later_windows is None else str(m.later_windows)

@@ -16,7 +16,8 @@ One pass (`Anchorer.run_once`) does, in order:
    its last root); before sending, the contract is asked whether the root is already there, so
    a window is never anchored twice, even after a crash between sending and recording;
 5. track: receipts, confirmations and finality; a transaction whose block left the canonical
-   chain (a reorganisation) puts its window back to `re-queued`, and it is sent again.
+   chain (a reorganisation) puts its window back to `re-queued`, and it is sent again; so do
+   final windows whose roots the contract no longer holds (a devnet that was reset).
 
 The chain being down only delays steps 4 and 5: leaves and windows wait in the database.
 """
@@ -234,7 +235,7 @@ class Anchorer:
                     continue
             existing = self.chain.anchor_of(window.root)
             if existing is not None:  # already on chain (a resend after a crash, or an old tx mined late)
-                found = self._find_anchor_tx(window.root, existing.block_number)
+                found = self.chain.anchor_receipt(window.root, existing.block_number)
                 if found is not None:
                     self._record_receipt(session, window, found, report)
                     continue
@@ -262,17 +263,6 @@ class Anchorer:
             if window.state not in ON_CHAIN:
                 return
 
-    def _find_anchor_tx(self, root: str, block_number: int) -> AnchorReceipt | None:
-        assert self.chain is not None
-        logs = self.chain.contract.events.Anchored().get_logs(
-            from_block=block_number, to_block=block_number, argument_filters={"root": unhex(root)}
-        )
-        for entry in logs:
-            r = self.chain.receipt(entry["transactionHash"])
-            if r is not None and r.ok:
-                return r
-        return None
-
     def track(self, session: Session, report: PassReport) -> None:
         for window in session.exec(
             select(AnchorWindow)
@@ -280,6 +270,23 @@ class Anchorer:
             .order_by(AnchorWindow.seq)
         ).all():
             self._track_one(session, window, report)
+        self._check_final(session, report)
+
+    def _check_final(self, session: Session, report: PassReport) -> None:
+        """A final anchor cannot go away on a real chain, but a devnet can be reset (or reorganised below
+        its "finalized" block): when the newest final window's root is gone, re-queue every final window
+        the contract no longer holds, so that it is sent again instead of waiting forever."""
+        assert self.chain is not None
+        final = select(AnchorWindow).where(AnchorWindow.state == AnchorState.final)
+        newest = session.exec(final.order_by(col(AnchorWindow.seq).desc())).first()
+        if newest is None or self.chain.anchor_of(newest.root) is not None:
+            return
+        log.error("final anchors are gone from the chain (reset, or reorganised below its finalized block)")
+        for window in session.exec(final.order_by(AnchorWindow.seq)).all():
+            if self.chain.anchor_of(window.root) is None:
+                self._clear(window, AnchorState.requeued)
+                session.add(window)
+                report.states[window.window_id] = window.state
 
     def _track_one(self, session: Session, window: AnchorWindow, report: PassReport) -> None:
         assert self.chain is not None and window.tx_hash

@@ -10,8 +10,12 @@ The README ("Checking a bundle without us") lists the same steps for other langu
 2. each record: `canonical` must be RFC 8785 canonical JSON of {schema, content, salt}; its leaf =
    keccak256(keccak256(bytes)) must equal the bundle's `leaf`; the proof folds (sorted pairs) to the
    window's root; `anchors(root)` on the expected contract records it with the window's leaf count
-   and previous root; the transaction's receipt is in the named block, succeeded, and carries at the
-   named log index the contract's `Anchored` event for that root;
+   and previous root; the transaction succeeded, in the block the contract recorded, and carries
+   the contract's `Anchored` event for that root. A block or log index other than the bundle's (a
+   reorganisation re-included the transaction) is a note, not a failure: the chain's position
+   counts. A root the contract does not hold whose transaction is gone from the chain is reported
+   as not anchored now (dropped by a reorganisation or a reset chain), not as an altered record;
+   either way nothing is proven;
 3. completeness: every leaf listed by a proven manifest ("manifest/1") of the subject must be the
    leaf of a proven record of the bundle (a record left out fails, named by kind and leaf), and
    every proven record must be listed by one (nothing from another lot passes as this one's);
@@ -84,6 +88,11 @@ class BundleRecordResult:
     block_number: int | None
     leaf: str | None = None
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what does not fail the record, e.g. an anchor a reorg moved
+
+
+#: a window's problems, notes, and where the chain put its anchor (block, log index, time) if no problem
+RootCheck = tuple[list[str], list[str], tuple[int, int, int] | None]
 
 
 @dataclass
@@ -179,7 +188,7 @@ def verify_bundle(bundle: dict[str, Any], rpc_url: str, *, chain_id: int | None,
             "anyone can deploy a TraceAnchor and anchor altered records in it"
         )
     anchor = w3.eth.contract(address=address, abi=ANCHORS_ABI)
-    roots: dict[str, tuple[list[str], tuple[int, int, int] | None]] = {}
+    roots: dict[str, RootCheck] = {}
     proven: list[_Proven] = []
     for rec in bundle.get("records", []):
         res, parsed = _check_record(w3, anchor, rec, roots)
@@ -194,7 +203,7 @@ def verify_bundle(bundle: dict[str, Any], rpc_url: str, *, chain_id: int | None,
 
 
 def _check_record(
-    w3: Web3, anchor: Any, rec: dict[str, Any], roots: dict[str, tuple[list[str], tuple[int, int, int] | None]]
+    w3: Web3, anchor: Any, rec: dict[str, Any], roots: dict[str, RootCheck]
 ) -> tuple[BundleRecordResult, _Proven | None]:
     window = rec.get("window") or {}
     res = BundleRecordResult(str(rec.get("kind")), False, window.get("id"), window.get("block_number"))
@@ -226,8 +235,9 @@ def _check_record(
         res.problems.append("the proof does not lead from the record to the window's root")
     if root not in roots:
         roots[root] = _check_root(w3, anchor, window)
-    root_problems, position = roots[root]
+    root_problems, notes, position = roots[root]
     res.problems += root_problems
+    res.notes = list(notes)
     res.ok = not res.problems
     if not res.ok or position is None or not isinstance(parsed["content"], dict):
         return res, None
@@ -235,20 +245,31 @@ def _check_record(
     return res, _Proven(leaf, schema, parsed["content"], block_number, log_index, timestamp, root)
 
 
-def _check_root(w3: Web3, anchor: Any, window: dict[str, Any]) -> tuple[list[str], tuple[int, int, int] | None]:
-    """Problems with a window's root on the expected contract, and (block, log index, time) when none."""
+def _check_root(w3: Web3, anchor: Any, window: dict[str, Any]) -> RootCheck:
+    """Problems with a window's root on the expected contract, notes, and (block, log index, time) when none."""
     try:
         root = _b(str(window["root"]))
         if len(root) != 32:
             raise ValueError
     except (KeyError, ValueError):
-        return ["the window has no valid root"], None
+        return ["the window has no valid root"], [], None
     try:
         timestamp, block_number, leaf_count, prev_root = anchor.functions.anchors(root).call()
     except (ContractLogicError, BadFunctionCallOutput):
-        return [f"{anchor.address} does not answer anchors(root): it is not a TraceAnchor"], None
+        return [f"{anchor.address} does not answer anchors(root): it is not a TraceAnchor"], [], None
+    tx = window.get("tx_hash")
+    try:
+        receipt = w3.eth.get_transaction_receipt(str(tx))
+    except Exception:  # not found (never mined, or its block left the chain), or not a transaction hash
+        receipt = None
     if block_number == 0:
-        return [f"root {window['root']} is not recorded by the expected contract {anchor.address}"], None
+        if receipt is None:  # an anchoring state, not evidence of tampering; but nothing is proven
+            dropped = (
+                f"root {window['root']} is not anchored now: transaction {tx} is not on the chain (a reorganisation "
+                "dropped it, or the chain was reset); the county anchors the window again: ask for a fresh bundle"
+            )
+            return [dropped], [], None
+        return [f"root {window['root']} is not recorded by the expected contract {anchor.address}"], [], None
     problems = []
     if leaf_count != window.get("leaf_count"):
         problems.append(
@@ -256,23 +277,25 @@ def _check_root(w3: Web3, anchor: Any, window: dict[str, Any]) -> tuple[list[str
         )
     if _hex(prev_root) != window.get("prev_root"):
         problems.append("the contract records another previous root for this window")
-    try:
-        receipt = w3.eth.get_transaction_receipt(str(window.get("tx_hash")))
-    except Exception:  # not found, or not a transaction hash
-        receipt = None
     if receipt is None or receipt["status"] != 1:
-        return [*problems, f"transaction {window.get('tx_hash')} is not a successful transaction"], None
-    if _hex(receipt["blockHash"]) != window.get("block_hash") or receipt["blockNumber"] != block_number:
-        problems.append("the transaction is not in the block the bundle names")
-    logs = [log for log in receipt["logs"] if int(log["logIndex"]) == window.get("log_index")]
-    if (
-        not logs
-        or Web3.to_checksum_address(logs[0]["address"]) != anchor.address
-        or bytes(logs[0]["topics"][0]) != bytes(ANCHORED_TOPIC)
-        or bytes(logs[0]["topics"][1]) != root
-    ):
-        problems.append("no Anchored event of the expected contract for this root at the bundle's log index")
-    return problems, (int(block_number), int(window.get("log_index") or 0), int(timestamp))
+        return [*problems, f"transaction {tx} is not a successful transaction"], [], None
+    logs = [
+        log
+        for log in receipt["logs"]
+        if Web3.to_checksum_address(log["address"]) == anchor.address
+        and bytes(log["topics"][0]) == bytes(ANCHORED_TOPIC)
+        and bytes(log["topics"][1]) == root
+    ]
+    if not logs or receipt["blockNumber"] != block_number:
+        return [*problems, f"transaction {tx} did not anchor this root where the contract recorded it"], [], None
+    log_index, notes = int(logs[0]["logIndex"]), []
+    named = (window.get("block_number"), window.get("block_hash"), window.get("log_index"))
+    if named != (block_number, _hex(receipt["blockHash"]), log_index):  # the chain's position counts
+        notes.append(
+            f"a reorganisation re-included the anchor in block {block_number} ({_hex(receipt['blockHash'])}, log "
+            f"index {log_index}); the bundle names block {named[0]} ({named[1]}, log index {named[2]})"
+        )
+    return problems, notes, (int(block_number), log_index, int(timestamp))
 
 
 def _subject_lots(subject: dict[str, Any]) -> list[dict[str, Any]]:

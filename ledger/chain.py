@@ -36,6 +36,7 @@ from eth_account.signers.local import LocalAccount
 from eth_hash.auto import keccak
 from web3 import Web3
 from web3.exceptions import (
+    BadFunctionCallOutput,
     BlockNotFound,
     ContractCustomError,
     ContractLogicError,
@@ -472,19 +473,43 @@ class Chain:
         """Confirmations of a block: 1 when it is the head."""
         return max(0, self.head() - block_number + 1)
 
+    def _call(self, name: str, *args: Any) -> Any:
+        """A view call of TraceAnchor; ContractMismatch when no contract answers at the address (a reset chain)."""
+        try:
+            return _rpc(lambda: getattr(self.contract.functions, name)(*args).call())
+        except BadFunctionCallOutput:
+            raise ContractMismatch(
+                f"no TraceAnchor answers at {self.address} on chain {self.chain_id}: the chain was reset, "
+                "or the address is wrong"
+            ) from None
+
     def last_root(self) -> bytes:
-        return bytes(_rpc(lambda: self.contract.functions.lastRoot().call()))
+        return bytes(self._call("lastRoot"))
 
     def window_count(self) -> int:
-        return int(_rpc(lambda: self.contract.functions.windowCount().call()))
+        """Windows the contract holds on the canonical chain: they are the ledger's first windows, in order."""
+        return int(self._call("windowCount"))
 
     def anchor_of(self, root: bytes | str) -> AnchorRecord | None:
-        """What the contract recorded for `root`, or None if it was never anchored."""
+        """What the contract recorded for `root`, or None if it was never anchored (or no longer is)."""
         key = _b32(root, "root")
-        timestamp, block_number, leaf_count, prev_root = _rpc(lambda: self.contract.functions.anchors(key).call())
+        timestamp, block_number, leaf_count, prev_root = self._call("anchors", key)
         if block_number == 0:
             return None
         return AnchorRecord(key, int(timestamp), int(block_number), int(leaf_count), bytes(prev_root))
+
+    def anchor_receipt(self, root: bytes | str, block_number: int) -> AnchorReceipt | None:
+        """The successful transaction that anchored `root` in block `block_number` (from its Anchored event)."""
+        logs = _rpc(
+            lambda: self.contract.events.Anchored().get_logs(
+                from_block=block_number, to_block=block_number, argument_filters={"root": _b32(root, "root")}
+            )
+        )
+        for entry in logs:
+            r = self.receipt(entry["transactionHash"])
+            if r is not None and r.ok:
+                return r
+        return None
 
     def verify_on_chain(self, proof: Sequence[bytes], root: bytes | str, leaf: bytes | str) -> bool:
         """The contract's own check (MerkleProof.verify); ContractReverted NotAnchored for an unknown root."""

@@ -5,14 +5,27 @@ database, and telemetry records (growth summaries, daily digests) from InfluxDB;
 recomputed from that, never taken from storage. A daily digest is recomputed from the default
 retention policy only (the readings that were on time), a supplementary digest from its batch of
 late readings only (retention policy `late`, ledger/late.py), so late data never changes what was
-anchored and is itself verifiable. Then:
+anchored and is itself verifiable. Then each record is one of:
 
-- no leaf yet, or its window not yet in a block: **pending**;
-- recomputed leaf equal to the anchored one, its proof leading to the window's root, and that
-  root recorded by the contract: **verified** (with block, time and transaction);
-- otherwise **tampered**, naming what differs: the stored canonical bytes are checked against
-  the chain first, so the fields listed are the difference between what was anchored and what
-  the database (or InfluxDB) holds now.
+- **verified**: recomputed leaf equal to the anchored one, its proof leading to the window's root,
+  and that root recorded by the contract (with block, time and transaction; where a
+  reorganisation re-included the anchor in another block than the ledger recorded, the chain's
+  block, with a note);
+- **pending**: no leaf yet, its window not yet in a block, or its anchor no longer on the chain
+  (a reorganisation dropped it, or the chain was reset: the window is re-queued and waits to be
+  sent again, `anchor_state` "re-queued", the reason saying so). The contract holds windows
+  strictly in order and counts them, so a window is taken as dropped only when its place is
+  empty on chain (its number is above `windowCount()`);
+- **tampered**: what the database (or InfluxDB) holds differs from what was anchored, naming the
+  fields (the stored canonical bytes are checked against the chain first, so the fields listed
+  are the difference between what was anchored and what is there now); or the ledger's window
+  differs from the anchor at its place on chain (another root, leaf count or previous root);
+- **unverifiable**: no TraceAnchor is known to check an anchored window against. A chain that
+  cannot be reached raises `ChainError` (callers report "unverifiable"), never "tampered".
+
+Verification is read-only: the anchoring worker (ledger/anchoring.py) owns the windows' states
+and re-queues a dropped window itself on its next pass; the API's database role may not write
+ledger tables at all.
 
 Completeness: every leaf listed by an anchored manifest of the lot must still belong to one of
 its records; a record deleted after anchoring is reported as tampered.
@@ -33,6 +46,7 @@ from core.settings import Settings
 from ledger import digests, growth, late, manifest
 from ledger.anchor_models import (
     ON_CHAIN,
+    AnchorState,
     AnchorWindow,
     GrowthSummary,
     LateDigest,
@@ -47,7 +61,18 @@ from ledger.merkle import leaf_hash, process_proof
 from ledger.models import Lot
 from ledger.records import RecordNotFound, RecordRef, canonical_bytes, record, records_of_lot
 
-VERIFIED, PENDING, TAMPERED = "verified", "pending", "tampered"
+VERIFIED, PENDING, TAMPERED, UNVERIFIABLE = "verified", "pending", "tampered", "unverifiable"
+STATUSES = (VERIFIED, PENDING, TAMPERED, UNVERIFIABLE)
+
+
+def requeued_reason(windows: list[str]) -> str:
+    """Why records are pending when the chain dropped their windows' anchors (the CLI, API and pages say it)."""
+    if len(windows) == 1:
+        return f"the anchor of window {windows[0]} was dropped by a reorganisation of the chain and waits to be re-sent"
+    return (
+        f"the anchors of windows {', '.join(windows)} were dropped by a reorganisation of the chain "
+        "and wait to be re-sent"
+    )
 
 
 @dataclass
@@ -74,6 +99,8 @@ class Verification:
     chain_id: int | None
     contract: str | None
     checked_at: str
+    reason: str | None = None  # why the lot is not verified, in one sentence
+    requeued: list[str] = field(default_factory=list)  # windows whose anchor the chain dropped, waiting to be re-sent
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,29 +185,88 @@ def current_record(
     return rec
 
 
-Answers = dict[tuple[str, int | None], tuple[bool, str | None]]
+@dataclass(frozen=True)
+class WindowCheck:
+    """What the chain says of one window of the ledger (asked once per window and verification)."""
+
+    status: str  # VERIFIED: its root is anchored as the ledger says; else PENDING, TAMPERED, UNVERIFIABLE
+    anchor_state: str  # the ledger's state, or "re-queued" when the chain no longer holds the anchor
+    reasons: tuple[str, ...] = ()
+    block_number: int | None = None
+    anchored_at: str | None = None
+    tx_hash: str | None = None
 
 
-def _anchored(chain: Chain | None, window: AnchorWindow, answers: Answers | None = None) -> tuple[bool, str | None]:
-    """Is the window's root recorded by the contract (in the block we recorded)? With `answers`,
-    one RPC call per window and verification (a lot's hundreds of records share a few windows)."""
+Answers = dict[int, WindowCheck]  # window seq -> what the chain said during this verification
+
+
+def _anchored(chain: Chain | None, window: AnchorWindow, answers: Answers | None = None) -> WindowCheck:
+    """`check_window`, remembered in `answers`: a lot's hundreds of records share a few windows."""
     if answers is None:
-        return _ask_chain(chain, window)
-    key = (window.root, window.block_number)
-    if key not in answers:
-        answers[key] = _ask_chain(chain, window)
-    return answers[key]
+        return check_window(chain, window)
+    if window.seq not in answers:
+        answers[window.seq] = check_window(chain, window)
+    return answers[window.seq]
 
 
-def _ask_chain(chain: Chain | None, window: AnchorWindow) -> tuple[bool, str | None]:
+def check_window(chain: Chain | None, window: AnchorWindow) -> WindowCheck:
+    """Where the window's anchor stands on chain. Read-only; ChainError when the node cannot answer.
+
+    A root the contract does not hold is a dropped anchor (pending) only if the window's place on
+    chain is empty: the contract takes windows in order and counts them, so a window numbered at
+    or below `windowCount()` was anchored, with another root than the ledger's (tampered)."""
+    wid, state = window.window_id, str(window.state)
+    if window.state == AnchorState.requeued:
+        again = f" (sent again in transaction {window.tx_hash})" if window.tx_hash else ""
+        return WindowCheck(PENDING, state, (f"{requeued_reason([wid])}{again}",))
+    if window.state not in ON_CHAIN:
+        if window.tx_hash:
+            return WindowCheck(PENDING, state, (f"window {wid} was sent in {window.tx_hash}, waiting for a block",))
+        return WindowCheck(PENDING, state, (f"window {wid} waits to be sent",))
     if chain is None:
-        return False, "no chain connection to check the root against"
+        return WindowCheck(UNVERIFIABLE, state, (f"no TraceAnchor contract is known to check window {wid} against",))
     on_chain = chain.anchor_of(window.root)
     if on_chain is None:
-        return False, f"root {window.root} of window {window.window_id} is not recorded by the contract"
-    if window.block_number is not None and on_chain.block_number != window.block_number:
-        return False, f"root anchored in block {on_chain.block_number}, ledger says {window.block_number}"
-    return True, None
+        count = chain.window_count()
+        if window.seq > count:
+            dropped = (
+                f"{requeued_reason([wid])}: transaction {window.tx_hash} (block {window.block_number}) "
+                f"is no longer on the chain, which holds {count} window(s)"
+            )
+            return WindowCheck(PENDING, str(AnchorState.requeued), (dropped,))
+        return WindowCheck(
+            TAMPERED,
+            state,
+            (
+                f"the contract holds {count} windows in order, so window {wid} (number {window.seq}) was anchored, "
+                f"but not with the ledger's root {window.root}: the ledger's window differs from what was anchored",
+            ),
+        )
+    differs = []
+    if on_chain.leaf_count != window.leaf_count:
+        differs.append(f"leaf count: anchored {on_chain.leaf_count}, ledger {window.leaf_count}")
+    if hex32(on_chain.prev_root) != window.prev_root:
+        differs.append(f"previous root: anchored {hex32(on_chain.prev_root)}, ledger {window.prev_root}")
+    if differs:
+        return WindowCheck(TAMPERED, state, (f"window {wid} differs from what was anchored", *differs))
+    anchored_at = window.block_time.isoformat() if window.block_time else None
+    if on_chain.block_number == window.block_number and (
+        window.block_hash is None or chain.is_canonical(on_chain.block_number, window.block_hash)
+    ):
+        return WindowCheck(VERIFIED, state, (), on_chain.block_number, anchored_at, window.tx_hash)
+    # A reorganisation re-included the anchor elsewhere: the chain's block counts (the worker updates the ledger).
+    receipt = chain.anchor_receipt(window.root, on_chain.block_number)
+    return WindowCheck(
+        VERIFIED,
+        state,
+        (
+            f"re-included by a reorganisation in block {on_chain.block_number} (the ledger recorded block "
+            f"{window.block_number}); the anchoring worker records the new block on its next pass",
+        ),
+        on_chain.block_number,
+        datetime.fromtimestamp(on_chain.timestamp, UTC).isoformat(),
+        hex32(receipt.tx_hash) if receipt is not None else window.tx_hash,
+    )
 
 
 def check_record(
@@ -209,21 +295,17 @@ def check_record(
         return check
     window = session.get(AnchorWindow, row.window_seq)
     assert window is not None
-    check.window, check.anchor_state = window.window_id, str(window.state)
-    if window.state not in ON_CHAIN:
-        check.reasons = [f"window {window.window_id} is {window.state}"]
+    check.window = window.window_id
+    wc = _anchored(chain, window, answers)
+    check.anchor_state, check.reasons = wc.anchor_state, list(wc.reasons)
+    if wc.status != VERIFIED:  # not anchored now, or not checkable: the record against the ledger's copy
+        check.status = wc.status
         if row.leaf != leaf:
             check.status = TAMPERED
-            check.reasons.append("changed after its leaf was made")
-            check.reasons += diff(json.loads(row.canonical), rec)
+            check.reasons += ["changed after its leaf was made", *diff(json.loads(row.canonical), rec)]
         return check
-    ok, why = _anchored(chain, window, answers)
-    check.block_number, check.tx_hash = window.block_number, window.tx_hash
-    check.anchored_at = window.block_time.isoformat() if window.block_time else None
+    check.block_number, check.anchored_at, check.tx_hash = wc.block_number, wc.anchored_at, wc.tx_hash
     proof = [unhex(p) for p in row.proof or []]
-    if not ok:
-        check.status, check.reasons = TAMPERED, [why or "root not on chain"]
-        return check
     if hex32(process_proof(unhex(leaf), proof)) == window.root:
         check.status = VERIFIED
         return check
@@ -251,7 +333,7 @@ def _missing_from_manifests(
             select(LedgerLeaf).where(LedgerLeaf.kind == manifest.MANIFEST, LedgerLeaf.record_id == m.id)
         ).first()
         window = session.get(AnchorWindow, leaf_row.window_seq) if leaf_row and leaf_row.window_seq else None
-        if window is None or window.state not in ON_CHAIN or not _anchored(chain, window, answers)[0]:
+        if window is None or _anchored(chain, window, answers).status != VERIFIED:
             continue
         for leaf in m.content["leaves"]:
             listed.setdefault(leaf, m.version)
@@ -296,8 +378,9 @@ def verify_lot(
         ).all()
     )
     checks += _missing_from_manifests(session, lot, present, chain, answers)
-    counts = {s: sum(c.status == s for c in checks) for s in (VERIFIED, PENDING, TAMPERED)}
-    status = TAMPERED if counts[TAMPERED] else PENDING if counts[PENDING] else VERIFIED
+    counts = {s: sum(c.status == s for c in checks) for s in STATUSES}
+    status = next((s for s in (TAMPERED, UNVERIFIABLE, PENDING) if counts[s]), VERIFIED)
+    requeued = sorted({c.window for c in checks if c.window and c.anchor_state == AnchorState.requeued})
     return Verification(
         lot_code=lot.code,
         lot_uri=canonical_lot_uri(lot),
@@ -307,4 +390,20 @@ def verify_lot(
         chain_id=chain.chain_id if chain else None,
         contract=chain.address if chain and chain._contract is not None else None,
         checked_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        reason=_summary(status, checks, requeued),
+        requeued=requeued,
     )
+
+
+def _summary(status: str, checks: list[RecordCheck], requeued: list[str]) -> str | None:
+    """The lot's status in one sentence (None when verified)."""
+    n = sum(c.status == status for c in checks)
+    if status == TAMPERED:
+        return f"{n} record(s) differ from what was anchored"
+    if status == UNVERIFIABLE:
+        return next((c.reasons[0] for c in checks if c.status == UNVERIFIABLE and c.reasons), None)
+    if status == PENDING and requeued:
+        return requeued_reason(requeued)
+    if status == PENDING:
+        return f"{n} record(s) are not anchored yet"
+    return None

@@ -30,7 +30,7 @@ from api.canonical import REDIRECT
 from api.i18n import LANGUAGES, language, strings
 from api.microcache import page_variant
 from api.problems import Problem, problem_responses
-from api.routers.trace import known_code, normalized, service
+from api.routers.trace import known_code, normalized, service, verification_cache_control
 from api.services.tracing import TraceService
 from ledger import codes
 from ledger.vocab import get_vocab
@@ -40,7 +40,7 @@ GS1 = "https://gs1.org/voc/"
 LINKSET_JSON = "application/linkset+json"
 # GS1-Conformant resolver standard: the JSON-LD context that turns a linkset into JSON-LD.
 LINKSET_CONTEXT = "https://ref.gs1.org/standards/resolver/linkset-context"
-HTML_HEADERS = {"Vary": "Accept-Language, Accept", "Cache-Control": "public, max-age=30"}
+HTML_HEADERS = {"Vary": "Accept-Language, Accept"}
 # Errors of the Digital Link URI are a page or a problem JSON by Accept, in the language of Accept-Language.
 PROBLEM_HEADERS = {"Vary": "Accept, Accept-Language"}
 
@@ -128,11 +128,12 @@ def render_page(request: Request, lang: str):  # type: ignore[no-untyped-def]
 
 async def _page(request: Request, trace: TraceService, code: str, link_header: str) -> Response:
     lang = language(request)
-    body, final = await run_in_threadpool(trace.page, code, lang, render_page(request, lang))
-    headers = {**HTML_HEADERS, "Content-Language": lang, "Link": link_header}
-    if not final:  # the badge says "checking": the page reloads itself; nobody keeps this copy
-        headers["Cache-Control"] = "no-store"
-    return HTMLResponse(body, headers=headers)
+    body, freshness = await run_in_threadpool(trace.page, code, lang, render_page(request, lang))
+    # kept no longer than its badge is valid; "checking": the page reloads itself and nobody keeps it
+    cache_control = verification_cache_control(freshness)
+    return HTMLResponse(
+        body, headers={**HTML_HEADERS, "Cache-Control": cache_control, "Content-Language": lang, "Link": link_header}
+    )
 
 
 def _linkset_media(request: Request, link_type: str | None) -> str | None:

@@ -18,13 +18,22 @@ from starlette.concurrency import run_in_threadpool
 
 from api.canonical import REDIRECT
 from api.problems import Problem, problem_responses, unavailable
-from api.services.tracing import TraceService
+from api.services.tracing import Freshness, TraceService
 from core.influx import InfluxError
 from ledger.chain import ChainError
 from ledger.codes import TraceCodeError, normalize_code
 
 router = APIRouter(prefix="/api/v1/trace", tags=["trace"])
-CACHE_CONTROL = "public, max-age=30"
+CACHE_CONTROL = "public, max-age=30"  # answers that embed no verification
+
+
+def verification_cache_control(freshness: Freshness | None) -> str:
+    """Cache-Control of an answer that shows a verification: kept by browsers no longer than the
+    verification stays valid, by shared caches (api/microcache.py) until it is due for a re-check;
+    not at all while "checking"."""
+    if freshness is None:
+        return "no-store"
+    return f"public, max-age={int(freshness.max_age)}, s-maxage={int(freshness.shared)}"
 
 
 class _Open(BaseModel):
@@ -63,6 +72,7 @@ class VerificationOut(_Open):
     contract: str | None = None
     checked_at: str
     reason: str | None = None
+    requeued: list[str] | None = None
     records: list[dict[str, Any]] | None = None
 
 
@@ -121,10 +131,10 @@ async def get_trace(code: str, request: Request) -> Response:
     which waits for it). Farms appear by code only; no personal data."""
     trace = service(request)
     stored = await known_code(trace, code)
-    body, final = await run_in_threadpool(trace.view_json, stored)
-    if not final:  # verification still running: ask again shortly, keep no copy
-        return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
-    return _json(body)
+    body, freshness = await run_in_threadpool(trace.view_json, stored)
+    return Response(
+        body, media_type="application/json", headers={"Cache-Control": verification_cache_control(freshness)}
+    )
 
 
 @router.get(
@@ -135,11 +145,17 @@ async def get_trace(code: str, request: Request) -> Response:
 )
 async def verify(code: str, request: Request) -> Response:
     """Every record of the lot recomputed and checked against its anchored Merkle root: verified,
-    pending (not yet anchored), tampered (naming what differs), or unverifiable now (the chain or
-    InfluxDB cannot be reached). Cached for API_VERIFY_CACHE_S."""
+    pending (not yet anchored, or its anchor dropped by a reorganisation and waiting to be re-sent:
+    `reason`, `requeued`), tampered (naming what differs), or unverifiable now (the chain or InfluxDB
+    cannot be reached). Cached for API_VERIFY_CACHE_S from the start of the check, never longer."""
     trace = service(request)
     stored = await known_code(trace, code)
-    return _json(orjson.dumps(await run_in_threadpool(trace.verification, stored)))
+    checked = await run_in_threadpool(trace.checked, stored)
+    return Response(
+        orjson.dumps(checked.result),
+        media_type="application/json",
+        headers={"Cache-Control": verification_cache_control(checked.freshness())},
+    )
 
 
 @router.get(

@@ -26,12 +26,11 @@ class TtlCache:
             return None
         return entry[1]
 
-    def get_any(self, key: Any) -> tuple[Any | None, bool]:
-        """(value or None, fresh?): a stale value is still returned, for stale-while-revalidate."""
+    def entry(self, key: Any) -> tuple[Any, float] | None:
+        """(value, seconds it stays fresh) if present and fresh, else None."""
         entry = self._data.get(key)
-        if entry is None:
-            return None, False
-        return entry[1], entry[0] >= time.monotonic()
+        left = entry[0] - time.monotonic() if entry is not None else 0.0
+        return (entry[1], left) if entry is not None and left >= 0 else None
 
     def set(self, key: Any, value: Any, ttl: float | None = None) -> Any:
         if (ttl if ttl is not None else self.ttl) <= 0:

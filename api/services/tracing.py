@@ -1,18 +1,31 @@
 """Trace lookups for the public endpoints, cached so that a scan is answered in milliseconds.
 
-A lookup by code reads the lot's view once per API_VERIFY_CACHE_S and keeps the serialized JSON
-and each rendered page; QR images are kept as long as the process lives (a code never changes).
-Verification needs the chain and InfluxDB, so its result is cached per lot for the same time:
-a fresh result is served as is, a stale one is served while one background thread recomputes
-it, and only a lot never verified by this worker waits for the computation. When the chain or
-InfluxDB cannot be reached the badge says "unverifiable" (never a 500, never "tampered").
+The promise: no answer says more about a lot's verification than API_VERIFY_CACHE_S old (10 s at
+most for "unverifiable"), counted from the start of the check that produced it. So:
+
+- a verification result carries its expiry (`Checked`) and is never served after it; a lookup
+  in its second half (from `refresh`) recomputes it in one background thread, so a scanned lot
+  always has a fresh one; a lot with none fresh answers "checking" (pages and the trace JSON do
+  not make a consumer wait) or, for /verify, waits for the check;
+- what embeds a result (the trace JSON, each rendered page, and the whole answers replayed by
+  api/microcache.py) is kept no longer than that result: `Freshness` says how long, to browsers
+  (`Cache-Control: max-age`, until it expires) and to shared caches such as the micro-cache
+  (`s-maxage`, until it is due for a re-check, so that a lookup then reaches the service and
+  starts one); the micro-cache adds `Age` when it replays;
+- the lot's view (no verification in it) is read once per API_VERIFY_CACHE_S, QR images are
+  kept as long as the process lives (a code never changes).
+
+When the chain or InfluxDB cannot be reached the badge says "unverifiable" (never a 500, never
+"tampered"); an anchor that a reorganisation dropped is "pending", with the reason (ledger.verify).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +39,7 @@ from core.influx import InfluxError, InfluxV1
 from core.settings import Settings
 from ledger import codes
 from ledger.anchor_models import ON_CHAIN, AnchorWindow
-from ledger.chain import Chain, ChainError
+from ledger.chain import Chain, ChainError, ChainUnavailable
 from ledger.connect import reading_chain
 from ledger.models import Lot, Product
 from ledger.verify import VERIFIED, Verification, verify_lot
@@ -36,6 +49,34 @@ log = logging.getLogger(__name__)
 UNVERIFIABLE = "unverifiable"
 CHECKING = "checking"  # no result yet: being computed in the background
 _MISSING = object()
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A verification result and its lifetime, in time.monotonic() seconds."""
+
+    result: dict[str, Any]
+    expires: float  # never served after: the start of its computation plus its TTL
+    refresh: float  # a lookup from then on recomputes it in the background
+
+    def seconds_left(self) -> float:
+        return max(0.0, self.expires - time.monotonic())
+
+    def freshness(self) -> Freshness:
+        """How long an answer showing this result may be kept: shared caches until it is due for a re-check
+        (or, once a re-check is under way, until it expires), anyone else until it expires."""
+        now = time.monotonic()
+        keep = (self.refresh if now < self.refresh else self.expires) - now
+        return Freshness(max(0.0, self.expires - now), max(0.0, keep))
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """Seconds an answer that shows a verification may be kept: `max_age` by anyone (Cache-Control
+    max-age), `shared` by this worker's caches and other shared caches (s-maxage)."""
+
+    max_age: float
+    shared: float
 
 
 def badge(v: Verification) -> dict[str, Any]:
@@ -53,25 +94,9 @@ def badge(v: Verification) -> dict[str, Any]:
         "chain_id": v.chain_id,
         "contract": v.contract,
         "checked_at": v.checked_at,
+        "reason": v.reason,
+        "requeued": v.requeued,
     }
-
-
-class _AnchorMemo:
-    """The chain for one verification, remembering what the contract says per root: the records of a lot
-    share a few windows, so each root is asked for once instead of once per record."""
-
-    def __init__(self, chain: Chain) -> None:
-        self._chain = chain
-        self._roots: dict[Any, Any] = {}
-
-    def anchor_of(self, root: bytes | str) -> Any:
-        key = root if isinstance(root, str) else root.hex()
-        if key not in self._roots:
-            self._roots[key] = self._chain.anchor_of(root)
-        return self._roots[key]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._chain, name)
 
 
 class TraceService:
@@ -91,6 +116,7 @@ class TraceService:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._refreshing: set[str] = set()
+        self._outlived = False  # a check took longer than API_VERIFY_CACHE_S: lookups wait for theirs
         self._chain: Chain | object | None = _MISSING
         self._influx: InfluxV1 | None = None
         self.closed = False
@@ -179,30 +205,44 @@ class TraceService:
                 view = build_view(s, lot, self.settings.trace_base_url, influx, self.settings.county_timezone)
             return self.views.set(code, view)
 
-    def view_json(self, code: str) -> tuple[bytes, bool]:
-        """The trace JSON with the verification badge; (body, final?): not final while still checking."""
-        hit = self.json.get(code)
+    def view_json(self, code: str) -> tuple[bytes, Freshness | None]:
+        """The trace JSON with the verification badge, and how long it may be kept (None: not at all, the
+        badge says "checking")."""
+        hit = self._cached(self.json, code)
         if hit is not None:
-            return hit, True
-        verification = self.verification(code, wait=False)
-        badge_only = {k: v for k, v in verification.items() if k != "records"}  # the records: /verify
+            return hit
+        checked = self.checked(code, wait=False)
+        badge_only = {k: v for k, v in checked.result.items() if k != "records"}  # the records: /verify
         body = orjson.dumps({**self.view(code), "verification": badge_only})
-        if verification["status"] == CHECKING:
-            return body, False
-        return self.json.set(code, body), True
+        return body, self._keep(self.json, code, body, checked)
 
     def page(
         self, code: str, lang: str, render: Callable[[dict[str, Any], dict[str, Any]], bytes]
-    ) -> tuple[bytes, bool]:
-        """The rendered page; (body, final?) as for `view_json`."""
-        hit = self.pages.get((code, lang))
+    ) -> tuple[bytes, Freshness | None]:
+        """The rendered page, and how long it may be kept, as for `view_json`."""
+        hit = self._cached(self.pages, (code, lang))
         if hit is not None:
-            return hit, True
-        verification = self.verification(code, wait=False)
-        body = render(self.view(code), verification)
-        if verification["status"] == CHECKING:
-            return body, False
-        return self.pages.set((code, lang), body), True
+            return hit
+        checked = self.checked(code, wait=False)
+        body = render(self.view(code), checked.result)
+        return body, self._keep(self.pages, (code, lang), body, checked)
+
+    @staticmethod
+    def _keep(cache: TtlCache, key: Any, body: bytes, checked: Checked) -> Freshness | None:
+        """Cache `body` (with the expiry of the verification it shows) as a shared cache may keep it."""
+        if checked.result["status"] == CHECKING:
+            return None
+        freshness = checked.freshness()
+        cache.set(key, (body, checked.expires), ttl=freshness.shared)
+        return freshness
+
+    @staticmethod
+    def _cached(cache: TtlCache, key: Any) -> tuple[bytes, Freshness] | None:
+        hit = cache.entry(key)
+        if hit is None:
+            return None
+        (body, expires), shared = hit
+        return body, Freshness(max(0.0, expires - time.monotonic()), shared)
 
     # ---- verification
 
@@ -221,13 +261,17 @@ class TraceService:
                         "reason": "no TraceAnchor contract is configured",
                         "checked_at": now,
                     }
-                memo = _AnchorMemo(chain) if chain is not None else None
-                v = verify_lot(s, lot, memo, self.influx(), self.settings)  # type: ignore[arg-type]
+                v = verify_lot(s, lot, chain, self.influx(), self.settings)  # the chain asked once per window
                 return {**badge(v), "records": v.to_dict()["records"]}
         except ChainError as e:
-            self._chain = _MISSING  # reconnect next time
+            self._chain = _MISSING  # reconnect next time (the contract may have been deployed again)
             log.warning("verification of %s: chain unavailable: %s", code, e)
-            return {"status": UNVERIFIABLE, "reason": "the blockchain node cannot be reached", "checked_at": now}
+            reason = (
+                "the blockchain node cannot be reached"
+                if isinstance(e, ChainUnavailable)
+                else "the blockchain node does not hold the county's TraceAnchor contract (was the chain reset?)"
+            )
+            return {"status": UNVERIFIABLE, "reason": reason, "checked_at": now}
         except InfluxError as e:
             log.warning("verification of %s: InfluxDB unavailable: %s", code, e)
             return {"status": UNVERIFIABLE, "reason": "the monitoring database cannot be reached", "checked_at": now}
@@ -241,13 +285,22 @@ class TraceService:
         ttl = self.settings.api_verify_cache_s
         return min(ttl, 10.0) if result["status"] == UNVERIFIABLE else ttl
 
-    def _verify_into_cache(self, code: str) -> dict[str, Any]:
+    def _verify_into_cache(self, code: str) -> Checked:
         with self._lock(f"verify:{code}"):  # one computation per lot at a time; others wait for it
-            value, fresh = self.verifications.get_any(code)
-            if value is not None and fresh:
-                return value
+            hit = self.verifications.get(code)
+            if hit is not None and time.monotonic() < hit.refresh:
+                return hit
+            started = time.monotonic()
             result = self._compute_verification(code)
-            return self.verifications.set(code, result, ttl=self._ttl_for(result))
+            ttl, took = self._ttl_for(result), time.monotonic() - started
+            if (took >= ttl) != self._outlived and result["status"] != UNVERIFIABLE:
+                self._outlived = took >= ttl
+                if self._outlived:
+                    log.warning("a verification took %.1f s, more than API_VERIFY_CACHE_S: lookups wait", took)
+            # refresh ahead, late enough to check once per TTL, early enough to finish before the expiry
+            checked = Checked(result, started + ttl, started + max(ttl / 2, ttl - 2 * took - 1))
+            self.verifications.set(code, checked, ttl=checked.expires - time.monotonic())
+            return checked
 
     def _spawn(self, code: str) -> None:
         if code in self._refreshing or self.closed:
@@ -262,20 +315,26 @@ class TraceService:
 
         threading.Thread(target=run, daemon=True, name=f"verify-{code}").start()
 
-    def verification(self, code: str, *, wait: bool = True) -> dict[str, Any]:
-        """The lot's verification, cached for API_VERIFY_CACHE_S; a stale one is served while a background
-        thread recomputes it. Nothing cached yet: with `wait`, compute it now (a full check takes seconds:
-        every record is rebuilt, telemetry from InfluxDB); without, start it in the background and answer
-        "checking" (pages and the trace JSON do not make a consumer wait; /verify does)."""
-        value, fresh = self.verifications.get_any(code)
-        if value is not None:
-            if not fresh:
+    def checked(self, code: str, *, wait: bool = True) -> Checked:
+        """The lot's verification while it is valid (API_VERIFY_CACHE_S from the start of its check); from
+        half-way through, a lookup recomputes it in a background thread. None valid: with `wait`, compute it
+        now (a full check takes seconds: every record is rebuilt, telemetry from InfluxDB); without, start
+        it in the background and answer "checking" (pages and the trace JSON do not make a consumer wait;
+        /verify does)."""
+        hit = self.verifications.get(code)
+        if hit is not None:
+            if time.monotonic() >= hit.refresh:
                 self._spawn(code)
-            return value
-        if wait or self.settings.api_verify_cache_s <= 0:
+            return hit
+        if wait or self.settings.api_verify_cache_s <= 0 or self._outlived:  # else born expired, never shown
             return self._verify_into_cache(code)
         self._spawn(code)
-        return {"status": CHECKING, "checked_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        now = time.monotonic()
+        return Checked({"status": CHECKING, "checked_at": datetime.now(UTC).isoformat(timespec="seconds")}, now, now)
+
+    def verification(self, code: str, *, wait: bool = True) -> dict[str, Any]:
+        """The lot's verification result (`checked`)."""
+        return self.checked(code, wait=wait).result
 
     def warm(self, codes: list[str]) -> None:
         """Verify lots in the background (at start-up, so the first scans find a badge)."""
