@@ -7,9 +7,10 @@ everything machine-readable under `/api/v1` (OpenAPI at `/api/v1/openapi.json`, 
 `/api/v1/docs`). Every error is an RFC 9457 problem (api/problems.py).
 
 Around the routes, outermost first: the trusted proxies' client address and scheme (uvicorn's
-ProxyHeadersMiddleware, only for API_TRUSTED_PROXIES), security headers (api/headers.py), the public
-rate limit (api/ratelimit.py), redirects of non-canonical code spellings (api/canonical.py) and the
-micro-cache of public lookups (api/microcache.py).
+ProxyHeadersMiddleware, only for API_TRUSTED_PROXIES), security headers (api/headers.py), CORS and HEAD
+on the public lookups (api/public_http.py), the public rate limit (api/ratelimit.py), redirects of
+non-canonical code spellings and trailing slashes (api/canonical.py) and the micro-cache of public lookups
+(api/microcache.py).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from api import charts, problems
 from api.canonical import CanonicalPaths
 from api.headers import SecurityHeaders
 from api.microcache import MicroCache
+from api.public_http import HeadAsGet, PublicCors
 from api.ratelimit import RateLimiter
 from api.routers import admin, auth, dashboard, models, resolver, timeseries, trace
 from api.security import jwt_secret
@@ -181,6 +183,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MicroCache, cache=app.state.trace.responses)
     app.add_middleware(CanonicalPaths)
     app.add_middleware(RateLimiter, per_minute=settings.api_rate_limit_per_min)
+    app.add_middleware(HeadAsGet)
+    app.add_middleware(PublicCors)
     app.add_middleware(SecurityHeaders)
     if settings.trusted_proxies():
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies())

@@ -5,7 +5,9 @@ A typed code may come in any case, with any hyphens, with I/L for 1 and O for 0 
 would be its own micro-cache entry (api/microcache.py) and its own answer. So a well-formed but
 non-canonical spelling of `/t/{code}`, `/api/v1/trace/{code}[/...]` or `/01/{gtin}/10/{lot}` is
 redirected (301, permanent; query kept) to the canonical path: the stored code, the 14-digit GTIN.
-A malformed code or GTIN goes on to the routes, which answer 400 with the reason.
+So is a trailing slash after a well-formed `/t/{code}` or `/01/{gtin}/10/{lot}` (a slash inside a lot
+number is written %2F, so a raw trailing '/' never belongs to the lot); any other segment after the lot is
+the route's 400. A malformed code or GTIN goes on to the routes, which answer 400 with the reason.
 """
 
 from __future__ import annotations
@@ -48,9 +50,10 @@ def canonical_path(scope: Scope) -> str | None:
     raw: str = (scope.get("raw_path") or path.encode()).decode("latin-1")
     if path.startswith("/t/"):
         code = path[3:]
-        if "/" in code:
+        stripped = code.rstrip("/")
+        if "/" in stripped:
             return None
-        canon = canonical_code(code)
+        canon = canonical_code(stripped)
         return f"/t/{canon}" if canon is not None and canon != code else None
     if path.startswith(TRACE_JSON):
         code, slash, rest = path[len(TRACE_JSON) :].partition("/")
@@ -61,10 +64,15 @@ def canonical_path(scope: Scope) -> str | None:
         return f"{TRACE_JSON}{canon}{slash}{raw_rest}"
     if path.startswith("/01/"):
         parts = raw.split("/", 4)  # '', '01', gtin, '10', lot (still escaped)
-        if len(parts) < 5 or parts[1] != "01" or parts[3] != "10" or not parts[4]:
+        if len(parts) < 5 or parts[1] != "01" or parts[3] != "10":
+            return None
+        lot = parts[4].rstrip("/")
+        if not lot or "/" in lot:  # no lot, or more segments after it: the route's 400
             return None
         canon = canonical_gtin(parts[2])
-        return f"/01/{canon}/10/{parts[4]}" if canon is not None and canon != parts[2] else None
+        if canon is None or (canon == parts[2] and lot == parts[4]):
+            return None
+        return f"/01/{canon}/10/{lot}"
     return None
 
 

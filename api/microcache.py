@@ -10,7 +10,7 @@ Like a shared HTTP cache it keeps an answer no longer than its `Cache-Control: s
 browser's copy expires with the verification.
 Only canonical paths (the stored code, a 14-digit GTIN) are kept: api/canonical.py redirects the
 other spellings of a code before they get here, so a client cannot fill the cache with spellings.
-Anything else (a query string, a linkset request, an error, another path) goes to the routes.
+Anything else (a query string, a linkset asked for by Accept, an error, another path) goes to the routes.
 The rate limiter stays in front of it, and an admin change clears it with the other trace caches.
 """
 
@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from api.canonical import canonical_code
+from api.conneg import choose
 from api.i18n import DEFAULT, from_accept_language
 from api.services.cache import TtlCache
 
@@ -32,6 +33,14 @@ Send = Callable[[Any], Awaitable[None]]
 JSON_PREFIX = "/api/v1/trace/"
 MAX_AGE = re.compile(rb"(?:^|[,\s])max-age=(\d+)")
 S_MAXAGE = re.compile(rb"(?:^|[,\s])s-maxage=(\d+)")
+PAGE = "text/html"
+# What the Digital Link URI answers by Accept (api/routers/resolver.py): the page, or the linkset.
+RESOLVER_OFFERS = (PAGE, "application/linkset+json", "application/json")
+
+
+def page_variant(accept: str) -> str:
+    """The representation an Accept header selects at a lot's URI (the page when it accepts none)."""
+    return choose(accept, RESOLVER_OFFERS) or PAGE
 
 
 def _header(scope: Scope, name: bytes) -> str:
@@ -58,8 +67,7 @@ def cache_key(scope: Scope) -> tuple[str, ...] | None:
             return None
     elif not (path.startswith("/01/") and _is_gtin14(path[4:18]) and path[18:22] == "/10/"):
         return None
-    accept = _header(scope, b"accept")
-    if "linkset" in accept:
+    if page_variant(_header(scope, b"accept")) != PAGE:  # a linkset (or JSON) asked for by Accept
         return None
     lang = from_accept_language(_header(scope, b"accept-language")) or DEFAULT
     return ("page", path, lang)

@@ -8,8 +8,12 @@ module does not depend on the database models. Three forms of one event:
   business transaction and source/destination types, ...) as full URIs, EPC URNs as canonical GS1 Digital Link
   URIs, CURIE values as full IRIs, extension keys in the project namespace as ``{prefix}:name`` and any other as a
   full IRI, times as RFC 3339 with their own offset, integral quantities as integers, keys in canonical order;
-- document (``to_document``): CBV terms as the bare words of GS1's JSON-LD context, project terms as
-  ``{prefix}:name`` with the prefix declared in the document's ``@context``.
+- document (``to_document``): vocabulary values (CBV business steps, dispositions, business transaction and
+  source/destination types, ...) and the project's steps as full URIs (``https://ref.gs1.org/cbv/BizStep-shipping``,
+  ``https://w3id.org/village-trace/voc/BizStep-drying``), never the bare words or CURIEs a reader must expand;
+  extension keys as ``{prefix}:name`` with the prefix declared in the document's ``@context``.
+  On import all three spellings of a vocabulary value (bare word, CURIE, full URI) are accepted, with one hash
+  (CBV URNs too in ``normalise_event``; GS1's JSON schema refuses them in a document).
 
 Every exported event carries its GS1 event hash as ``eventID`` (``ledger.epcis_hash``); the hash is the same for
 all three forms. Documents are checked against GS1's EPCIS 2.0 JSON schema and expand as JSON-LD offline: the
@@ -381,15 +385,10 @@ def normalise_event(event: Mapping[str, Any], prefixes: Mapping[str, str] | None
 # --- documents -----------------------------------------------------------------------------------------------------
 
 
-@cache
-def _bare_words() -> dict[tuple[str, ...], dict[str, str]]:
-    """For each vocabulary field, full CBV URI -> the bare word GS1's context defines for it."""
-    return {path: {iri: word for word, iri in words.items()} for path, words in vocab_words().items()}
-
-
 class _Compactor:
-    """Normalised event -> document form: CBV bare words, and every IRI key as a CURIE whose prefix the
-    document declares, so that any implementation of the event hash reads the key as {namespace}name."""
+    """Normalised event -> document form: every IRI key as a CURIE whose prefix the document declares, so that
+    any implementation of the event hash reads the key as {namespace}name. Values stay as they are normalised:
+    vocabulary values as full URIs (a JSON-LD ``@vocab`` field takes an absolute IRI as it is)."""
 
     def __init__(self) -> None:
         self.prefix, self.namespace = project_namespace()
@@ -408,17 +407,11 @@ class _Compactor:
             self.used[namespace] = self._gs1.get(namespace) or f"ns{len(self.used)}"
         return f"{self.used[namespace]}:{local}"
 
-    def value(self, value: Any, path: tuple[str, ...]) -> Any:
+    def value(self, value: Any) -> Any:
         if isinstance(value, Mapping):
-            return {self.key(k): self.value(v, (*path, k)) for k, v in value.items()}
+            return {self.key(k): self.value(v) for k, v in value.items()}
         if isinstance(value, list):
-            return [self.value(v, path) for v in value]
-        if isinstance(value, str) and path in vocab_words():
-            word = _bare_words()[path].get(value)
-            if word is not None:
-                return word
-            if value.startswith(self.namespace) and len(value) > len(self.namespace):
-                return f"{self.prefix}:{value[len(self.namespace) :]}"
+            return [self.value(v) for v in value]
         return value
 
 
@@ -463,7 +456,7 @@ def to_document(events: Iterable[Mapping[str, Any]], *, created: datetime, sende
             continue
         seen[digest] = at
         compact = {"type": body["type"], "eventID": given or digest}
-        compact.update(compactor.value({k: v for k, v in body.items() if k != "type"}, ()))
+        compact.update(compactor.value({k: v for k, v in body.items() if k != "type"}))
         out_events.append(compact)
     if errors:
         raise EpcisError(errors)

@@ -367,8 +367,9 @@ def event_prehash(event: Mapping[str, Any], prefixes: Mapping[str, str] | None =
     (epcis, cbv, cbvmda, gs1, ...) are always known. Where this port takes the algorithm's form rather than the
     reference's accident: a bizTransaction/source/destination is always written type first, then its value,
     whatever the JSON key order, and one without type is just its value (the reference fails on it); JSON booleans
-    are written ``true``/``false`` as in XML and in OpenEPCIS's implementation (the reference writes Python's
-    ``True``); a full IRI used as a key
+    are written ``true``/``false`` as in XML and in OpenEPCIS's implementation (the reference's JSON reader writes
+    Python's ``True``, its XML reader ``true``: one event, two hashes, where the algorithm wants one whatever the
+    syntax; tests/test_epcis_reference.py); a full IRI used as a key
     is written ``{namespace}local`` like a CURIE (the reference leaves it as it is); CBV bare words are expanded
     only in the vocabulary fields of the GS1 context (the reference expands any matching string in the document);
     a fourth decimal of a time rounds half up; ``null`` values are left out; ``@context`` in an event is ignored.

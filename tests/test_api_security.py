@@ -152,6 +152,23 @@ def test_untrusted_peer_cannot_pick_its_address_or_claim_https(proxied: str) -> 
         assert "strict-transport-security" not in proxy.get(f"{proxied}/healthz").headers  # plain http: none
 
 
+def test_head_and_cross_origin_reads_over_the_served_api(proxied: str) -> None:
+    """Through uvicorn as deployed: HEAD on the resolver has the GET's headers and no body on the wire; the
+    public answers may be read by any origin, the token endpoint may not."""
+    uri = f"{proxied}/01/{BAG_GTIN}/10/{BAG_LOT}"
+    origin = {"Origin": "https://scanner.example.org"}
+    with from_address("127.0.0.3") as c:  # a fresh rate-limit bucket
+        get = c.get(uri, headers={"Accept": "application/linkset+json", **origin})
+        head = c.head(uri, headers={"Accept": "application/linkset+json", **origin})
+        assert get.status_code == head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == str(len(get.content)) and get.json()["linkset"]
+        assert get.headers["access-control-allow-origin"] == head.headers["access-control-allow-origin"] == "*"
+        missing = c.head(f"{proxied}/01/{BAG_GTIN}/10/2026-NOPE", headers=origin)
+        assert missing.status_code == 404 and missing.content == b""
+        login = c.post(f"{proxied}/api/v1/auth/token", data={"username": "x", "password": "y"}, headers=origin)
+        assert login.status_code == 401 and "access-control-allow-origin" not in login.headers
+
+
 def test_attack_trust_every_proxy_refused(tmp_path: Path) -> None:
     assert "*" not in compose_api_command()
     env = {"VILLAGE_DATA_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path / 'r.db'}"}

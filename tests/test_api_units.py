@@ -77,6 +77,8 @@ def test_micro_cache_keys() -> None:
     assert cache_key(_scope("/t/M35CW3XRD6R")) == ("page", "/t/M35CW3XRD6R", "zh")
     assert cache_key(_scope("/01/06947512300010/10/2026-M01-A")) == ("page", "/01/06947512300010/10/2026-M01-A", "zh")
     assert cache_key(_scope("/01/06947512300010/10/2026-M01-A", accept="application/linkset+json")) is None
+    assert cache_key(_scope("/01/06947512300010/10/2026-M01-A", accept="application/json")) is None  # the linkset
+    assert cache_key(_scope("/01/06947512300010/10/2026-M01-A", accept="*/*")) is not None  # the page
     assert cache_key(_scope("/t/M35CW3XRD6R", query=b"lang=en")) is None
     assert cache_key(_scope("/t/M35CW3XRD6R", method="POST")) is None
     assert cache_key(_scope("/api/v1/admin/farms")) is None

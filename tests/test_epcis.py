@@ -276,13 +276,17 @@ def test_exported_documents_validate_and_carry_event_hashes() -> None:
     assert [e["eventID"] for e in exported] == [event_hash(e, {prefix: namespace}) for e in exported]
     for e in exported:
         assert e["eventTime"].endswith("+08:00") and e["eventTimeZoneOffset"] == "+08:00"
-    # compact JSON-LD: CBV bare words, project terms with the declared prefix
-    assert exported[0]["bizStep"] == f"{prefix}:BizStep-sowing" and exported[0]["disposition"] == "active"
-    assert exported[2]["bizStep"] == "shipping"
+    # vocabulary values as full URIs (CBV's and the project's), extension keys with the declared prefix
+    assert exported[0]["bizStep"] == f"{namespace}BizStep-sowing"
+    assert exported[0]["disposition"] == "https://ref.gs1.org/cbv/Disp-active"
+    assert exported[0][f"{prefix}:variety"] == "盐丰47"
+    assert exported[2]["bizStep"] == "https://ref.gs1.org/cbv/BizStep-shipping"
+    assert exported[2]["disposition"] == "https://ref.gs1.org/cbv/Disp-in_transit"
     assert exported[2]["bizTransactionList"][0] == {
-        "type": "po",
+        "type": "https://ref.gs1.org/cbv/BTT-po",
         "bizTransaction": "urn:epcglobal:cbv:bt:6901234000009:PO-7",
     }
+    assert exported[2]["sourceList"][0]["type"] == "https://ref.gs1.org/cbv/SDT-owning_party"
 
 
 def _find(node: Any, key: str) -> list[Any]:
@@ -372,6 +376,41 @@ def test_round_trip_normalises_other_notations() -> None:
     assert back == {"type": "ObjectEvent", "eventID": event_hash(normal), **normal}
 
 
+@pytest.mark.parametrize(
+    "step,disposition",
+    [
+        ("shipping", "in_transit"),  # bare words of GS1's context
+        ("cbv:BizStep-shipping", "cbv:Disp-in_transit"),  # CURIEs
+        ("https://ref.gs1.org/cbv/BizStep-shipping", "https://ref.gs1.org/cbv/Disp-in_transit"),  # full URIs
+    ],  # (EPCIS 1.x URNs are not allowed in JSON documents by GS1's schema: normalise_event takes them)
+)
+def test_every_spelling_of_a_cbv_term_imports_and_exports_as_its_full_uri(step: str, disposition: str) -> None:
+    original = to_document([shipping()], created=CREATED)
+    doc = copy.deepcopy(original)
+    (event,) = doc["epcisBody"]["eventList"]
+    event["bizStep"], event["disposition"] = step, disposition
+    event["bizTransactionList"][0]["type"] = {"shipping": "po", "cbv:BizStep-shipping": "cbv:BTT-po"}.get(
+        step, event["bizTransactionList"][0]["type"]
+    )
+    (back,) = from_document(doc)  # the eventID still matches: the spelling does not change the hash
+    assert back["bizStep"] == "https://ref.gs1.org/cbv/BizStep-shipping"
+    assert back["disposition"] == "https://ref.gs1.org/cbv/Disp-in_transit"
+    assert back["bizTransactionList"][0]["type"] == "https://ref.gs1.org/cbv/BTT-po"
+    assert to_document([back], created=CREATED) == original
+
+
+@pytest.mark.parametrize("step", ["vt:BizStep-drying", "https://w3id.org/village-trace/voc/BizStep-drying"])
+def test_every_spelling_of_a_project_step_imports_and_exports_as_its_full_uri(step: str) -> None:
+    drying = sowing(bizStep=step)
+    (exported_event,) = to_document([drying], created=CREATED)["epcisBody"]["eventList"]
+    assert exported_event["bizStep"] == "https://w3id.org/village-trace/voc/BizStep-drying"
+    doc = to_document([sowing(bizStep="vt:BizStep-drying")], created=CREATED)
+    doc["epcisBody"]["eventList"][0]["bizStep"] = step
+    (back,) = from_document(doc)
+    assert back["bizStep"] == "https://w3id.org/village-trace/voc/BizStep-drying"
+    assert back["eventID"] == exported_event["eventID"] == event_hash(drying)
+
+
 def test_foreign_documents_are_normalised_and_keep_their_hash() -> None:
     """A partner's document with its own prefixes: their CURIEs become full IRIs, ours our prefix."""
     doc = json.loads((DATA / "reference" / "ReferenceEventHashAlgorithm3.jsonld").read_text())
@@ -449,7 +488,7 @@ def test_duplicate_events_are_detected_whatever_their_notation() -> None:
     again = copy.deepcopy(doc["epcisBody"]["eventList"][0])
     again.pop("eventID")
     again["eventTime"] = "2026-05-20T01:00:00.000Z"  # the same instant
-    again["bizStep"] = "https://w3id.org/village-trace/voc/BizStep-sowing"  # the same step
+    again["bizStep"] = "vt:BizStep-sowing"  # the same step, as a CURIE
     doc["epcisBody"]["eventList"].append(again)
     ((path, message),) = errors_of(doc)
     assert path == "/epcisBody/eventList/3"

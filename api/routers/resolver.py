@@ -3,11 +3,15 @@
 `/01/{gtin}/10/{lot}` behaves as a GS1-conformant resolver where that applies (DESIGN "Trace codes"):
 - the default answer is the trace page (HTML, Chinese by default, English by Accept-Language or
   `?lang=en`), with a `Link: <...?linkType=linkset>; rel="linkset"` header;
-- `?linkType=linkset` (or `all`, or `Accept: application/linkset+json`) returns the RFC 9264 linkset
-  naming the page, the JSON, the EPCIS document, the verification and the proof bundle;
+- `?linkType=linkset` (or `all`), or an Accept header that prefers `application/linkset+json` or
+  `application/json` to `text/html` (api/conneg.py), returns the RFC 9264 linkset naming the page, the
+  JSON, the EPCIS document, the verification and the proof bundle, each link with a `title` (English) and
+  `title*` in Chinese and English; every answer says `Vary: Accept` (and Accept-Language for the page);
 - `?linkType=` one of those link types redirects (307) to that link; an unknown one gets the page;
-- a GTIN with a wrong check digit, or any other syntax error, is a 400 with the reason (never a 200);
-  an unknown lot is a 404 page (a problem JSON for a client that asks for JSON).
+- a GTIN with a wrong check digit, a path segment after the lot, or any other syntax error is a 400 with
+  the reason (never a 200); an unknown lot is a 404 page (a problem JSON for a client that asks for JSON);
+- a trailing slash or a GTIN-8/12/13 is redirected (301) to the canonical URI (api/canonical.py); HEAD
+  answers as GET without the body, and other origins may read every answer (api/public_http.py).
 
 `/t/{code}` serves the same page for lots named by their short code (lots without a GTIN).
 """
@@ -15,7 +19,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -23,7 +27,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.canonical import REDIRECT
-from api.i18n import language, strings
+from api.i18n import LANGUAGES, language, strings
+from api.microcache import page_variant
 from api.problems import Problem, problem_responses
 from api.routers.trace import known_code, normalized, service, verification_cache_control
 from api.services.tracing import TraceService
@@ -33,7 +38,11 @@ from ledger.vocab import get_vocab
 router = APIRouter(tags=["resolver"])
 GS1 = "https://gs1.org/voc/"
 LINKSET_JSON = "application/linkset+json"
+# GS1-Conformant resolver standard: the JSON-LD context that turns a linkset into JSON-LD.
+LINKSET_CONTEXT = "https://ref.gs1.org/standards/resolver/linkset-context"
 HTML_HEADERS = {"Vary": "Accept-Language, Accept"}
+# Errors of the Digital Link URI are a page or a problem JSON by Accept, in the language of Accept-Language.
+PROBLEM_HEADERS = {"Vary": "Accept, Accept-Language"}
 
 
 def link_types() -> dict[str, str]:
@@ -68,15 +77,28 @@ def _expand(link_type: str) -> str:
     return link_type
 
 
+def link_titles(rel: str) -> dict[str, str]:
+    """Title of a link type in each page language (api/i18n `links`), by the local name of its URI."""
+    name = rel.rsplit("/", 1)[-1]
+    return {lang: strings(lang)["links"][name] for lang in LANGUAGES}
+
+
 def linkset(base: str, anchor: str, page: str, code: str) -> dict[str, Any]:
-    """RFC 9264 JSON linkset of a lot (its anchor is the lot's URI)."""
+    """RFC 9264 JSON linkset of a lot (its anchor is the lot's URI).
+
+    Each link has `title` (English, plain ASCII as an RFC 8288 `title` should be) and `title*` in every page
+    language, as GS1-conformant resolvers write them; the page, served in Chinese and English, says so in
+    `hreflang`.
+    """
     entry: dict[str, Any] = {"anchor": anchor}
     for rel, path in link_types().items():
+        titles = link_titles(rel)
         target: dict[str, Any] = {"href": page if not path else base + path.format(code=code)}
         target["type"] = LINK_MEDIA[path]
+        target["title"] = titles["en"]
+        target["title*"] = [{"value": value, "language": lang} for lang, value in titles.items()]
         if not path:
-            target["hreflang"] = ["zh", "en"]
-            target["title"] = "产品追溯 / Product trace"
+            target["hreflang"] = list(LANGUAGES)
         entry[rel] = [target]
     return {"linkset": [entry]}
 
@@ -114,19 +136,34 @@ async def _page(request: Request, trace: TraceService, code: str, link_header: s
     )
 
 
-def _wants_linkset(request: Request, link_type: str | None) -> bool:
-    return link_type in ("linkset", "all") or LINKSET_JSON in request.headers.get("accept", "")
+def _linkset_media(request: Request, link_type: str | None) -> str | None:
+    """The media type to answer the linkset in, or None for the page or the link `?linkType=` names.
+
+    `?linkType=linkset` (or `all`) asks for it whatever Accept says; a known link type asks for that link
+    (the page included) whatever Accept says; otherwise Accept decides, and a client that takes only
+    `application/json` gets the linkset under that name."""
+    variant = page_variant(request.headers.get("accept", ""))
+    if link_type in ("linkset", "all"):
+        return variant if variant != "text/html" else LINKSET_JSON
+    if link_type and _expand(link_type) in link_types():
+        return None
+    return None if variant == "text/html" else variant
 
 
 async def _resolve(request: Request, code: str, anchor: str, self_path: str, link_type: str | None) -> Response:
     trace = service(request)
     base = request.app.state.settings.trace_base_url.rstrip("/")
     page = base + self_path
-    if _wants_linkset(request, link_type):
+    media = _linkset_media(request, link_type)
+    if media is not None:
         return Response(
             orjson.dumps(linkset(base, anchor, page, code)),
-            media_type=LINKSET_JSON,
-            headers={"Cache-Control": "public, max-age=300"},
+            media_type=media,
+            headers={
+                "Cache-Control": "public, max-age=300",
+                "Vary": "Accept",
+                "Link": f'<{LINKSET_CONTEXT}>; rel="http://www.w3.org/ns/json-ld#context"; type="application/ld+json"',
+            },
         )
     if link_type:
         path = link_types().get(_expand(link_type))
@@ -146,18 +183,45 @@ LINK_TYPE = Query(
 LANG = Query(None, pattern="^(zh|en)$", description="Page language; default from Accept-Language, else zh.")
 PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "The trace page (HTML), or the linkset",
-        "content": {"text/html": {}, LINKSET_JSON: {}},
+        "description": "The trace page (HTML), or the linkset (by Accept, or `?linkType=linkset`)",
+        "content": {"text/html": {}, LINKSET_JSON: {}, "application/json": {}},
     },
     307: {"description": "Redirect to the requested link type"},
     **REDIRECT,
     **problem_responses(400, 404, 429),
 }
+# HEAD is answered as GET without the body (api/public_http.py), outside the routes: said here for the docs.
+HEAD_NOTE = " HEAD answers as GET without the body; other origins may read the answer (CORS)."
+
+
+def _lot_segment(request: Request, lot: str) -> str:
+    """The lot number: the one raw path segment after `/10/` (a '/' inside it is written %2F), decoded.
+
+    More segments after it (`/01/{gtin}/10/{lot}/x`) are a 400: this resolver names lots, and a Digital Link
+    with a further key qualifier (`/21/{serial}`) or a stray segment names nothing it serves. (A trailing slash
+    never gets here: api/canonical.py redirects it.)"""
+    raw = (request.scope.get("raw_path") or b"").decode("latin-1")
+    parts = raw.split("/", 4)  # '', '01', gtin, '10', lot and whatever follows (still escaped)
+    if len(parts) < 5 or "/" not in parts[4]:
+        return lot
+    head, _, extra = parts[4].partition("/")
+    what = "a serial number (/21/)" if extra.startswith("21/") else f"the path segment(s) {unquote(extra)!r}"
+    raise Problem(
+        400,
+        "digital-link-syntax",
+        f"{what} after the lot number: this resolver serves /01/{{gtin}}/10/{{lot}} "
+        "(a '/' inside a lot number is written %2F)",
+        headers=PROBLEM_HEADERS,
+        lot=unquote(head),
+    )
 
 
 @router.get(
     "/01/{gtin}/10/{lot:path}",
     summary="GS1 Digital Link: a lot of a product (trace page or linkset)",
+    description="The trace page; the RFC 9264 linkset for `Accept: application/linkset+json` (or "
+    "`application/json`) or `?linkType=linkset`; a redirect for another `linkType`. A segment after the lot is a "
+    "400, a trailing slash a redirect to the canonical URI." + HEAD_NOTE,
     response_class=HTMLResponse,
     responses=PAGE_RESPONSES,
 )
@@ -172,16 +236,17 @@ async def digital_link(
     try:
         gtin14 = codes.normalize_gtin(gtin)
     except codes.GtinCheckDigitError as e:
-        raise Problem(400, "gtin-check-digit", str(e), gtin=gtin) from None
+        raise Problem(400, "gtin-check-digit", str(e), headers=PROBLEM_HEADERS, gtin=gtin) from None
     except codes.DigitalLinkError as e:
-        raise Problem(400, "digital-link-syntax", str(e)) from None
+        raise Problem(400, "digital-link-syntax", str(e), headers=PROBLEM_HEADERS) from None
+    lot = _lot_segment(request, lot)
     try:
         codes.check_lot_no(lot)
     except ValueError as e:
-        raise Problem(400, "digital-link-syntax", str(e)) from None
+        raise Problem(400, "digital-link-syntax", str(e), headers=PROBLEM_HEADERS) from None
     code = trace.known.get((gtin14, lot)) or await run_in_threadpool(trace.code_for_gtin_lot, gtin14, lot)
     if code is None:
-        raise Problem(404, "unknown-lot", f"no lot {lot!r} of the product with GTIN {gtin14}")
+        raise Problem(404, "unknown-lot", f"no lot {lot!r} of the product with GTIN {gtin14}", headers=PROBLEM_HEADERS)
     self_path = f"/01/{gtin14}/10/{quote(lot, safe='')}"
     return await _resolve(
         request, code, request.app.state.settings.trace_base_url.rstrip("/") + self_path, self_path, link_type
@@ -207,6 +272,7 @@ async def digital_link_product(gtin: str) -> Response:
 @router.get(
     "/t/{code}",
     summary="Trace page of a lot by its short code",
+    description="The same answers as the Digital Link URI, for lots named by their short code." + HEAD_NOTE,
     response_class=HTMLResponse,
     responses=PAGE_RESPONSES,
 )
