@@ -6,8 +6,10 @@ the schema, applies `GRANTS` after every migration, so a new table is nobody's u
 here (tests/test_db_roles.py fails for a table that is not). Worked out from the code each service runs:
 
 - village_migrate (migrate, one-off admin jobs): owns the schema;
-- village_api (api, `village users`): reads every table but service_account; inserts and updates
-  registry and trace rows (the admin API), api_user and api_key;
+- village_api (api, `village users`, and the alert worker `village alerts run`): reads every table
+  but service_account; inserts and updates registry and trace rows (the admin API), api_user,
+  api_key, alerts and webhook deliveries; inserts alert events, never updates them (their history
+  is append-only);
 - village_ingest (ingest): reads devices' ids, kinds, status and places (not their secret hashes)
   and the places' codes; inserts and reads dead letters;
 - village_anchor (anchor): reads registry and trace tables; writes the ledger's own tables;
@@ -60,8 +62,12 @@ OTHER = (
     "api_user",
     "api_key",
     "api_login_throttle",
+    "alert",
+    "alert_event",
+    "webhook_delivery",
     "alembic_version",
 )
+ALERTS = ("alert", "alert_event", "webhook_delivery")
 TABLES = (*REGISTRY, *TRACE, *LEDGER, *OTHER)
 
 
@@ -89,8 +95,16 @@ GRANTS: dict[str, Grant] = {
     # device provisioning), sign-in and API keys. Never the ledger's own tables, never a delete.
     "api": Grant(
         select=tuple(t for t in TABLES if t != "service_account"),
-        insert=(*(t for t in REGISTRY if t != "county"), *TRACE, "api_user", "api_key", "api_login_throttle"),
-        update=(*REGISTRY, *TRACE, "api_user", "api_key", "api_login_throttle"),
+        insert=(
+            *(t for t in REGISTRY if t != "county"),
+            *TRACE,
+            "api_user",
+            "api_key",
+            "api_login_throttle",
+            *ALERTS,
+        ),
+        # alert_event is append-only: inserted, never updated
+        update=(*REGISTRY, *TRACE, "api_user", "api_key", "api_login_throttle", "alert", "webhook_delivery"),
         delete=("api_login_throttle",),
     ),
     # Ingest: one query resolving a device to its kind, status and place (ingest/enrich.py), the
