@@ -303,10 +303,43 @@ def post(client: httpx.Client, endpoint: Endpoint, body: dict[str, Any]) -> Outc
     return Outcome(r.status_code, None, retry=False)
 
 
+class _Redact(logging.Filter):
+    """Takes the endpoints' secrets out of httpx's own log lines (it logs every request's full URL)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = message
+        for s in self.secrets:
+            redacted = redacted.replace(s, "…")
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+_REDACT = _Redact()
+
+
+def _secrets_of(endpoint: Endpoint) -> set[str]:
+    """What must never be logged: the URL after its host (path and query carry keys) and the secret."""
+    parts = urllib.parse.urlsplit(endpoint.url.get_secret_value())
+    out = {parts.path + ("?" + parts.query if parts.query else ""), parts.query}
+    if endpoint.secret is not None:
+        out.add(endpoint.secret.get_secret_value())
+    return {s for s in out if len(s) > 1}
+
+
 class Deliverer:
     """Delivers due webhook_delivery rows; every attempt is a row of the log."""
 
     def __init__(self, engine: Engine, settings: Settings, webhooks: Webhooks, client: httpx.Client | None = None):
+        for endpoint in webhooks.endpoints.values():
+            _REDACT.secrets |= _secrets_of(endpoint)
+        if _REDACT not in logging.getLogger("httpx").filters:
+            logging.getLogger("httpx").addFilter(_REDACT)
         self.engine = engine
         self.settings = settings
         self.webhooks = webhooks
