@@ -12,8 +12,9 @@ core/data/crops.yaml and analytics/data/computation.yaml) and
 - keeps an unresolved alert's latest value, and forgets `normal_since` on a new breach;
 - resolves an open or acknowledged alert (as "system") once the readings have been within range for
   ALERT_RESOLVE_AFTER_S (reading times: from the first reading back in range to the latest);
-- reopens a resolved alert on a reading out of range newer than its resolution, if that comes within
-  ALERT_REOPEN_WITHIN_S; later, a new alert is opened.
+- reopens a resolved alert on a reading out of range newer than its resolution (for one resolved by
+  the readings: the reading that completed the time in range; by hand: the moment of the click), if
+  that comes within ALERT_REOPEN_WITHIN_S; later, a new alert is opened.
 It samples the latest reading per pass: a breach that starts and ends between two passes is not seen.
 
 People: `acknowledge` (open only) and `resolve` (open or acknowledged, with a note); a concurrent
@@ -190,7 +191,8 @@ def _apply(
         active.updated_at = now
         session.add(active)
     if at - since >= timedelta(seconds=settings.alert_resolve_after_s):
-        active.state, active.resolved_at, active.resolved_by, active.updated_at = AlertState.resolved, now, SYSTEM, now
+        # resolved at the reading that completed the time in range (a later breach reopens it)
+        active.state, active.resolved_at, active.resolved_by, active.updated_at = AlertState.resolved, at, SYSTEM, now
         session.add(active)
         minutes = settings.alert_resolve_after_s / 60
         note = f"readings within range ({c.metric} {c.value:g}) for {minutes:g} min"
