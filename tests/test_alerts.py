@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -99,7 +98,8 @@ def test_alerts_listed_by_area(world: World) -> None:
     county = world.alerts("county")
     assert {(a["kind"], a["device_id"]) for a in county} >= {("drought", "soil-0001"), ("fever", "collar-0001")}
     d = drought(world)
-    assert d["village_code"] == TAIPINGCUN and d["value"] == 12.0 and d["threshold"] == 30 and d["metric"] == "soil_moisture"
+    assert d["village_code"] == TAIPINGCUN and d["value"] == 12.0 and d["threshold"] == 30
+    assert d["metric"] == "soil_moisture" and d["state"] == "open"
     assert [a["kind"] for a in world.alerts("taipingcun")] == ["drought"]  # the herd is in another village
     assert world.alerts("other") == []  # another county's administrator
     assert [a["device_id"] for a in world.alerts("county", device="collar-0001")] == ["collar-0001"]
@@ -114,7 +114,8 @@ def test_operator_cannot_acknowledge_other_village_alert(world: World) -> None:
     """hujiacun's operator may neither see nor work 太平村's alert: a 403 problem, and nothing recorded."""
     d = drought(world)
     before = world.client.get(f"/api/v1/alerts/{d['id']}", headers=world.auth["county"]).json()["history"]
-    r = world.client.post(f"/api/v1/alerts/{d['id']}/acknowledge", json={"note": "mine"}, headers=world.auth["hujiacun"])
+    url = f"/api/v1/alerts/{d['id']}"
+    r = world.client.post(f"{url}/acknowledge", json={"note": "mine"}, headers=world.auth["hujiacun"])
     assert "211122101201" in is_problem(r, 403, "outside-scope")["detail"]
     r = world.client.post(f"/api/v1/alerts/{d['id']}/resolve", json={"note": "x"}, headers=world.auth["hujiacun"])
     is_problem(r, 403, "outside-scope")
@@ -144,7 +145,8 @@ def test_bad_bodies_are_precise_problems(world: World) -> None:
     assert any("note" in str(e) for e in body["errors"])
     is_problem(world.client.post(url, json={"note": "x" * 1001}, headers=world.auth["county"]), 422, "validation")
     is_problem(world.client.post(url, json={"note": "ok", "by": "x"}, headers=world.auth["county"]), 422)
-    is_problem(world.client.post("/api/v1/alerts/999999/resolve", json={"note": "x"}, headers=world.auth["county"]), 404)
+    missing = world.client.post("/api/v1/alerts/999999/resolve", json={"note": "x"}, headers=world.auth["county"])
+    is_problem(missing, 404, "not-found")
 
 
 def test_lifecycle_acknowledged_resolved_by_readings_reopened_and_by_hand(world: World) -> None:
