@@ -6,7 +6,7 @@ the schema, applies `GRANTS` after every migration, so a new table is nobody's u
 here (tests/test_db_roles.py fails for a table that is not). Worked out from the code each service runs:
 
 - village_migrate (migrate, one-off admin jobs): owns the schema;
-- village_api (api, `village users`, and the alert worker `village alerts run`): reads every table
+- village_api (api, `village users`): reads every table
   but service_account; inserts and updates registry and trace rows (the admin API), api_user,
   api_key, alerts and webhook deliveries; inserts alert events, never updates them (their history
   is append-only);
@@ -14,7 +14,9 @@ here (tests/test_db_roles.py fails for a table that is not). Worked out from the
   and the places' codes; inserts and reads dead letters;
 - village_anchor (anchor): reads registry and trace tables; writes the ledger's own tables;
 - village_broker (broker-init, broker-sync): reads devices and service accounts; writes the ingest
-  account.
+  account;
+- village_alerts (alerts, `village alerts run`): reads the registry and dead letters (device health),
+  reads and writes alerts and webhook deliveries; inserts alert events, never updates them.
 
 No role but the owner may delete anything, but for the API's own sign-in counters (api_login_throttle,
 which it clears on a right password); every service role reads `alembic_version`, since each
@@ -127,6 +129,13 @@ GRANTS: dict[str, Grant] = {
         select=(*REGISTRY, *TRACE, *LEDGER, "alembic_version"),
         insert=LEDGER,
         update=LEDGER,
+    ),
+    # The alert worker: device health (registry, dead letters), the alerts, their history (insert
+    # only) and their webhook deliveries.
+    "alerts": Grant(
+        select=(*REGISTRY, "dead_letter", *ALERTS, "alembic_version"),
+        insert=ALERTS,
+        update=("alert", "webhook_delivery"),
     ),
     # broker-init and broker-sync: the broker's password and ACL files from devices and service
     # accounts, and the ingest account's hash.

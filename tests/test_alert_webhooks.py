@@ -284,3 +284,28 @@ def test_endpoint_file_refuses_credentials_in_urls_and_names_missing_secrets(
     monkeypatch.setenv("SECRETS_DIR", str(secrets))
     hooks_ok = webhooks.Webhooks.from_settings(settings_for(tmp_path, hooks))
     assert "zzz" not in repr(hooks_ok.endpoints) and "zzz" not in str(hooks_ok.endpoints["d"].url)
+
+
+def test_the_example_endpoints_file_is_valid() -> None:
+    example = Path(__file__).parent.parent / "deploy" / "alert-webhooks.example.yaml"
+    settings = Settings(_env_file=None, ALERT_WEBHOOKS_FILE=str(example))  # type: ignore[call-arg]
+    configs = webhooks.load_config(settings)
+    assert [(c.name, c.format) for c in configs] == [
+        ("county-wecom", "wecom"),
+        ("county-dingtalk", "dingtalk"),
+        ("ops", "json"),
+    ]
+    assert configs[1].covers("211122101201", AlertAction.opened)
+    assert not configs[1].covers("211122101201", AlertAction.acknowledged)  # not among its events
+    assert not configs[0].covers("211103001001", AlertAction.opened)  # another county
+
+
+def test_migration_0011_matches_the_models(engine: Engine) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    with engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    ours = ("alert", "alert_event", "webhook_delivery")
+    assert [d for d in diffs if any(f"'{t}'" in str(d) or f"table={t}" in str(d) for t in ours)] == []
