@@ -103,9 +103,7 @@ def refused(engine: Engine, sql: str) -> None:
 
 
 def _influx_with_users(folder: Path) -> InfluxD:
-    server = influxd(folder)
-    conf = folder / "influxdb.conf"
-    conf.write_text(conf.read_text().replace("[http]\n", "[http]\n  auth-enabled = true\n"))
+    server = influxd(folder, auth=True)
     server.start()
     admin = ("admin", PASSWORD)
     # The first user may be created without credentials, and must be an admin.
