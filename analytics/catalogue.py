@@ -20,6 +20,10 @@ PACKAGED_CATALOGUE = Path(__file__).with_name("indicators.yaml")
 Direction = Literal["higher_is_better", "lower_is_better"]
 Source = Literal["registry", "influx", "ledger", "statistics"]
 ID = r"^[a-z][a-z0-9_]{0,63}$"
+# The functions of analytics/compute.py that compute the registry, influx and ledger indicators (its
+# FUNCTIONS maps each name to the method; it checks at import that the two agree). Every computed
+# indicator names one in `computed_by`, and the catalogue does not load otherwise.
+COMPUTE_FUNCTIONS = ("registry", "devices", "idle", "continuous", "risks", "fever", "nh3", "clearance", "ledger")
 
 
 class _Model(BaseModel):
@@ -55,6 +59,7 @@ class Indicator(_Model):
     direction: Direction
     formula: str
     source: Source
+    computed_by: str | None = None
     min: float | None = None
     max: float | None = None
     references: tuple[Reference, ...] = ()
@@ -149,6 +154,19 @@ class Catalogue(_Model):
         for ind in self.indicators:
             if ind.dimension not in known_dims:
                 problems.append(f"indicator {ind.id!r}: unknown dimension {ind.dimension!r}")
+            if ind.source == "statistics":
+                if ind.computed_by is not None:
+                    problems.append(f"indicator {ind.id!r}: imported statistics are not computed (computed_by)")
+            elif ind.computed_by is None:
+                problems.append(
+                    f"computed indicator {ind.id!r} (source {ind.source}) is mapped to no function: set computed_by "
+                    f"to one of {', '.join(COMPUTE_FUNCTIONS)} (analytics/compute.py)"
+                )
+            elif ind.computed_by not in COMPUTE_FUNCTIONS:
+                problems.append(
+                    f"indicator {ind.id!r}: computed_by {ind.computed_by!r} is no function of analytics/compute.py "
+                    f"({', '.join(COMPUTE_FUNCTIONS)})"
+                )
         for index in self.indices:
             seen: set[str] = set()
             for dim in index.dimensions:

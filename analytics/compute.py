@@ -39,31 +39,22 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from functools import lru_cache
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import yaml
 from sqlmodel import Session
 
-from analytics.catalogue import Catalogue, get_catalogue
+from analytics.catalogue import COMPUTE_FUNCTIONS, Catalogue, get_catalogue
+from analytics.computation import ComputationParams, load_params
 from analytics.periods import Period, local_midnight
 from analytics.rollups import Rollups
 from analytics.sources import LedgerData, Registry, Telemetry, load_ledger, load_telemetry
 from core import crops
 from core.influx import InfluxV1
 
-PARAMS_FILE = Path(__file__).with_name("data") / "computation.yaml"
 COMPUTED_SOURCES = ("registry", "influx", "ledger")
 Scope = Literal["county", "village"]
-
-
-@lru_cache
-def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
 
 
 # ---------------------------------------------------------------- results
@@ -314,7 +305,7 @@ class _Cut:
                 },
             ),
         )
-        weights = ctx.params["informatization"]["weights"]
+        weights = ctx.params.informatization.weights
 
         def informatization(x: dict[str, float], _s: int | None) -> Value:
             parts = {}
@@ -365,7 +356,7 @@ class _Cut:
             active_now = reg.active_at(ctx.now) & (self.dev_v >= 0)
             parts["online"] = self.vsum(self.dev_v, tel.online & active_now)
             parts["active_now"] = self.vsum(self.dev_v, active_now)
-            window = f"{ctx.params['online']['intervals']} catalogue intervals"
+            window = f"{ctx.params.online.intervals} catalogue intervals"
             as_of = _iso(ctx.now)
             self.emit(
                 parts,
@@ -431,7 +422,7 @@ class _Cut:
 
     def _idle(self) -> None:
         tel, reg = self.ctx.telemetry, self.ctx.registry
-        n_idle_days = int(self.ctx.params["idle"]["days"])
+        n_idle_days = self.ctx.params.idle.days
         end_day = tel.day_index(self.period.closed_end(self.ctx.now))
         start_day = end_day - n_idle_days
         if start_day < 0 or end_day <= 0:
@@ -455,19 +446,19 @@ class _Cut:
         )
 
     def _continuous(self) -> None:
-        ctx, reg, p = self.ctx, self.ctx.registry, self.ctx.params["continuous_monitoring"]
+        ctx, reg, p = self.ctx, self.ctx.registry, self.ctx.params.continuous_monitoring
         area = reg.plots["area_mu"].to_numpy(dtype=float)
         plot_id = reg.devices["plot_id"].to_numpy()
         continuous = np.zeros(len(reg.plots), dtype=bool)
         if self.ndays and len(self.daily):
             devs = self.dev_of_rows(self.daily)
-            good = self.row_counted & (self.row_completeness >= p["day_completeness_pct"] / 100.0)
+            good = self.row_counted & (self.row_completeness >= p.day_completeness_pct / 100.0)
             plots = plot_id[devs[good]]
             days = self.daily["day"].to_numpy()[good]
             keep = pd.notna(plots)
             pairs = pd.DataFrame({"plot": plots[keep].astype(int), "day": days[keep]}).drop_duplicates()
             good_days = pairs.groupby("plot").size()
-            need = p["days_share_pct"] / 100.0 * self.ndays
+            need = p.days_share_pct / 100.0 * self.ndays
             ok = set(good_days[good_days >= need - 1e-9].index)
             continuous = reg.plots["id"].isin(ok).to_numpy()
         parts = {
@@ -477,7 +468,7 @@ class _Cut:
             "plots_ok": self.vsum(ctx.plot_v, continuous),
         }
         ndays = self.ndays
-        rule = f">= {p['day_completeness_pct']} % of expected readings on >= {p['days_share_pct']} % of days"
+        rule = f">= {p.day_completeness_pct} % of expected readings on >= {p.days_share_pct} % of days"
         self.emit(
             parts,
             lambda x, _s: Value(
@@ -556,7 +547,7 @@ class _Cut:
         thresholds = {c: crops.thresholds(c)["paddy_water_min_cm"] for c in set(paddy["crop"].dropna())}
         paddy = paddy.assign(alert=paddy["value"] < paddy["crop"].map(thresholds))
         by_crop_p = self._crop_thresholds(paddy, "paddy_water_min_cm")
-        season = [f"{a}..{b}" for a, b in ctx.params["paddy"]["season"]]
+        season = [f"{a}..{b}" for a, b in ctx.params.paddy.season]
         self.emit(
             {
                 "below": self.vsum(paddy["v"].to_numpy(), paddy["alert"].to_numpy()),
@@ -584,7 +575,7 @@ class _Cut:
         )
 
     def _fever(self) -> pd.DataFrame:
-        reg, tel, p = self.ctx.registry, self.ctx.telemetry, self.ctx.params["fever"]
+        reg, tel, p = self.ctx.registry, self.ctx.telemetry, self.ctx.params.fever
         animal_of = reg.devices["animal_id"].to_numpy()
         collar = (reg.devices["kind"] == "collar").to_numpy()
         d = self.daily[self.daily["readings"].to_numpy() > 0]
@@ -596,14 +587,14 @@ class _Cut:
         monitored = monitored.drop_duplicates(["unit", "day"])
         f = tel.fever
         fday = f["day"].to_numpy()
-        f = f[(fday >= self.a) & (fday < self.b) & (f["hours"].to_numpy() >= p["min_hours"])]
+        f = f[(fday >= self.a) & (fday < self.b) & (f["hours"].to_numpy() >= p.min_hours)]
         fdev = self.dev_of_rows(f)
         fever_days = pd.DataFrame({"unit": animal_of[fdev], "day": f["day"].to_numpy(), "alert": True})
         fever_days = fever_days[pd.notna(fever_days["unit"])].drop_duplicates(["unit", "day"])
         monitored = monitored.merge(fever_days, on=["unit", "day"], how="left")
         monitored["alert"] = monitored["alert"].fillna(False).astype(bool)
-        per = p["per_head_days"]
-        rule = f"hourly mean {p['metric']} > {p['above_c']} for >= {p['min_hours']} h"
+        per = p.per_head_days
+        rule = f"hourly mean {p.metric} > {p.above_c} for >= {p.min_hours} h"
         self.emit(
             {
                 "fever": self.vsum(monitored["v"].to_numpy(), monitored["alert"].to_numpy()),
@@ -630,7 +621,7 @@ class _Cut:
         n = tel.nh3
         nday = n["day"].to_numpy()
         n = n[barn[self.dev_of_rows(n)] & (nday >= self.a) & (nday < self.b)]
-        rule = f"hourly mean nh3_ppm > {ctx.params['nh3']['above_ppm']}"
+        rule = f"hourly mean nh3_ppm > {ctx.params.nh3.above_ppm}"
         self.emit(
             {
                 "hours": self.vsum(self.dev_v[self.dev_of_rows(n)], n["hours"].to_numpy()),
@@ -794,6 +785,22 @@ class _Cut:
         return self.values
 
 
+# computed_by in analytics/indicators.yaml -> the method that emits those indicators
+FUNCTIONS: dict[str, Callable[[_Cut], Any]] = {
+    "registry": _Cut.registry,
+    "devices": _Cut.devices,
+    "idle": _Cut._idle,
+    "continuous": _Cut._continuous,
+    "risks": _Cut.risks,
+    "fever": _Cut._fever,
+    "nh3": _Cut._nh3,
+    "clearance": _Cut._clearance,
+    "ledger": _Cut.ledger,
+}
+if set(FUNCTIONS) != set(COMPUTE_FUNCTIONS):  # pragma: no cover - a programming error, caught on import
+    raise ImportError(f"analytics.compute.FUNCTIONS {sorted(FUNCTIONS)} != catalogue COMPUTE_FUNCTIONS")
+
+
 def _in_season(day: date, windows: list[tuple[tuple[int, int], tuple[int, int]]]) -> bool:
     md = (day.month, day.day)
     return any(a <= md <= b for a, b in windows)
@@ -808,7 +815,7 @@ class _Context:
     registry: Registry
     telemetry: Telemetry
     ledger: LedgerData
-    params: dict[str, Any]
+    params: ComputationParams
     catalogue: Catalogue
     now: datetime
     chain: Any = None
@@ -839,7 +846,7 @@ class _Context:
             m, d = text.split("-")
             return int(m), int(d)
 
-        return [(md(a), md(b)) for a, b in self.params["paddy"]["season"]]
+        return [(md(a), md(b)) for a, b in self.params.paddy.season]
 
 
 # ---------------------------------------------------------------- statistics and the composite index
@@ -921,7 +928,7 @@ def compute_indicators(
     now: datetime | None = None,
     rollups: Rollups | None = None,
     catalogue: Catalogue | None = None,
-    params: dict[str, Any] | None = None,
+    params: ComputationParams | None = None,
     statistics: bool = True,
     index_id: str | None = "dvi",
     chain: Any = None,
@@ -943,7 +950,7 @@ def compute_indicators(
         raise KeyError(f"village {village!r} is not in county {county}")
     timings["registry_s"] = time.perf_counter() - t0
     periods = period.trend(max(0, trend))
-    first = min(periods[0].start, period.closed_end(now) - timedelta(days=int(params["idle"]["days"])))
+    first = min(periods[0].start, period.closed_end(now) - timedelta(days=params.idle.days))
     end = period.closed_end(now)
     t1 = time.perf_counter()
     telemetry = load_telemetry(

@@ -3,32 +3,37 @@
 Every function takes a pandas DataFrame indexed by (entity, time) (or with `county_code` and
 `year` columns) and returns a result object from `analytics.results` (text summary + JSON).
 
+Every model has county (entity) and year effects by default (`time_effects=True`).
+
 Fixed effects: linearmodels' PanelOLS with entity and time effects and standard errors clustered
-by entity. The default covariance uses linearmodels' `debiased=True, group_debias=True`: the
-cluster-robust sandwich scaled by G/(G-1) * (N-1)/(N-K), with G clusters, N observations and K the
-regressors plus the absorbed effects (entities + periods - 1). That is exactly the small-sample
-correction statsmodels applies to an OLS with entity and year dummies (LSDV) and
-`cov_type="cluster"`, so both give the same standard errors (the tests check it); Stata's
-`xtreg ..., fe vce(cluster id)` does not count the entity effects nested in the clusters in K,
-which makes its errors slightly smaller.
+by entity, in one of three small-sample conventions (`se`, results.SE_CONVENTIONS). "lsdv" (the
+default) uses linearmodels' `debiased=True, group_debias=True`: the cluster-robust sandwich scaled
+by G/(G-1) * (N-1)/(N-K), with G clusters, N observations and K the regressors plus the absorbed
+effects (entities + periods - 1), exactly the correction statsmodels applies to an OLS with entity
+and year dummies (LSDV) and `cov_type="cluster"` (the tests check it). "stata" is Stata's
+`xtreg y x i.year, fe vce(cluster id)`: the entity effects nested in the clusters are not counted
+in K (K = regressors + year dummies + constant) and t has G - 1 degrees of freedom. "linearmodels"
+is its default N/(N-K) without the group factor.
 
 Mediation (the three steps of Baron and Kenny as the Chinese literature applies them, each with
 two-way fixed effects): (1) Y on X: total effect c; (2) M on X: a; (3) Y on X and M: direct effect
 c' and b. The indirect effect a*b is tested with the Sobel z = ab / sqrt(b^2 s_a^2 + a^2 s_b^2)
-(clustered standard errors) and a percentile confidence interval from a cluster bootstrap that
-resamples whole entities.
+(clustered standard errors) and percentile and bias-corrected (Efron) confidence intervals from
+a cluster bootstrap that resamples whole entities.
 
 Threshold (Hansen 1999, J. Econometrics 93:345-368):
     y_it = mu_i [+ lambda_t] + b1' x_it 1(q_it <= g) + b2' x_it 1(q_it > g) + theta' z_it + e_it.
-The within transformation removes mu_i (and lambda_t with `time_effects=True`); g is found by a grid
-search minimising SSR(g) over the values of q between its `trim` and 1 - `trim` quantiles (at most
-`grid` points). F1 = (S0 - S1(g^)) / s^2 with s^2 = S1(g^) / (n(T-1)) ((n-1)(T-1) with time
-effects); its p-value comes from Hansen's fixed-regressor bootstrap: residual vectors of whole
-entities from the model without threshold are resampled, regressors and q stay fixed, and the
-search is repeated on each bootstrap sample. The confidence interval of g is the set of grid
-points where LR(g) = (S1(g) - S1(g^)) / s^2 <= c(alpha) = -2 ln(1 - sqrt(1 - alpha)) (7.35 at
-95 %). With `double=True` a second threshold is searched given the first, the first is refined given
-the second, and F2 is bootstrapped under the single-threshold model. The panel must be balanced.
+The within transformation removes mu_i (and lambda_t with `time_effects=True`, the default); g is
+found by minimising SSR(g) over every distinct value of q between its `trim` and 1 - `trim`
+quantiles (thinned to `grid` evenly spaced candidates only when `grid` is given).
+F1 = (S0 - S1(g^)) / s^2 with Hansen's s^2 = S1(g^) / (n(T-1)) (`sigma2="hansen"`, his code and
+xthreg, with or without year effects; `sigma2="dof"`: (n-1)(T-1) with year effects); its p-value
+comes from Hansen's fixed-regressor bootstrap: residual vectors of whole entities from the model
+without threshold are resampled, regressors and q stay fixed, and the search is repeated on each
+bootstrap sample. The confidence interval of g is the set of grid points where LR(g) = (S1(g) -
+S1(g^)) / s^2 <= c(alpha) = -2 ln(1 - sqrt(1 - alpha)) (7.35 at 95 %). With `double=True` a second
+threshold is searched given the first, the first is refined given the second, and F2 is bootstrapped
+under the single-threshold model. The panel must be balanced.
 SSR(g) for all grid points and bootstrap replications is computed at once with the
 Frisch-Waugh-Lovell theorem: the regressors without threshold are projected out once, so each grid
 point costs one inner product per replication.
@@ -49,6 +54,9 @@ from scipy import stats
 
 from analytics.results import (
     COEF_COLUMNS,
+    SE,
+    SE_CONVENTIONS,
+    SE_DEFAULT,
     STAR_NOTE,
     RegressionResult,
     RegressionTable,
@@ -87,10 +95,30 @@ def _columns(frame: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
     dupes = sorted({n for n in names if list(names).count(n) > 1})
     if dupes:
         raise ValueError(f"variable(s) used twice: {', '.join(dupes)}")
-    out = frame[list(names)].astype(float).replace([np.inf, -np.inf], np.nan).dropna()
+    full = frame[list(names)].astype(float).replace([np.inf, -np.inf], np.nan)
+    holes = full.isna()
+    out = full.dropna()
     if out.empty:
-        raise ValueError("no complete observations for " + ", ".join(names))
+        raise ValueError("no complete observations for " + ", ".join(names) + missing_values(full))
+    if holes.any().any():
+        out.attrs["dropped_note"] = f"{len(full) - len(out)} row(s) dropped for missing values:" + missing_values(full)
+        out.attrs["missing"] = {c: [_row(k) for k in full.index[holes[c]]] for c in full.columns if holes[c].any()}
     return out
+
+
+def _row(key: Any) -> str:
+    return "/".join(map(str, key)) if isinstance(key, tuple) else str(key)
+
+
+def missing_values(frame: pd.DataFrame, limit: int = 5) -> str:
+    """Where `frame` has missing values: each variable with the first (entity/time) rows, or ''."""
+    parts = []
+    for col in frame.columns:
+        rows = frame.index[frame[col].isna()]
+        if len(rows):
+            shown = ", ".join(_row(k) for k in rows[:limit]) + (", ..." if len(rows) > limit else "")
+            parts.append(f"{col} missing in {len(rows)} row(s) ({shown})")
+    return (" " + "; ".join(parts)) if parts else ""
 
 
 def _codes(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -133,16 +161,39 @@ def demean(
 # ---------------------------------------------------------------- fixed effects
 
 
-def _cov_note(cov: CovType, group_debias: bool, entities: int, time_effects: bool) -> str:
+def _cov_note(cov: CovType, se: SE, entities: int) -> str:
     if cov != "clustered":
         return f"{cov} covariance (linearmodels, debiased)"
-    if not time_effects:
-        k = "regressors (entity effects nested in the clusters are not counted)"
-    else:
-        k = "regressors + entity and year effects"
-    if group_debias:
-        return f"clustered by entity ({entities} clusters); scaled by G/(G-1)*(N-1)/(N-K), K = {k}"
-    return f"clustered by entity ({entities} clusters); scaled by N/(N-K), K = {k}"
+    return f"{se}: clustered by entity ({entities} clusters); {SE_CONVENTIONS[se]}"
+
+
+def unbalanced_note(frame: pd.DataFrame) -> str | None:
+    """A note when some entities lack some of the panel's periods: how many, and the first few."""
+    periods = frame.index.get_level_values(1).nunique()
+    counts = frame.groupby(level=0).size()
+    gaps = counts[counts < periods]
+    if gaps.empty:
+        return None
+    first = ", ".join(f"{e} ({periods - c} missing)" for e, c in gaps.head(5).items())
+    return (
+        f"unbalanced panel: {len(gaps)} of {len(counts)} entities have gaps (fewer than the {periods} periods): "
+        f"{first}{', ...' if len(gaps) > 5 else ''}"
+    )
+
+
+def _stata_fit(frame: pd.DataFrame, y: str, regs: list[str], time_effects: bool) -> tuple[Any, pd.DataFrame]:
+    """xtreg y regs [i.year], fe vce(cluster id): entity effects absorbed, year dummies and a constant as
+    regressors; linearmodels does not count entity effects nested in the clusters, so debiased +
+    group_debias is Stata's G/(G-1) (N-1)/(N-K), K = regressors + year dummies + constant."""
+    exog = frame[regs].assign(const=1.0)
+    if time_effects:
+        years = pd.get_dummies(frame.index.get_level_values(1), prefix="_year", drop_first=True, dtype=float)
+        years.index = frame.index
+        exog = pd.concat([exog, years], axis=1)
+    res = PanelOLS(frame[y], exog, entity_effects=True).fit(
+        cov_type="clustered", cluster_entity=True, debiased=True, group_debias=True
+    )
+    return res, exog
 
 
 def fixed_effects(
@@ -154,50 +205,83 @@ def fixed_effects(
     entity_effects: bool = True,
     time_effects: bool = True,
     cov: CovType = "clustered",
-    group_debias: bool = True,
+    se: SE = SE_DEFAULT,
     alpha: float = 0.05,
 ) -> RegressionResult:
-    """Two-way (entity and year) fixed-effects regression of `y` on `x` and `controls` (PanelOLS)."""
+    """Two-way (entity and year) fixed-effects regression of `y` on `x` and `controls` (PanelOLS).
+
+    `se` picks the small-sample convention of the clustered errors (results.SE_CONVENTIONS): "lsdv"
+    (default), "stata" (xtreg, fe vce(cluster), t with G - 1 degrees of freedom) or "linearmodels".
+    """
+    if se not in SE_CONVENTIONS:
+        raise ValueError(f"se {se!r}: use one of {', '.join(SE_CONVENTIONS)}")
+    if se == "stata" and not entity_effects:
+        raise ValueError("se 'stata' is xtreg's fixed-effects covariance: it needs entity effects")
     regs = [x] if isinstance(x, str) else list(x)
     regs += [c for c in controls if c not in regs]
     frame = _columns(as_panel(data), [y, *regs])
-    model = PanelOLS(frame[y], frame[regs], entity_effects=entity_effects, time_effects=time_effects)
-    kwargs: dict[str, Any] = {}
-    if cov == "clustered":
-        kwargs = {"cov_type": "clustered", "cluster_entity": True, "group_debias": group_debias}
-    else:
-        kwargs = {"cov_type": cov}
-    res = model.fit(debiased=True, **kwargs)
-    ci = res.conf_int(level=1 - alpha)
-    coefs = pd.DataFrame(
-        {
-            "coef": res.params,
-            "std_err": res.std_errors,
-            "t": res.tstats,
-            "p": res.pvalues,
-            "ci_lower": ci.iloc[:, 0],
-            "ci_upper": ci.iloc[:, 1],
-        }
-    )[list(COEF_COLUMNS)]
-    ent, _ = _codes(frame)
-    yv = frame[y].to_numpy()
-    tss_within = float(((yv - (np.bincount(ent, weights=yv) / np.bincount(ent))[ent]) ** 2).sum())
-    r2_within = 1.0 - float(res.resid_ss) / tss_within if tss_within > 0 else math.nan
     entities = int(frame.index.get_level_values(0).nunique())
+    if cov == "clustered" and se == "stata" and entity_effects:
+        res, _ = _stata_fit(frame, y, regs, time_effects)
+        df_t = entities - 1
+        tstats = res.params[regs] / res.std_errors[regs]
+        pvalues = pd.Series(2 * stats.t.sf(np.abs(tstats), df_t), index=regs)
+        half = stats.t.ppf(1 - alpha / 2, df_t) * res.std_errors[regs]
+        coefs = pd.DataFrame(
+            {
+                "coef": res.params[regs],
+                "std_err": res.std_errors[regs],
+                "t": tstats,
+                "p": pvalues,
+                "ci_lower": res.params[regs] - half,
+                "ci_upper": res.params[regs] + half,
+            }
+        )[list(COEF_COLUMNS)]
+    else:
+        model = PanelOLS(frame[y], frame[regs], entity_effects=entity_effects, time_effects=time_effects)
+        kwargs: dict[str, Any] = {"cov_type": cov}
+        if cov == "clustered":
+            kwargs = {"cov_type": "clustered", "cluster_entity": True, "group_debias": se != "linearmodels"}
+        res = model.fit(debiased=True, **kwargs)
+        ci = res.conf_int(level=1 - alpha)
+        coefs = pd.DataFrame(
+            {
+                "coef": res.params,
+                "std_err": res.std_errors,
+                "t": res.tstats,
+                "p": res.pvalues,
+                "ci_lower": ci.iloc[:, 0],
+                "ci_upper": ci.iloc[:, 1],
+            }
+        )[list(COEF_COLUMNS)]
+        df_t = int(res.df_resid)
+    ent, tim = _codes(frame)
+    yv = frame[y].to_numpy()
+    resid_ss = float(res.resid_ss)
+    tss_within = float(((yv - (np.bincount(ent, weights=yv) / np.bincount(ent))[ent]) ** 2).sum())
+    r2_within = 1.0 - resid_ss / tss_within if tss_within > 0 else math.nan
+    r2 = float(res.rsquared)
+    if se == "stata" and time_effects:  # the R² with both effects removed, as PanelOLS reports it
+        tss_both = float((demean(yv, ent, tim) ** 2).sum())
+        r2 = 1.0 - resid_ss / tss_both if tss_both > 0 else math.nan
+    notes = [n for n in (getattr(frame, "attrs", {}).get("dropped_note"), unbalanced_note(frame)) if n]
     return RegressionResult(
         dependent=y,
         coefficients=coefs,
         nobs=int(res.nobs),
         entities=entities,
         periods=int(frame.index.get_level_values(1).nunique()),
-        r2=float(res.rsquared),
+        r2=r2,
         r2_within=r2_within,
         r2_inclusive=float(res.rsquared_inclusive),
         entity_effects=entity_effects,
         time_effects=time_effects,
         cov_type="Clustered" if cov == "clustered" else cov.capitalize(),
-        cov_note=_cov_note(cov, group_debias, entities, time_effects),
-        extra={"resid_ss": float(res.resid_ss), "df_resid": int(res.df_resid), "alpha": alpha},
+        cov_note=_cov_note(cov, se, entities),
+        se=se,
+        notes=notes,
+        extra={"resid_ss": resid_ss, "df_resid": int(res.df_resid), "df_t": df_t, "alpha": alpha},
+        fit=res,
     )
 
 
@@ -241,6 +325,7 @@ class MediationResult(Result):
     sobel_z: float
     sobel_p: float
     boot_ci: tuple[float, float]
+    boot_ci_bc: tuple[float, float]
     boot_se: float
     reps: int
     alpha: float
@@ -271,6 +356,7 @@ class MediationResult(Result):
             title=f"Mediation: {self.x} -> {self.m} -> {self.y}",
         ).tables()
         lo, hi = self.boot_ci
+        bc_lo, bc_hi = self.boot_ci_bc
         level = f"{100 * (1 - self.alpha):g} %"
         effects = Table(
             ["Effect", "Estimate", "Std. Err.", "z / CI"],
@@ -279,12 +365,15 @@ class MediationResult(Result):
                 ["Direct effect c' (3)", f"{self.c_prime:.4f}{stars(self.steps[2].pvalues[self.x])}", "", ""],
                 ["Indirect effect a*b", self.indirect, self.sobel_se, f"z = {self.sobel_z:.3f}"],
                 ["  Sobel p-value", self.sobel_p, "", ""],
-                [f"  bootstrap {level} CI", "", self.boot_se, f"[{lo:.4f}, {hi:.4f}]"],
+                [f"  bootstrap {level} CI, percentile", "", self.boot_se, f"[{lo:.4f}, {hi:.4f}]"],
+                [f"  bootstrap {level} CI, bias-corrected", "", "", f"[{bc_lo:.4f}, {bc_hi:.4f}]"],
                 ["Share mediated a*b/c", self.proportion, "", ""],
             ],
             title="Effect decomposition",
             notes=[
-                f"cluster bootstrap over entities, {self.reps} replications (seed {self.seed}); {STAR_NOTE}",
+                f"cluster bootstrap over entities, {self.reps} replications (seed {self.seed}); bias-corrected: "
+                "quantiles Phi(2 z0 + z_a) with z0 = Phi^-1(share of draws below a*b) (Efron 1987); " + STAR_NOTE,
+                f"specification: {self.steps[0].effects_label().lower()} effects; std. errors {self.steps[0].se}",
                 f"conclusion: {self.conclusion()}",
             ],
         )
@@ -311,7 +400,11 @@ class MediationResult(Result):
                     "alpha": self.alpha,
                     "se": self.boot_se,
                     "ci": list(self.boot_ci),
+                    "ci_percentile": list(self.boot_ci),
+                    "ci_bias_corrected": list(self.boot_ci_bc),
                 },
+                "se": self.steps[0].se,
+                "time_effects": self.steps[0].time_effects,
                 "conclusion": self.conclusion(),
             }
         )
@@ -397,7 +490,7 @@ def mediation(
     alpha: float = 0.05,
     entity_effects: bool = True,
     time_effects: bool = True,
-    group_debias: bool = True,
+    se: SE = SE_DEFAULT,
 ) -> MediationResult:
     """The three-step mediation model with two-way fixed effects, Sobel test and bootstrap CI of a*b."""
     ctrl = [c for c in controls if c not in (x, m, y)]
@@ -405,7 +498,7 @@ def mediation(
     kw: dict[str, Any] = {
         "entity_effects": entity_effects,
         "time_effects": time_effects,
-        "group_debias": group_debias,
+        "se": se,
         "alpha": alpha,
     }
     step1 = fixed_effects(frame, y, x, ctrl, **kw)
@@ -418,10 +511,12 @@ def mediation(
     z = indirect / sobel_se if sobel_se > 0 else math.nan
     draws = np.empty(0)
     lo = hi = boot_se = math.nan
+    bc = (math.nan, math.nan)
     if reps > 0:
         rng = np.random.default_rng(seed)
         draws = _bootstrap_ab(frame, x, m, y, ctrl, reps, rng, entity_effects, time_effects)
         lo, hi = np.quantile(draws, [alpha / 2, 1 - alpha / 2])
+        bc = bias_corrected_ci(draws, indirect, alpha)
         boot_se = float(draws.std(ddof=1)) if reps > 1 else math.nan
     return MediationResult(
         x=x,
@@ -437,6 +532,7 @@ def mediation(
         sobel_z=z,
         sobel_p=float(2 * stats.norm.sf(abs(z))) if math.isfinite(z) else math.nan,
         boot_ci=(float(lo), float(hi)),
+        boot_ci_bc=bc,
         boot_se=boot_se,
         reps=reps,
         alpha=alpha,
@@ -445,7 +541,26 @@ def mediation(
     )
 
 
+def bias_corrected_ci(draws: np.ndarray, estimate: float, alpha: float) -> tuple[float, float]:
+    """Efron's bias-corrected percentile interval: the draws' quantiles at Phi(2 z0 +- z_(1-alpha/2)),
+    z0 = Phi^-1(share of draws below the estimate, ties counted half)."""
+    if len(draws) < 2:
+        return (math.nan, math.nan)
+    share = (np.sum(draws < estimate) + 0.5 * np.sum(draws == estimate)) / len(draws)
+    if share <= 0 or share >= 1:
+        return (math.nan, math.nan)
+    z0 = float(stats.norm.ppf(share))
+    z = float(stats.norm.ppf(1 - alpha / 2))
+    lo, hi = np.quantile(draws, [stats.norm.cdf(2 * z0 - z), stats.norm.cdf(2 * z0 + z)])
+    return (float(lo), float(hi))
+
+
 # ---------------------------------------------------------------- threshold
+
+
+Sigma2 = Literal["hansen", "dof"]
+SIGMA2_CONVENTIONS: dict[str, str] = {"hansen": "S1/(n(T-1))", "dof": "S1/((n-1)(T-1))"}
+GRID_CELLS_MAX = 60_000_000  # candidate thresholds x regime regressors x observations held at once (8 bytes each)
 
 
 def c_alpha(alpha: float) -> float:
@@ -532,8 +647,12 @@ class ThresholdResult(Result):
             ],
             title=f"Threshold effect test (threshold variable {self.q})",
             notes=[
-                f"Hansen fixed-regressor bootstrap; trim {s['trim']:g}, {s['grid_points']} grid points, "
-                f"seed {s['seed']}; {STAR_NOTE}"
+                f"Hansen fixed-regressor bootstrap; trim {s['trim']:g}, {s['grid_points']} candidate thresholds "
+                + ("(every distinct value inside the trim)" if s["grid_max"] is None else "(thinned when asked)")
+                + f", seed {s['seed']}; {STAR_NOTE}",
+                f"specification: {s['specification']}; s² = {s['sigma2_formula']} ({s['sigma2']}"
+                + (", Hansen's code and xthreg" if s["sigma2"] == "hansen" else "")
+                + f"), n = {s['entities']} entities, T = {s['periods']} periods",
             ],
         )
         level = f"{100 * (1 - s['alpha']):g}%"
@@ -544,10 +663,6 @@ class ThresholdResult(Result):
             notes=[f"LR confidence set: LR(g) <= c(alpha) = {s['c_alpha']:.4f}"],
         )
         return [tests, estimates, *self.regression.tables()]
-
-    def summary(self) -> str:
-        tests, estimates = self.tables()[:2]
-        return "\n\n".join([tests.text(), estimates.text(), self.regression.summary()])
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(
@@ -576,11 +691,17 @@ class _ThresholdData:
         q: str,
         controls: list[str],
         trim: float,
-        grid: int,
+        grid: int | None,
         time_effects: bool,
+        sigma2: Sigma2,
     ) -> None:
         shape = _balanced(frame)
         if shape is None:
+            if frame.attrs.get("dropped_note"):
+                raise ValueError(
+                    "the threshold model needs a balanced panel, and rows with missing values break it: "
+                    + frame.attrs["dropped_note"]
+                )
             counts = frame.groupby(level=0).size()
             short = counts[counts < counts.max()].index[:5].tolist()
             raise ValueError(
@@ -590,7 +711,7 @@ class _ThresholdData:
         self.n, self.t = shape
         self.N = self.n * self.t
         self.time_effects = time_effects
-        self.df = (self.n - 1) * (self.t - 1) if time_effects else self.n * (self.t - 1)
+        self.df = (self.n - 1) * (self.t - 1) if time_effects and sigma2 == "dof" else self.n * (self.t - 1)
 
         def block(col: str) -> np.ndarray:
             return frame[col].to_numpy(dtype=float).reshape(self.n, self.t)
@@ -601,20 +722,25 @@ class _ThresholdData:
         base = [self.W(a).ravel() for a in self.x] + [self.W(block(c)).ravel() for c in controls]
         self.X0 = np.column_stack(base)
         self.grid = self._grid(trim, grid)
+        if len(self.grid) * len(xs) * self.N > GRID_CELLS_MAX:
+            raise ValueError(
+                f"{len(self.grid)} candidate thresholds x {self.N} observations is more than the search holds in "
+                f"memory ({GRID_CELLS_MAX:,} cells); thin the candidates with grid=N (--grid N)"
+            )
         # W(x * 1(q <= g)) for every grid point: (G, kx, N)
         ind = self.q[None, :, :] <= self.grid[:, None, None]
         v = self.W(self.x[None, :, :, :] * ind[:, None, :, :])
         self.V = v.reshape(len(self.grid), len(xs), self.N)
         self.below = ind.reshape(len(self.grid), self.N).sum(axis=1)
 
-    def _grid(self, trim: float, points: int) -> np.ndarray:
+    def _grid(self, trim: float, points: int | None) -> np.ndarray:
         if not 0 < trim < 0.5:
             raise ValueError(f"trim must be in (0, 0.5), got {trim}")
         qs = np.sort(self.q.ravel())
         lo = max(math.ceil(trim * self.N) - 1, 0)
         hi = min(math.floor((1 - trim) * self.N) - 1, self.N - 1)
         cand = np.unique(qs[lo : hi + 1])
-        if len(cand) > points:
+        if points is not None and len(cand) > points:
             cand = cand[np.unique(np.linspace(0, len(cand) - 1, points).round().astype(int))]
         if len(cand) < 2:
             raise ValueError(f"the threshold variable has too few distinct values inside the {trim:g} trim")
@@ -703,26 +829,34 @@ def panel_threshold(
     controls: Sequence[str] = (),
     *,
     trim: float = 0.15,
-    grid: int = 300,
+    grid: int | None = None,
     reps: int = 300,
     seed: int | None = 0,
     double: bool = False,
     min_between: float = 0.05,
-    time_effects: bool = False,
+    time_effects: bool = True,
+    sigma2: Sigma2 = "hansen",
+    se: SE = SE_DEFAULT,
     alpha: float = 0.05,
 ) -> ThresholdResult:
     """Hansen's (1999) fixed-effects panel threshold model of `y` on `x` with threshold variable `q`.
 
     `x` has regime-dependent slopes; `controls` do not. `trim` is the share of observations each
-    regime must keep (0.15 each side by default), `grid` the maximum number of candidate thresholds,
-    `reps` the bootstrap replications. `double` also tests a second threshold (the middle regime
+    regime must keep (0.15 each side by default), `grid` the number of candidate thresholds when
+    they are to be thinned (default: every distinct value of `q` inside the trim, so that the
+    least-squares threshold is found), `reps` the bootstrap replications. County and year effects by
+    default (`time_effects=False` for Hansen's county effects only). `sigma2` is the convention of
+    s^2 in F and LR: "hansen" S1/(n(T-1)) as Hansen's code and xthreg, "dof" S1/((n-1)(T-1)) with
+    year effects. `double` also tests a second threshold (the middle regime
     keeping at least `min_between` of the observations). Balanced panels only.
     """
     xs = [x] if isinstance(x, str) else list(x)
     ctrl = [c for c in controls if c not in xs and c != y]
     cols = list(dict.fromkeys([y, *xs, q, *ctrl]))
     frame = _columns(as_panel(data), cols)
-    d = _ThresholdData(frame, y, xs, q, ctrl, trim, grid, time_effects)
+    if sigma2 not in SIGMA2_CONVENTIONS:
+        raise ValueError(f"sigma2 {sigma2!r}: use one of {', '.join(SIGMA2_CONVENTIONS)}")
+    d = _ThresholdData(frame, y, xs, q, ctrl, trim, grid, time_effects, sigma2)
     rng = np.random.default_rng(seed)
     crit_lr = c_alpha(alpha)
     g = d.grid
@@ -773,7 +907,7 @@ def panel_threshold(
             cuts = sorted([float(g[i1r]), float(g[i2])])
 
     reg_frame, reg_names = _regime_frame(frame, xs, q, cuts)
-    regression = fixed_effects(reg_frame, y, reg_names, ctrl, time_effects=time_effects, alpha=alpha)
+    regression = fixed_effects(reg_frame, y, reg_names, ctrl, time_effects=time_effects, se=se, alpha=alpha)
     settings = {
         "trim": trim,
         "grid_points": len(g),
@@ -783,6 +917,10 @@ def panel_threshold(
         "double": double,
         "min_between": min_between,
         "time_effects": time_effects,
+        "specification": "county and year effects" if time_effects else "county effects",
+        "sigma2": sigma2,
+        "sigma2_formula": SIGMA2_CONVENTIONS[sigma2] if time_effects else "S1/(n(T-1))",
+        "se": se,
         "alpha": alpha,
         "c_alpha": crit_lr,
         "entities": d.n,

@@ -1,8 +1,11 @@
-"""Result objects shared by the models: text tables a researcher recognises, and JSON for the API.
+"""Result objects shared by the models: tables a researcher recognises, a statsmodels Summary, JSON for the API.
 
-Every result has `summary()` (a fixed-width text table in the style linearmodels and statsmodels
-print), `__str__` (the same) and `to_dict()` (plain JSON types only: floats, ints, strings, lists,
-dicts and None for a missing or non-finite number), so the API can return it as it is.
+Every result has `tables()` (what the CLI prints as rich tables), `summary()` (a statsmodels `Summary`
+built from those tables: `as_text()`, `as_html()`, `as_latex()`, as linearmodels' results give),
+`__str__` (its text) and `to_dict()` (plain JSON types only: floats, ints, strings, lists, dicts and
+None for a missing or non-finite number), so the API can return it as it is. Regression results keep
+the linearmodels fit they came from (`fit`), and side-by-side tables are built on
+`linearmodels.panel.compare`.
 """
 
 from __future__ import annotations
@@ -10,10 +13,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from statsmodels.iolib.summary import Summary
 
 STARS = ((0.001, "***"), (0.01, "**"), (0.05, "*"))
 STAR_NOTE = "* p<0.05, ** p<0.01, *** p<0.001"
@@ -128,20 +134,38 @@ class Table:
         return text_table(self.headers, self.rows, title=self.title, notes=self.notes, digits=self.digits)
 
 
+def as_summary(tables: Sequence[Table]) -> Summary:
+    """A statsmodels Summary of `tables` (one SimpleTable each, their notes below), as linearmodels builds its own."""
+    from statsmodels.iolib.summary import Summary
+    from statsmodels.iolib.table import SimpleTable
+
+    smry = Summary()
+    notes: list[str] = []
+    for table in tables:
+        headers = table.headers[1:] if any(table.headers) else None
+        data = [[fmt(c, table.digits) for c in r[1:]] for r in table.rows] or [[""] * max(1, len(table.headers) - 1)]
+        stubs = [str(r[0]) for r in table.rows] or [""]
+        smry.tables.append(SimpleTable(data, headers=headers, stubs=stubs, title=table.title or ""))
+        notes += table.notes
+    if notes:
+        smry.add_extra_txt(notes)
+    return smry
+
+
 class Result:
-    """Base: `summary()` renders `tables()` as text; `__str__` is the summary."""
+    """Base: `summary()` is a statsmodels Summary of `tables()`; `__str__` is its text."""
 
     def tables(self) -> list[Table]:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def summary(self) -> str:
-        return "\n\n".join(t.text() for t in self.tables())
+    def summary(self) -> Summary:
+        return as_summary(self.tables())
 
     def to_dict(self) -> dict[str, Any]:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def __str__(self) -> str:
-        return self.summary()
+        return str(self.summary())
 
 
 # ---------------------------------------------------------------- regression
@@ -149,15 +173,45 @@ class Result:
 
 COEF_COLUMNS = ("coef", "std_err", "t", "p", "ci_lower", "ci_upper")
 
+SE = Literal["lsdv", "stata", "linearmodels"]
+SE_DEFAULT: SE = "lsdv"
+# How each convention scales the cluster-robust sandwich S = (X'X)^-1 (sum_g X_g'e_g e_g'X_g) (X'X)^-1 of the
+# within-transformed regressors; G clusters (entities), N observations, k regressors, n entities, T periods.
+SE_CONVENTIONS: dict[str, str] = {
+    "lsdv": (
+        "V = G/(G-1) (N-1)/(N-K) S, K = k + n + T - 1 (every entity and year dummy and the constant counted, as an OLS "
+        "with dummies and cluster-robust errors; linearmodels debiased=True, group_debias=True); t(N-K)"
+    ),
+    "stata": (
+        "V = G/(G-1) (N-1)/(N-K) S, K = k + (T-1) + 1 (year dummies and the constant counted, entity effects nested "
+        "in the clusters not: Stata's xtreg y x i.year, fe vce(cluster id)); t(G-1)"
+    ),
+    "linearmodels": (
+        "V = N/(N-K) S, K = k + n + T - 1 (linearmodels' PanelOLS.fit(cov_type='clustered', cluster_entity=True) "
+        "defaults: debiased=True, no group correction); t(N-K)"
+    ),
+}
+SE_LABELS: dict[str, str] = {
+    "lsdv": "clustered by entity, LSDV correction",
+    "stata": "clustered by entity, Stata xtreg fe",
+    "linearmodels": "clustered by entity, linearmodels default",
+}
+R2_WITHIN = (
+    "within R² as Stata's xtreg y x i.year, fe reports it: 1 - SSR / sum (y - mean_i y)², the year effects counted "
+    "as explained"
+)
+
 
 @dataclass
 class RegressionResult(Result):
-    """One fixed-effects regression: coefficient table and fit statistics.
+    """One fixed-effects regression: coefficient table and fit statistics, and the linearmodels fit itself.
 
     `coefficients` has the columns coef, std_err, t, p, ci_lower, ci_upper, one row per regressor.
     `r2_within` counts the year effects as explained (as Stata's `xtreg y x i.year, fe`);
     `r2` is linearmodels' R-squared of the model once both effects are removed; `r2_inclusive`
-    counts the effects too (the R-squared of the dummy-variable regression).
+    counts the effects too (the R-squared of the dummy-variable regression). `fit` is the
+    linearmodels `PanelEffectsResults` the numbers come from (with `se="stata"` the model with year
+    dummies and a constant that `xtreg` estimates, its t distribution with G - 1 degrees of freedom).
     """
 
     dependent: str
@@ -173,7 +227,10 @@ class RegressionResult(Result):
     cov_type: str
     cov_note: str = ""
     estimator: str = "PanelOLS"
+    se: str = SE_DEFAULT
+    notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    fit: Any = field(default=None, repr=False, compare=False)
 
     @property
     def params(self) -> pd.Series:
@@ -184,6 +241,10 @@ class RegressionResult(Result):
         return self.coefficients["std_err"]
 
     @property
+    def tstats(self) -> pd.Series:
+        return self.coefficients["t"]
+
+    @property
     def pvalues(self) -> pd.Series:
         return self.coefficients["p"]
 
@@ -191,18 +252,21 @@ class RegressionResult(Result):
         effects = [name for flag, name in ((self.entity_effects, "Entity"), (self.time_effects, "Time")) if flag]
         return ", ".join(effects) or "None"
 
+    def se_label(self) -> str:
+        return SE_LABELS.get(self.se, self.cov_type) if self.cov_type == "Clustered" else self.cov_type
+
     def _info(self) -> list[tuple[str, Any]]:
         return [
             ("Dep. Variable", self.dependent),
-            ("R-squared (within)", self.r2_within),
+            ("R² within (xtreg)", self.r2_within),
             ("Estimator", self.estimator),
-            ("R-squared (effects removed)", self.r2),
+            ("R² (effects removed)", self.r2),
             ("No. Observations", self.nobs),
-            ("R-squared (incl. effects)", self.r2_inclusive),
+            ("R² (incl. effects)", self.r2_inclusive),
             ("Entities", self.entities),
-            ("Cov. Estimator", self.cov_type),
-            ("Time periods", self.periods),
             ("Effects", self.effects_label()),
+            ("Time periods", self.periods),
+            ("Std. errors", self.se_label()),
         ]
 
     def tables(self) -> list[Table]:
@@ -212,22 +276,16 @@ class RegressionResult(Result):
             [name, r["coef"], r["std_err"], r["t"], f"{r['p']:.4f}", r["ci_lower"], r["ci_upper"]]
             for name, r in self.coefficients.iterrows()
         ]
+        notes = [f"Std. errors: {self.cov_note}" if self.cov_note else "", f"R² within: {R2_WITHIN}", *self.notes]
         return [
             Table(["", "", "", ""], pairs, title=f"{self.estimator} Estimation Summary"),
             Table(
                 ["", "Parameter", "Std. Err.", "T-stat", "P-value", "Lower CI", "Upper CI"],
                 rows,
                 title="Parameter Estimates",
-                notes=[self.cov_note] if self.cov_note else [],
+                notes=[n for n in notes if n],
             ),
         ]
-
-    def summary(self) -> str:
-        header = key_values(self._info())
-        table = self.tables()[1].text()
-        title = f"{self.estimator} Estimation Summary"
-        width = max(len(x) for x in [*header.splitlines(), table.splitlines()[1]])
-        return "\n".join([title.center(width).rstrip(), "=" * width, header, "", table])
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(
@@ -244,11 +302,14 @@ class RegressionResult(Result):
                 "periods": self.periods,
                 "r2": self.r2,
                 "r2_within": self.r2_within,
+                "r2_within_definition": R2_WITHIN,
                 "r2_inclusive": self.r2_inclusive,
                 "entity_effects": self.entity_effects,
                 "time_effects": self.time_effects,
                 "cov_type": self.cov_type,
+                "se": self.se,
                 "cov_note": self.cov_note,
+                "notes": self.notes,
                 **self.extra,
             }
         )
@@ -256,10 +317,12 @@ class RegressionResult(Result):
 
 @dataclass
 class RegressionTable(Result):
-    """Several regressions side by side, the layout of a paper's results table.
+    """Several regressions side by side, the layout of a paper's results table, built on linearmodels' `compare`.
 
     Each cell is the coefficient with its significance stars and, beneath it, the t statistic
-    in parentheses (`show="t"`) or the standard error (`show="se"`).
+    in parentheses (`show="t"`) or the standard error (`show="se"`). The numbers are those of
+    `comparison` (`linearmodels.panel.compare(..., stars=True)` of the kept fits, whose own
+    `summary` marks stars at linearmodels' 10/5/1 %); the stars here are the papers' (STAR_NOTE).
     """
 
     models: list[RegressionResult]
@@ -278,31 +341,59 @@ class RegressionTable(Result):
                     seen.append(str(v))
         return seen
 
+    @property
+    def comparison(self) -> Any:
+        """`linearmodels.panel.compare` of the models' fits (t statistics, stars)."""
+        from linearmodels.panel import compare
+
+        return compare(dict(zip(self.column_names(), (m.fit for m in self.models), strict=True)), stars=True)
+
+    def _frames(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """Coefficients, precision (t or se) and p-values, variables x columns: compare's, or the results' own
+        where a model was not fitted here (a result built by hand has no fit). The p-values (the stars) are
+        always the results' own: with se="stata" they use t(G-1), which compare's do not."""
+        cols, variables = self.column_names(), self.variables()
+        own = [
+            pd.DataFrame({c: getattr(m, attr) for c, m in zip(cols, self.models, strict=True)})
+            for attr in ("params", "tstats" if self.show == "t" else "std_errors", "pvalues")
+        ]
+        frames = own
+        if all(m.fit is not None for m in self.models):
+            comp = self.comparison
+            frames = [comp.params, comp.tstats if self.show == "t" else comp.std_errors, own[2]]
+        return tuple(f.reindex(index=variables, columns=cols) for f in frames)  # type: ignore[return-value]
+
     def tables(self) -> list[Table]:
         cols = self.column_names()
+        params, precision, pvalues = self._frames()
         rows: list[list[Any]] = []
-        for v in self.variables():
+        for v in params.index:
             top: list[Any] = [v]
             below: list[Any] = [""]
-            for m in self.models:
-                if v in m.coefficients.index:
-                    r = m.coefficients.loc[v]
-                    top.append(f"{r['coef']:.4f}{stars(r['p'])}")
-                    below.append(f"({r['t']:.2f})" if self.show == "t" else f"({r['std_err']:.4f})")
-                else:
+            for c in cols:
+                coef, prec, p = params.at[v, c], precision.at[v, c], pvalues.at[v, c]
+                if pd.isna(coef):
                     top.append("")
                     below.append("")
+                    continue
+                top.append(f"{coef:.4f}{stars(p)}")
+                below.append(f"({prec:.2f})" if self.show == "t" else f"({prec:.4f})")
             rows += [top, below]
         rows.append(["Dependent", *(m.dependent for m in self.models)])
         rows.append(["Entity FE", *("Yes" if m.entity_effects else "No" for m in self.models)])
         rows.append(["Year FE", *("Yes" if m.time_effects else "No" for m in self.models)])
         rows.append(["N", *(str(m.nobs) for m in self.models)])
-        rows.append(["Within R²", *(f"{m.r2_within:.4f}" for m in self.models)])
+        rows.append(["R² within (xtreg)", *(f"{m.r2_within:.4f}" for m in self.models)])
+        rows.append(["Std. errors", *(m.se for m in self.models)])
         below_label = "t statistics" if self.show == "t" else "standard errors"
-        cov = self.models[0].cov_type if self.models else ""
-        return [
-            Table(["", *cols], rows, title=self.title, notes=[f"{below_label} in parentheses ({cov}); {STAR_NOTE}"])
-        ]
+        notes = [f"{below_label} in parentheses; {STAR_NOTE}"]
+        for se in dict.fromkeys(m.se for m in self.models):
+            first = next(m for m in self.models if m.se == se)
+            notes.append(f"Std. errors {first.cov_note}")
+        notes.append(f"R² within: {R2_WITHIN}")
+        for note in dict.fromkeys(n for m in self.models for n in m.notes):
+            notes.append(note)
+        return [Table(["", *cols], rows, title=self.title, notes=notes)]
 
     def to_dict(self) -> dict[str, Any]:
         return jsonable(

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from sqlmodel import Session, col, select
 
+from analytics.computation import ComputationParams
 from analytics.periods import local_midnight
 from analytics.rollups import Rollups, ident, quote
 from core.catalogue import get_catalogue as get_device_catalogue
@@ -172,7 +173,7 @@ def load_telemetry(
     end: date,
     *,
     session: Session,
-    params: dict[str, Any],
+    params: ComputationParams,
     online_now: datetime | None,
 ) -> Telemetry:
     """Read what the indicators need for the local days [first, end) (closed days only)."""
@@ -202,7 +203,7 @@ def load_telemetry(
     where = f'"county" = {quote(county)} AND time >= {start_ms}ms AND time < {end_ms}ms'
     kinds = [k for k in rollups.kinds if k in set(devices["kind"])]
     to_day = _day_mapper([int(x.timestamp() * 1000) for x in bounds])
-    soil_m, paddy_m = params["drought"]["metric"], params["paddy"]["metric"]
+    soil_m, paddy_m = params.drought.metric, params.paddy.metric
     queries: dict[str, str] = {}
     fields_of: dict[str, tuple[list[str], list[str]]] = {}
     for kind in kinds if days else []:
@@ -212,8 +213,8 @@ def load_telemetry(
         fields_of[kind] = (cols, fields)
         select_list = ", ".join(ident(c) for c in fields)
         queries[kind] = f'SELECT {select_list} FROM {rollups.source(kind, "1d")} WHERE {where} GROUP BY "device"'
-    alerts = {"fever": ("collar", params["fever"]["metric"], params["fever"]["above_c"])}
-    alerts["nh3"] = ("barn", params["nh3"]["metric"], params["nh3"]["above_ppm"])
+    alerts = {"fever": ("collar", params.fever.metric, params.fever.above_c)}
+    alerts["nh3"] = ("barn", params.nh3.metric, params.nh3.above_ppm)
     for name, (kind, metric, above) in alerts.items():
         if days and kind in kinds:
             queries[name] = _alert_query(rollups, kind, metric, above, where)
@@ -244,7 +245,7 @@ def load_telemetry(
                 frame = pd.DataFrame({"dev": devs, "day": to_day(x[:, 0]), "hours": x[:, 1].astype(int)})
                 setattr(tel, name, frame)
     if online_now is not None:
-        tel.online = _online(rollups, registry, online_now, params["online"]["intervals"], idx)
+        tel.online = _online(rollups, registry, online_now, params.online.intervals, idx)
         tel.queries += len(kinds)
     if days:
         tel.dead = _dead_letters(session, idx, bounds[0], bounds[-1])
@@ -353,7 +354,12 @@ class LedgerData:
 
 
 def load_ledger(
-    session: Session, registry: Registry, params: dict[str, Any], *, chain: Any = None, influx: InfluxV1 | None = None
+    session: Session,
+    registry: Registry,
+    params: ComputationParams,
+    *,
+    chain: Any = None,
+    influx: InfluxV1 | None = None,
 ) -> LedgerData:
     villages = set(registry.villages)
     farm_village = dict(session.exec(select(Farm.id, Farm.village_code)).all())
@@ -367,7 +373,7 @@ def load_ledger(
         v = plot_village.get(plot_id) or herd_village.get(herd_id)
         if v:
             source_village.setdefault(lot_id, v)
-    kg_per = params["trace"]["kg_per_unit"]
+    kg_per = params.trace.kg_per_unit
     lots = []
     for lot in session.exec(select(Lot)).all():
         village = farm_village.get(lot.farm_id) or facility_village.get(lot.facility_id) or source_village.get(lot.id)  # type: ignore[arg-type]

@@ -18,6 +18,16 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from analytics.catalogue import get_catalogue
+from analytics.specs import (
+    DEFAULT_CONTROLS,
+    FeSpec,
+    HausmanSpec,
+    MediationSpec,
+    ModelSpec,
+    ThresholdSpec,
+    default,
+    help_of,
+)
 from cli.registry import AS_USER, err_console, fail, registry_engine, scope_of_user
 
 if TYPE_CHECKING:  # pandas and the models load only when a command runs, so `village --help` stays fast
@@ -31,7 +41,6 @@ models_app = typer.Typer(
     help="Indicator catalogue, entropy indices, location quotient and panel models (FE, mediation, threshold).",
 )
 
-DEFAULT_CONTROLS = "fiscal_agri_support,ln_gdp_per_capita,fixed_asset_investment"
 CsvOption = typer.Option(None, "--csv", help="Read this statistics CSV instead of the database.")
 JsonOption = typer.Option(False, "--json", help="Print the result as JSON (what the API returns).")
 YearsOption = typer.Option(None, "--years", help="Only these years, e.g. 2015-2024 or 2020,2022.")
@@ -324,94 +333,106 @@ def describe_cmd(
     print_result(_run(lambda: describe(data, names)), as_json)
 
 
+def _opt(spec: type[ModelSpec], name: str, *flags: str, **kwargs: Any) -> Any:
+    """A typer option whose default and help are the model's own declaration (analytics/specs.py)."""
+    return typer.Option(default(spec, name), *flags, help=help_of(spec, name), **kwargs)
+
+
+def _fit(spec_cls: type[ModelSpec], csv: Path | None, years: str | None, counties: str | None, **values: Any) -> Any:
+    """Validate the options against the model's declaration, build its variables and run it."""
+    from pydantic import ValidationError
+
+    try:
+        spec = spec_cls(**values)
+    except ValidationError as e:
+        fail("; ".join(f"--{'-'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}" for err in e.errors()), 2)
+    data = _variables(load_wide(csv, years, counties), spec.variables())
+    return _run(lambda: spec.run(data))
+
+
 @models_app.command("fe")
 def fe_cmd(
-    y: str = typer.Option("rri", "--y", help="Dependent variable."),
-    x: str = typer.Option("dvi", "--x", help="Explanatory variable(s), comma-separated."),
-    controls: str = typer.Option(DEFAULT_CONTROLS, help="Control variables, comma-separated ('' for none)."),
-    stepwise: bool = typer.Option(True, help="One column per added control (as papers print it)."),
-    time_effects: bool = typer.Option(True, help="Year fixed effects besides the county effects."),
+    y: str = _opt(FeSpec, "y", "--y"),
+    x: str = _opt(FeSpec, "x", "--x"),
+    controls: str = _opt(FeSpec, "controls"),
+    stepwise: bool = _opt(FeSpec, "stepwise"),
+    time_effects: bool = _opt(FeSpec, "time_effects"),
+    se: str = _opt(FeSpec, "se", "--se"),
     years: str | None = YearsOption,
     counties: str | None = CountiesOption,
     csv: Path | None = CsvOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Two-way fixed-effects regression (PanelOLS, SEs clustered by county), controls added one at a time."""
-    from analytics.panel import fixed_effects_table
-
-    xs, ctrl = _split(x), _split(controls)
-    data = _variables(load_wide(csv, years, counties), [y, *xs, *ctrl])
-    result = _run(lambda: fixed_effects_table(data, y, xs, ctrl, stepwise=stepwise, time_effects=time_effects))
-    print_result(result, as_json)
+    values = {"y": y, "x": x, "controls": controls, "stepwise": stepwise, "time_effects": time_effects, "se": se}
+    print_result(_fit(FeSpec, csv, years, counties, **values), as_json)
 
 
 @models_app.command("mediation")
 def mediation_cmd(
-    y: str = typer.Option("rri", "--y", help="Dependent variable."),
-    x: str = typer.Option("dvi", "--x", help="Explanatory variable."),
-    m: str = typer.Option("lq_agri", "--m", help="Mediator."),
-    controls: str = typer.Option(DEFAULT_CONTROLS, help="Control variables, comma-separated ('' for none)."),
-    reps: int = typer.Option(1000, min=0, help="Cluster-bootstrap replications for the CI of a*b."),
-    seed: int = typer.Option(0, help="Random seed of the bootstrap."),
+    y: str = _opt(MediationSpec, "y", "--y"),
+    x: str = _opt(MediationSpec, "x", "--x"),
+    m: str = _opt(MediationSpec, "m", "--m"),
+    controls: str = _opt(MediationSpec, "controls"),
+    reps: int = _opt(MediationSpec, "reps"),
+    seed: int = _opt(MediationSpec, "seed"),
+    time_effects: bool = _opt(MediationSpec, "time_effects"),
+    se: str = _opt(MediationSpec, "se", "--se"),
     years: str | None = YearsOption,
     counties: str | None = CountiesOption,
     csv: Path | None = CsvOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Three-step mediation (two-way FE in each step), Sobel test and bootstrap CI of the indirect effect."""
-    from analytics.panel import mediation
-
-    ctrl = _split(controls)
-    data = _variables(load_wide(csv, years, counties), [y, x, m, *ctrl])
-    print_result(_run(lambda: mediation(data, y, x, m, ctrl, reps=reps, seed=seed)), as_json)
+    """Three-step mediation (two-way FE in each step), Sobel test, percentile and bias-corrected CIs of a*b."""
+    values = {"y": y, "x": x, "m": m, "controls": controls, "reps": reps, "seed": seed}
+    result = _fit(MediationSpec, csv, years, counties, **values, time_effects=time_effects, se=se)
+    print_result(result, as_json)
 
 
 @models_app.command("threshold")
 def threshold_cmd(
-    y: str = typer.Option("rri", "--y", help="Dependent variable."),
-    x: str = typer.Option("dvi", "--x", help="Regressor(s) whose slope changes at the threshold, comma-separated."),
-    q: str = typer.Option("lq_agri", "--q", help="Threshold variable."),
-    controls: str = typer.Option(DEFAULT_CONTROLS, help="Control variables, comma-separated ('' for none)."),
-    reps: int = typer.Option(300, min=0, help="Bootstrap replications of the F tests."),
-    grid: int = typer.Option(300, min=10, help="Maximum number of candidate thresholds."),
-    trim: float = typer.Option(0.15, help="Share of observations each regime keeps at least."),
-    double: bool = typer.Option(True, help="Also test a second threshold."),
-    time_effects: bool = typer.Option(False, help="Year effects too (Hansen's model has county effects only)."),
-    seed: int = typer.Option(0, help="Random seed of the bootstrap."),
+    y: str = _opt(ThresholdSpec, "y", "--y"),
+    x: str = _opt(ThresholdSpec, "x", "--x"),
+    q: str = _opt(ThresholdSpec, "q", "--q"),
+    controls: str = _opt(ThresholdSpec, "controls"),
+    reps: int = _opt(ThresholdSpec, "reps"),
+    grid: int | None = _opt(ThresholdSpec, "grid"),
+    trim: float = _opt(ThresholdSpec, "trim"),
+    double: bool = _opt(ThresholdSpec, "double"),
+    time_effects: bool = _opt(ThresholdSpec, "time_effects"),
+    sigma2: str = _opt(ThresholdSpec, "sigma2", "--sigma2"),
+    se: str = _opt(ThresholdSpec, "se", "--se"),
+    seed: int = _opt(ThresholdSpec, "seed"),
+    chart: Path | None = typer.Option(None, "--chart", help="Write the LR(gamma) plot as FILE.png and FILE.svg."),
     years: str | None = YearsOption,
     counties: str | None = CountiesOption,
     csv: Path | None = CsvOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Hansen (1999) panel threshold model: grid search, LR confidence interval, bootstrap F tests."""
-    from analytics.panel import panel_threshold
-
-    xs, ctrl = _split(x), _split(controls)
-    data = _variables(load_wide(csv, years, counties), list(dict.fromkeys([y, *xs, q, *ctrl])))
-    result = _run(
-        lambda: panel_threshold(
-            data, y, xs, q, ctrl, reps=reps, grid=grid, trim=trim, double=double, time_effects=time_effects, seed=seed
-        )
-    )
+    """Hansen (1999) panel threshold model: search over every candidate, LR confidence interval, bootstrap F tests."""
+    values = {"y": y, "x": x, "q": q, "controls": controls, "reps": reps, "grid": grid, "trim": trim}
+    values |= {"double": double, "time_effects": time_effects, "sigma2": sigma2, "se": se, "seed": seed}
+    result = _fit(ThresholdSpec, csv, years, counties, **values)
     print_result(result, as_json)
+    if chart is not None:
+        from analytics.threshold_chart import lr_chart
+
+        for path in lr_chart(result, chart):
+            err_console.print(f"wrote {path}", highlight=False)
 
 
 @models_app.command("hausman")
 def hausman_cmd(
-    y: str = typer.Option("rri", "--y", help="Dependent variable."),
-    x: str = typer.Option("dvi", "--x", help="Explanatory variable(s), comma-separated."),
-    controls: str = typer.Option(DEFAULT_CONTROLS, help="Control variables, comma-separated ('' for none)."),
+    y: str = _opt(HausmanSpec, "y", "--y"),
+    x: str = _opt(HausmanSpec, "x", "--x"),
+    controls: str = _opt(HausmanSpec, "controls"),
     years: str | None = YearsOption,
     counties: str | None = CountiesOption,
     csv: Path | None = CsvOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Hausman test of county fixed against random effects."""
-    from analytics.panel import hausman
-
-    xs, ctrl = _split(x), _split(controls)
-    data = _variables(load_wide(csv, years, counties), [y, *xs, *ctrl])
-    print_result(_run(lambda: hausman(data, y, xs, ctrl)), as_json)
+    print_result(_fit(HausmanSpec, csv, years, counties, y=y, x=x, controls=controls), as_json)
 
 
 @models_app.command(

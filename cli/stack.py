@@ -90,12 +90,15 @@ def _start(
         f"{sum(trace.created.values())} new trace rows), "
         f"{len(issued)} devices provisioned; device secrets in {stack.credentials_file}"
     )
-    stack.start_ingest(1)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not _subscribed(metrics_port):
-        time.sleep(0.1)
+    (ingest,) = stack.start_ingest(1)
+    # a busy machine can take tens of seconds to start a Python process: wait while it lives
+    deadline = time.monotonic() + 180
+    with console.status("waiting for ingest to subscribe..."):
+        while time.monotonic() < deadline and ingest.poll() is None and not _subscribed(metrics_port):
+            time.sleep(0.1)
     if not _subscribed(metrics_port):
-        raise typer.Exit(_fail(f"ingest did not subscribe; see {root / 'ingest.log'}"))
+        why = "exited" if ingest.poll() is not None else "did not subscribe within 180 s"
+        raise typer.Exit(_fail(f"ingest {why}; see {root / 'ingest.log'}"))
     return stack, metrics_port
 
 

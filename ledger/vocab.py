@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 VOCAB_FILE = Path(__file__).with_name("data") / "vocab.yaml"
 EVENT_TYPES = ("ObjectEvent", "AggregationEvent", "TransformationEvent")
@@ -232,66 +233,106 @@ def _coerce(spec: AttributeSpec, value: Any) -> Any:
 # ---------------------------------------------------------------- loading
 
 
+class _File(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]+$")]
+Yield = Annotated[int | float, Field(gt=0, le=1)]  # an int stays an int: records print as they did
+
+
+class AttributeFile(_File):
+    """One typed step attribute as the file writes it."""
+
+    type: Literal["str", "int", "float", "bool", "enum", "date"]
+    required: bool = False
+    min: int | float | None = None
+    max: int | float | None = None
+    decimals: int = Field(3, ge=0, le=12)
+    values: tuple[str, ...] = ()
+    unit: str | None = None
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _enum(self) -> AttributeFile:
+        if (self.type == "enum") != bool(self.values):
+            raise ValueError("enum needs values (and only enum)")
+        return self
+
+
+class StepFile(_File):
+    namespace: Literal["cbv", "project"]
+    description: str | None = None
+    event_types: tuple[Literal["ObjectEvent", "AggregationEvent", "TransformationEvent"], ...] = EVENT_TYPES
+    read_point: Literal["plot", "facility", "any"] = "any"
+    attributes: dict[Name, AttributeFile] = Field(default_factory=dict)
+
+
+class ProjectFile(_File):
+    prefix: Name
+    vocabulary: str
+    id_base: str
+
+    @model_validator(mode="after")
+    def _iri(self) -> ProjectFile:
+        if not self.vocabulary.endswith(("/", "#")):
+            raise ValueError("the project vocabulary IRI must end with / or #")
+        return self
+
+
+class CbvFile(_File):
+    bizstep_base: str
+    disposition_base: str
+    steps: tuple[Name, ...]
+    dispositions: tuple[Name, ...]
+
+
+class UnitFile(_File):
+    uom: str | None
+    decimals: int = Field(ge=0, le=12)
+    kg: int | float | None = Field(None, gt=0)
+
+
+class VocabFile(_File):
+    """ledger/data/vocab.yaml, typed: a wrong key or value fails at load with its path."""
+
+    project: ProjectFile
+    cbv: CbvFile
+    units: dict[Name, UnitFile]
+    lineage: dict[Literal["merge", "split", "transform"], Yield | dict[Name, Yield]] = Field(default_factory=dict)
+    steps: dict[Name, StepFile] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _namespaces(self) -> VocabFile:
+        for name, s in self.steps.items():
+            if s.namespace == "cbv" and name not in self.cbv.steps:
+                raise ValueError(f"step {name!r} is not a CBV 2.0 business step")
+            if s.namespace == "project" and name in self.cbv.steps:
+                raise ValueError(f"project step {name!r} would shadow the CBV step of that name")
+        return self
+
+
 def _load(path: Path) -> Vocabulary:
-    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    project, cbv = doc["project"], doc["cbv"]
-    namespace = project["vocabulary"]
-    if not namespace.endswith(("/", "#")):
-        raise ValueError(f"{path}: the project vocabulary IRI must end with / or #")
-    bizstep_base, disposition_base = cbv["bizstep_base"], cbv["disposition_base"]
-    steps: dict[str, Step] = {n: Step(n, bizstep_base + n, "cbv") for n in cbv["steps"]}
-    for name, s in (doc.get("steps") or {}).items():
-        if not set(name) <= _NAME_CHARS:
-            raise ValueError(f"{path}: step name {name!r}: lower-case letters, digits and _ only")
-        ns = s["namespace"]
-        if ns == "cbv" and name not in cbv["steps"]:
-            raise ValueError(f"{path}: step {name!r} is not a CBV 2.0 business step")
-        if ns == "project" and name in cbv["steps"]:
-            raise ValueError(f"{path}: project step {name!r} would shadow the CBV step of that name")
-        if ns not in ("cbv", "project"):
-            raise ValueError(f"{path}: step {name!r}: namespace must be cbv or project")
-        event_types = tuple(s.get("event_types") or EVENT_TYPES)
-        read_point = s.get("read_point", "any")
-        if not set(event_types) <= set(EVENT_TYPES) or read_point not in READ_POINTS:
-            raise ValueError(f"{path}: step {name!r}: bad event_types or read_point")
-        attributes = {}
-        for aname, a in (s.get("attributes") or {}).items():
-            if not set(aname) <= _NAME_CHARS or a.get("type") not in ATTRIBUTE_TYPES:
-                raise ValueError(f"{path}: step {name!r} attribute {aname!r}: bad name or type")
-            if (a["type"] == "enum") != bool(a.get("values")):
-                raise ValueError(f"{path}: step {name!r} attribute {aname!r}: enum needs values (and only enum)")
-            attributes[aname] = AttributeSpec(
-                name=aname,
-                type=a["type"],
-                required=bool(a.get("required", False)),
-                min=a.get("min"),
-                max=a.get("max"),
-                decimals=int(a.get("decimals", 3)),
-                values=tuple(a.get("values") or ()),
-                unit=a.get("unit"),
-                description=a.get("description"),
-            )
-        base = bizstep_base if ns == "cbv" else namespace + "BizStep-"
-        steps[name] = Step(name, base + name, ns, event_types, read_point, attributes, s.get("description"))
-    dispositions = {n: disposition_base + n for n in cbv["dispositions"]}
-    units = {n: Unit(n, u.get("uom"), int(u["decimals"]), u.get("kg")) for n, u in doc["units"].items()}
-    lineage = doc.get("lineage") or {}
-    for relation, rule in lineage.items():
-        values = rule.values() if isinstance(rule, dict) else [rule]
-        if relation not in ("merge", "split", "transform") or not all(
-            isinstance(v, int | float) and 0 < v <= 1 for v in values
-        ):
-            raise ValueError(f"{path}: lineage {relation!r}: a relation with yields in (0, 1]")
+    try:
+        doc = VocabFile.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except ValidationError as e:
+        raise ValueError(f"{path}: {e}") from None
+    cbv, namespace = doc.cbv, doc.project.vocabulary
+    steps: dict[str, Step] = {n: Step(n, cbv.bizstep_base + n, "cbv") for n in cbv.steps}
+    for name, s in doc.steps.items():
+        attributes = {a: AttributeSpec(name=a, **spec.model_dump()) for a, spec in s.attributes.items()}
+        base = cbv.bizstep_base if s.namespace == "cbv" else namespace + "BizStep-"
+        steps[name] = Step(name, base + name, s.namespace, s.event_types, s.read_point, attributes, s.description)
     return Vocabulary(
-        prefix=project["prefix"],
+        prefix=doc.project.prefix,
         namespace=namespace,
-        id_base=project["id_base"].rstrip("/"),
-        bizstep_base=bizstep_base,
-        disposition_base=disposition_base,
+        id_base=doc.project.id_base.rstrip("/"),
+        bizstep_base=cbv.bizstep_base,
+        disposition_base=cbv.disposition_base,
         steps=steps,
-        dispositions=dispositions,
-        units=units,
-        lineage=lineage,
+        dispositions={n: cbv.disposition_base + n for n in cbv.dispositions},
+        units={n: Unit(n, u.uom, u.decimals, u.kg) for n, u in doc.units.items()},
+        lineage={k: dict(v) if isinstance(v, dict) else v for k, v in doc.lineage.items()},
     )
 
 

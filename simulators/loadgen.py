@@ -270,16 +270,10 @@ class LoadGenerator:
     def _parse(self, pub: Publisher) -> None:
         buf, pos, end = pub.inbuf, 0, len(pub.inbuf)
         while pos + 2 <= end:
-            length, mult, i = 0, 1, pos + 1
-            while i < end:
-                byte = buf[i]
-                i += 1
-                length += (byte & 127) * mult
-                mult *= 128
-                if not byte & 128:
-                    break
-            else:
+            decoded = _read_varint(buf, pos + 1, end)
+            if decoded is None:
                 break
+            length, i = decoded
             if i + length > end:
                 break
             kind = buf[pos] >> 4
@@ -291,14 +285,11 @@ class LoadGenerator:
                 if code >= 128:
                     self._fail(pub, f"connection refused: {_reason(PacketTypes.CONNACK, code)}")
                     return
-                props_len, j, mult = 0, i + 2, 1
-                while True:  # properties length, then the properties
-                    byte = buf[j]
-                    j += 1
-                    props_len += (byte & 127) * mult
-                    mult *= 128
-                    if not byte & 128:
-                        break
+                props = _read_varint(buf, i + 2, i + length)  # properties length, then the properties
+                if props is None:
+                    self._fail(pub, "malformed CONNACK properties")
+                    return
+                props_len, j = props
                 receive_max = _receive_maximum(bytes(buf[j : j + props_len]))
                 if receive_max:
                     pub.max_inflight = min(pub.max_inflight, receive_max)
@@ -463,3 +454,16 @@ def publish_load(
     result.behind_ms_max = round(behind * 1000, 1)
     result.cpu_s = round(time.thread_time() - cpu0, 3)
     return gen.result(result)
+
+
+def _read_varint(buf: bytearray, i: int, end: int) -> tuple[int, int] | None:
+    """MQTT's variable byte integer at `buf[i:end]`: (value, index after it), None when incomplete."""
+    value, mult = 0, 1
+    while i < end:
+        byte = buf[i]
+        i += 1
+        value += (byte & 127) * mult
+        mult *= 128
+        if not byte & 128:
+            return value, i
+    return None

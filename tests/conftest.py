@@ -6,6 +6,8 @@ nothing is skipped and nothing is mocked.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,9 +24,23 @@ from core.localstack import LocalStack
 from core.models import Device
 from core.provisioning import provision
 from core.registry_io import load_demo
+from core.services import Postgres, postgres
 from tests.api_fixtures import api_template  # noqa: F401 (session fixture of the API tests)
 from tests.chain_fixtures import anvil, chain  # noqa: F401 (fixtures)
 from tests.webhook_receiver import receiver  # noqa: F401 (fixture: a local HTTP receiver of webhooks)
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[Postgres]:
+    """A PostgreSQL server of the module's own (tests make a database each)."""
+    # not under pytest's tmp_path: its 0700 parents would keep the 'postgres' user out
+    folder = Path(tempfile.mkdtemp(prefix="village-pg-"))
+    server = postgres(folder).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -193,7 +193,7 @@ def test_composite_index_flat_and_hierarchical(demo_wide: pd.DataFrame) -> None:
     by_year = scores_by_year(demo_wide, "dvi")
     assert sorted(by_year) == list(range(2015, 2025)) and by_year[2024].m == 14
     assert dumps(flat) and dumps(hier)
-    assert "Published w" in flat.summary() and "1.04914" in flat.summary()
+    assert "Published w" in str(flat.summary()) and "1.04914" in str(flat.summary())
 
 
 def test_composite_index_refuses_bad_data(demo_wide: pd.DataFrame) -> None:
@@ -258,7 +258,7 @@ def test_fixed_effects_equal_lsdv_and_linearmodels() -> None:
     )
     np.testing.assert_allclose(res.std_errors.to_numpy(), direct.std_errors.to_numpy(), rtol=1e-12)
     # without the group correction linearmodels scales by N/(N-K): the variance ratio is G/(G-1)*(N-1)/N
-    plain = fixed_effects(df, "y", "x", ["c"], group_debias=False)
+    plain = fixed_effects(df, "y", "x", ["c"], se="linearmodels")
     g, n = 20, len(df)
     ratio = (lsdv.bse[["x", "c"]].to_numpy() / plain.std_errors.to_numpy()) ** 2
     np.testing.assert_allclose(ratio, g / (g - 1) * (n - 1) / n, rtol=1e-10)
@@ -268,17 +268,17 @@ def test_fixed_effects_equal_lsdv_and_linearmodels() -> None:
         d[v] = d[v] - d.groupby("county_code")[v].transform("mean")
     assert res.r2_within == pytest.approx(smf.ols("y ~ x + c + C(year)", d).fit().rsquared, abs=1e-10)
     assert res.nobs == 160 and res.entities == 20 and res.periods == 8
-    assert "Parameter Estimates" in res.summary() and dumps(res)
+    assert "Parameter Estimates" in str(res.summary()) and dumps(res)
 
 
 def test_fixed_effects_table_adds_controls_one_at_a_time() -> None:
     df = simulated_panel().assign(d=lambda f: f["c"] ** 2)
     table = fixed_effects_table(df, "y", "x", ["c", "d"])
     assert [list(m.coefficients.index) for m in table.models] == [["x"], ["x", "c"], ["x", "c", "d"]]
-    text = table.summary()
+    text = str(table.summary())
     coef = table.models[0].coefficients.loc["x"]
     assert f"{coef['coef']:.4f}" in text and f"({coef['t']:.2f})" in text
-    assert "Within R²" in text and "* p<0.05, ** p<0.01, *** p<0.001" in text
+    assert "R² within (xtreg)" in text and "* p<0.05, ** p<0.01, *** p<0.001" in text
     assert json.loads(dumps(table))["columns"] == ["(1)", "(2)", "(3)"]
 
 
@@ -316,7 +316,7 @@ def test_mediation_identities_sobel_and_bootstrap() -> None:
     assert res.conclusion().startswith("partial mediation")
     doc = json.loads(dumps(res))
     assert len(doc["steps"]) == 3 and doc["bootstrap"]["reps"] == 400
-    assert "(1) y" in res.summary() and "(2) m" in res.summary()
+    assert "(1) y" in str(res.summary()) and "(2) m" in str(res.summary())
 
 
 def test_vectorised_bootstrap_equals_linearmodels_on_the_same_resamples() -> None:
@@ -353,7 +353,7 @@ def threshold_panel(
 
 def test_threshold_recovers_a_planted_threshold() -> None:
     df = threshold_panel()
-    res = panel_threshold(df, "y", "x", "q", ["z"], reps=200, seed=0)
+    res = panel_threshold(df, "y", "x", "q", ["z"], reps=200, seed=0, time_effects=False)
     est = res.thresholds[0]
     assert est.ci_lower <= 0.5 <= est.ci_upper
     assert abs(res.threshold - 0.5) < 0.02
@@ -386,7 +386,12 @@ def test_double_threshold_and_time_effects() -> None:
     assert res.settings["regimes_at"] == found
     assert len(res.regression.params) == 4  # three regimes of x, and z
     with_years = panel_threshold(threshold_panel(), "y", "x", "q", ["z"], reps=50, time_effects=True)
-    assert abs(with_years.threshold - 0.5) < 0.02 and with_years.settings["df_sigma2"] == 149 * 9
+    assert abs(with_years.threshold - 0.5) < 0.02 and with_years.settings["df_sigma2"] == 150 * 9  # Hansen's
+    dof = panel_threshold(threshold_panel(), "y", "x", "q", ["z"], reps=0, sigma2="dof")
+    assert dof.settings["df_sigma2"] == 149 * 9 and dof.settings["sigma2_formula"] == "S1/((n-1)(T-1))"
+    # F and LR scale by the ratio of the two conventions; the threshold itself does not move
+    assert dof.tests[0].f_stat == pytest.approx(with_years.tests[0].f_stat * 149 / 150, rel=1e-10)
+    assert dof.threshold == with_years.threshold
 
 
 def test_threshold_needs_a_balanced_panel() -> None:

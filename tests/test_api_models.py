@@ -3,6 +3,7 @@ authentication required, bad variables a 422 problem."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -99,3 +100,24 @@ def test_dea_options_and_bad_input(client: TestClient) -> None:
     is_problem(client.get("/api/v1/models/dea", params={"orientation": "output"}, headers=auth), 422)
     is_problem(client.get("/api/v1/models/dea", params={"year": 2001}, headers=auth), 422)
     is_problem(client.get("/api/v1/models/dea"), 401)
+
+
+def test_panel_models_take_their_declared_parameters(client: TestClient) -> None:
+    """The query parameters are analytics/specs.py's declarations: --se and the s² convention reach the model."""
+    auth = token(client, "analyst")
+    r = client.get("/api/v1/models/fe", params={"controls": "", "se": "stata"}, headers=auth)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert all(m["se"] == "stata" and m["time_effects"] for m in body["regressions"])
+    assert "Std. errors stata:" in body["summary"] and "fe vce(cluster id)" in body["summary"]
+    assert "R² within (xtreg)" in body["summary"]
+    r = client.get(
+        "/api/v1/models/threshold", params={"controls": "", "reps": 0, "double": False, "sigma2": "dof"}, headers=auth
+    )
+    assert r.status_code == 200, r.text
+    settings = r.json()["settings"]
+    assert settings["sigma2"] == "dof" and settings["time_effects"] and settings["grid_max"] is None
+    p = is_problem(client.get("/api/v1/models/fe", params={"se": "sas"}, headers=auth), 422)
+    assert "se" in json.dumps(p)
+    r = client.get("/api/v1/models/hausman", params={"controls": ""}, headers=auth)
+    assert r.status_code == 200 and r.json()["model"] == "hausman", r.text

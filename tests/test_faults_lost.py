@@ -9,10 +9,8 @@ dead letter in the registry) exactly once.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +25,7 @@ from core.localstack import LocalStack
 from core.models import DeadLetter, DeadLetterPayload, Device
 from core.provisioning import provision
 from core.registry_io import load_demo
-from core.services import Postgres, free_port, postgres
+from core.services import Postgres, free_port
 from ingest.spool import Spool
 from tests.conftest import DeviceClient, now_ms, wait_until
 from tests.faults import log_events, metric, wait_subscribed
@@ -142,17 +140,6 @@ def test_fault_mosquitto_restarted_mid_stream_loses_nothing_acknowledged(stack: 
 
 
 # ---------------------------------------------------------------- the registry database (PostgreSQL) down
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[Postgres]:
-    folder = Path(tempfile.mkdtemp(prefix="village-pg-"))  # not under tmp_path: 'postgres' must enter it
-    server = postgres(folder).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 class _PgStack(LocalStack):

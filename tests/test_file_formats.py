@@ -68,12 +68,32 @@ def test_readme_rules_table_is_the_declaration() -> None:
     assert result.output.strip() in _section(), "README 'Who may reference what' differs from core/scope.py"
 
 
-def test_every_test_the_threat_model_names_exists() -> None:
+def _tests_named_in(heading: str) -> set[str]:
     text = README.read_text(encoding="utf-8")
-    start = text.index("## Threat model")
-    names = set(re.findall(r"`(test_[a-z0-9_]+)`", text[start : text.index("\n## ", start + 5)]))
-    assert len(names) > 30
-    defined = set()
-    for path in (Path(__file__).parent).glob("test_*.py"):
+    start = text.index(heading)
+    section = text[start : text.index("\n## ", start + 5)]
+    return set(re.findall(r"(test_[a-z0-9_]+)(?:`|\b)", section)) - {p.stem for p in _test_files()}
+
+
+def _test_files() -> list[Path]:
+    return sorted(Path(__file__).parent.glob("test_*.py"))
+
+
+def _defined_tests() -> set[str]:
+    defined: set[str] = set()
+    for path in _test_files():
         defined |= set(re.findall(r"^def (test_[a-z0-9_]+)\(", path.read_text(encoding="utf-8"), re.M))
-    assert names <= defined, f"README threat model names missing tests: {sorted(names - defined)}"
+    return defined
+
+
+def test_every_test_the_threat_model_names_exists() -> None:
+    names = _tests_named_in("## Threat model")
+    assert len(names) > 30
+    assert names <= _defined_tests(), f"README threat model names missing tests: {sorted(names - _defined_tests())}"
+
+
+def test_every_guarantee_of_nothing_is_lost_names_an_existing_test() -> None:
+    names = _tests_named_in("## Nothing is lost")
+    assert len(names) > 15
+    missing = names - _defined_tests()
+    assert not missing, f"README 'Nothing is lost' names missing tests: {sorted(missing)}"

@@ -3,34 +3,18 @@ migrations apply, the demo imports, and every trace record means the same bytes 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from core.db import get_engine, migrate
-from core.services import Postgres, postgres
+from core.services import Postgres
 from core.settings import Settings
 from ledger.anchor_models import LedgerLeaf, LotManifest
 from ledger.anchoring import Anchorer
 from ledger.records import record
 from ledger.trace_io import load_demo_trace
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[Postgres]:
-    # not under pytest's tmp_path: its 0700 parents would keep the 'postgres' user out
-    folder = Path(tempfile.mkdtemp(prefix="village-pg-"))
-    server = postgres(folder).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def demo(url: str) -> Engine:

@@ -1,6 +1,8 @@
 """Composite indices and panel models over the county statistics, as JSON a researcher's tools read:
 the same functions and results as `village models ...` (analytics/entropy.py, panel.py), each result
-with its tables (`tables`) and a text rendering like the statistics packages print (`summary`)."""
+with its tables (`tables`) and a text rendering like the statistics packages print (`summary`, the
+text of a statsmodels Summary). The panel models' query parameters are their declarations in
+analytics/specs.py, which the CLI reads too."""
 
 from __future__ import annotations
 
@@ -11,12 +13,12 @@ import pandas as pd
 from fastapi import APIRouter, Query, Request
 from sqlmodel import Session
 
+from analytics.specs import FeSpec, HausmanSpec, MediationSpec, ModelSpec, ThresholdSpec
 from api.deps import ActorDep, SessionDep
 from api.problems import Problem, problem_responses
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
 READ = problem_responses(401, 403, 422)
-CONTROLS = "fiscal_agri_support,ln_gdp_per_capita,fixed_asset_investment"
 
 Var = Annotated[str, Query(min_length=1, max_length=60, pattern=r"^[a-z][a-z0-9_]*$")]
 Vars = Annotated[str, Query(max_length=400, pattern=r"^([a-z][a-z0-9_]*(,[a-z][a-z0-9_]*)*)?$")]
@@ -43,7 +45,7 @@ def _answer(compute: Callable[[], Any]) -> dict[str, Any]:
     except (KeyError, ValueError) as e:
         raise Problem(422, "model-input", str(e.args[0]) if e.args else str(e)) from None
     out = result.to_dict()
-    out["summary"] = result.summary()
+    out["summary"] = str(result.summary())
     return out
 
 
@@ -84,53 +86,34 @@ def lq(session: SessionDep, _actor: ActorDep, year: Year = None) -> dict[str, An
     return _answer(lambda: location_quotient(wide))
 
 
-@router.get("/fe", summary="Two-way fixed effects, SEs clustered by county", responses=READ)
-def fe(
-    session: SessionDep, _actor: ActorDep, y: Var = "rri", x: Vars = "dvi", controls: Vars = CONTROLS
-) -> dict[str, Any]:
-    from analytics.panel import fixed_effects_table
-
-    xs, ctrl = _split(x), _split(controls)
-    data = _variables(_wide(session), [y, *xs, *ctrl])
-    return _answer(lambda: fixed_effects_table(data, y, xs, ctrl))
+def _fit(session: Session, spec: ModelSpec) -> dict[str, Any]:
+    """The model declared in analytics/specs.py, with the query's parameters, on the stored statistics."""
+    data = _variables(_wide(session), spec.variables())
+    return _answer(lambda: spec.run(data))
 
 
-@router.get("/mediation", summary="Three-step mediation with Sobel test and bootstrap CI", responses=READ)
-def mediation(
-    session: SessionDep,
-    _actor: ActorDep,
-    y: Var = "rri",
-    x: Var = "dvi",
-    m: Var = "lq_agri",
-    controls: Vars = CONTROLS,
-    reps: Annotated[int, Query(ge=0, le=2000)] = 200,
-    seed: int = 0,
-) -> dict[str, Any]:
-    from analytics.panel import mediation as run
-
-    ctrl = _split(controls)
-    data = _variables(_wide(session), [y, x, m, *ctrl])
-    return _answer(lambda: run(data, y, x, m, ctrl, reps=reps, seed=seed))
+@router.get("/fe", summary=FeSpec.title, responses=READ)
+def fe(session: SessionDep, _actor: ActorDep, spec: Annotated[FeSpec, Query()]) -> dict[str, Any]:
+    """Controls added one at a time; `se` names the clustered-error convention, the tables say which within R²."""
+    return _fit(session, spec)
 
 
-@router.get("/threshold", summary="Hansen (1999) panel threshold model", responses=READ)
-def threshold(
-    session: SessionDep,
-    _actor: ActorDep,
-    y: Var = "rri",
-    x: Vars = "dvi",
-    q: Var = "lq_agri",
-    controls: Vars = CONTROLS,
-    reps: Annotated[int, Query(ge=0, le=1000)] = 100,
-    grid: Annotated[int, Query(ge=10, le=400)] = 100,
-    double: bool = False,
-    seed: int = 0,
-) -> dict[str, Any]:
-    from analytics.panel import panel_threshold
+@router.get("/mediation", summary=MediationSpec.title, responses=READ)
+def mediation(session: SessionDep, _actor: ActorDep, spec: Annotated[MediationSpec, Query()]) -> dict[str, Any]:
+    """Percentile and bias-corrected cluster-bootstrap intervals of a*b (`bootstrap.ci_percentile`,
+    `bootstrap.ci_bias_corrected`)."""
+    return _fit(session, spec)
 
-    xs, ctrl = _split(x), _split(controls)
-    data = _variables(_wide(session), [y, *xs, q, *ctrl])
-    return _answer(lambda: panel_threshold(data, y, xs, q, ctrl, reps=reps, grid=grid, double=double, seed=seed))
+
+@router.get("/threshold", summary=ThresholdSpec.title, responses=READ)
+def threshold(session: SessionDep, _actor: ActorDep, spec: Annotated[ThresholdSpec, Query()]) -> dict[str, Any]:
+    """Every distinct candidate threshold unless `grid` thins them; s² convention in `settings.sigma2`."""
+    return _fit(session, spec)
+
+
+@router.get("/hausman", summary=HausmanSpec.title, responses=READ)
+def hausman(session: SessionDep, _actor: ActorDep, spec: Annotated[HausmanSpec, Query()]) -> dict[str, Any]:
+    return _fit(session, spec)
 
 
 @router.get(

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from analytics.compute import load_params
+from analytics.computation import load_params
 from core import crops
 from core.catalogue import Catalogue
 from core.influx import InfluxV1
@@ -184,8 +184,8 @@ def conditions(devices: list[DeviceHealth], tz: str, now: datetime | None = None
     kind and a threshold (low paddy water counts as in range outside the flooded season windows)."""
     now = now or datetime.now(UTC)
     params = load_params()
-    fever_c = float(params["fever"]["above_c"])
-    season = params["paddy"]["season"]
+    fever_c = float(params.fever.above_c)
+    season = params.paddy.season
     today = now.astimezone(ZoneInfo(tz)).date()
     out = []
     for d in devices:
