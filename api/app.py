@@ -38,8 +38,9 @@ from api.headers import SecurityHeaders
 from api.microcache import MicroCache
 from api.public_http import HeadAsGet, PublicCors
 from api.ratelimit import RateLimiter
-from api.routers import admin, auth, dashboard, models, resolver, timeseries, trace
+from api.routers import admin, alerts, auth, dashboard, models, resolver, timeseries, trace
 from api.security import jwt_secret
+from api.services import webhooks
 from api.services.tracing import TraceService
 from api.throttle import SignInThrottle
 from core.db import make_engine
@@ -72,6 +73,7 @@ TAGS = [
     {"name": "auth", "description": "OAuth2 password flow (JWT) and API keys."},
     {"name": "admin", "description": "Registry administration, by role and area."},
     {"name": "dashboard", "description": "County indicators, device health, alerts, coverage, anchoring; exports."},
+    {"name": "alerts", "description": "Alerts of your area: history, acknowledge, resolve; webhook delivery log."},
     {"name": "timeseries", "description": "Sensor time series of a device, plot or village."},
 ]
 
@@ -177,6 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_per_address=settings.api_login_max_failures_per_address,
         window_s=settings.api_login_window_s,
     )
+    webhooks.load_config(settings)  # WebhookConfigError (refusing to start) when ALERT_WEBHOOKS_FILE is wrong
     problems.install(app)
     app.openapi = problem_openapi(app)  # type: ignore[method-assign]
     # Each middleware added runs before the ones added earlier.
@@ -188,7 +191,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     if settings.trusted_proxies():
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies())
-    for module in (resolver, trace, auth, admin, dashboard, timeseries, models):
+    for module in (resolver, trace, auth, admin, dashboard, alerts, timeseries, models):
         app.include_router(module.router)
 
     @app.get(DOCS_URL, include_in_schema=False)

@@ -2,8 +2,11 @@
 
 A caller authenticates with a bearer token (OAuth2 password flow, `/api/v1/auth/token`), an API key
 (`X-API-Key`, for machines), or the dashboard's session cookie (only for GET: a cookie is sent by
-the browser on its own, so it never authorises a change; this is the CSRF defence). No credentials
-is a 401; a role or area that does not cover the request is a 403.
+the browser on its own, so it never authorises a change; this is the CSRF defence). The one
+exception is the dashboard's own buttons (acknowledging and resolving alerts): a change with the
+cookie is accepted there only with an `X-CSRF-Token` header equal to the token the page carries
+(an HMAC of the session under the signing secret), which another site can neither read nor forge.
+No credentials is a 401; a role or area that does not cover the request is a 403.
 
 Areas follow the division tiers: a county administrator and an analyst cover their county, a
 township officer their township, a village operator their village. Analysts only read. Personal
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.security import APIKeyCookie, APIKeyHeader, OAuth2PasswordBearer
 from sqlmodel import Session, select
 
@@ -165,6 +168,28 @@ def current_principal(
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
+CSRF_HEADER = "X-CSRF-Token"
+
+
+def csrf_token(secret: str, session_cookie: str) -> str:
+    """The token a dashboard page carries for its own session: HMAC-SHA256 of the cookie."""
+    return hmac.new(secret.encode(), b"csrf:" + session_cookie.encode(), "sha256").hexdigest()
+
+
+def current_principal_or_page(
+    request: Request,
+    session: SessionDep,
+    token: Annotated[str | None, Depends(oauth2_scheme)],
+    api_key: Annotated[str | None, Depends(api_key_scheme)],
+    cookie: Annotated[str | None, Depends(cookie_scheme)],
+    csrf: Annotated[str | None, Header(alias=CSRF_HEADER, max_length=128, description="The page's token")] = None,
+) -> Principal:
+    """As current_principal, and also the dashboard's session cookie with the page's CSRF token."""
+    if not token and not api_key and cookie and csrf is not None:
+        if not hmac.compare_digest(csrf, csrf_token(request.app.state.jwt_secret, cookie)):
+            raise Problem(403, "csrf", "the X-CSRF-Token does not belong to this session: reload the page")
+        return _principal_from_token(request, session, cookie, "cookie")
+    return current_principal(request, session, token, api_key, cookie)
 
 
 def current_actor(principal: PrincipalDep, session: SessionDep) -> Actor:
@@ -172,6 +197,25 @@ def current_actor(principal: PrincipalDep, session: SessionDep) -> Actor:
 
 
 ActorDep = Annotated[Actor, Depends(current_actor)]
+
+
+def page_actor(principal: Annotated[Principal, Depends(current_principal_or_page)], session: SessionDep) -> Actor:
+    return Actor(principal, area_of(session, principal.role.value, principal.scope))
+
+
+PageActorDep = Annotated[Actor, Depends(page_actor)]
+
+
+def page_actor_from_cookie(request: Request, session: Session) -> Actor | None:
+    """The caller of a page (GET) from the session cookie, or None (the page then asks to sign in)."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        return None
+    try:
+        principal = current_principal(request, session, None, None, token)
+    except Problem:
+        return None
+    return Actor(principal, area_of(session, principal.role.value, principal.scope))
 
 
 def county_of_village(session: Session, village_code: str) -> str | None:

@@ -68,3 +68,81 @@ class LoginThrottle(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=80)
     failures: int = 0
     window_start: float = Field(index=True)
+
+
+# ---------------------------------------------------------------- alerts (migration 0011)
+
+
+class AlertState(StrEnum):
+    open = "open"  # raised by a reading out of range, nobody has taken it yet
+    acknowledged = "acknowledged"  # someone has taken it (who, when, note)
+    resolved = "resolved"  # readings back within range long enough, or closed by hand with a note
+
+
+class AlertAction(StrEnum):
+    opened = "opened"
+    acknowledged = "acknowledged"
+    resolved = "resolved"
+    reopened = "reopened"
+
+
+class Alert(SQLModel, table=True):
+    """One episode of a device's readings out of range (api/services/alerts.py keeps it up to date).
+
+    At most one alert per device and kind is not resolved; times are reading times (UTC).
+    """
+
+    __tablename__ = "alert"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=20, index=True)  # drought | low_water | fever
+    device_id: str = Field(max_length=64, index=True)
+    village_code: str = Field(max_length=12, index=True)
+    place: str | None = Field(default=None, max_length=64)  # plot number, herd number or ear tag
+    metric: str = Field(max_length=40)
+    threshold: float
+    value: float  # the latest value out of range
+    state: AlertState = Field(default=AlertState.open, index=True)
+    opened_at: datetime  # the first reading out of range
+    last_breach_at: datetime  # the latest reading out of range
+    normal_since: datetime | None = None  # the first reading back in range since then
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = Field(default=None, max_length=64)
+    resolved_at: datetime | None = None
+    resolved_by: str | None = Field(default=None, max_length=64)  # a user name, or "system"
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class AlertEvent(SQLModel, table=True):
+    """The history of an alert, append-only: the API's database role may insert but never update it."""
+
+    __tablename__ = "alert_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    alert_id: int = Field(foreign_key="alert.id", index=True)
+    action: AlertAction
+    at: datetime = Field(default_factory=utcnow)
+    actor: str = Field(max_length=64)  # a user name, or "system" (the alert worker)
+    note: str | None = Field(default=None, max_length=1000)
+    value: float | None = None  # the reading that caused it (system events)
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One attempt to deliver an alert event to a webhook endpoint (api/services/webhooks.py).
+
+    A `pending` row is an attempt waiting for `due_at`; once tried it is `delivered`, `retried` (a
+    row for the next attempt was added, after an exponential backoff) or `failed` (no more tries).
+    """
+
+    __tablename__ = "webhook_delivery"
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: int = Field(foreign_key="alert_event.id", index=True)
+    endpoint: str = Field(max_length=64, index=True)  # its name in ALERT_WEBHOOKS_FILE
+    attempt: int = 1
+    state: str = Field(default="pending", max_length=12, index=True)  # pending|sending|delivered|retried|failed
+    due_at: datetime = Field(default_factory=utcnow, index=True)
+    attempted_at: datetime | None = None
+    status_code: int | None = None
+    error: str | None = Field(default=None, max_length=300)  # never the URL, its key or the secret
+    duration_ms: float | None = None

@@ -63,6 +63,8 @@ TITLES = {
     "not-found": "Not found",
     "conflict": "Already exists",
     "dependency-unavailable": "A service this needs is unavailable",
+    "alert-state": "The alert is not in a state that allows this",
+    "csrf": "Missing or wrong CSRF token",
     "did-panel-too-short": "The data cannot give a difference-in-differences panel",
 }
 

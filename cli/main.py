@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from cli import alerts as alerts_cli
 from cli import analytics as analytics_cli
 from cli import bench, broker, deadletters, devices, ingest, registry, simulate, stack, trace
 from cli import indicators as indicators_cli
@@ -31,6 +32,7 @@ app.add_typer(devices.app, name="devices")
 app.add_typer(broker.app, name="broker")
 app.add_typer(deadletters.app, name="deadletters")
 app.add_typer(bench.app, name="bench")
+app.add_typer(alerts_cli.app, name="alerts")
 app.add_typer(trace.app, name="lots")
 app.add_typer(analytics_cli.stats_app, name="stats")
 app.add_typer(analytics_cli.models_app, name="models")

@@ -6,13 +6,17 @@ the schema, applies `GRANTS` after every migration, so a new table is nobody's u
 here (tests/test_db_roles.py fails for a table that is not). Worked out from the code each service runs:
 
 - village_migrate (migrate, one-off admin jobs): owns the schema;
-- village_api (api, `village users`): reads every table but service_account; inserts and updates
-  registry and trace rows (the admin API), api_user and api_key;
+- village_api (api, `village users`): reads every table
+  but service_account; inserts and updates registry and trace rows (the admin API), api_user,
+  api_key, alerts and webhook deliveries; inserts alert events, never updates them (their history
+  is append-only);
 - village_ingest (ingest): reads devices' ids, kinds, status and places (not their secret hashes)
   and the places' codes; inserts and reads dead letters;
 - village_anchor (anchor): reads registry and trace tables; writes the ledger's own tables;
 - village_broker (broker-init, broker-sync): reads devices and service accounts; writes the ingest
-  account.
+  account;
+- village_alerts (alerts, `village alerts run`): reads the registry and dead letters (device health),
+  reads and writes alerts and webhook deliveries; inserts alert events, never updates them.
 
 No role but the owner may delete anything, but for the API's own sign-in counters (api_login_throttle,
 which it clears on a right password); every service role reads `alembic_version`, since each
@@ -61,8 +65,12 @@ OTHER = (
     "api_user",
     "api_key",
     "api_login_throttle",
+    "alert",
+    "alert_event",
+    "webhook_delivery",
     "alembic_version",
 )
+ALERTS = ("alert", "alert_event", "webhook_delivery")
 TABLES = (*REGISTRY, *TRACE, *LEDGER, *OTHER)
 
 
@@ -90,8 +98,16 @@ GRANTS: dict[str, Grant] = {
     # device provisioning), sign-in and API keys. Never the ledger's own tables, never a delete.
     "api": Grant(
         select=tuple(t for t in TABLES if t != "service_account"),
-        insert=(*(t for t in REGISTRY if t != "county"), *TRACE, "api_user", "api_key", "api_login_throttle"),
-        update=(*REGISTRY, *TRACE, "api_user", "api_key", "api_login_throttle"),
+        insert=(
+            *(t for t in REGISTRY if t != "county"),
+            *TRACE,
+            "api_user",
+            "api_key",
+            "api_login_throttle",
+            *ALERTS,
+        ),
+        # alert_event is append-only: inserted, never updated
+        update=(*REGISTRY, *TRACE, "api_user", "api_key", "api_login_throttle", "alert", "webhook_delivery"),
         delete=("api_login_throttle",),
     ),
     # Ingest: one query resolving a device to its kind, status and place (ingest/enrich.py), the
@@ -114,6 +130,13 @@ GRANTS: dict[str, Grant] = {
         select=(*REGISTRY, *TRACE, *LEDGER, "alembic_version"),
         insert=LEDGER,
         update=LEDGER,
+    ),
+    # The alert worker: device health (registry, dead letters), the alerts, their history (insert
+    # only) and their webhook deliveries.
+    "alerts": Grant(
+        select=(*REGISTRY, "dead_letter", *ALERTS, "alembic_version"),
+        insert=ALERTS,
+        update=("alert", "webhook_delivery"),
     ),
     # broker-init and broker-sync: the broker's password and ACL files from devices and service
     # accounts, and the ingest account's hash.

@@ -129,6 +129,24 @@ class Settings(BaseSettings):
     trace_base_url: str = Field(default="http://127.0.0.1:8000", alias="TRACE_BASE_URL")
     api_verify_cache_s: float = Field(default=60.0, ge=0, alias="API_VERIFY_CACHE_S")
 
+    # Alerts (api/services/alerts.py, worker `village alerts run`): readings are checked every
+    # ALERT_EVAL_INTERVAL_S; an alert resolves itself once the device's readings have stayed within
+    # range for ALERT_RESOLVE_AFTER_S; a breach within ALERT_REOPEN_WITHIN_S of a resolution reopens it.
+    alert_eval_interval_s: float = Field(default=60.0, gt=0, alias="ALERT_EVAL_INTERVAL_S")
+    alert_resolve_after_s: float = Field(default=1800.0, ge=0, alias="ALERT_RESOLVE_AFTER_S")
+    alert_reopen_within_s: float = Field(default=86400.0, ge=0, alias="ALERT_REOPEN_WITHIN_S")
+    # Webhooks of alert events: the endpoints (YAML, see deploy/alert-webhooks.example.yaml; their URLs
+    # and signing secrets are named there and read from the environment or SECRETS_DIR only); a
+    # failed attempt is tried again after ALERT_WEBHOOK_BACKOFF_S, doubling up to
+    # ALERT_WEBHOOK_BACKOFF_MAX_S, at most ALERT_WEBHOOK_MAX_ATTEMPTS times.
+    alert_webhooks_file: Path | None = Field(default=None, alias="ALERT_WEBHOOKS_FILE")
+    alert_webhook_timeout_s: float = Field(default=5.0, gt=0, alias="ALERT_WEBHOOK_TIMEOUT_S")
+    alert_webhook_max_attempts: int = Field(default=8, ge=1, le=50, alias="ALERT_WEBHOOK_MAX_ATTEMPTS")
+    alert_webhook_backoff_s: float = Field(default=10.0, gt=0, alias="ALERT_WEBHOOK_BACKOFF_S")
+    alert_webhook_backoff_max_s: float = Field(default=3600.0, gt=0, alias="ALERT_WEBHOOK_BACKOFF_MAX_S")
+    alert_webhook_poll_s: float = Field(default=1.0, gt=0, alias="ALERT_WEBHOOK_POLL_S")
+    alert_webhook_lang: Literal["zh", "en"] = Field(default="zh", alias="ALERT_WEBHOOK_LANG")
+
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
     log_format: str = Field(default="console", alias="LOG_FORMAT")  # console | json
 

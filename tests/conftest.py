@@ -27,6 +27,7 @@ from core.registry_io import load_demo
 from core.services import Postgres, postgres
 from tests.api_fixtures import api_template  # noqa: F401 (session fixture of the API tests)
 from tests.chain_fixtures import anvil, chain  # noqa: F401 (fixtures)
+from tests.webhook_receiver import receiver  # noqa: F401 (fixture: a local HTTP receiver of webhooks)
 
 
 @pytest.fixture(scope="module")

@@ -330,6 +330,7 @@ CREDENTIALS = {
     "ingest": ("village_ingest", "village_ingest"),
     "anchor": ("village_anchor", "village_anchor"),
     "api": ("village_api", "village_api"),
+    "alerts": ("village_alerts", "village_alerts"),
     "ops": ("village_migrate", "village_ops"),
 }
 INIT_ROLES = REPO / "deploy" / "postgres" / "init-roles.sh"

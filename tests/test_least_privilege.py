@@ -1,7 +1,7 @@
 """Least privilege, rehearsed on real services: a PostgreSQL cluster whose roles come from the
 deployment's own init script (deploy/postgres/init-roles.sh) and grants from `village registry
-migrate` (core/db_roles.py), an InfluxDB with a read-only user for the API and the anchoring worker and
-a write-only user for ingest, and anvil. Each service's code runs as its own role and does its job;
+migrate` (core/db_roles.py), an InfluxDB with a read-only user for the API, the anchoring worker and
+the alert worker and a write-only user for ingest, and anvil. Each service's code runs as its own role and does its job;
 what it never does is refused by the database, not by our code.
 
 InfluxDB here is Debian's 1.x with users and database grants; production runs 2.x with v1
@@ -45,20 +45,21 @@ from core.services import ANVIL_DEV_KEY, Anvil, InfluxD, Postgres, anvil, influx
 from core.settings import Settings, get_settings
 from ingest.enrich import DeviceDirectory
 from ingest.metrics import IngestMetrics
-from ingest.payload import Validator
-from ingest.pipeline import Message, Pipeline
+from ingest.payload import Reading, Validator
+from ingest.pipeline import Message, Pipeline, to_line
 from ingest.spool import Spool
 from ledger.anchor_models import AnchorWindow, LedgerLeaf
 from ledger.anchoring import Anchorer
 from ledger.chain import Chain
 from ledger.models import Lot, TraceEvent
 from ledger.trace_io import load_demo_trace
+from tests.webhook_receiver import Receiver
 
 REPO = Path(__file__).resolve().parents[1]
 INIT_ROLES = REPO / "deploy" / "postgres" / "init-roles.sh"
-SERVICES = ("migrate", "api", "ingest", "anchor", "broker")
+SERVICES = ("migrate", "api", "ingest", "anchor", "broker", "alerts")
 PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
-INFLUX_USERS = {"village_api": "READ", "village_anchor": "READ", "village_ingest": "WRITE"}
+INFLUX_USERS = {"village_api": "READ", "village_anchor": "READ", "village_ingest": "WRITE", "village_alerts": "READ"}
 BAG = "M35CW3XRD6R"
 PASSWORD = "a-long-enough-password-1"
 
@@ -102,9 +103,7 @@ def refused(engine: Engine, sql: str) -> None:
 
 
 def _influx_with_users(folder: Path) -> InfluxD:
-    server = influxd(folder)
-    conf = folder / "influxdb.conf"
-    conf.write_text(conf.read_text().replace("[http]\n", "[http]\n  auth-enabled = true\n"))
+    server = influxd(folder, auth=True)
     server.start()
     admin = ("admin", PASSWORD)
     # The first user may be created without credentials, and must be an admin.
@@ -398,3 +397,46 @@ def test_broker_role_syncs_the_broker_files(deployment: Deployment) -> None:
     ):
         refused(engine, sql)
     engine.dispose()
+
+
+def test_alerts_role_opens_resolves_and_notifies_but_never_rewrites_history(
+    deployment: Deployment, receiver: Receiver
+) -> None:
+    """The alert worker, as village_alerts: opens an alert from a dry reading and delivers its webhook;
+    the API, as village_api, acknowledges it; neither may change or delete an alert's history."""
+    from api.models import Alert, AlertEvent, WebhookDelivery
+    from api.services import alerts, webhooks
+
+    hooks = deployment.folder / "hooks.yaml"
+    hooks.write_text(f'endpoints: [{{name: ops, format: json, url: "{receiver.url}/h"}}]')
+    settings = deployment.settings("alerts", ALERT_WEBHOOKS_FILE=hooks)
+    ingest = deployment.settings("ingest")
+    info = DeviceDirectory(deployment.engine("ingest")).get("soil-0001")
+    assert info is not None and info.tags
+    with InfluxV1.from_settings(ingest) as writer:  # a dry reading, written as ingest writes it
+        writer.write(
+            to_line(Reading("soil-0001", "soil", int(time.time() * 1000) - 60_000, {"soil_moisture": 9.0}), info.tags)
+        )
+    engine = deployment.engine("alerts")
+    with InfluxV1.from_settings(settings) as reader:
+        report = alerts.evaluate(engine, reader, get_catalogue(None), settings)
+        with pytest.raises(InfluxRejected):
+            reader.write("soil,device=x soil_moisture=1 1")  # reads telemetry, never writes it
+    assert len(report.opened) == 1, report
+    deliverer = webhooks.Deliverer(engine, settings, webhooks.Webhooks.from_settings(settings))
+    assert deliverer.run_once() == 1 and receiver.wait(1)[0].json()["event"] == "opened"
+    with Session(engine) as session:
+        assert session.exec(select(WebhookDelivery)).one().state == "delivered"
+    api = deployment.engine("api")
+    with Session(api) as session:  # what POST /api/v1/alerts/{id}/acknowledge does, as the API's role
+        alert = session.get(Alert, report.opened[0])
+        assert alert is not None
+        alerts.acknowledge(session, alert, "taipingcun", "已派人", webhooks.load_config(settings))
+        assert len(session.exec(select(AlertEvent)).all()) == 2
+    for e in (engine, api):
+        for sql in ("UPDATE alert_event SET note = 'rewritten'", "DELETE FROM alert_event", "DELETE FROM alert"):
+            refused(e, sql)
+    for sql in ("SELECT * FROM api_user", "SELECT * FROM service_account", "UPDATE device SET status = 'revoked'"):
+        refused(engine, sql)
+    engine.dispose()
+    api.dispose()

@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import Session
 
 from analytics.periods import MAX_REPORT_DAYS, PeriodTooLong
-from api.deps import SESSION_COOKIE, Actor, ActorDep, SessionDep, area_of, current_principal
+from api.deps import SESSION_COOKIE, Actor, ActorDep, SessionDep, page_actor_from_cookie
 from api.i18n import language, strings
 from api.problems import Problem, problem_responses
 from api.routers.auth import sign_in
@@ -146,17 +146,6 @@ def export_xlsx(
 # ---------------------------------------------------------------- pages
 
 
-def _page_actor(request: Request, session: Session) -> Actor | None:
-    token = request.cookies.get(SESSION_COOKIE)
-    if not token:
-        return None
-    try:
-        principal = current_principal(request, session, None, None, token)
-    except Problem:
-        return None
-    return Actor(principal, area_of(session, principal.role.value, principal.scope))
-
-
 @router.get(
     "/dashboard",
     response_class=HTMLResponse,
@@ -164,7 +153,7 @@ def _page_actor(request: Request, session: Session) -> Actor | None:
     responses={303: {"description": "Sign in first"}},
 )
 def dashboard_page(request: Request, session: SessionDep, period: PeriodQ = None, village: VillageQ = None) -> Response:
-    actor = _page_actor(request, session)
+    actor = page_actor_from_cookie(request, session)
     if actor is None:
         return RedirectResponse("/dashboard/login", status_code=303)
     lang = language(request)

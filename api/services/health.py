@@ -152,8 +152,36 @@ def _in_season(day: Any, windows: list[list[str]]) -> bool:
     return False
 
 
-def open_alerts(devices: list[DeviceHealth], tz: str, now: datetime | None = None) -> list[dict[str, Any]]:
-    """Alerts raised by the latest reading of each online or failing device."""
+@dataclass(frozen=True)
+class Condition:
+    """What a device's latest reading says about one alert kind: out of range (`breached`) or not."""
+
+    kind: str  # drought | low_water | fever
+    device: str
+    village: str | None
+    place: str | None
+    metric: str
+    value: float
+    threshold: float
+    breached: bool
+    at: str  # the reading's time (ISO, UTC)
+
+    def as_alert(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "device": self.device,
+            "village": self.village,
+            "place": self.place,
+            "metric": self.metric,
+            "value": round(self.value, 2),
+            "threshold": self.threshold,
+            "since": self.at,
+        }
+
+
+def conditions(devices: list[DeviceHealth], tz: str, now: datetime | None = None) -> list[Condition]:
+    """The alert condition of the latest reading of each online or failing device that has an alert
+    kind and a threshold (low paddy water counts as in range outside the flooded season windows)."""
     now = now or datetime.now(UTC)
     params = load_params()
     fever_c = float(params.fever.above_c)
@@ -161,7 +189,7 @@ def open_alerts(devices: list[DeviceHealth], tz: str, now: datetime | None = Non
     today = now.astimezone(ZoneInfo(tz)).date()
     out = []
     for d in devices:
-        if d.status not in ("online", "failing"):
+        if d.status not in ("online", "failing") or d.last_seen is None:
             continue
         limits = crops.thresholds(d.crop)
         checks = {
@@ -173,20 +201,15 @@ def open_alerts(devices: list[DeviceHealth], tz: str, now: datetime | None = Non
             continue
         kind, metric, breached, threshold = checks[d.kind]
         value = d.last_values.get(metric)
-        if value is None or threshold is None or not breached(value, threshold):
+        if value is None or threshold is None:
             continue
+        out_of_range = bool(breached(value, threshold))
         if kind == "low_water" and not _in_season(today, season):
-            continue
-        out.append(
-            {
-                "kind": kind,
-                "device": d.id,
-                "village": d.village,
-                "place": d.place,
-                "metric": metric,
-                "value": round(value, 2),
-                "threshold": threshold,
-                "since": d.last_seen,
-            }
-        )
+            out_of_range = False
+        out.append(Condition(kind, d.id, d.village, d.place, metric, value, threshold, out_of_range, d.last_seen))
     return out
+
+
+def open_alerts(devices: list[DeviceHealth], tz: str, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Alerts raised by the latest reading of each online or failing device."""
+    return [c.as_alert() for c in conditions(devices, tz, now) if c.breached]

@@ -8,6 +8,7 @@
 #   village_api     reads  village, village/late, village/rollup  (trace pages and verification, dashboard, indicators)
 #   village_anchor  reads  village, village/late                 (daily and supplementary digests, growth summaries)
 #   village_ingest  writes village, village/late                 (readings, and late readings of sealed days)
+#   village_alerts  reads  village                               (the latest readings, for alerts)
 #   village_ops     reads and writes all three                   (`village rollups`, `village deadletters replay`)
 # The admin token stays with InfluxDB itself: no village service gets it.
 set -euo pipefail
@@ -40,6 +41,7 @@ v1_auth() {  # service, then --read-bucket / --write-bucket flags
 v1_auth api --read-bucket "$raw" --read-bucket "$late" --read-bucket "$rollup"
 v1_auth anchor --read-bucket "$raw" --read-bucket "$late"
 v1_auth ingest --write-bucket "$raw" --write-bucket "$late"
+v1_auth alerts --read-bucket "$raw"
 v1_auth ops --read-bucket "$raw" --read-bucket "$late" --read-bucket "$rollup" \
   --write-bucket "$raw" --write-bucket "$late" --write-bucket "$rollup"
-echo "init-auth: v1 authorizations village_api, village_anchor, village_ingest, village_ops"
+echo "init-auth: v1 authorizations village_api, village_anchor, village_ingest, village_alerts, village_ops"

@@ -4,13 +4,13 @@
 # One login role per service, its password from the Docker secret pg_password_<service>:
 #   village_migrate  owns the schema (the `migrate` service creates the tables and then grants the
 #                    others exactly what core/db_roles.py declares)
-#   village_api, village_ingest, village_anchor, village_broker  log in, nothing more until then.
+#   village_api, village_ingest, village_anchor, village_broker, village_alerts  log in, nothing more until then.
 # tests/test_db_roles.py runs this script against a real PostgreSQL.
 set -eu
 secrets="${VILLAGE_DB_SECRETS_DIR:-/run/secrets}"
 sql() { psql -v ON_ERROR_STOP=1 --no-psqlrc --quiet --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" "$@"; }
 
-for service in migrate api ingest anchor broker; do
+for service in migrate api ingest anchor broker alerts; do
   file="$secrets/pg_password_$service"
   if [ ! -s "$file" ]; then
     echo "init-roles: $file is missing or empty" >&2
@@ -26,8 +26,9 @@ done
 
 sql -v db="$POSTGRES_DB" <<'SQL'
 REVOKE ALL ON DATABASE :"db" FROM PUBLIC;
-GRANT CONNECT ON DATABASE :"db" TO village_migrate, village_api, village_ingest, village_anchor, village_broker;
+GRANT CONNECT ON DATABASE :"db" TO village_migrate, village_api, village_ingest, village_anchor, village_broker,
+  village_alerts;
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 GRANT USAGE, CREATE ON SCHEMA public TO village_migrate;
 SQL
-echo "init-roles: created village_migrate, village_api, village_ingest, village_anchor, village_broker"
+echo "init-roles: created village_migrate, village_api, village_ingest, village_anchor, village_broker, village_alerts"
