@@ -151,6 +151,7 @@ class TraceService:
         self._state = threading.RLock()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
+        self._outlived = False  # a check took longer than API_VERIFY_CACHE_S: lookups wait for theirs
         self._chain: Chain | object | None = _MISSING
         self._influx: InfluxV1 | None = None
         self.closed = False
@@ -433,6 +434,10 @@ class TraceService:
                 ttl = self._ttl_for(result)
                 asked = answers.oldest  # the result is as old as the oldest chain answer it used
                 took = time.monotonic() - answers.started
+                if (took >= ttl) != self._outlived and result["status"] != UNVERIFIABLE:
+                    self._outlived = took >= ttl
+                    if self._outlived:
+                        log.warning("a verification took %.1f s, more than API_VERIFY_CACHE_S: lookups wait", took)
                 records = result.pop("records", None)
                 stale = deps is not None and (token != self.token(code) or self._affected_since(event_no, deps))
                 checked = Checked(
@@ -462,8 +467,8 @@ class TraceService:
             if time.monotonic() >= hit.refresh and not self.closed:
                 self.pool.submit(code)
             return hit
-        if wait or self.settings.api_verify_cache_s <= 0 or self.closed:
-            return self._verify_into_cache(code)
+        if wait or self.settings.api_verify_cache_s <= 0 or self.closed or self._outlived:
+            return self._verify_into_cache(code)  # (else born expired, never shown)
         self.pool.submit(code)
         now = time.monotonic()
         answer: dict[str, Any] = {"status": CHECKING, "checked_at": datetime.now(UTC).isoformat(timespec="seconds")}

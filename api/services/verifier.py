@@ -33,7 +33,8 @@ EVERYTHING = "*"
 
 
 class WindowChecks:
-    """A window's chain check, shared by lots, for `ttl` seconds from when the chain was asked.
+    """A window's chain check, shared by lots, for `ttl` seconds from when the chain was asked; a new
+    verification takes it only in the first half of that, so that its result lives long enough.
 
     `view()` gives one verification its own mapping, which remembers the oldest answer it used, so
     that a verification built on a shared answer expires with that answer."""
@@ -50,7 +51,7 @@ class WindowChecks:
 
     def get(self, key: WindowKey) -> tuple[float, WindowCheck] | None:
         hit = self._data.get(key)
-        if hit is None or time.monotonic() - hit[0] >= self.ttl:
+        if hit is None or time.monotonic() - hit[0] >= self.ttl / 2:
             return None
         return hit
 
