@@ -78,12 +78,16 @@ class WindowView:
         self.shared = shared
         self.started = time.monotonic()
         self.oldest = self.started
+        self.local: dict[WindowKey, WindowCheck] = {}  # what this verification used: asked once per window
 
     def get(self, key: WindowKey, default: Any = None) -> WindowCheck | None:
+        if key in self.local:
+            return self.local[key]
         hit = self.shared.get(key)
         if hit is None:
             return default  # type: ignore[no-any-return]
         self.oldest = min(self.oldest, hit[0])
+        self.local[key] = hit[1]
         return hit[1]
 
     def __getitem__(self, key: WindowKey) -> WindowCheck:
@@ -93,10 +97,11 @@ class WindowView:
         return hit
 
     def __setitem__(self, key: WindowKey, value: WindowCheck) -> None:
+        self.local[key] = value
         self.shared.put(key, self.started, value)  # asked during this verification: counted from its start
 
     def __contains__(self, key: object) -> bool:
-        return self.shared.get(key) is not None  # type: ignore[arg-type]
+        return self.get(key) is not None  # type: ignore[arg-type]
 
     def __delitem__(self, key: WindowKey) -> None:
         raise NotImplementedError

@@ -21,7 +21,7 @@ from alembic import op
 revision: str = "0014"
 down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
-depends_on: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = ("0007", "0008")  # the trace and ledger tables
 
 CHANNEL = "ledger_change"
 _DIGEST_LOTS = (
