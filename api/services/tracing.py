@@ -39,6 +39,7 @@ import orjson
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from api.microcache import code_of
 from api.services.cache import TtlCache
 from api.services.trace_view import build_view
 from api.services.verifier import EVERYTHING, ChangeListener, VerifierPool, WindowChecks
@@ -206,8 +207,6 @@ class TraceService:
 
     def token_for_key(self, key: tuple[str, ...]) -> tuple[int, int] | None:
         """The change token of the lot a micro-cache key names (None while the code is not known)."""
-        from api.microcache import code_of
-
         code = code_of(key, self.known)
         return None if code is None else self.token(code)
 
