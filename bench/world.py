@@ -7,7 +7,7 @@ own: one paddy lot per `bags_per_paddy` bags, grown on the demo's monitored plot
 farms and plots repeat), each with a sowing and a harvesting event inside the days that have
 readings (a synthetic 3-day season: its growth summary and daily digests come from real readings
 in InfluxDB). Then the anchoring worker, as in production, derives the growth summaries, digests
-and manifests and anchors every record in one window on the configured chain.
+and manifests and anchors every record on the configured chain, up to 100,000 records per window.
 """
 
 from __future__ import annotations
@@ -155,7 +155,8 @@ def grow(
         from ledger.connect import anchoring_chain
 
         t0 = time.perf_counter()
-        worker = Anchorer(engine, settings, chain=anchoring_chain(settings), influx=influx, seal_wait_s=0)
+        big = settings.model_copy(update={"anchor_window_leaves": max(settings.anchor_window_leaves, 100_000)})
+        worker = Anchorer(engine, big, chain=anchoring_chain(big), influx=influx, seal_wait_s=0)
         report = worker.run_once(force_window=True)
         worker.run_once()  # tracks the receipts
         seeded = {**seeded, "windows": report.windows, "leaves": report.leaves, "chain_error": report.chain_error}
