@@ -93,7 +93,10 @@ def start_api(env: dict[str, str], port: int, workers: int, log_file: Path) -> s
             stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent,
         )
-    wait_for_port("127.0.0.1", port, timeout=60, proc=proc)
+    try:
+        wait_for_port("127.0.0.1", port, timeout=240, proc=proc)  # 2 workers importing on a busy machine
+    except ServiceError as e:
+        raise ServiceError(f"{e}; the API's log ends:\n{log_file.read_text()[-3000:]}") from e
     return proc
 
 
