@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from core.db import get_engine, migrate
 from core.localstack import LocalStack
-from core.models import Plot
+from core.models import Device, Plot
 from core.services import ServiceError, die_with_parent, free_port, postgres, wait_for_port
 from core.settings import Settings
 
@@ -272,7 +272,12 @@ def run(
         with Session(engine) as session:
             ensure_demo_users(session, password)
             session.commit()
-            plot_no = session.exec(select(Plot.plot_no).order_by(Plot.id)).first()
+            monitored = select(Plot.plot_no, Plot.village_code).join(Device, col(Device.plot_id) == Plot.id)
+            plots = session.exec(monitored.order_by(Plot.id)).all()
+            plot_of = {  # a monitored plot in each user's area (the village operator's: Taiping village)
+                "county": plots[0][0],
+                "taipingcun": next(p for p, v in plots if v == "211122101201"),
+            }
         engine.dispose()
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -306,16 +311,19 @@ def run(
         out["warm"] = wrk_script(base, warm_data, "zipf", duration_s=warm_s, **kw)
         tokens = {u: sign_in(base, u, password) for u in ("county", "taipingcun")}
         day = "start=2026-07-01T00:00:00%2B08:00&end=2026-07-04T00:00:00%2B08:00"
-        dash_paths = [
-            "/api/v1/dashboard?period=2026-07",
-            "/api/v1/dashboard/indicators?period=2026-07",
-            "/api/v1/dashboard/devices",
-            "/api/v1/dashboard/traceability",
-            "/api/v1/dashboard/anchoring",
-            f"/api/v1/timeseries?plot={plot_no}&{day}&resolution=1h",
-            f"/api/v1/timeseries?plot={plot_no}&{day}&resolution=1d",
+        dash_rows = [
+            (path, "application/json", "zh-CN", tok)
+            for user, tok in tokens.items()
+            for path in (
+                "/api/v1/dashboard?period=2026-07",
+                "/api/v1/dashboard/indicators?period=2026-07",
+                "/api/v1/dashboard/devices",
+                "/api/v1/dashboard/traceability",
+                "/api/v1/dashboard/anchoring",
+                f"/api/v1/timeseries?plot={plot_of[user]}&{day}&resolution=1h",
+                f"/api/v1/timeseries?plot={plot_of[user]}&{day}&resolution=1d",
+            )
         ]
-        dash_rows = [(p, "application/json", "zh-CN", tok) for tok in tokens.values() for p in dash_paths]
         dash = write_script(root, "dashboard.tsv", dash_rows, [1.0] * len(dash_rows))
         out["dashboard"] = wrk_script(base, dash, "zipf", duration_s=dashboard_s, **kw)
         statuses = ("verified", "pending", "tampered", "unverifiable")
