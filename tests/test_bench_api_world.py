@@ -17,6 +17,7 @@ def test_bench_api_small_world_prints_its_json_and_every_lot_verifies() -> None:
     out = CliRunner().invoke(cli, ["bench", "api", "--lots", "200", "--duration", "2", "--connections", "8"])
     assert out.exit_code == 0, out.output[-3000:]
     r = json.loads(out.output.strip().splitlines()[-1])
+    print(json.dumps(r))
     assert r["bench"] == "api" and r["lots"] == 200
     for phase in ("cold", "warm", "dashboard"):
         assert r[phase].keys() >= PHASE_KEYS and r[phase]["requests"] > 0, (phase, r[phase])
