@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     api_verify_cache_s: float = Field(default=60.0, ge=0, alias="API_VERIFY_CACHE_S")
     api_verify_threads: int = Field(default=2, ge=1, le=32, alias="API_VERIFY_THREADS")
     api_verify_rebuild_s: float = Field(default=900.0, ge=0, alias="API_VERIFY_REBUILD_S")
-    api_verify_memo_lots: int = Field(default=2_000, ge=0, alias="API_VERIFY_MEMO_LOTS")
+    api_verify_memo_records: int = Field(default=200_000, ge=0, alias="API_VERIFY_MEMO_RECORDS")
 
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
     log_format: str = Field(default="console", alias="LOG_FORMAT")  # console | json

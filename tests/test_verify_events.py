@@ -171,16 +171,19 @@ def test_a_scan_during_verification_answers_immediately(world: PgWorld, service:
 
 
 def test_windows_chain_checks_are_shared(world: PgWorld, service: TraceService) -> None:
-    """Bags of one window ask the chain once for it; a window event re-derives them without asking
-    the chain again about an unchanged window, and without rebuilding their records."""
+    """Bags of one window ask the chain once for it, and bags of one milled lot rebuild its lineage's
+    records once; a window event re-derives them without asking the chain again about an unchanged
+    window."""
     assert service.verification(BAG)["status"] == VERIFIED
-    asked = service.windows.asked
-    assert asked >= 1
+    asked, rebuilt = service.windows.asked, service.records.rebuilt
+    assert asked >= 1 and rebuilt > 100
     v = service.verification(SAME_WINDOW_BAG)
     assert v["status"] == VERIFIED and {r["window"] for r in v["records"]} <= {
         r["window"] for r in service.verification(BAG)["records"]
     }
     assert service.windows.asked == asked  # the window's chain check was shared
+    own = service.records.rebuilt - rebuilt  # the records of the milled, dried and paddy lots were shared
+    assert 0 < own < len(v["records"]) / 10, (own, len(v["records"]))
     token = service.token(BAG)
     heard = service.listener.heard  # type: ignore[union-attr]
     with world.engine.begin() as conn:  # the anchoring worker touches the window (same state)

@@ -11,9 +11,10 @@ Verification is event-driven and runs off the threads that answer scans (api/ser
   anchoring worker notices), so what the chain said of a window is re-asked after
   API_VERIFY_CACHE_S (10 s for "unverifiable"); a result is never served past that, counted from
   when the chain was asked, and a lookup in its second half re-checks it in the background.
-  A re-check is incremental: the records rebuilt earlier (from the database and InfluxDB) are
-  reused until a change of the lot, or API_VERIFY_REBUILD_S at most (InfluxDB announces nothing);
-  only the windows are asked again, and a window's answer is shared by every lot in it;
+  Verification is incremental: records rebuilt (from the database and InfluxDB) are shared by
+  lots (bags of one paddy lot share its records) and reused until a change of a lot of their
+  lineage, or API_VERIFY_REBUILD_S at most (InfluxDB announces nothing); a re-check asks the chain
+  only about windows, and a window's answer is shared by every lot in it;
 - the work is done by API_VERIFY_THREADS background threads per worker, scanned lots first: a
   page or the trace JSON never waits: with no current result it says "checking", with the lot's
   last result, when any, and its age under `previous`; /verify waits for the check.
@@ -29,7 +30,7 @@ import logging
 import threading
 import time
 import zlib
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,7 +43,7 @@ from sqlmodel import Session, col, select
 from api.microcache import code_of
 from api.services.cache import TtlCache
 from api.services.trace_view import build_view
-from api.services.verifier import EVERYTHING, ChangeListener, VerifierPool, WindowChecks
+from api.services.verifier import EVERYTHING, ChangeListener, Records, VerifierPool, WindowChecks
 from core.influx import InfluxError, InfluxV1
 from core.settings import Settings
 from ledger import codes
@@ -51,7 +52,7 @@ from ledger.chain import Chain, ChainError, ChainUnavailable
 from ledger.connect import reading_chain
 from ledger.models import Lot, Product
 from ledger.records import LOT
-from ledger.verify import VERIFIED, Memo, Verification, verify_lot
+from ledger.verify import VERIFIED, Verification, verify_lot
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class TraceService:
         self.listener: ChangeListener | None = None
         self._results: dict[str, Checked] = {}  # code -> the lot's last verification (kept as "previous")
         self._deps: dict[str, Deps] = {}
-        self._memos: OrderedDict[str, tuple[float, Memo]] = OrderedDict()  # code -> records rebuilt
+        self.records = Records(settings.api_verify_rebuild_s, settings.api_verify_memo_records)
         self._gens: dict[str, int] = {}  # code -> changes heard of the lot
         self._epoch = 0  # changes heard that concern every lot
         self._events: deque[tuple[int, frozenset[str]]] = deque(maxlen=10_000)
@@ -218,16 +219,15 @@ class TraceService:
             self._events.append((self._event_no, keyset))
             if EVERYTHING in keyset:
                 self._epoch += 1
-                self._memos.clear()
+                self.records.clear()
                 return
             lots = {int(k[1:]) for k in keyset if k[0] == "l" and k[1:].isdigit()}
             windows = {int(k[1:]) for k in keyset if k[0] == "w" and k[1:].isdigit()}
+            if lots:
+                self.records.drop_lots(lots)
             for code, deps in self._deps.items():
-                content = bool(deps.lots & lots)
-                if content or deps.windows & windows or (deps.unwindowed and (windows or "u" in keyset)):
+                if deps.lots & lots or deps.windows & windows or (deps.unwindowed and (windows or "u" in keyset)):
                     self._gens[code] = self._gens.get(code, 0) + 1
-                    if content:
-                        self._memos.pop(code, None)
 
     def _affected_since(self, event_no: int, deps: Deps) -> bool:
         """Whether a change heard after `event_no` concerns what a verification read."""
@@ -347,7 +347,7 @@ class TraceService:
 
     # ---- verification
 
-    def _compute_verification(self, code: str, answers: Any, memo: Memo) -> tuple[dict[str, Any], Deps | None]:
+    def _compute_verification(self, code: str, answers: Any, memo: Any) -> tuple[dict[str, Any], Deps | None]:
         now = datetime.now(UTC).isoformat(timespec="seconds")
         try:
             with Session(self.engine) as s:
@@ -401,20 +401,6 @@ class TraceService:
         ttl = self.settings.api_verify_cache_s
         return min(ttl, 10.0) if result["status"] == UNVERIFIABLE else ttl
 
-    def _memo(self, code: str) -> Memo:
-        """The records of the lot rebuilt by its last verification, while no change of the lot was heard
-        and for API_VERIFY_REBUILD_S at most; a new one else."""
-        with self._state:
-            hit = self._memos.get(code)
-            if hit is not None and time.monotonic() - hit[0] < self.settings.api_verify_rebuild_s:
-                self._memos.move_to_end(code)
-                return hit[1]
-            memo: Memo = {}
-            self._memos[code] = (time.monotonic(), memo)
-            while len(self._memos) > self.settings.api_verify_memo_lots:
-                self._memos.popitem(last=False)
-            return memo
-
     def _current_result(self, code: str) -> Checked | None:
         hit = self._results.get(code)
         if hit is None or hit.token != self.token(code) or time.monotonic() >= hit.expires:
@@ -429,7 +415,8 @@ class TraceService:
                     return hit
                 token, event_no = self.token(code), self._event_no
                 answers = self.windows.view()
-                result, deps = self._compute_verification(code, answers, self._memo(code))
+                memo = self.records.view()
+                result, deps = self._compute_verification(code, answers, memo)  # type: ignore[arg-type]
                 ttl = self._ttl_for(result)
                 asked = answers.oldest  # the result is as old as the oldest chain answer it used
                 took = time.monotonic() - answers.started
@@ -451,9 +438,9 @@ class TraceService:
                     if deps is not None:
                         self._deps[code] = deps
                 if not stale:
+                    if deps is not None:
+                        memo.commit(deps.lots)  # the records rebuilt, shared from now on
                     return checked
-                with self._state:
-                    self._memos.pop(code, None)
             return checked
 
     def checked(self, code: str, *, wait: bool = True) -> Checked:

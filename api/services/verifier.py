@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -111,6 +111,73 @@ class WindowView:
 
     def __len__(self) -> int:
         return 0
+
+
+class Records:
+    """Records rebuilt by verifications (from the database and InfluxDB), shared by lots: bags of one
+    paddy lot share its growth summary, digests and events. Each entry is tagged with the lineage of
+    the lot whose verification rebuilt it (every lot its record can belong to is in it), dropped on a
+    change of any of those lots, and kept `max_age` seconds at most (InfluxDB announces nothing)."""
+
+    def __init__(self, max_age: float, max_entries: int) -> None:
+        self.max_age = max_age
+        self.max_entries = max_entries
+        self._data: OrderedDict[tuple[str, int], tuple[float, frozenset[int], dict[str, Any]]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.rebuilt = 0  # records rebuilt (tests: shared records are rebuilt once)
+
+    def get(self, key: tuple[str, int]) -> dict[str, Any] | None:
+        hit = self._data.get(key)
+        if hit is None or time.monotonic() - hit[0] >= self.max_age:
+            return None
+        return hit[2]
+
+    def commit(self, made: dict[tuple[str, int], tuple[float, dict[str, Any]]], lots: frozenset[int]) -> None:
+        with self._lock:
+            self.rebuilt += len(made)
+            for key, (at, rec) in made.items():
+                self._data[key] = (at, lots, rec)
+                self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
+    def drop_lots(self, lots: set[int]) -> None:
+        with self._lock:
+            for key in [k for k, (_, tags, _) in self._data.items() if tags & lots]:
+                del self._data[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def view(self) -> RecordsView:
+        return RecordsView(self)
+
+
+class RecordsView:
+    """The `memo` of one verification (ledger.verify): shared records, and those it rebuilt, which are
+    shared once the verification knows the lot's lineage and that nothing changed meanwhile (`commit`)."""
+
+    def __init__(self, shared: Records) -> None:
+        self.shared = shared
+        self.made: dict[tuple[str, int], tuple[float, dict[str, Any]]] = {}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.made or self.shared.get(key) is not None  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[str, int]) -> dict[str, Any]:
+        if key in self.made:
+            return self.made[key][1]
+        hit = self.shared.get(key)
+        if hit is None:
+            raise KeyError(key)
+        return hit
+
+    def __setitem__(self, key: tuple[str, int], value: dict[str, Any]) -> None:
+        self.made[key] = (time.monotonic(), value)
+
+    def commit(self, lots: frozenset[int]) -> None:
+        self.shared.commit(self.made, lots)
 
 
 def libpq_url(engine: Engine) -> str:
