@@ -14,7 +14,7 @@ PHASE_KEYS = {"requests_per_s", "latency_ms_p50", "latency_ms_p99", "errors"}
 
 
 def test_bench_api_small_world_prints_its_json_and_every_lot_verifies() -> None:
-    out = CliRunner().invoke(cli, ["bench", "api", "--lots", "200", "--duration", "2", "--connections", "8"])
+    out = CliRunner().invoke(cli, ["bench", "api", "--lots", "200", "--duration", "8", "--connections", "8"])
     assert out.exit_code == 0, out.output[-3000:]
     r = json.loads(out.output.strip().splitlines()[-1])
     print(json.dumps(r))
