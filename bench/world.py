@@ -1,13 +1,14 @@
 """A county-sized trace world for `village bench api`, deterministic for a seed.
 
 On top of the demo county and season (api/demo.py: registry, trace, 3 days of sensor readings
-from 1 July 2026 on the demo paddy plots), `grow` bulk-inserts `lots` retail lots (5 kg bags of
-the demo's rice product, each with its own code and lot number) packed from paddy lots of their
-own: one paddy lot per `bags_per_paddy` bags, grown on the demo's monitored plots in turn (so the
-farms and plots repeat), each with a sowing and a harvesting event inside the days that have
-readings (a synthetic 3-day season: its growth summary and daily digests come from real readings
-in InfluxDB). Then the anchoring worker, as in production, derives the growth summaries, digests
-and manifests and anchors every record on the configured chain, up to 100,000 records per window.
+from 1 July 2026 on the demo paddy plots, and their hourly and daily rollups), `grow`
+bulk-inserts `lots` retail lots (5 kg bags of the demo's rice product, each with its own code and
+lot number) packed from paddy lots of their own: one paddy lot per `bags_per_paddy` bags, grown
+on the demo's monitored plots in turn (so the farms and plots repeat), each with a sowing and a
+harvesting event inside the days that have readings (a synthetic 3-day season: its growth summary
+and daily digests come from real readings in InfluxDB). Then the anchoring worker, as in
+production, derives the growth summaries, digests and manifests and anchors every record on the
+configured chain, up to 100,000 records per window.
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ def grow(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     seeded = seed(engine, influx, settings, anchor=False)
+    from analytics.rollups import from_settings
+
+    from_settings(settings).backfill()  # the hourly and daily rollups the dashboard's time series read
     timings["demo_s"] = round(time.perf_counter() - t0, 2)
     rng = random.Random(seed_value)
     t0 = time.perf_counter()
