@@ -145,7 +145,11 @@ class TraceService:
         self.listener: ChangeListener | None = None
         self._results: dict[str, Checked] = {}  # code -> the lot's last verification (kept as "previous")
         self._deps: dict[str, Deps] = {}
-        self.records = Records(settings.api_verify_rebuild_s, settings.api_verify_memo_records)
+        # rebuilt records are reused until a change is heard; without notifications (not PostgreSQL) no
+        # longer than a result stands (API_VERIFY_CACHE_S; 0: never)
+        listens = engine.dialect.name == "postgresql"
+        reuse_s = settings.api_verify_rebuild_s if listens else min(settings.api_verify_rebuild_s, ttl)
+        self.records = Records(reuse_s, settings.api_verify_memo_records)
         self._gens: dict[str, int] = {}  # code -> changes heard of the lot
         self._epoch = 0  # changes heard that concern every lot
         self._events: deque[tuple[int, frozenset[str]]] = deque(maxlen=10_000)
