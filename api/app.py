@@ -183,7 +183,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.openapi = problem_openapi(app)  # type: ignore[method-assign]
     # Each middleware added runs before the ones added earlier.
-    app.add_middleware(MicroCache, cache=app.state.trace.responses)
+    app.add_middleware(MicroCache, cache=app.state.trace.responses, token=app.state.trace.token_for_key)
     app.add_middleware(CanonicalPaths)
     app.add_middleware(RateLimiter, per_minute=settings.api_rate_limit_per_min)
     app.add_middleware(HeadAsGet)

@@ -1,13 +1,15 @@
 """A micro-cache in front of the routes for the public trace lookups (as a reverse proxy would keep).
 
-A scanned bag is looked up again and again; its answer changes at most every API_VERIFY_CACHE_S.
-So the complete 200 answer (status, headers, body) of `GET /api/v1/trace/{code}`, `/t/{code}` and
+A scanned bag is looked up again and again; its answer changes when the lot changes (a change the
+database announces: api/services/tracing.py) or its verification is re-checked. So the complete
+200 answer (status, headers, body) of `GET /api/v1/trace/{code}`, `/t/{code}` and
 `/01/{gtin}/10/{lot}` without a query string is kept per worker, keyed by path and, for pages, by
 the language Accept-Language selects, and replayed without routing, validation or rendering.
 Like a shared HTTP cache it keeps an answer no longer than its `Cache-Control: s-maxage` (else
 `max-age`), which the routes set from the verification it shows (api/services/tracing.py
 `Freshness`), not at all with `no-store`, and replays it with an `Age` header, so that a
-browser's copy expires with the verification.
+browser's copy expires with the verification; and only while the lot's change token (`token`:
+changes heard of the lot) is the one it was stored under, so a change drops it at once.
 Only canonical paths (the stored code, a 14-digit GTIN) are kept: api/canonical.py redirects the
 other spellings of a code before they get here, so a client cannot fill the cache with spellings.
 Anything else (a query string, a linkset asked for by Accept, an error, another path) goes to the routes.
@@ -84,10 +86,30 @@ def keep_for(headers: list[tuple[bytes, bytes]], default: float) -> float:
     return default
 
 
+def code_of(key: tuple[str, ...], known: TtlCache | None = None) -> str | None:
+    """The lot code a cache key names (a Digital Link through `known`, once the routes resolved it)."""
+    path = key[1]
+    if key[0] == "json":
+        return path[len(JSON_PREFIX) :]
+    if path.startswith("/t/"):
+        return path[3:]
+    return known.get((path[4:18], path[22:])) if known is not None else None
+
+
+def _no_token(_key: tuple[str, ...]) -> Any:
+    return 0
+
+
 class MicroCache:
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], cache: TtlCache) -> None:
+    def __init__(
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        cache: TtlCache,
+        token: Callable[[tuple[str, ...]], Any] = _no_token,
+    ) -> None:
         self.app = app
         self.cache = cache
+        self.token = token  # key -> the lot's change token (None: unknown, do not keep)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         key = cache_key(scope)
@@ -95,8 +117,8 @@ class MicroCache:
             await self.app(scope, receive, send)
             return
         hit = self.cache.get(key)
-        if hit is not None:
-            status, headers, body, stored = hit
+        if hit is not None and hit[4] == self.token(key):
+            status, headers, body, stored, _ = hit
             age = (b"age", str(int(time.monotonic() - stored)).encode())
             await send({"type": "http.response.start", "status": status, "headers": [*headers, age]})
             await send({"type": "http.response.body", "body": body})
@@ -115,8 +137,10 @@ class MicroCache:
             await send(message)
 
         stored = time.monotonic()  # before the answer is made: its age counts from there
+        token = self.token(key)
         await self.app(scope, receive, capture)
         headers = list(start.get("headers", []))
         ttl = keep_for(headers, self.cache.ttl)
-        if complete and start.get("status") == 200 and ttl > 0:
-            self.cache.set(key, (200, headers, b"".join(chunks), stored), ttl=ttl - (time.monotonic() - stored))
+        kept = token is not None and token == self.token(key)  # no change heard while it was made
+        if complete and start.get("status") == 200 and ttl > 0 and kept:
+            self.cache.set(key, (200, headers, b"".join(chunks), stored, token), ttl=ttl - (time.monotonic() - stored))

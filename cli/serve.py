@@ -67,6 +67,8 @@ def serve(
         log_level=settings.log_level.lower(),
         proxy_headers=False,  # the app reads them, for API_TRUSTED_PROXIES only (api/headers.py)
         server_header=False,
+        # a worker still importing on a busy machine is not hung: uvicorn's 5 s kills it, again and again
+        timeout_worker_healthcheck=60,
     )
 
 

@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     api_login_window_s: int = Field(default=900, ge=1, alias="API_LOGIN_WINDOW_S")
     trace_base_url: str = Field(default="http://127.0.0.1:8000", alias="TRACE_BASE_URL")
     api_verify_cache_s: float = Field(default=60.0, ge=0, alias="API_VERIFY_CACHE_S")
+    api_verify_threads: int = Field(default=2, ge=1, le=32, alias="API_VERIFY_THREADS")
+    api_verify_rebuild_s: float = Field(default=900.0, ge=0, alias="API_VERIFY_REBUILD_S")
+    api_verify_memo_records: int = Field(default=200_000, ge=0, alias="API_VERIFY_MEMO_RECORDS")
 
     # Alerts (api/services/alerts.py, worker `village alerts run`): readings are checked every
     # ALERT_EVAL_INTERVAL_S; an alert resolves itself once the device's readings have stayed within

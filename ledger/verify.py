@@ -34,6 +34,7 @@ its records; a record deleted after anchoring is reported as tampered.
 from __future__ import annotations
 
 import json
+from collections.abc import MutableMapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -145,14 +146,35 @@ class Recomputed:
                 self.digests[r.id] = digests.digest(lines.get(r.day, []))
 
 
+Memo = dict[tuple[str, int], dict[str, Any]]  # (kind, id) -> the record as last rebuilt
+
+
 def current_record(
     session: Session,
     ref: RecordRef,
     influx: InfluxV1 | None,
     settings: Settings,
     recomputed: Recomputed | None = None,
+    memo: Memo | None = None,
 ) -> dict[str, Any]:
-    """The record as the data says now: telemetry records are recomputed from InfluxDB."""
+    """The record as the data says now: telemetry records are recomputed from InfluxDB. With `memo`
+    (valid while nothing the record is made of changed: the caller drops it on a change), a record
+    rebuilt before is taken from it."""
+    if memo is not None and (ref.kind, ref.id) in memo:
+        return memo[(ref.kind, ref.id)]
+    rec = _current_record(session, ref, influx, settings, recomputed)
+    if memo is not None and influx is not None:
+        memo[(ref.kind, ref.id)] = rec
+    return rec
+
+
+def _current_record(
+    session: Session,
+    ref: RecordRef,
+    influx: InfluxV1 | None,
+    settings: Settings,
+    recomputed: Recomputed | None = None,
+) -> dict[str, Any]:
     rec = record(session, ref.kind, ref.id)
     if influx is None:
         return rec
@@ -198,16 +220,35 @@ class WindowCheck:
     tx_hash: str | None = None
 
 
-Answers = dict[int, WindowCheck]  # window seq -> what the chain said during this verification
+WindowKey = tuple[Any, ...]
+# window_key -> what the chain said; a plain dict per verification, or a cache shared by verifications
+# (api/services/verifier.py WindowChecks) that re-asks the chain after a while
+Answers = MutableMapping[WindowKey, WindowCheck]
+
+
+def window_key(window: AnchorWindow) -> WindowKey:
+    """A window as far as its chain check depends on the ledger: any change to it is another key."""
+    return (
+        window.seq,
+        str(window.state),
+        window.root,
+        window.prev_root,
+        window.leaf_count,
+        window.tx_hash,
+        window.block_number,
+        window.block_hash,
+    )
 
 
 def _anchored(chain: Chain | None, window: AnchorWindow, answers: Answers | None = None) -> WindowCheck:
     """`check_window`, remembered in `answers`: a lot's hundreds of records share a few windows."""
     if answers is None:
         return check_window(chain, window)
-    if window.seq not in answers:
-        answers[window.seq] = check_window(chain, window)
-    return answers[window.seq]
+    key = window_key(window)
+    hit = answers.get(key)
+    if hit is None:
+        hit = answers[key] = check_window(chain, window)
+    return hit
 
 
 def check_window(chain: Chain | None, window: AnchorWindow) -> WindowCheck:
@@ -278,10 +319,11 @@ def check_record(
     settings: Settings,
     recomputed: Recomputed | None = None,
     answers: Answers | None = None,
+    memo: Memo | None = None,
 ) -> RecordCheck:
     check = RecordCheck(ref.kind, ref.id, PENDING)
     try:
-        rec = current_record(session, ref, influx, settings, recomputed)
+        rec = current_record(session, ref, influx, settings, recomputed, memo)
     except RecordNotFound as e:
         check.status, check.reasons = TAMPERED, [str(e)]
         return check
@@ -362,13 +404,24 @@ def _missing_from_manifests(
 
 
 def verify_lot(
-    session: Session, lot: Lot, chain: Chain | None, influx: InfluxV1 | None, settings: Settings
+    session: Session,
+    lot: Lot,
+    chain: Chain | None,
+    influx: InfluxV1 | None,
+    settings: Settings,
+    answers: Answers | None = None,
+    memo: Memo | None = None,
 ) -> Verification:
+    """The lot's verification. By default the chain is asked afresh, once per window; `answers` may
+    carry window checks shared between verifications, and `memo` the records rebuilt by an earlier
+    verification of the lot (incremental: only records not in it are rebuilt and recomputed)."""
     assert lot.id is not None
     refs = records_of_lot(session, lot.id)
-    answers: Answers = {}  # the chain is asked afresh on every verification, once per window
-    recomputed = Recomputed(session, influx, settings, refs) if influx is not None else None
-    checks = [check_record(session, ref, chain, influx, settings, recomputed, answers) for ref in refs]
+    if answers is None:
+        answers = {}
+    fresh = [r for r in refs if memo is None or (r.kind, r.id) not in memo]
+    recomputed = Recomputed(session, influx, settings, fresh) if influx is not None and fresh else None
+    checks = [check_record(session, ref, chain, influx, settings, recomputed, answers, memo) for ref in refs]
     present = {c.leaf for c in checks if c.leaf}
     present |= set(
         session.exec(

@@ -147,12 +147,13 @@ async def verify(code: str, request: Request) -> Response:
     """Every record of the lot recomputed and checked against its anchored Merkle root: verified,
     pending (not yet anchored, or its anchor dropped by a reorganisation and waiting to be re-sent:
     `reason`, `requeued`), tampered (naming what differs), or unverifiable now (the chain or InfluxDB
-    cannot be reached). Cached for API_VERIFY_CACHE_S from the start of the check, never longer."""
+    cannot be reached). Kept until a change of the lot is heard, and re-checked against the chain every
+    API_VERIFY_CACHE_S."""
     trace = service(request)
     stored = await known_code(trace, code)
     checked = await run_in_threadpool(trace.checked, stored)
     return Response(
-        orjson.dumps(checked.result),
+        orjson.dumps(checked.full()),
         media_type="application/json",
         headers={"Cache-Control": verification_cache_control(checked.freshness())},
     )

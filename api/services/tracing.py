@@ -1,22 +1,27 @@
 """Trace lookups for the public endpoints, cached so that a scan is answered in milliseconds.
 
-The promise: no answer says more about a lot's verification than API_VERIFY_CACHE_S old (10 s at
-most for "unverifiable"), counted from the start of the check that produced it. So:
+Verification is event-driven and runs off the threads that answer scans (api/services/verifier.py):
 
-- a verification result carries its expiry (`Checked`) and is never served after it; a lookup
-  in its second half (from `refresh`) recomputes it in one background thread, so a scanned lot
-  always has a fresh one; a lot with none fresh answers "checking" (pages and the trace JSON do
-  not make a consumer wait) or, for /verify, waits for the check;
-- what embeds a result (the trace JSON, each rendered page, and the whole answers replayed by
-  api/microcache.py) is kept no longer than that result: `Freshness` says how long, to browsers
-  (`Cache-Control: max-age`, until it expires) and to shared caches such as the micro-cache
-  (`s-maxage`, until it is due for a re-check, so that a lookup then reaches the service and
-  starts one); the micro-cache adds `Age` when it replays;
-- the lot's view (no verification in it) is read once per API_VERIFY_CACHE_S, QR images are
-  kept as long as the process lives (a code never changes).
+- a lot's result stands until something it depends on changes: a record of the lot or of its
+  lineage written, a window of its records anchored, confirmed, finalised or re-queued, a late
+  reading digested, a registry row its records embed changed. The database announces each change
+  at commit (migration 0014, `NOTIFY ledger_change`), every worker listens, and drops what it
+  derived from the lot (its result, the JSON, pages and micro-cached answers) at once;
+- the chain can change without a database event (a reorganisation drops an anchor before the
+  anchoring worker notices), so what the chain said of a window is re-asked after
+  API_VERIFY_CACHE_S (10 s for "unverifiable"); a result is never served past that, counted from
+  when the chain was asked, and a lookup in its second half re-checks it in the background.
+  Verification is incremental: records rebuilt (from the database and InfluxDB) are shared by
+  lots (bags of one paddy lot share its records) and reused until a change of a lot of their
+  lineage, or API_VERIFY_REBUILD_S at most (InfluxDB announces nothing); a re-check asks the chain
+  only about windows, and a window's answer is shared by every lot in it;
+- the work is done by API_VERIFY_THREADS background threads per worker, scanned lots first: a
+  page or the trace JSON never waits: with no current result it says "checking", with the lot's
+  last result, when any, and its age under `previous`; /verify waits for the check.
 
 When the chain or InfluxDB cannot be reached the badge says "unverifiable" (never a 500, never
 "tampered"); an anchor that a reorganisation dropped is "pending", with the reason (ledger.verify).
+Without PostgreSQL (no notifications) a result stands for API_VERIFY_CACHE_S, as a timer.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,8 +40,10 @@ import orjson
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from api.microcache import code_of
 from api.services.cache import TtlCache
 from api.services.trace_view import build_view
+from api.services.verifier import EVERYTHING, ChangeListener, Records, VerifierPool, WindowChecks
 from core.influx import InfluxError, InfluxV1
 from core.settings import Settings
 from ledger import codes
@@ -42,6 +51,7 @@ from ledger.anchor_models import ON_CHAIN, AnchorWindow
 from ledger.chain import Chain, ChainError, ChainUnavailable
 from ledger.connect import reading_chain
 from ledger.models import Lot, Product
+from ledger.records import LOT
 from ledger.verify import VERIFIED, Verification, verify_lot
 
 log = logging.getLogger(__name__)
@@ -53,11 +63,20 @@ _MISSING = object()
 
 @dataclass(frozen=True)
 class Checked:
-    """A verification result and its lifetime, in time.monotonic() seconds."""
+    """A verification result (the badge: the records, compressed, apart) and its lifetime, in
+    time.monotonic() seconds, and the lot's change token it was computed under."""
 
     result: dict[str, Any]
-    expires: float  # never served after: the start of its computation plus its TTL
-    refresh: float  # a lookup from then on recomputes it in the background
+    expires: float  # never served after: when the chain was asked (the oldest answer used) plus the TTL
+    refresh: float  # a lookup from then on re-checks it in the background
+    token: Any = None
+    records: bytes = b""  # zlib(orjson(records)), for /verify
+
+    def full(self) -> dict[str, Any]:
+        """The result with its records (what /verify answers)."""
+        if not self.records:
+            return self.result
+        return {**self.result, "records": orjson.loads(zlib.decompress(self.records))}
 
     def seconds_left(self) -> float:
         return max(0.0, self.expires - time.monotonic())
@@ -99,23 +118,45 @@ def badge(v: Verification) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Deps:
+    """What a lot's last verification read: the lots of its lineage and the windows of its records."""
+
+    lots: frozenset[int]
+    windows: frozenset[int]
+    unwindowed: bool  # a record outside any window (a new window may take it)
+
+
 class TraceService:
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
         ttl = settings.api_verify_cache_s
-        self.views = TtlCache(ttl)  # code -> view dict
-        self.json = TtlCache(ttl)  # code -> JSON bytes
-        self.pages = TtlCache(ttl)  # (code, lang) -> HTML bytes
+        self.views = TtlCache(ttl, max_entries=20_000)  # code -> (view dict, token)
+        self.json = TtlCache(ttl, max_entries=20_000)  # code -> (JSON bytes, expiry, token)
+        self.pages = TtlCache(ttl, max_entries=5_000)  # (code, lang) -> (HTML bytes, expiry, token)
         self.responses = TtlCache(ttl, max_entries=20_000)  # whole answers, replayed by api.microcache
-        self.verifications = TtlCache(ttl, max_entries=2_000)  # code -> verification dict
         self.bundles = TtlCache(ttl, max_entries=500)
         self.epcis_docs = TtlCache(ttl, max_entries=500)
         self.qr = TtlCache(10 * 365 * 86_400, max_entries=2_000)  # (code, kind) -> image bytes
         self.known = TtlCache(10 * 365 * 86_400, max_entries=100_000)  # code | (gtin, lot_no) -> code
+        self.windows = WindowChecks(ttl)  # what the chain said of each window, shared by lots
+        self.pool = VerifierPool(self._verify_into_cache, settings.api_verify_threads)
+        self.listener: ChangeListener | None = None
+        self._results: dict[str, Checked] = {}  # code -> the lot's last verification (kept as "previous")
+        self._deps: dict[str, Deps] = {}
+        # rebuilt records are reused until a change is heard; without notifications (not PostgreSQL) no
+        # longer than a result stands (API_VERIFY_CACHE_S; 0: never)
+        listens = engine.dialect.name == "postgresql"
+        reuse_s = settings.api_verify_rebuild_s if listens else min(settings.api_verify_rebuild_s, ttl)
+        self.records = Records(reuse_s, settings.api_verify_memo_records)
+        self._gens: dict[str, int] = {}  # code -> changes heard of the lot
+        self._epoch = 0  # changes heard that concern every lot
+        self._events: deque[tuple[int, frozenset[str]]] = deque(maxlen=10_000)
+        self._event_no = 0
+        self._state = threading.RLock()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
-        self._refreshing: set[str] = set()
         self._outlived = False  # a check took longer than API_VERIFY_CACHE_S: lookups wait for theirs
         self._chain: Chain | object | None = _MISSING
         self._influx: InfluxV1 | None = None
@@ -145,9 +186,16 @@ class TraceService:
 
     def open(self) -> None:
         self.closed = False
+        self.pool.start()
+        if self.engine.dialect.name == "postgresql" and self.listener is None:
+            self.listener = ChangeListener(self.engine, self.changed).start()
 
     def close(self) -> None:
         self.closed = True  # background verifications stop quietly
+        self.pool.stop()
+        if self.listener is not None:
+            self.listener.stop()
+            self.listener = None
         if self._influx is not None:
             self._influx.close()
             self._influx = None  # a later use (an app started again) opens a new client
@@ -155,6 +203,61 @@ class TraceService:
     def _lock(self, key: str) -> threading.Lock:
         with self._locks_lock:
             return self._locks.setdefault(key, threading.Lock())
+
+    # ---- changes
+
+    def token(self, code: str) -> tuple[int, int]:
+        """Changes heard of the lot so far: anything derived under another token is out of date."""
+        return (self._epoch, self._gens.get(code, 0))
+
+    def token_for_key(self, key: tuple[str, ...]) -> tuple[int, int] | None:
+        """The change token of the lot a micro-cache key names (None while the code is not known)."""
+        code = code_of(key, self.known)
+        return None if code is None else self.token(code)
+
+    def changed(self, keys: list[str]) -> None:
+        """Keys of a `ledger_change` notification (migration 0014): drop what was derived from them."""
+        keyset = frozenset(k for k in keys if k)
+        with self._state:
+            self._event_no += 1
+            self._events.append((self._event_no, keyset))
+            if EVERYTHING in keyset:
+                self._epoch += 1
+                self.records.clear()
+                return
+            lots = {int(k[1:]) for k in keyset if k[0] == "l" and k[1:].isdigit()}
+            windows = {int(k[1:]) for k in keyset if k[0] == "w" and k[1:].isdigit()}
+            if lots:
+                self.records.drop_lots(lots)
+            for code, deps in self._deps.items():
+                if deps.lots & lots or deps.windows & windows or (deps.unwindowed and (windows or "u" in keyset)):
+                    self._gens[code] = self._gens.get(code, 0) + 1
+
+    def _affected_since(self, event_no: int, deps: Deps) -> bool:
+        """Whether a change heard after `event_no` concerns what a verification read."""
+        with self._state:
+            if self._events and self._events[0][0] > event_no + 1:
+                return True  # the log no longer reaches back: assume so
+            for n, keys in self._events:
+                if n <= event_no:
+                    continue
+                if EVERYTHING in keys or ("u" in keys and deps.unwindowed):
+                    return True
+                for k in keys:
+                    if not k[1:].isdigit():
+                        continue
+                    if k[0] == "l" and int(k[1:]) in deps.lots:
+                        return True
+                    if k[0] == "w" and (int(k[1:]) in deps.windows or deps.unwindowed):
+                        return True
+        return False
+
+    def _current(self, cache: TtlCache, key: Any, code: str) -> Any | None:
+        """A cached value (its last element the token it was made under) while the lot has not changed."""
+        hit = cache.get(key)
+        if hit is None or hit[-1] != self.token(code):
+            return None
+        return hit
 
     # ---- finding lots
 
@@ -189,13 +292,14 @@ class TraceService:
     # ---- the view
 
     def view(self, code: str) -> dict[str, Any]:
-        hit = self.views.get(code)
+        hit = self._current(self.views, code, code)
         if hit is not None:
-            return hit
+            return hit[0]  # type: ignore[no-any-return]
         with self._lock(f"view:{code}"):
-            hit = self.views.get(code)
+            token = self.token(code)
+            hit = self._current(self.views, code, code)
             if hit is not None:
-                return hit
+                return hit[0]  # type: ignore[no-any-return]
             with Session(self.engine) as s:
                 lot = self._lot(s, code)
                 try:
@@ -203,50 +307,51 @@ class TraceService:
                 except InfluxError:
                     influx = None
                 view = build_view(s, lot, self.settings.trace_base_url, influx, self.settings.county_timezone)
-            return self.views.set(code, view)
+            self.views.set(code, (view, token))
+            return view
 
     def view_json(self, code: str) -> tuple[bytes, Freshness | None]:
         """The trace JSON with the verification badge, and how long it may be kept (None: not at all, the
         badge says "checking")."""
-        hit = self._cached(self.json, code)
+        hit = self._cached(self.json, code, code)
         if hit is not None:
             return hit
         checked = self.checked(code, wait=False)
-        badge_only = {k: v for k, v in checked.result.items() if k != "records"}  # the records: /verify
-        body = orjson.dumps({**self.view(code), "verification": badge_only})
+        body = orjson.dumps({**self.view(code), "verification": checked.result})
         return body, self._keep(self.json, code, body, checked)
 
     def page(
         self, code: str, lang: str, render: Callable[[dict[str, Any], dict[str, Any]], bytes]
     ) -> tuple[bytes, Freshness | None]:
         """The rendered page, and how long it may be kept, as for `view_json`."""
-        hit = self._cached(self.pages, (code, lang))
+        hit = self._cached(self.pages, (code, lang), code)
         if hit is not None:
             return hit
         checked = self.checked(code, wait=False)
         body = render(self.view(code), checked.result)
         return body, self._keep(self.pages, (code, lang), body, checked)
 
-    @staticmethod
-    def _keep(cache: TtlCache, key: Any, body: bytes, checked: Checked) -> Freshness | None:
+    def _keep(self, cache: TtlCache, key: Any, body: bytes, checked: Checked) -> Freshness | None:
         """Cache `body` (with the expiry of the verification it shows) as a shared cache may keep it."""
         if checked.result["status"] == CHECKING:
             return None
         freshness = checked.freshness()
-        cache.set(key, (body, checked.expires), ttl=freshness.shared)
+        if checked.token is not None:
+            cache.set(key, (body, checked.expires, checked.token), ttl=freshness.shared)
         return freshness
 
-    @staticmethod
-    def _cached(cache: TtlCache, key: Any) -> tuple[bytes, Freshness] | None:
+    def _cached(self, cache: TtlCache, key: Any, code: str) -> tuple[bytes, Freshness] | None:
         hit = cache.entry(key)
         if hit is None:
             return None
-        (body, expires), shared = hit
+        (body, expires, token), shared = hit
+        if token != self.token(code):
+            return None
         return body, Freshness(max(0.0, expires - time.monotonic()), shared)
 
     # ---- verification
 
-    def _compute_verification(self, code: str) -> dict[str, Any]:
+    def _compute_verification(self, code: str, answers: Any, memo: Any) -> tuple[dict[str, Any], Deps | None]:
         now = datetime.now(UTC).isoformat(timespec="seconds")
         try:
             with Session(self.engine) as s:
@@ -260,9 +365,20 @@ class TraceService:
                         "status": UNVERIFIABLE,
                         "reason": "no TraceAnchor contract is configured",
                         "checked_at": now,
-                    }
-                v = verify_lot(s, lot, chain, self.influx(), self.settings)  # the chain asked once per window
-                return {**badge(v), "records": v.to_dict()["records"]}
+                    }, None
+                v = verify_lot(s, lot, chain, self.influx(), self.settings, answers, memo)
+                windows = {c.window for c in v.records if c.window}
+                seqs = (
+                    set(s.exec(select(AnchorWindow.seq).where(col(AnchorWindow.window_id).in_(windows))).all())
+                    if windows
+                    else set()
+                )
+                deps = Deps(
+                    frozenset(c.record_id for c in v.records if c.kind == LOT and c.record_id is not None),
+                    frozenset(seqs),
+                    any(c.window is None for c in v.records),
+                )
+                return {**badge(v), "records": v.to_dict()["records"]}, deps
         except ChainError as e:
             self._chain = _MISSING  # reconnect next time (the contract may have been deployed again)
             log.warning("verification of %s: chain unavailable: %s", code, e)
@@ -271,75 +387,98 @@ class TraceService:
                 if isinstance(e, ChainUnavailable)
                 else "the blockchain node does not hold the county's TraceAnchor contract (was the chain reset?)"
             )
-            return {"status": UNVERIFIABLE, "reason": reason, "checked_at": now}
+            return {"status": UNVERIFIABLE, "reason": reason, "checked_at": now}, None
         except InfluxError as e:
             log.warning("verification of %s: InfluxDB unavailable: %s", code, e)
-            return {"status": UNVERIFIABLE, "reason": "the monitoring database cannot be reached", "checked_at": now}
+            return {
+                "status": UNVERIFIABLE,
+                "reason": "the monitoring database cannot be reached",
+                "checked_at": now,
+            }, None
         except Exception:  # the page must still show; the reason is logged
             if not self.closed:
                 log.exception("verification of %s failed", code)
-            return {"status": UNVERIFIABLE, "reason": "verification failed unexpectedly", "checked_at": now}
+            return {"status": UNVERIFIABLE, "reason": "verification failed unexpectedly", "checked_at": now}, None
 
     def _ttl_for(self, result: dict[str, Any]) -> float:
         # an unverifiable answer is retried sooner than a real one
         ttl = self.settings.api_verify_cache_s
         return min(ttl, 10.0) if result["status"] == UNVERIFIABLE else ttl
 
+    def _current_result(self, code: str) -> Checked | None:
+        hit = self._results.get(code)
+        if hit is None or hit.token != self.token(code) or time.monotonic() >= hit.expires:
+            return None
+        return hit
+
     def _verify_into_cache(self, code: str) -> Checked:
         with self._lock(f"verify:{code}"):  # one computation per lot at a time; others wait for it
-            hit = self.verifications.get(code)
-            if hit is not None and time.monotonic() < hit.refresh:
-                return hit
-            started = time.monotonic()
-            result = self._compute_verification(code)
-            ttl, took = self._ttl_for(result), time.monotonic() - started
-            if (took >= ttl) != self._outlived and result["status"] != UNVERIFIABLE:
-                self._outlived = took >= ttl
-                if self._outlived:
-                    log.warning("a verification took %.1f s, more than API_VERIFY_CACHE_S: lookups wait", took)
-            # refresh ahead, late enough to check once per TTL, early enough to finish before the expiry
-            checked = Checked(result, started + ttl, started + max(ttl / 2, ttl - 2 * took - 1))
-            self.verifications.set(code, checked, ttl=checked.expires - time.monotonic())
+            for _ in range(3):  # a change heard during the check: check again
+                hit = self._current_result(code)
+                if hit is not None and time.monotonic() < hit.refresh:
+                    return hit
+                token, event_no = self.token(code), self._event_no
+                answers = self.windows.view()
+                memo = self.records.view()
+                result, deps = self._compute_verification(code, answers, memo)  # type: ignore[arg-type]
+                ttl = self._ttl_for(result)
+                asked = answers.oldest  # the result is as old as the oldest chain answer it used
+                took = time.monotonic() - answers.started
+                if (took >= ttl) != self._outlived and result["status"] != UNVERIFIABLE:
+                    self._outlived = took >= ttl
+                    if self._outlived:
+                        log.warning("a verification took %.1f s, more than API_VERIFY_CACHE_S: lookups wait", took)
+                records = result.pop("records", None)
+                stale = deps is not None and (token != self.token(code) or self._affected_since(event_no, deps))
+                checked = Checked(
+                    result,
+                    asked + ttl,
+                    asked + max(ttl / 2, ttl - 2 * took - 1),
+                    None if stale or self.settings.api_verify_cache_s <= 0 else token,
+                    zlib.compress(orjson.dumps(records), 1) if records is not None else b"",
+                )
+                with self._state:
+                    self._results[code] = checked
+                    if deps is not None:
+                        self._deps[code] = deps
+                if not stale:
+                    if deps is not None:
+                        memo.commit(deps.lots)  # the records rebuilt, shared from now on
+                    return checked
             return checked
 
-    def _spawn(self, code: str) -> None:
-        if code in self._refreshing or self.closed:
-            return
-        self._refreshing.add(code)
-
-        def run() -> None:
-            try:
-                self._verify_into_cache(code)
-            finally:
-                self._refreshing.discard(code)
-
-        threading.Thread(target=run, daemon=True, name=f"verify-{code}").start()
-
     def checked(self, code: str, *, wait: bool = True) -> Checked:
-        """The lot's verification while it is valid (API_VERIFY_CACHE_S from the start of its check); from
-        half-way through, a lookup recomputes it in a background thread. None valid: with `wait`, compute it
-        now (a full check takes seconds: every record is rebuilt, telemetry from InfluxDB); without, start
-        it in the background and answer "checking" (pages and the trace JSON do not make a consumer wait;
-        /verify does)."""
-        hit = self.verifications.get(code)
+        """The lot's verification while it is current (no change heard, the chain asked less than
+        API_VERIFY_CACHE_S ago); from half-way through, a lookup re-checks it in the background. None
+        current: with `wait`, check now; without, queue the check and answer "checking", with the lot's
+        last result and its age under `previous` (pages and the trace JSON do not make a consumer wait)."""
+        hit = self._current_result(code)
         if hit is not None:
-            if time.monotonic() >= hit.refresh:
-                self._spawn(code)
+            if time.monotonic() >= hit.refresh and not self.closed:
+                self.pool.submit(code)
             return hit
-        if wait or self.settings.api_verify_cache_s <= 0 or self._outlived:  # else born expired, never shown
-            return self._verify_into_cache(code)
-        self._spawn(code)
+        if wait or self.settings.api_verify_cache_s <= 0 or self.closed or self._outlived:
+            return self._verify_into_cache(code)  # (else born expired, never shown)
+        self.pool.submit(code)
         now = time.monotonic()
-        return Checked({"status": CHECKING, "checked_at": datetime.now(UTC).isoformat(timespec="seconds")}, now, now)
+        answer: dict[str, Any] = {"status": CHECKING, "checked_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        last = self._results.get(code)
+        if last is not None:
+            answer["previous"] = {
+                "status": last.result["status"],
+                "checked_at": last.result.get("checked_at"),
+                "age_s": round(max(0.0, now - (last.expires - self._ttl_for(last.result))), 1),
+            }
+        return Checked(answer, now, now)
 
     def verification(self, code: str, *, wait: bool = True) -> dict[str, Any]:
-        """The lot's verification result (`checked`)."""
-        return self.checked(code, wait=wait).result
+        """The lot's verification result (`checked`), with its records."""
+        return self.checked(code, wait=wait).full()
 
     def warm(self, codes: list[str]) -> None:
-        """Verify lots in the background (at start-up, so the first scans find a badge)."""
+        """Verify lots in the background (at start-up, so the first scans find a badge); scans go first."""
         for code in codes:
-            self._spawn(code)
+            self.pool.submit(code, urgent=False)
 
     # ---- proof bundle, EPCIS, QR
 
@@ -385,14 +524,15 @@ class TraceService:
 
     def forget(self) -> None:
         """Drop the cached views of this worker (after a change through the admin API: a new event of
-        a paddy lot belongs to the trace of every bag made from it). Other workers follow within the TTL."""
+        a paddy lot belongs to the trace of every bag made from it). Other workers hear of the change
+        from the database (`changed`)."""
         for cache in (
             self.views,
             self.json,
             self.pages,
             self.responses,
-            self.verifications,
             self.bundles,
             self.epcis_docs,
         ):
             cache.clear()
+        self.changed([EVERYTHING])

@@ -1,0 +1,194 @@
+"""Event-driven verification on PostgreSQL (migration 0014's notifications, api/services/verifier.py):
+a write to a lot invalidates its verified state at once (not after API_VERIFY_CACHE_S), a scan during
+a verification answers immediately, and windows' chain checks are shared between lots."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlmodel import Session, select
+
+from api.demo import seed
+from api.services.tracing import CHECKING, TraceService
+from core.db import get_engine, migrate
+from core.influx import InfluxV1
+from core.services import ANVIL_DEV_KEY, anvil, influxd, postgres
+from core.settings import Settings
+from ledger.connect import reading_chain
+from ledger.models import Lot, TraceEvent
+from ledger.records import EVENT, records_of_lot
+from ledger.verify import TAMPERED, VERIFIED
+
+BAG = "M35CW3XRD6R"  # 5 kg bags of milled lot 2026-M01
+SAME_WINDOW_BAG = "91SPQFCCETM"  # bags of the same milled lot
+OTHER_BAG = "KT9031CDHKW"  # bags of milled lot 2026-M02: another lineage
+TTL = 600.0  # far longer than the test: whatever changes, changes by an event
+
+
+@dataclass
+class PgWorld:
+    settings: Settings
+    engine: Engine
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[PgWorld]:
+    folder = Path(tempfile.mkdtemp(prefix="village-events-"))  # not under tmp_path: PostgreSQL's user reads it
+    folder.chmod(0o755)
+    pg = postgres(folder / "pg").start()
+    influx_server = influxd(folder / "influx").start()
+    chain = anvil(folder / "anvil").start()
+    try:
+        url = pg.create_database("village")
+        migrate(url)
+        env = {
+            "VILLAGE_DATA_DIR": str(folder / "data"),
+            "DATABASE_URL": url,
+            "INFLUX_URL": influx_server.url,
+            "CHAIN_RPC_URL": chain.url,
+            "CHAIN_PRIVATE_KEY": ANVIL_DEV_KEY,
+            "CHAIN_TIMEOUT_S": 5,
+        }
+        settings = Settings(_env_file=None, **env)  # type: ignore[arg-type]
+        engine = get_engine(url)
+        influx = InfluxV1(influx_server.url, "village")
+        out = seed(engine, influx, settings)
+        assert out["windows"] and not out["chain_error"], out
+        influx.close()
+        contract = reading_chain(settings)
+        assert contract is not None
+        settings = Settings(
+            _env_file=None,
+            **env,
+            CHAIN_CONTRACT_ADDRESS=contract.address,
+            API_VERIFY_CACHE_S=TTL,  # type: ignore[arg-type]
+        )
+        yield PgWorld(settings, engine)
+        engine.dispose()
+    finally:
+        chain.stop()
+        influx_server.stop()
+        pg.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def service(world: PgWorld) -> Iterator[TraceService]:
+    svc = TraceService(world.engine, world.settings)
+    svc.open()
+    assert svc.listener is not None and svc.listener.ready.wait(30), "not listening"
+    yield svc
+    svc.close()
+
+
+def wait_heard(svc: TraceService, before: int, timeout: float = 20.0) -> None:
+    assert svc.listener is not None
+    deadline = time.monotonic() + timeout
+    while svc.listener.heard == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert svc.listener.heard > before, "no ledger_change notification heard"
+
+
+def an_event_of(engine: Engine, code: str) -> int:
+    with Session(engine) as s:
+        lot = s.exec(select(Lot).where(Lot.code == code)).one()
+        assert lot.id is not None
+        return next(r.id for r in records_of_lot(s, lot.id) if r.kind == EVENT)
+
+
+def test_a_write_to_a_lot_invalidates_its_verified_state(world: PgWorld, service: TraceService) -> None:
+    """Tampering is seen on the first scan after the write's notification, not API_VERIFY_CACHE_S later;
+    a write to another lineage leaves the lot's result alone."""
+    assert service.verification(BAG)["status"] == VERIFIED
+    assert service.verification(OTHER_BAG)["status"] == VERIFIED
+    body, freshness = service.view_json(BAG)
+    assert freshness is not None and b'"verified"' in body  # cached now, for up to TTL
+
+    token_bag = service.token(BAG)
+    heard = service.listener.heard  # type: ignore[union-attr]
+    with Session(world.engine) as s:  # another lineage changes: the bag's result stands
+        event = s.get(TraceEvent, an_event_of(world.engine, OTHER_BAG))
+        assert event is not None
+        event.attributes = {**event.attributes, "note": "edited"}
+        s.add(event)
+        s.commit()
+    wait_heard(service, heard)
+    assert service.token(BAG) == token_bag
+    assert service.checked(BAG, wait=False).result["status"] == VERIFIED
+
+    heard = service.listener.heard  # type: ignore[union-attr]
+    changed_at = time.monotonic()
+    event_id = an_event_of(world.engine, BAG)
+    with Session(world.engine) as s:  # an anchored event of the bag's lineage edited in place
+        event = s.get(TraceEvent, event_id)
+        assert event is not None
+        original = dict(event.attributes)
+        event.attributes = {**original, "tampered_field": 999}
+        s.add(event)
+        s.commit()
+    wait_heard(service, heard)
+    scan = service.checked(BAG, wait=False).result  # a page or the JSON: never the old "verified"
+    assert scan["status"] == CHECKING and scan["previous"]["status"] == VERIFIED
+    body, _ = service.view_json(BAG)
+    assert json.loads(body)["verification"]["status"] == CHECKING
+    v = service.verification(BAG)  # /verify waits for the check
+    assert v["status"] == TAMPERED and time.monotonic() - changed_at < TTL / 10
+    assert any("tampered_field" in reason for r in v["records"] for reason in r["reasons"])
+
+    heard = service.listener.heard  # type: ignore[union-attr]
+    with Session(world.engine) as s:  # put back: verified again at the next check
+        event = s.get(TraceEvent, event_id)
+        assert event is not None
+        event.attributes = original
+        s.add(event)
+        s.commit()
+    wait_heard(service, heard)
+    assert service.verification(BAG)["status"] == VERIFIED
+
+
+def test_a_scan_during_verification_answers_immediately(world: PgWorld, service: TraceService) -> None:
+    """The first scans of a lot answer "checking" at once while a background thread verifies it."""
+    started = time.monotonic()
+    first = service.checked(SAME_WINDOW_BAG, wait=False)
+    answered = time.monotonic() - started
+    assert first.result["status"] == CHECKING and "previous" not in first.result
+    during = service.checked(SAME_WINDOW_BAG, wait=False)  # the check is still running (or queued)
+    assert during.result["status"] in (CHECKING, VERIFIED)
+    while service.checked(SAME_WINDOW_BAG, wait=False).result["status"] == CHECKING:
+        assert time.monotonic() - started < 120
+        time.sleep(0.02)
+    took = time.monotonic() - started
+    assert service.checked(SAME_WINDOW_BAG, wait=False).result["status"] == VERIFIED
+    assert answered < took / 2, (answered, took)  # the scan did not wait for the verification
+
+
+def test_windows_chain_checks_are_shared(world: PgWorld, service: TraceService) -> None:
+    """Bags of one window ask the chain once for it, and bags of one milled lot rebuild its lineage's
+    records once; a window event re-derives them without asking the chain again about an unchanged
+    window."""
+    assert service.verification(BAG)["status"] == VERIFIED
+    asked, rebuilt = service.windows.asked, service.records.rebuilt
+    assert asked >= 1 and rebuilt > 100
+    v = service.verification(SAME_WINDOW_BAG)
+    assert v["status"] == VERIFIED and {r["window"] for r in v["records"]} <= {
+        r["window"] for r in service.verification(BAG)["records"]
+    }
+    assert service.windows.asked == asked  # the window's chain check was shared
+    own = service.records.rebuilt - rebuilt  # the records of the milled, dried and paddy lots were shared
+    assert 0 < own < len(v["records"]) / 10, (own, len(v["records"]))
+    token = service.token(BAG)
+    heard = service.listener.heard  # type: ignore[union-attr]
+    with world.engine.begin() as conn:  # the anchoring worker touches the window (same state)
+        conn.execute(text("UPDATE anchor_window SET state = state"))
+    wait_heard(service, heard)
+    assert service.token(BAG) != token  # invalidated by the window's event...
+    assert service.verification(BAG)["status"] == VERIFIED
+    assert service.windows.asked == asked  # ...and the unchanged window's answer reused
