@@ -36,7 +36,7 @@ from api.canonical import CanonicalPaths
 from api.headers import SecurityHeaders
 from api.microcache import MicroCache
 from api.ratelimit import RateLimiter
-from api.routers import admin, auth, dashboard, models, resolver, timeseries, trace
+from api.routers import admin, auth, dashboard, models, province, resolver, timeseries, trace
 from api.security import jwt_secret
 from api.services.tracing import TraceService
 from api.throttle import SignInThrottle
@@ -70,6 +70,7 @@ TAGS = [
     {"name": "auth", "description": "OAuth2 password flow (JWT) and API keys."},
     {"name": "admin", "description": "Registry administration, by role and area."},
     {"name": "dashboard", "description": "County indicators, device health, alerts, coverage, anchoring; exports."},
+    {"name": "province", "description": "Every county of a city or province side by side, ranked; exports."},
     {"name": "timeseries", "description": "Sensor time series of a device, plot or village."},
 ]
 
@@ -184,7 +185,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     if settings.trusted_proxies():
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies())
-    for module in (resolver, trace, auth, admin, dashboard, timeseries, models):
+    for module in (resolver, trace, auth, admin, dashboard, province, timeseries, models):
         app.include_router(module.router)
 
     @app.get(DOCS_URL, include_in_schema=False)
