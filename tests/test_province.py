@@ -11,7 +11,8 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -234,3 +235,66 @@ def test_province_page_zh_and_en(client: TestClient) -> None:
     en = client.get("/province", params={"period": PERIOD, "lang": "en"})
     assert "County comparison" in en.text and "no data" in en.text
     client.cookies.clear()
+
+
+# ---------------------------------------------------------------- the demo's province
+
+
+def test_demo_province_compares_three_counties(tmp_path: Path) -> None:
+    """The demo's two extra counties, their readings and rollups, compared with the demo county by a
+    province officer: figures counted independently from the raw points, the composite's weights."""
+    from analytics.periods import parse_period
+    from analytics.province import compare, counties_under
+    from analytics.rollups import Rollups
+    from api import province_demo
+    from core.db import migrate
+    from core.registry_io import load_demo
+    from core.services import influxd
+
+    server = influxd(tmp_path / "influx").start()
+    try:
+        url = f"sqlite:///{tmp_path / 'registry.db'}"
+        migrate(url)
+        engine = get_engine(url)
+        with Session(engine) as session:
+            load_demo(session)
+            province_demo.load(session, installed={"211122": JUNE})
+            session.commit()
+        influx = InfluxV1(server.url, "village")
+        influx.ensure_database()
+        written = province_demo.write_readings(engine, influx, date(2026, 7, 1), date(2026, 7, 11))
+        rollups = Rollups(influx)
+        rollups.backfill(since=date(2026, 7, 1), until=date(2026, 7, 11))
+        period = parse_period("2026-07-01..2026-07-10", "Asia/Shanghai")
+        with Session(engine) as session:
+            result = compare(session, rollups, counties_under(session, ["21"]), period, prefixes=["21"])
+        rows = {c["code"]: c for c in result["counties"]}
+        assert set(rows) == {"210726", "211104", "211122"}
+        days_with_data: dict[str, int] = {}
+        total = 0
+        for kind in ("soil", "paddy"):
+            q = (
+                'SELECT count("soil_moisture") FROM "soil"'
+                if kind == "soil"
+                else 'SELECT count("water_level_cm") FROM "paddy"'
+            )
+            q += " WHERE time >= '2026-06-30T16:00:00Z' AND time < '2026-07-10T16:00:00Z'"
+            q += ' GROUP BY "county", "device", time(1d) tz(\'Asia/Shanghai\')'
+            for s in influx.query(q):
+                n = sum(1 for row in s["values"] if row[1])
+                days_with_data[s["tags"]["county"]] = days_with_data.get(s["tags"]["county"], 0) + n
+                total += sum(row[1] or 0 for row in s["values"])
+        assert total == written
+        for county in ("211104", "210726"):
+            got = rows[county]["inputs"]["device_online_rate"]
+            assert got["device_days_reporting"] == days_with_data[county]
+            assert got["active_device_days"] == 10 * rows[county]["devices"] == 160
+        assert rows["211104"]["values"]["device_online_rate"] > rows["210726"]["values"]["device_online_rate"]
+        assert rows["211122"]["values"]["device_online_rate"] == 0.0  # active since June, no readings in July here
+        comp = result["composite"]
+        assert comp["year"] == 2024 and sum(w["weight"] for w in comp["weights"]) == pytest.approx(1.0, abs=1e-5)
+        assert sorted(r["rank"] for r in rows.values()) == [1, 2, 3]
+        assert all(rows[c]["values"]["dvi"] is not None for c in rows)
+        influx.close()
+    finally:
+        server.stop()
