@@ -298,3 +298,31 @@ def test_demo_province_compares_three_counties(tmp_path: Path) -> None:
         influx.close()
     finally:
         server.stop()
+
+
+ARGS = ("--counties", "3", "--devices-per-county", "25", "--days", "2", "--repeats", "1")
+
+
+def test_bench_province_small(tmp_path: Path) -> None:
+    """`village bench province` at a small scale: the rollups it writes are what the comparison counts,
+    and its last line is one JSON object with the figures and the cores."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "cli.main", "bench", "province", *ARGS],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "VILLAGE_DATA_DIR": str(tmp_path)},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["bench"] == "province" and r["cores"] == os.cpu_count() and r["devices"] == 75
+    assert 0 < r["daily_points"] <= 75 * 2 and r["hourly_points"] == 24 * r["daily_points"]
+    assert r["device_days_reporting"] == r["daily_points"]  # every device-day written is counted, once
+    assert r["counties_ranked"] == 3 and r["comparison_cold_s"] > 0 and r["cost_per_county_ms"] > 0
+    assert r["cold_timings"]["influx_queries"] == 5  # one query per device kind, whatever the counties
