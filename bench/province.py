@@ -260,6 +260,27 @@ def _start_influx(folder: Path, port: int | None = None):  # type: ignore[no-unt
     return server.start()
 
 
+def raw_sample(url: str, series: list[Series], days: int, first_day: date, writers: int) -> tuple[int, float]:
+    """Raw readings of `series` for `days` days at their catalogue intervals (simulators.devices, as
+    `village bench indicators` loads them) into the database `raw`; (points, seconds)."""
+    from bench.indicators import LoadJob, _load_device
+
+    InfluxV1(url, "raw").ensure_database()
+    start_ms = int(local_midnight(first_day, TZ).timestamp() * 1000)
+    catalogue = get_catalogue()
+    jobs = []
+    for s in series:
+        tags = tuple(tuple(kv.split("=", 1)) for kv in s.tags.strip(",").split(","))
+        interval = catalogue.kinds[s.kind].interval_s
+        jobs.append(
+            LoadJob(url, "raw", s.device, s.kind, tags, start_ms, interval * 1000, days * 86400 // interval, 20_000)
+        )  # type: ignore[arg-type]
+    t = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(writers) as pool:
+        points = sum(p for p, _ in pool.imap_unordered(_load_device, jobs))
+    return points, time.perf_counter() - t
+
+
 def run(
     counties: int = 100,
     devices_per_county: int = 1000,
@@ -267,6 +288,7 @@ def run(
     hourly_days: int | None = None,
     writers: int = 2,
     repeats: int = 2,
+    raw_sample_devices: int = 0,
     keep: Path | None = None,
     say: Say | None = None,
 ) -> dict[str, Any]:
@@ -303,11 +325,16 @@ def run(
                 if n % max(1, counties // 10) == 0:
                     say(f"rollups: {n}/{counties} counties, {hourly + daily:,} points")
         write_s = time.perf_counter() - t1
+        raw_points, raw_s = 0, 0.0
+        if raw_sample_devices:
+            say(f"raw sample: {raw_sample_devices} devices, {days} days of readings...")
+            raw_points, raw_s = raw_sample(server.url, series[:raw_sample_devices], days, first_day, writers)
         influx.close()
         say(f"rollups written: {hourly:,} hourly and {daily:,} daily points in {write_s:.0f} s; restarting InfluxDB")
         port = server.port
         server.stop()  # compacts its cache to TSM on the way out
-        disk = _du_bytes(tmp / "influx" / "data")
+        disk = _du_bytes(tmp / "influx" / "data" / "bench")
+        raw_disk = _du_bytes(tmp / "influx" / "data" / "raw") if raw_points else 0
         server = _start_influx(tmp / "influx", port=port)
 
         period = parse_period(f"{first_day.isoformat()}..{(end_day - timedelta(days=1)).isoformat()}", TZ)
@@ -340,6 +367,9 @@ def run(
             "rollup_disk_mb": round(disk / 1e6, 1),
             "bytes_per_rollup_point": round(disk / (hourly + daily), 1) if hourly + daily else None,
             "registry_s": round(registry_s, 1),
+            "raw_sample_points": raw_points,
+            "raw_sample_points_per_s": round(raw_points / raw_s) if raw_s else None,
+            "bytes_per_raw_point": round(raw_disk / raw_points, 2) if raw_points else None,
             "comparison_cold_s": cold,
             "comparison_warm_s": round(statistics.median(r["seconds"] for r in runs[1:]), 3) if repeats else None,
             "cost_per_county_ms": round(1000 * cold / counties, 2),

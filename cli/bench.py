@@ -182,6 +182,11 @@ def province(
     hourly_days: int = typer.Option(-1, min=-1, help="Days with hourly rollups too (-1: all of them)."),
     writers: int = typer.Option(2, min=1, help="Processes writing the rollups."),
     repeats: int = typer.Option(2, min=0, help="Warm runs of the comparison after the cold one."),
+    raw_sample_devices: int = typer.Option(
+        0,
+        min=0,
+        help="Also load raw readings of this many devices (a separate database) to measure bytes per raw point.",
+    ),
 ) -> None:
     """The rollups a province holds (hourly and daily, no raw points), then the county comparison from a cold start."""
     from bench.province import run
@@ -195,6 +200,7 @@ def province(
             hourly_days=None if hourly_days < 0 else hourly_days,
             writers=writers,
             repeats=repeats,
+            raw_sample_devices=raw_sample_devices,
             say=lambda message: status.update(message),
         )
     table = Table(title=f"village bench province ({r['cores']} cores)")
@@ -211,6 +217,8 @@ def province(
         ("comparison, warm", f"{r['comparison_warm_s']} s", ""),
         ("cost per county (cold)", f"{r['cost_per_county_ms']} ms", ""),
     ]
+    if r["raw_sample_points"]:
+        rows.append(("raw points on disk (sample)", f"{r['bytes_per_raw_point']} bytes/point", ""))
     for row in rows:
         table.add_row(*row)
     console.print(table)
