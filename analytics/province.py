@@ -9,8 +9,9 @@ Scale. A province holds about 100 counties of 1,000 devices each, so the compari
 device's rows into Python: per device kind ONE InfluxQL query over the daily rollups
 (analytics/rollups.py) sums each county's readings and counts its device-days with data inside
 InfluxDB (`GROUP BY "county"`), and the registry gives each county's active device-days in one SQL
-query over all its devices. Reading 100 counties costs 5 queries to InfluxDB and 3 to the
-registry, whatever the number of devices (`village bench province` times it).
+query per device attachment (plot, herd, animal), while InfluxDB answers. Reading 100 counties
+costs 5 queries to InfluxDB and a few to the registry, whatever the number of devices (`village
+bench province` times it).
 
 Definitions (the county dashboard's, analytics/compute.py, over the period's closed local days):
 - device_online_rate: device-days with a reading / active device-days (a device is active on a day
@@ -31,6 +32,7 @@ Definitions (the county dashboard's, analytics/compute.py, over the period's clo
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -143,25 +145,28 @@ def _plot_devices_at(session: Session, villages: list[str], moment: datetime) ->
 # ---------------------------------------------------------------- telemetry: one query per kind
 
 
-def _telemetry(rollups: Rollups, kinds: list[str], prefixes: list[str], start_ms: int, end_ms: int) -> pd.DataFrame:
-    """county, kind, readings (largest metric count summed), reporting (device-days with data)."""
+def _telemetry_query(rollups: Rollups, kind: str, prefixes: list[str], start_ms: int, end_ms: int) -> str:
     alternatives = "|".join(sorted(prefixes))
     where = f'time >= {start_ms}ms AND time < {end_ms}ms AND "county" =~ /^({alternatives})/'
+    metrics = rollups.metrics(kind)
+    fields = ", ".join(f"sum({ident('count_' + m)}) AS {ident('s_' + m)}" for m in metrics)
+    counts = ", ".join(f"count({ident('count_' + m)}) AS {ident('n_' + m)}" for m in metrics)
+    return f'SELECT {fields}, {counts} FROM {rollups.source(kind, "1d")} WHERE {where} GROUP BY "county"'
+
+
+def _telemetry_rows(rollups: Rollups, kind: str, answer: list[dict[str, Any]]) -> list[tuple[str, str, float, float]]:
+    """county, kind, readings (largest metric count summed), reporting (device-days with data)."""
+    metrics = rollups.metrics(kind)
     rows = []
-    for kind in kinds:
-        metrics = rollups.metrics(kind)
-        fields = ", ".join(f"sum({ident('count_' + m)}) AS {ident('s_' + m)}" for m in metrics)
-        counts = ", ".join(f"count({ident('count_' + m)}) AS {ident('n_' + m)}" for m in metrics)
-        q = f'SELECT {fields}, {counts} FROM {rollups.source(kind, "1d")} WHERE {where} GROUP BY "county"'
-        for series in rollups.influx.query(q):
-            county = (series.get("tags") or {}).get("county")
-            columns = series.get("columns", [])
-            for values in series.get("values", []):
-                rec = dict(zip(columns, values, strict=False))
-                readings = max((rec.get(f"s_{m}") or 0) for m in metrics)
-                reporting = max((rec.get(f"n_{m}") or 0) for m in metrics)
-                rows.append((county, kind, float(readings), float(reporting)))
-    return pd.DataFrame(rows, columns=["county", "kind", "readings", "reporting"])
+    for series in answer:
+        county = (series.get("tags") or {}).get("county")
+        columns = series.get("columns", [])
+        for values in series.get("values", []):
+            rec = dict(zip(columns, values, strict=False))
+            readings = max((rec.get(f"s_{m}") or 0) for m in metrics)
+            reporting = max((rec.get(f"n_{m}") or 0) for m in metrics)
+            rows.append((county, kind, float(readings), float(reporting)))
+    return rows
 
 
 def _active_days(devices: pd.DataFrame, bounds: list[datetime]) -> pd.DataFrame:
@@ -264,21 +269,25 @@ def compare(
     bounds = [local_midnight(d, period.tz) for d in [*days, end]] if days else []
     t_end = min(period.end_dt(), now)
 
-    village_county = _village_county(session, codes) if codes else {}
-    devices = _devices(session, village_county) if village_county else pd.DataFrame(columns=["county", "kind"])
-    active = _active_days(devices, bounds)
-    plots = _plots(session, village_county, _plot_devices_at(session, list(village_county), t_end))
-    timings["registry_s"] = time.perf_counter() - t0
-
-    t1 = time.perf_counter()
-    kinds = [k for k in rollups.kinds if len(devices) and k in set(devices["kind"])]
-    telemetry = (
-        _telemetry(rollups, kinds, prefixes, int(bounds[0].timestamp() * 1000), int(bounds[-1].timestamp() * 1000))
-        if bounds and kinds
-        else pd.DataFrame(columns=["county", "kind", "readings", "reporting"])
-    )
-    timings["influx_s"] = time.perf_counter() - t1
-    timings["influx_queries"] = len(kinds) if bounds else 0
+    # the InfluxDB queries (one per device kind) run while the registry is read: both cores work
+    kinds = list(rollups.kinds) if bounds and codes else []
+    start_ms = int(bounds[0].timestamp() * 1000) if bounds else 0
+    end_ms = int(bounds[-1].timestamp() * 1000) if bounds else 0
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        pending = {
+            k: pool.submit(rollups.influx.query, _telemetry_query(rollups, k, prefixes, start_ms, end_ms))
+            for k in kinds
+        }
+        village_county = _village_county(session, codes) if codes else {}
+        devices = _devices(session, village_county) if village_county else pd.DataFrame(columns=["county", "kind"])
+        active = _active_days(devices, bounds)
+        plots = _plots(session, village_county, _plot_devices_at(session, list(village_county), t_end))
+        timings["registry_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        rows = [r for k, f in pending.items() for r in _telemetry_rows(rollups, k, f.result())]
+    telemetry = pd.DataFrame(rows, columns=["county", "kind", "readings", "reporting"])
+    timings["influx_wait_s"] = time.perf_counter() - t1
+    timings["influx_queries"] = len(kinds)
 
     t2 = time.perf_counter()
     intervals = {k: v.interval_s for k, v in rollups.catalogue.kinds.items()}
