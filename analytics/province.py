@@ -6,9 +6,10 @@ composite index (entropy weights over the compared counties, analytics.entropy) 
 indicator and overall.
 
 Scale. A province holds about 100 counties of 1,000 devices each, so the comparison never reads a
-device's rows into Python: per device kind ONE InfluxQL query over the daily rollups
-(analytics/rollups.py) sums each county's readings and counts its device-days with data inside
-InfluxDB (`GROUP BY "county"`), and the registry gives each county's active device-days in one SQL
+device's series: per device kind ONE InfluxQL query over the county rollups (`soil_county_1d`...,
+analytics/rollups.py: each closed day's readings and device-days with readings summed per county
+when the day is rolled up) sums the period per county, and the registry gives each county's active
+device-days in one SQL
 query per device attachment (plot, herd, animal), while InfluxDB answers. Reading 100 counties
 costs 5 queries to InfluxDB and a few to the registry, whatever the number of devices (`village
 bench province` times it).
@@ -19,9 +20,10 @@ Definitions (the county dashboard's, analytics/compute.py, over the period's clo
   county dashboard shows who is online now; a comparison of counties uses the days, for every
   period alike.
 - data_completeness: readings / expected readings (the catalogue interval over the active
-  device-days); a device-day's readings are its kind's largest metric count. The county dashboard
-  caps each device-day at its expected readings; here the cap is per county and kind (the same
-  figure unless devices send faster than their catalogue interval).
+  device-days); a county's readings of a kind are the largest of its metrics' summed counts (the
+  county dashboard takes the largest per device-day and caps each device-day at its expected
+  readings; here the cap is per county and kind: the same figure unless devices send faster than
+  their catalogue interval or drop single metrics).
 - plot_device_share, device_coverage: plots (and their area in mu) with an active device at the
   period's end.
 - The composite index (dvi by default) and its members come from the imported county statistics
@@ -43,7 +45,7 @@ from sqlmodel import Session, col, select
 
 from analytics.catalogue import Catalogue, get_catalogue
 from analytics.periods import Period, local_midnight
-from analytics.rollups import Rollups, ident
+from analytics.rollups import COUNTY_RES, Rollups, ident
 from core.models import Animal, County, Device, DeviceStatus, Herd, Plot, Township, Village
 
 MONITORED = ("device_online_rate", "data_completeness", "plot_device_share", "device_coverage")
@@ -146,12 +148,15 @@ def _plot_devices_at(session: Session, villages: list[str], moment: datetime) ->
 
 
 def _telemetry_query(rollups: Rollups, kind: str, prefixes: list[str], start_ms: int, end_ms: int) -> str:
+    """Readings and device-days per county over the period, from the county rollups (one point per county
+    and day): InfluxDB 1.x opens a cursor per series, so the daily rollups' 100,000 device series would
+    cost it minutes where 100 county series cost milliseconds."""
     alternatives = "|".join(sorted(prefixes))
     where = f'time >= {start_ms}ms AND time < {end_ms}ms AND "county" =~ /^({alternatives})/'
     metrics = rollups.metrics(kind)
     fields = ", ".join(f"sum({ident('count_' + m)}) AS {ident('s_' + m)}" for m in metrics)
-    counts = ", ".join(f"count({ident('count_' + m)}) AS {ident('n_' + m)}" for m in metrics)
-    return f'SELECT {fields}, {counts} FROM {rollups.source(kind, "1d")} WHERE {where} GROUP BY "county"'
+    days = ", ".join(f"sum({ident('days_' + m)}) AS {ident('n_' + m)}" for m in metrics)
+    return f'SELECT {fields}, {days} FROM {rollups.source(kind, COUNTY_RES)} WHERE {where} GROUP BY "county"'
 
 
 def _telemetry_rows(rollups: Rollups, kind: str, answer: list[dict[str, Any]]) -> list[tuple[str, str, float, float]]:

@@ -6,13 +6,15 @@ hold after `days` days: the registry (counties under the prefix 21, 10 villages 
 blocks of 20 as `village bench indicators` lays them out: 8 soil probes, 4 paddy gauges, 2 weather
 stations on 8 plots, 5 collars on the animals of a herd and a barn sensor), every device active
 from before the first day, and the ROLLUPS only, hourly and daily (no raw points: a province keeps
-the raw points for INGEST_RETENTION_DAYS in its counties' time range, the comparison never reads
-them), with the fields and tags `analytics.rollups` writes (mean_/min_/max_/count_/sum_ of every
+the raw points for INGEST_RETENTION_DAYS, the comparison never reads them), with the fields and
+tags `analytics.rollups` writes (mean_/min_/max_/count_/sum_ of every
 numeric metric; county, village, device, plot/herd/animal). Each county gets an outage rate (a
 share of device-days without readings, drawn between 1 % and 20 %) so the ranking is not a tie, and
 ten years of the composite index's statistics (synthetic) so the composite is part of the time.
 
-Then InfluxDB is restarted (its caches empty; the OS page cache is not dropped: that needs root)
+Then the county rollups are built from the daily ones by `analytics.rollups.Rollups.county_rollup`
+(what the rollup job does when it closes a day), timed. Then InfluxDB is restarted (its caches
+empty; the OS page cache is not dropped: that needs root)
 and `analytics.province.compare` runs for the province and the last `days` days with a fresh
 database engine and fresh clients: that first run is the cold figure; `repeats` more runs give the
 warm one. The cost per county is the cold time over the counties. Disk use of the rollups is
@@ -30,6 +32,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -327,6 +330,13 @@ def run(
                 if n % max(1, counties // 10) == 0:
                     say(f"rollups: {n}/{counties} counties, {hourly + daily:,} points")
         write_s = time.perf_counter() - t1
+        say("county rollups: every day and kind summed per county (analytics.rollups.county_rollup)")
+        t_c = time.perf_counter()
+        rollups = Rollups(influx, tz=TZ)
+        tasks = [(k, first_day + timedelta(days=d)) for k in rollups.kinds for d in range(days)]
+        with ThreadPoolExecutor(max_workers=writers) as threads:
+            county_points = sum(threads.map(lambda t: rollups.county_rollup(*t), tasks))
+        county_s = time.perf_counter() - t_c
         raw_points, raw_s = 0, 0.0
         if raw_sample_devices:
             say(f"raw sample: {raw_sample_devices} devices, {days} days of readings...")
@@ -367,6 +377,8 @@ def run(
             "hourly_points": hourly,
             "daily_points": daily,
             "rollup_write_s": round(write_s, 1),
+            "county_rollup_points": county_points,
+            "county_rollup_s": round(county_s, 1),
             "rollup_points_per_s": round((hourly + daily) / write_s) if write_s else None,
             "rollup_disk_mb": round(disk / 1e6, 1),
             "bytes_per_rollup_point": round(disk / (hourly + daily), 1) if hourly + daily else None,

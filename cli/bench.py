@@ -211,6 +211,11 @@ def province(
         ("counties x devices", f"{r['counties']:,} x {r['devices_per_county']:,} = {r['devices']:,}", ""),
         ("rollup points (hourly + daily)", f"{r['hourly_points']:,} + {r['daily_points']:,}", ""),
         ("rollups written", f"{r['rollup_write_s']} s ({r['rollup_points_per_s']:,} points/s)", ""),
+        (
+            "county rollups built (every day and kind)",
+            f"{r['county_rollup_s']} s, {r['county_rollup_points']:,} points",
+            "",
+        ),
         ("rollups on disk", f"{r['rollup_disk_mb']:,} MB ({r['bytes_per_rollup_point']} bytes/point)", ""),
         ("comparison, cold start", f"{r['comparison_cold_s']} s", f"< {r['target_s']:g} s"),
         (
