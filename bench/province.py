@@ -262,7 +262,7 @@ def _start_influx(folder: Path, port: int | None = None):  # type: ignore[no-unt
     conf = folder / "influxdb.conf"
     data_dir = f'  dir = "{folder.resolve()}/data"\n'
     conf.write_text(conf.read_text().replace(data_dir, data_dir + INFLUX_LIMITS))
-    return server.start()
+    return server.start(timeout=600)  # a province's series index is rebuilt at start: minutes under load
 
 
 def raw_sample(url: str, series: list[Series], days: int, first_day: date, writers: int) -> tuple[int, float]:
