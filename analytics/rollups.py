@@ -2,6 +2,8 @@
 
 Where they live. A separate retention policy of the same database, `rollup` (duration INF by
 default), holds one measurement per device kind and resolution: `soil_1h`, `soil_1d`, `collar_1h`...
+Every closed day is also summed per county into `soil_county_1d`... (readings and device-days with
+readings per metric), which is what a province's comparison of counties reads.
 A separate retention policy (rather than `soil_1h` beside `soil` in the default one) is the
 InfluxDB 1.x downsampling pattern: the rollups can outlive the raw points (INGEST_RETENTION_DAYS),
 and `SELECT ... FROM /.*/` over the raw data (ledger digests) never sees them. On InfluxDB 2.x the
@@ -50,6 +52,7 @@ ROLLUP_RP = "rollup"
 STATE = "rollup_state"
 STATS = ("mean", "min", "max", "count", "sum")
 RESOLUTIONS = {"1h": 3600, "1d": 86400}
+COUNTY_RES = "county_1d"  # per county and local day, from the daily rollups: `soil_county_1d`...
 HOUR_MS = 3_600_000
 DEFAULT_LOOKBACK_S = 24 * 3600
 Mode = Literal["auto", "into", "copy"]
@@ -306,6 +309,34 @@ class Rollups:
             f"GROUP BY time(1d), * fill(none) tz({quote(self.tz)})"
         )
 
+    def county_select(self, kind: str, start_ms: int, end_ms: int, *, into: bool, tags: Tags = None) -> str:
+        """The daily-to-county aggregation: per county and local day, every metric's readings (`count_m`, the
+        sum of the devices' counts) and device-days with readings (`days_m`). A province's comparison reads
+        these, one point per county, kind and day, never its 100,000 devices' series (analytics/province.py)."""
+        parts = []
+        for m in self.metrics(kind):
+            c = ident(f"count_{m}")
+            parts += [f"sum({c}) AS {c}", f"count({c}) AS {ident(f'days_{m}')}"]
+        target = f" INTO {self.source(kind, COUNTY_RES)}" if into else ""
+        return (
+            f"SELECT {', '.join(parts)}{target} FROM {self.source(kind, '1d')} "
+            f"WHERE time >= {start_ms}ms AND time < {end_ms}ms{where_tags(tags)} "
+            f'GROUP BY time(1d), "county" fill(none) tz({quote(self.tz)})'
+        )
+
+    def county_rollup(self, kind: str, day: date, tags: Tags = None) -> int:
+        """Recompute the county points of one local day of `kind` from its daily points (whole counties:
+        only a `county` filter of `tags` is kept, so a partial rerun never writes a partial county)."""
+        start = self.midnight_ms(day)
+        end = self.midnight_ms(day + timedelta(days=1))
+        only = {"county": tags["county"]} if tags and "county" in tags else None
+        return self._execute(
+            kind,
+            COUNTY_RES,
+            self.county_select(kind, start, end, into=True, tags=only),
+            self.county_select(kind, start, end, into=False, tags=only),
+        )
+
     def _execute(self, kind: str, res: str, select_into: str, select_plain: str) -> int:
         """Run one aggregation into the rollup measurement; returns the points written."""
         if self._use_into():
@@ -357,6 +388,7 @@ class Rollups:
                 self.daily_select(kind, start, end, into=True, tags=tags),
                 self.daily_select(kind, start, end, into=False, tags=tags),
             )
+            self.county_rollup(kind, chunk.day, tags)
         return hourly, daily
 
     def plan(self, ranges: dict[str, tuple[int, int]]) -> list[Chunk]:

@@ -38,7 +38,7 @@ from api.headers import SecurityHeaders
 from api.microcache import MicroCache
 from api.public_http import HeadAsGet, PublicCors
 from api.ratelimit import RateLimiter
-from api.routers import admin, alerts, auth, dashboard, models, resolver, timeseries, trace
+from api.routers import admin, alerts, auth, dashboard, models, province, resolver, timeseries, trace
 from api.security import jwt_secret
 from api.services import webhooks
 from api.services.tracing import TraceService
@@ -74,6 +74,7 @@ TAGS = [
     {"name": "admin", "description": "Registry administration, by role and area."},
     {"name": "dashboard", "description": "County indicators, device health, alerts, coverage, anchoring; exports."},
     {"name": "alerts", "description": "Alerts of your area: history, acknowledge, resolve; webhook delivery log."},
+    {"name": "province", "description": "Every county of a city or province side by side, ranked; exports."},
     {"name": "timeseries", "description": "Sensor time series of a device, plot or village."},
 ]
 
@@ -191,7 +192,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     if settings.trusted_proxies():
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies())
-    for module in (resolver, trace, auth, admin, dashboard, alerts, timeseries, models):
+    for module in (resolver, trace, auth, admin, dashboard, alerts, province, timeseries, models):
         app.include_router(module.router)
 
     @app.get(DOCS_URL, include_in_schema=False)

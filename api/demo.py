@@ -36,6 +36,8 @@ DEMO_USERS = (
     ("taiping", Role.township_officer, "211122101"),
     ("taipingcun", Role.village_operator, "211122101201"),
     ("analyst", Role.analyst, "211122"),
+    ("panjin", Role.city_officer, "211100"),  # Panjin city: the county comparison of its counties
+    ("liaoning", Role.province_officer, "210000"),  # Liaoning province: every county
 )
 
 

@@ -8,8 +8,10 @@ cookie is accepted there only with an `X-CSRF-Token` header equal to the token t
 (an HMAC of the session under the signing secret), which another site can neither read nor forge.
 No credentials is a 401; a role or area that does not cover the request is a 403.
 
-Areas follow the division tiers: a county administrator and an analyst cover their county, a
-township officer their township, a village operator their village. Analysts only read. Personal
+Areas follow the division tiers: a province or city officer covers every county under their
+division code (prefix 21 or 2111), a county administrator and an analyst their county, a township
+officer their township, a village operator their village. Analysts and the officers above the
+county only read. Personal
 data (farm contact name and phone) is for the county administrator and the farm's own village
 operator.
 """
@@ -26,11 +28,11 @@ from fastapi import Depends, Header, Request
 from fastapi.security import APIKeyCookie, APIKeyHeader, OAuth2PasswordBearer
 from sqlmodel import Session, select
 
-from api.models import ApiKey, Role, User
+from api.models import READ_ONLY, ApiKey, Role, User
 from api.problems import Problem
 from api.security import TokenError, api_key_prefix, decode_token, hash_api_key
 from core.models import Township, Village
-from core.scope import Area, Scope, area_of, locate
+from core.scope import READ_ONLY_ROLES, Area, Scope, area_of, locate
 from core.settings import Settings
 
 SESSION_COOKIE = "village_session"
@@ -104,8 +106,8 @@ class Actor:
             )
 
     def require_write(self, village_code: str | None, what: str) -> None:
-        if self.role == Role.analyst:
-            raise Problem(403, "read-only-role", "an analyst may read but not change the registry")
+        if self.role in READ_ONLY:
+            raise Problem(403, "read-only-role", READ_ONLY_ROLES[self.role.value])
         self.require_read(village_code, what)
 
     def require_county_admin(self, county_code: str | None, what: str) -> None:

@@ -1,10 +1,11 @@
 """API accounts: people who sign in (users) and machines that call with a key (API keys).
 
-A user has one role along the county > township > village tiers and a scope, the division code
-of the area the role covers (6 digits for a county, 9 for a township, 12 for a village). An API
+A user has one role along the province > city > county > township > village tiers and a scope,
+the division code of the area the role covers (6 digits for a province such as 210000, a city such
+as 211100 or a county, 9 for a township, 12 for a village). An API
 key acts as the user it belongs to, so a machine never has more rights than its owner. Passwords
 and keys are stored only as hashes (api/security.py). Migration 0005 creates the tables, 0009 the
-sign-in throttle.
+sign-in throttle, 0012 adds the city and province roles.
 """
 
 # No `from __future__ import annotations`: SQLModel reads the annotations at class creation.
@@ -23,10 +24,24 @@ class Role(StrEnum):
     township_officer = "township_officer"  # their township; no personal data
     village_operator = "village_operator"  # their village, personal data of its farms included
     analyst = "analyst"  # read-only, whole county, no personal data
+    city_officer = "city_officer"  # read-only, every county of a city (scope 211100: prefix 2111)
+    province_officer = "province_officer"  # read-only, every county of a province (scope 210000: prefix 21)
 
 
 # The length of the division code each role's scope must have.
-SCOPE_DIGITS = {Role.county_admin: 6, Role.township_officer: 9, Role.village_operator: 12, Role.analyst: 6}
+SCOPE_DIGITS = {
+    Role.county_admin: 6,
+    Role.township_officer: 9,
+    Role.village_operator: 12,
+    Role.analyst: 6,
+    Role.city_officer: 6,
+    Role.province_officer: 6,
+}
+# Roles above the county: their scope is a 6-digit city (prefecture, ending in 00) or province (ending in
+# 0000) code and covers every county whose code starts with its prefix (core.scope.division_prefix).
+ABOVE_COUNTY = {Role.city_officer: "prefecture", Role.province_officer: "province"}
+# Roles that read but never change the registry or the ledger.
+READ_ONLY = frozenset({Role.analyst, Role.city_officer, Role.province_officer})
 
 
 class User(SQLModel, table=True):

@@ -250,3 +250,63 @@ def indicators(
         highlight=False,
     )
     print(json.dumps(r, ensure_ascii=False))
+
+
+@app.command("province")
+def province(
+    counties: int = typer.Option(100, min=1, max=1400, help="Counties of the province (codes under 21)."),
+    devices_per_county: int = typer.Option(1000, min=1, max=10_000, help="Devices in each county."),
+    days: int = typer.Option(30, min=1, max=366, help="Days of rollups, ending at the last local midnight."),
+    hourly_days: int = typer.Option(-1, min=-1, help="Days with hourly rollups too (-1: all of them)."),
+    writers: int = typer.Option(2, min=1, help="Processes writing the rollups."),
+    repeats: int = typer.Option(2, min=0, help="Warm runs of the comparison after the cold one."),
+    raw_sample_devices: int = typer.Option(
+        0,
+        min=0,
+        help="Also load raw readings of this many devices (a separate database) to measure bytes per raw point.",
+    ),
+) -> None:
+    """The rollups a province holds (hourly and daily, no raw points), then the county comparison from a cold start."""
+    from bench.province import run
+
+    console = Console(stderr=True)
+    with console.status("building the province's registry...") as status:
+        r = run(
+            counties=counties,
+            devices_per_county=devices_per_county,
+            days=days,
+            hourly_days=None if hourly_days < 0 else hourly_days,
+            writers=writers,
+            repeats=repeats,
+            raw_sample_devices=raw_sample_devices,
+            say=lambda message: status.update(message),
+        )
+    table = Table(title=f"village bench province ({r['cores']} cores)")
+    for col in ("figure", "value", "target"):
+        table.add_column(col, justify="right" if col != "figure" else "left")
+    t = r["cold_timings"]
+    rows = [
+        ("counties x devices", f"{r['counties']:,} x {r['devices_per_county']:,} = {r['devices']:,}", ""),
+        ("rollup points (hourly + daily)", f"{r['hourly_points']:,} + {r['daily_points']:,}", ""),
+        ("rollups written", f"{r['rollup_write_s']} s ({r['rollup_points_per_s']:,} points/s)", ""),
+        (
+            "county rollups built (every day and kind)",
+            f"{r['county_rollup_s']} s, {r['county_rollup_points']:,} points",
+            "",
+        ),
+        ("rollups on disk", f"{r['rollup_disk_mb']:,} MB ({r['bytes_per_rollup_point']} bytes/point)", ""),
+        ("comparison, cold start", f"{r['comparison_cold_s']} s", f"< {r['target_s']:g} s"),
+        (
+            "  registry / then waiting on InfluxDB / composite",
+            f"{t['registry_s']} / {t['influx_wait_s']} / {t['composite_s']} s",
+            "",
+        ),
+        ("comparison, warm", f"{r['comparison_warm_s']} s", ""),
+        ("cost per county (cold)", f"{r['cost_per_county_ms']} ms", ""),
+    ]
+    if r["raw_sample_points"]:
+        rows.append(("raw points on disk (sample)", f"{r['bytes_per_raw_point']} bytes/point", ""))
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    print(json.dumps(r, ensure_ascii=False))

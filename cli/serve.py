@@ -85,8 +85,16 @@ def _password(from_stdin: bool) -> str:
 @users_app.command("add")
 def add(
     username: str = typer.Argument(..., help="Sign-in name."),
-    role: str = typer.Option(..., "--role", help="county_admin | township_officer | village_operator | analyst."),
-    scope: str = typer.Option(..., "--scope", help="Division code the role covers: county 6, township 9, village 12."),
+    role: str = typer.Option(
+        ...,
+        "--role",
+        help="county_admin | township_officer | village_operator | analyst | city_officer | province_officer.",
+    ),
+    scope: str = typer.Option(
+        ...,
+        "--scope",
+        help="Division code the role covers: province 210000, city 211100, county 6 digits, township 9, village 12.",
+    ),
     password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the password from standard input."),
     update: bool = typer.Option(False, "--update", help="Change an existing user (password, role, scope)."),
 ) -> None:

@@ -318,6 +318,8 @@ def demo(
             api_port = free_port()
             base_url = f"http://127.0.0.1:{api_port}"
             ledger_panel = _anchor_and_verify(stack, base_url)
+        with console.status("loading two more counties (illustrative) for the province's comparison..."):
+            console.print(_province(stack))
         with console.status("rolling up the season in InfluxDB and computing the county indicators..."):
             indicators = _indicators(stack)
         with console.status("starting the API and the pages..."):
@@ -365,6 +367,24 @@ def _indicators(stack: LocalStack) -> Table:
     return table
 
 
+def _province(stack: LocalStack) -> str:
+    """Dawa and Heishan (synthetic, core/data/demo_province.yaml) with a quarter of readings, the county
+    statistics; the demo county's devices dated from the season they backfilled (api/province_demo.py)."""
+    from api import province_demo
+
+    engine = get_engine(stack.database_url)
+    season_start = datetime.fromisoformat(SEASON[0]).replace(tzinfo=ZoneInfo("Asia/Shanghai"))
+    with Session(engine) as session:
+        province_demo.load(session, installed={"211122": season_start})
+        session.commit()
+    with stack.influx() as influx:
+        written = province_demo.write_readings(engine, influx)
+    return (
+        f"province: Dawa 211104 and Heishan 210726 loaded (synthetic, illustrative), {written:,} readings "
+        f"written for {province_demo.PERIOD}; county statistics imported (illustrative)"
+    )
+
+
 def _serve(stack: LocalStack, port: int, base_url: str) -> Panel:
     """`village serve` on this stack, with one demo user per role."""
     from api.demo import ensure_demo_users
@@ -382,6 +402,8 @@ def _serve(stack: LocalStack, port: int, base_url: str) -> Panel:
     lines = [
         f"dashboard   {base_url}/dashboard   (demo login: county / {passwords['county']}; also taiping,"
         " taipingcun, analyst: one per role)",
+        f"province    {base_url}/province?period=2026-Q3   (province login: liaoning / {passwords['liaoning']};"
+        " city of Panjin: panjin, same password; counties compared side by side)",
         f"trace page  {base_url}/01/06947512300010/10/2026-M01-A   (or {base_url}/t/M35CW3XRD6R)",
         f"trace JSON  {base_url}/api/v1/trace/M35CW3XRD6R   (/verify, /proof, /epcis, /qr.svg)",
         f"API docs    {base_url}/api/v1/docs",

@@ -17,10 +17,14 @@ Rules:
   area (a `shipping` event with `to_facility`): how the dryer of one village takes in the paddy of
   another and names it as the input and parent of its own lots.
 
-Roles: an analyst never writes; divisions are written by county administrators only; everyone
-else writes rows that lie in their area. A role's area follows the tiers: a county administrator
-and an analyst cover their county, a township officer their township, a village operator their
-village. `Scope.system()` is the operator of the server (CLI imports without `--as`): unrestricted.
+Roles: an analyst, a city officer and a province officer never write; divisions are written by
+county administrators only; everyone else writes rows that lie in their area. A role's area follows
+the tiers: a province officer (scope 210000) covers every county whose code starts with 21, a city
+officer (scope 211100) every county starting with 2111, a county administrator and an analyst their
+county, a township officer their township, a village operator their village. The officers above
+the county read only: the registry and the ledger are kept by the counties, which answer for them,
+and a province that publishes a comparison must not be able to change what it compares.
+`Scope.system()` is the operator of the server (CLI imports without `--as`): unrestricted.
 """
 
 from __future__ import annotations
@@ -134,10 +138,33 @@ class Area:
         return bool(code) and code[:6] in self.counties  # type: ignore[index]
 
 
+READ_ONLY_ROLES = {
+    "analyst": "an analyst may read but not change the registry",
+    "city_officer": "a city officer may read but not change the registry: each county keeps its own",
+    "province_officer": "a province officer may read but not change the registry: each county keeps its own",
+}
+
+
+def division_prefix(code: str) -> str:
+    """The prefix a 6-digit province (210000 -> 21) or city (211100 -> 2111) code covers; a county's own code."""
+    if len(code) == 6 and code.endswith("0000"):
+        return code[:2]
+    if len(code) == 6 and code.endswith("00"):
+        return code[:4]
+    return code
+
+
 def area_of(session: Session, role: str, scope: str) -> Area:
-    """The area of a role (`county_admin`, `analyst`, `township_officer`, `village_operator`) at `scope`."""
+    """The area of a role (`province_officer`, `city_officer`, `county_admin`, `analyst`,
+    `township_officer`, `village_operator`) at `scope`."""
     area = Area()
-    if role in ("county_admin", "analyst"):
+    if role in ("province_officer", "city_officer"):
+        prefix = division_prefix(scope)
+        area.counties = set(session.exec(select(County.code).where(col(County.code).startswith(prefix))).all())
+        area.townships = set(
+            session.exec(select(Township.code).where(col(Township.county_code).in_(area.counties))).all()
+        )
+    elif role in ("county_admin", "analyst"):
         area.counties = {scope} if session.get(County, scope) else set()
         area.townships = set(session.exec(select(Township.code).where(Township.county_code == scope)).all())
     elif role == "township_officer":
@@ -182,8 +209,8 @@ class Scope:
         """Why this actor may not write rows of entity `name` at all, or None."""
         if self.area is None:
             return None
-        if self.role == "analyst":
-            return "an analyst may read but not change the registry"
+        if self.role in READ_ONLY_ROLES:
+            return READ_ONLY_ROLES[self.role]
         if ENTITIES[name].writers == "county_admin" and self.role != "county_admin":
             return f"only a county administrator may change {ENTITIES[name].section}"
         return None

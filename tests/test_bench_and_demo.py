@@ -152,3 +152,6 @@ def test_demo_prints_what_arrived(tmp_path: Path) -> None:
     assert "indicators computed from the demo" in flat
     assert re.search(r"dashboard http://127\.0\.0\.1:\d+/dashboard \(demo login: county / \S+;", flat), flat
     assert re.search(r"trace page http://127\.0\.0\.1:\d+/01/06947512300010/10/2026-M01-A", flat)
+    # the province: two more counties (illustrative) and the comparison's URL with an officer's login
+    assert re.search(r"province: Dawa 211104 and Heishan 210726 loaded \(synthetic, illustrative\), [\d,]+ read", flat)
+    assert re.search(r"province http://127\.0\.0\.1:\d+/province\?period=2026-Q3 \(province login: liaoning / ", flat)

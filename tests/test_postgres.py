@@ -63,3 +63,26 @@ def test_migrations_demo_and_records_are_the_same_on_postgresql(pg: Postgres, tm
     migrate(pg.url("village_test"))  # idempotent
     on_pg.dispose()
     on_sqlite.dispose()
+
+
+def test_officer_roles_are_stored_on_postgresql(pg: Postgres) -> None:
+    """Migration 0012 adds city_officer and province_officer to PostgreSQL's `role` enum type."""
+    from api.models import User
+    from api.users import add_user
+    from core.registry_io import load_demo
+    from core.scope import area_of
+
+    url = pg.create_database("officers")
+    migrate(url)
+    engine = get_engine(url)
+    with Session(engine) as session:
+        load_demo(session)
+        add_user(session, "panjin", "officer-password", "city_officer", "211100")
+        add_user(session, "liaoning", "officer-password", "province_officer", "210000")
+        session.commit()
+    with Session(engine) as session:
+        roles = {u.username: str(u.role) for u in session.exec(select(User))}
+        assert roles == {"panjin": "city_officer", "liaoning": "province_officer"}
+        assert area_of(session, "city_officer", "211100").counties == {"211122"}
+        assert area_of(session, "province_officer", "210000").counties == {"211122"}
+    engine.dispose()

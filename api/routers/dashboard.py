@@ -17,6 +17,7 @@ from sqlmodel import Session
 from analytics.periods import MAX_REPORT_DAYS, PeriodTooLong
 from api.deps import SESSION_COOKIE, Actor, ActorDep, SessionDep, page_actor_from_cookie
 from api.i18n import language, strings
+from api.models import Role
 from api.problems import Problem, problem_responses
 from api.routers.auth import sign_in
 from api.security import create_token
@@ -156,6 +157,8 @@ def dashboard_page(request: Request, session: SessionDep, period: PeriodQ = None
     actor = page_actor_from_cookie(request, session)
     if actor is None:
         return RedirectResponse("/dashboard/login", status_code=303)
+    if actor.role in (Role.city_officer, Role.province_officer):  # their page compares counties
+        return RedirectResponse("/province", status_code=303)
     lang = language(request)
     snap = _snapshot(request, session, actor, period, village)
     query = "&".join(f"{k}={v}" for k, v in (("period", period), ("village", village)) if v)

@@ -18,6 +18,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from api.deps import Actor
+from api.models import READ_ONLY
 from api.problems import Problem, problem_responses
 from api.schemas import Page
 from core.importing import ImportErrors
@@ -161,7 +162,7 @@ def require_writer(actor: Actor, entity: str) -> None:
     """403 unless the caller's role may write rows of `entity` at all (core/scope.py `writers`)."""
     reason = actor.scope.may_write(entity)
     if reason:
-        raise Problem(403, "read-only-role" if actor.role == "analyst" else "forbidden-role", reason)
+        raise Problem(403, "read-only-role" if actor.role in READ_ONLY else "forbidden-role", reason)
 
 
 def require_owner(actor: Actor, session: Session, entity: str, row: Any) -> None:

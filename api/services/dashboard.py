@@ -40,7 +40,7 @@ def indicators_section(
     county = county_of(actor)
     if county is None:
         return {"available": False, "reason": "your area has no county in the registry"}
-    whole = actor.role in (Role.county_admin, Role.analyst)
+    whole = actor.role in (Role.county_admin, Role.analyst, Role.city_officer, Role.province_officer)
     return indicators_mod.indicators(
         session, settings, county, actor.area.villages, whole_county=whole, period=period, village=village
     )
