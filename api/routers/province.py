@@ -11,10 +11,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from analytics.province import table_rows, weight_rows
-from api.deps import ActorDep, SessionDep
+from api.deps import ActorDep, SessionDep, page_actor_from_cookie
 from api.i18n import language, strings
 from api.problems import problem_responses
-from api.routers.dashboard import XLSX, PeriodQ, _page_actor
+from api.routers.dashboard import XLSX, PeriodQ
 from api.services import province as svc
 from api.services.dashboard import _cell, is_formula_like, to_csv
 
@@ -110,7 +110,7 @@ def to_xlsx(result: dict[str, Any]) -> bytes:
     responses={303: {"description": "Sign in first"}, **READ},
 )
 def province_page(request: Request, session: SessionDep, period: PeriodQ = None, within: WithinQ = None) -> Response:
-    actor = _page_actor(request, session)
+    actor = page_actor_from_cookie(request, session)
     if actor is None:
         return RedirectResponse("/dashboard/login", status_code=303)
     lang = language(request)
