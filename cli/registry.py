@@ -70,6 +70,8 @@ def run_import(action: str, do: Callable[[Session, Scope | None], Any], username
                 err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
             fail(f"{action}: {len(e.errors)} error(s); nothing was imported")
         session.commit()
+    for warning in getattr(result, "warnings", []):
+        err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     typer.echo(f"{action}: {result.summary()}")
 
 
