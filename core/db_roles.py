@@ -60,6 +60,7 @@ OTHER = (
     "api_user",
     "api_key",
     "api_login_throttle",
+    "boundary",
     "alembic_version",
 )
 TABLES = (*REGISTRY, *TRACE, *LEDGER, *OTHER)
