@@ -37,6 +37,7 @@ from api.headers import SecurityHeaders
 from api.microcache import MicroCache
 from api.ratelimit import RateLimiter
 from api.routers import admin, auth, dashboard, models, resolver, timeseries, trace
+from api.routers import charts as chart_routes
 from api.security import jwt_secret
 from api.services.tracing import TraceService
 from api.throttle import SignInThrottle
@@ -184,7 +185,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     if settings.trusted_proxies():
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies())
-    for module in (resolver, trace, auth, admin, dashboard, timeseries, models):
+    for module in (resolver, trace, auth, admin, dashboard, chart_routes, timeseries, models):
         app.include_router(module.router)
 
     @app.get(DOCS_URL, include_in_schema=False)
