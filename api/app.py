@@ -94,6 +94,8 @@ def local_time(tz: str) -> Callable[[str | None], str]:
 def templates(tz: str = "Asia/Shanghai") -> Jinja2Templates:
     t = Jinja2Templates(directory=str(HERE / "templates"))
     t.env.filters["local"] = local_time(tz)
+    t.env.filters["chart_indicator"] = charts.chart_indicator
+    t.env.globals["growth_chart"] = charts.growth_chart
     t.env.globals.update(sparkline=charts.sparkline, range_bar=charts.range_bar, hbars=charts.hbars, pairs=charts.pairs)
     t.env.trim_blocks = True
     t.env.lstrip_blocks = True
