@@ -138,7 +138,7 @@ def device_history(
                         day = datetime.fromtimestamp(t / 1000, UTC).astimezone(tz).date().isoformat()
                         reporting[day].add(device)
     dead: dict[str, int] = defaultdict(int)
-    since = datetime.combine(first, datetime.min.time(), tz).astimezone(UTC).replace(tzinfo=None)
+    since = datetime.combine(first, datetime.min.time(), tz).astimezone(UTC)
     rows = session.exec(
         select(DeadLetter.received_at, DeadLetter.device_id).where(DeadLetter.received_at >= since)
     ).all()
@@ -149,6 +149,7 @@ def device_history(
     active = session.exec(
         select(Device.id).where(col(Device.id).in_(device_ids), Device.status == DeviceStatus.active)
     ).all()
+    rollups.store.close()
     return {
         "days": labels,
         "reporting": [len(reporting.get(d, ())) for d in labels],

@@ -53,18 +53,25 @@ def period_of(text: str | None, settings: Settings) -> Period:
     return period
 
 
+# inputs that count the readings of a period (analytics.compute): readings stored or rejected
+READINGS_INPUTS = (("rejected_reading_rate", "stored_readings"), ("rejected_reading_rate", "dead_letters"))
+
+
 def has_data(r: Any, period: Period) -> bool:
-    """Whether the county has sensor readings in `period`: an indicator computed from the rollups has a
-    value (registry indicators have one in any period, and the ledger's count lots by harvest year)."""
+    """Whether the county's devices reported in `period` (from the rollups). Registry indicators have a
+    value in any period, the ledger's count lots by harvest year, and device health is computable for a
+    month nobody reported in (every device idle): none of these is data of the period."""
     values = r.scope(None, period).values
-    return any(v.value is not None for i, v in values.items() if r.catalogue.indicator(i).source == "influx")
+    return any((values[i].inputs or {}).get(key, 0) > 0 for i, key in READINGS_INPUTS if i in values)
 
 
-def latest_period(session: Session, settings: Settings, county: str, trend: int = DEFAULT_TREND) -> Period:
+def latest_period(
+    session: Session, settings: Settings, county: str, trend: int = DEFAULT_TREND, now: datetime | None = None
+) -> Period:
     """The newest month, from this one back over LOOKBACK_MONTHS, in which the county has readings
     (this month when none has). Each report holds `trend` months before its own, so this computes at
     most LOOKBACK_MONTHS / (trend + 1) reports, all cached."""
-    current = period_of(None, settings)
+    current = period_of(default_period(settings, now), settings)
     label = current.label
     for _ in range(max(1, LOOKBACK_MONTHS // (trend + 1))):
         r = report(session, settings, county, period_of(label, settings), trend)
@@ -135,6 +142,10 @@ def indicators(
     out["available"] = True
     out["chosen"] = "latest_with_data" if period is None else "requested"
     out["has_data"] = has_data(r, p)
+    if not out["has_data"]:  # no readings at all: sensor indicators have no data (not 0 %, not 100 % idle)
+        for row in out["indicators"]:
+            if row["source"] == "influx" and row["value"] is not None:
+                row.update(value=None, change=None, note="no readings in the period")
     return out
 
 
