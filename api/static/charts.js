@@ -75,6 +75,7 @@
 
   function failed(el, err) {
     el.classList.add("failed");
+    el.setAttribute("data-drawn", "failed");
     el.textContent = String(err && err.message ? err.message : err);
   }
 
@@ -286,6 +287,7 @@
       if (!shown.length) {
         holder.textContent = S.no_data_period;
         holder.classList.add("empty");
+        holder.setAttribute("data-drawn", "empty");
         return null;
       }
       return Promise.all(shown.map(function (s) {
