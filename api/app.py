@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 import fastapi_offline
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
@@ -189,6 +189,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies())
     for module in (resolver, trace, auth, admin, dashboard, chart_routes, timeseries, models):
         app.include_router(module.router)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> RedirectResponse:  # browsers that ask for it anyway: the pages' icon
+        return RedirectResponse("/static/favicon.svg", status_code=301)
 
     @app.get(DOCS_URL, include_in_schema=False)
     async def docs() -> HTMLResponse:
