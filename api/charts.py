@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from html import escape
+from typing import Any
 
 from markupsafe import Markup
 
@@ -116,3 +117,25 @@ def hbars(items: Sequence[tuple[str, float | None]], *, unit: str = "", width: i
 def pairs(rows: Sequence[dict[str, object]], label: str, value: str) -> list[tuple[str, float | None]]:
     """(label, value) pairs of a list of records, for `hbars` in templates."""
     return [(str(r.get(label, "")), r.get(value)) for r in rows]  # type: ignore[misc]
+
+
+def chart_indicator(row: dict[str, Any], lang: str = "zh") -> dict[str, Any]:
+    """An indicator row of the dashboard as its ECharts chart needs it (api/static/charts.js)."""
+    name = (row.get("name_en") or row.get("name_zh")) if lang == "en" else row.get("name_zh")
+    return {"indicator": row["indicator"], "name": name, "unit": row.get("unit") or "", "trend": row.get("trend", [])}
+
+
+def growth_chart(g: dict[str, Any], t: dict[str, Any]) -> dict[str, Any] | None:
+    """The daily curves of a growth summary (trace page) for its ECharts chart, with each threshold;
+    None without daily values."""
+    thresholds = (g.get("alerts") or {}).get("thresholds") or {}
+    daily = g.get("daily") or {}
+    series = []
+    for key, label, unit, limit in (
+        ("water_level_cm", t["trace"]["water_level"], "cm", thresholds.get("paddy_water_min_cm")),
+        ("soil_moisture_pct", t["trace"]["soil_moisture"], "%", thresholds.get("soil_moisture_min_pct")),
+    ):
+        points = [[day, value] for day, value in daily.get(key) or [] if value is not None]
+        if points:
+            series.append({"name": label, "unit": unit, "threshold": limit, "points": points})
+    return {"series": series} if series else None

@@ -17,6 +17,7 @@ from sqlmodel import Session, col, select
 
 from api.models import Role
 from api.users import add_user
+from core import boundaries
 from core.influx import InfluxV1
 from core.models import Device, Plot
 from core.settings import Settings
@@ -79,6 +80,7 @@ def seed(engine: Engine, influx: InfluxV1, settings: Settings, *, anchor: bool =
     """Demo trace data, readings, and (with `anchor`) every record anchored on the configured chain."""
     with Session(engine) as session:
         load_demo_trace(session)
+        boundaries.load_demo(session)  # the map's outlines: Liaoning's cities, Panjin's counties, demo villages
         session.commit()
     influx.ensure_database()
     readings = write_readings(engine, influx)

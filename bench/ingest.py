@@ -53,8 +53,8 @@ def bench_registry(devices: int) -> dict[str, list[dict[str, Any]]]:
     ]
     return {
         "counties": [{"code": "211122", "name_zh": "盘山县", "name_en": "Panshan County"}],
-        "townships": [{"code": "211122101", "county_code": "211122", "name_zh": "太平镇"}],
-        "villages": [{"code": village, "township_code": "211122101", "name_zh": "太平村"}],
+        "townships": [{"code": "211122101", "county_code": "211122", "name_zh": "沙岭镇"}],
+        "villages": [{"code": village, "township_code": "211122101", "name_zh": "北郑家村"}],
         "farms": [{"code": "BENCH", "name": "bench cooperative", "village_code": village}],
         "plots": plots,
         "devices": [

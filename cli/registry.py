@@ -12,7 +12,7 @@ from rich.table import Table
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from core import registry_io
+from core import boundaries, registry_io
 from core.db import get_engine, migrate
 from core.db_roles import apply_grants
 from core.importing import ImportErrors
@@ -70,6 +70,8 @@ def run_import(action: str, do: Callable[[Session, Scope | None], Any], username
                 err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
             fail(f"{action}: {len(e.errors)} error(s); nothing was imported")
         session.commit()
+    for warning in getattr(result, "warnings", []):
+        err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     typer.echo(f"{action}: {result.summary()}")
 
 
@@ -115,6 +117,39 @@ def import_cmd(
 def demo_cmd() -> None:
     """Load the demo county (Panshan County, Panjin, Liaoning); safe to repeat."""
     run_import("demo county", lambda s, _scope: registry_io.load_demo(s))
+    with Session(registry_engine()) as session:
+        result = boundaries.load_demo(session)
+        session.commit()
+    typer.echo(f"demo boundaries: {result.summary()}")
+
+
+@app.command("import-boundaries")
+def import_boundaries_cmd(
+    files: list[Path] = typer.Argument(..., help="GeoJSON FeatureCollections of Polygon/MultiPolygon features."),
+    within: str | None = typer.Option(
+        None, "--within", metavar="PREFIX", help="Resolve features without a code by name within this division."
+    ),
+    illustrative: bool = typer.Option(False, "--illustrative", help="Mark the shapes as drawn, not surveyed."),
+) -> None:
+    """Import administrative boundaries for the dashboard's map (core/boundaries.py): checked (polygons,
+    closed rings, coordinates in range, division codes the registry or the national list knows); nothing
+    is imported when any feature is wrong; a name the national list spells otherwise is a warning."""
+    for file in files:
+        if not file.is_file():
+            fail(f"{file}: no such file", 2)
+    if within is not None and not (within.isdigit() and len(within) in (2, 4, 6, 9)):
+        fail("--within: a division code prefix of 2, 4, 6 or 9 digits", 2)
+    with Session(registry_engine()) as session:
+        try:
+            result = boundaries.import_files(session, files, within=within, illustrative=illustrative)
+        except boundaries.BoundaryErrors as e:
+            for error in e.errors:
+                err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            fail(f"import-boundaries: {len(e.errors)} error(s); nothing was imported")
+        session.commit()
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+    typer.echo(f"import-boundaries: {result.summary()}")
 
 
 @app.command("show")

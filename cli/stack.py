@@ -30,6 +30,7 @@ from rich.panel import Panel
 from rich.table import Table
 from sqlmodel import Session, col, select
 
+from core import boundaries
 from core.catalogue import get_catalogue
 from core.db import get_engine
 from core.localstack import LocalStack
@@ -78,6 +79,7 @@ def _start(
     with Session(engine) as session:
         result = load_demo(session)
         trace = load_demo_trace(session)
+        boundaries.load_demo(session)  # the dashboard map's outlines
         session.commit()
         unprovisioned = [d for d in session.exec(select(Device)) if not d.secret_hash]
         issued = [(d.id, d.kind, provision(session, d.id)) for d in unprovisioned]

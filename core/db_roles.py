@@ -68,6 +68,7 @@ OTHER = (
     "alert",
     "alert_event",
     "webhook_delivery",
+    "boundary",
     "alembic_version",
 )
 ALERTS = ("alert", "alert_event", "webhook_delivery")

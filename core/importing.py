@@ -98,6 +98,7 @@ class ImportResult:
     created: Counter[str] = field(default_factory=Counter)
     updated: Counter[str] = field(default_factory=Counter)
     unchanged: Counter[str] = field(default_factory=Counter)
+    warnings: list[str] = field(default_factory=list)  # imported all the same (a name the national list differs on)
 
     @property
     def changed(self) -> bool:

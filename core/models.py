@@ -144,3 +144,16 @@ class ServiceAccount(SQLModel, table=True):
     role: str = "ingest"  # ingest: may read v1/devices/+/telemetry
     secret_hash: str
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class Boundary(SQLModel, table=True):
+    """An administrative boundary drawn on the dashboard's map: a division's GeoJSON geometry (Polygon or
+    MultiPolygon, WGS 84 longitude/latitude), imported by `village registry import-boundaries`."""
+
+    code: str = Field(primary_key=True, max_length=12, regex=r"^(\d{2}|\d{4}|\d{6}|\d{9}|\d{12})$")
+    level: str = Field(index=True)  # province | city | county | township | village
+    name: str
+    geometry: str  # the GeoJSON geometry object, as JSON text
+    source: str = ""  # the file it came from
+    illustrative: bool = False  # drawn for a demo, not surveyed
+    imported_at: datetime = Field(default_factory=utcnow)

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import Field
 from sqlmodel import Session, SQLModel, func, select
 
+from core import divisions
 from core.broker_auth import device_id_not_reserved
 from core.catalogue import Catalogue, get_catalogue
 from core.importing import (
@@ -269,23 +270,31 @@ class _Importer:
             return None
         return obj
 
+    def official(self, code: str, name_zh: str) -> None:
+        """A warning (not an error) when the national division list has another name or no such code."""
+        if warning := divisions.check(code, name_zh):
+            self.result.warnings.append(warning)
+
     # one handler per section: checks references, returns the column values to store
 
     def _counties(self, row: CountyRow, err: Report) -> dict[str, Any]:
         if self.scope.area is not None and not self.scope.area.covers(row.code):
             err("code", f"county {row.code} is outside your area ({self.scope.label})", "forbidden")
+        self.official(row.code, row.name_zh)
         return {"name_zh": row.name_zh, "name_en": row.name_en, "timezone": row.timezone}
 
     def _townships(self, row: TownshipRow, err: Report) -> dict[str, Any]:
         if not row.code.startswith(row.county_code):
             err("code", f"township code {row.code} does not start with its county code {row.county_code}")
         self.ref("township", "county_code", row.county_code, err)
+        self.official(row.code, row.name_zh)
         return {"county_code": row.county_code, "name_zh": row.name_zh, "name_en": row.name_en}
 
     def _villages(self, row: VillageRow, err: Report) -> dict[str, Any]:
         if not row.code.startswith(row.township_code):
             err("code", f"village code {row.code} does not start with its township code {row.township_code}")
         self.ref("village", "township_code", row.township_code, err)
+        self.official(row.code, row.name_zh)
         return {"township_code": row.township_code, "name_zh": row.name_zh, "name_en": row.name_en}
 
     def _farms(self, row: FarmRow, err: Report) -> dict[str, Any]:

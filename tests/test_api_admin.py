@@ -229,7 +229,7 @@ def test_device_provisioning_returns_the_secret_once(client: TestClient, auth: d
 def test_lots_events_inspections(client: TestClient, auth: dict[str, dict[str, str]]) -> None:
     h = auth["taipingcun"]
     lots = client.get("/api/v1/admin/lots?limit=500", headers=h).json()
-    # the village's farm lots and the lots of the Taiping dryer, which stands in the village
+    # the village's farm lots and the lots of the Shaling dryer, which stands in the village
     assert {x["lot_no"] for x in lots["items"]} == {"2026-101201-001", "2026-101201-002", "2026-D01", "2026-D02"}
     county_lots = client.get("/api/v1/admin/lots?year=2026&limit=500", headers=auth["county"]).json()
     assert county_lots["total"] == 12
@@ -298,6 +298,6 @@ def test_products_and_facilities(client: TestClient, auth: dict[str, dict[str, s
     bad = client.post("/api/v1/admin/products", headers=auth["county"], json={**product, "gtin": "06947512300028"})
     assert "check digit" in is_problem(bad, 422)["detail"]
     assert client.post("/api/v1/admin/products", headers=auth["county"], json=product).status_code == 201
-    facility = {"code": "PS-WH-01", "name": "太平仓库", "kind": "warehouse", "village_code": "211122101201"}
+    facility = {"code": "PS-WH-01", "name": "沙岭仓库", "kind": "warehouse", "village_code": "211122101201"}
     assert client.post("/api/v1/admin/facilities", headers=auth["taipingcun"], json=facility).status_code == 201
     assert client.get("/api/v1/admin/facilities", headers=auth["taipingcun"]).json()["total"] == 2

@@ -38,7 +38,7 @@ def test_trace_json_of_the_demo_bag(client: TestClient) -> None:
     assert t["uri"] == f"https://trace.example.cn/01/{BAG_GTIN}/10/{BAG_LOT}"
     assert t["product"]["gtin"] == BAG_GTIN
     assert [o["plot_no"] for o in t["origin"]] == ["211122101201-001", "211122101201-002", "211122101203-001"]
-    assert {o["village"]["name_zh"] for o in t["origin"]} == {"太平村", "大荒村"}
+    assert {o["village"]["name_zh"] for o in t["origin"]} == {"北郑家村", "西拉拉村"}
     assert t["origin"][0]["county"]["name_en"] == "Panshan County" and t["origin"][0]["farm"] == "PS-F001"
     times = [e["time"] for e in t["events"]]
     assert len(times) >= 20 and times == sorted(times)
@@ -69,12 +69,12 @@ def test_page_in_chinese_by_default_and_english_on_request(client: TestClient) -
     zh = client.get("/t/m35c-w3xr-d6r", headers=HTML)
     assert zh.status_code == 200 and zh.headers["content-type"].startswith("text/html")
     assert zh.headers["content-language"] == "zh" and "Accept-Language" in zh.headers["vary"]
-    for text in ("产地", "盘锦大米 5 kg", "211122101201-001", "太平村", "已验证", "检测报告", "播种育秧", "加工环节"):
+    for text in ("产地", "盘锦大米 5 kg", "211122101201-001", "北郑家村", "已验证", "检测报告", "播种育秧", "加工环节"):
         assert text in zh.text, text
     assert 'data-status="verified"' in zh.text and "<svg" in zh.text  # the growth charts
     en = client.get(f"/t/{BAG}", headers={**HTML, "Accept-Language": "en-US,en;q=0.9,zh;q=0.5"})
     assert en.headers["content-language"] == "en"
-    for text in ("Origin", "Panjin rice 5 kg bag", "Verified", "Laboratory reports", "Taiping Village"):
+    for text in ("Origin", "Panjin rice 5 kg bag", "Verified", "Laboratory reports", "Beizhengjia Village"):
         assert text in en.text, text
     assert client.get(f"/t/{BAG}?lang=en", headers=HTML).text == en.text
     assert (

@@ -103,7 +103,7 @@ def test_trace_page_from_the_qr_code_uri(server: str, api_template: Template, tm
     uri = label_uri(api_template, server)
     assert uri == f"{server}/01/06947512300010/10/2026-M01-A"
     dom = run_chromium(tmp_path, "--window-size=390,844", "--virtual-time-budget=3000", "--dump-dom", uri)
-    for text in ("盘锦大米 5 kg", "2026-M01-A", "211122101201-001", "211122101203-001", "太平村", "已验证",
+    for text in ("盘锦大米 5 kg", "2026-M01-A", "211122101201-001", "211122101203-001", "北郑家村", "已验证",
                  "检测报告", "播种育秧", "烘干", "碾米", "稻田水位"):  # fmt: skip
         assert text in dom, text
     assert 'data-status="verified"' in dom and 'id="block">#' in dom

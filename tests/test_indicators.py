@@ -73,9 +73,9 @@ def build_registry(session: Session) -> None:
     device only), herd H1 (head count 10, animals A1..A3; collars c1 on A1 and c2 on A2, c2 provisioned at
     noon on June 2) with barn sensor b1."""
     session.add(County(code="211122", name_zh="盘山县", name_en="Panshan County"))
-    session.add(Township(code="211122101", county_code="211122", name_zh="太平镇"))
-    session.add(Village(code=V1, township_code="211122101", name_zh="太平村"))
-    session.add(Village(code=V2, township_code="211122101", name_zh="大荒村"))
+    session.add(Township(code="211122101", county_code="211122", name_zh="沙岭镇"))
+    session.add(Village(code=V1, township_code="211122101", name_zh="北郑家村"))
+    session.add(Village(code=V2, township_code="211122101", name_zh="西拉拉村"))
     session.flush()
     session.add(Farm(id=1, code="F1", name="farm one", village_code=V1))
     session.add(Farm(id=2, code="F2", name="farm two", village_code=V2))

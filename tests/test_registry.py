@@ -86,9 +86,9 @@ BASE = """\
 counties:
   - {code: "211122", name_zh: 盘山县}
 townships:
-  - {code: "211122101", county_code: "211122", name_zh: 太平镇}
+  - {code: "211122101", county_code: "211122", name_zh: 沙岭镇}
 villages:
-  - {code: "211122101201", township_code: "211122101", name_zh: 太平村}
+  - {code: "211122101201", township_code: "211122101", name_zh: 北郑家村}
 farms:
   - {code: F1, name: 合作社, village_code: "211122101201", contact_name: 王秘密, contact_phone: "13800009999"}
 plots:

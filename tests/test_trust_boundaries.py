@@ -2,8 +2,8 @@
 
 Each test is an attack from issue 10, made as a signed-in user of the demo county through the real API
 (a real registry database, InfluxDB and anvil: tests/api_fixtures.py), against the rules declared once
-in core/scope.py and ledger/scope.py. The village operator of 太平村 (`taipingcun`, 211122101201) attacks
-the lots of 胡家村 (`hujiacun`, 211122104201): the paddy lot 88SP-GS5J-KRZ of farm PS-F003 and the bags
+in core/scope.py and ledger/scope.py. The village operator of 北郑家村 (`taipingcun`, 211122101201) attacks
+the lots of 常屯村 (`hujiacun`, 211122104201): the paddy lot 88SP-GS5J-KRZ of farm PS-F003 and the bags
 KT90-31CD-HKW milled and packed from it at PS-MILL-01.
 """
 
@@ -26,10 +26,10 @@ from ledger.epcis_io import import_document
 from ledger.models import EventCorrection, Lot, TraceEvent
 from tests.api_fixtures import USERS, Template, is_problem, token, world_settings
 
-PADDY = "88SP-GS5J-KRZ"  # 胡家村's paddy (farm PS-F003, plot 211122104201-001)
-BAGS = "KT90-31CD-HKW"  # 2,600 bags of 5 kg packed at PS-MILL-01 (胡家村) from that paddy
-OWN_PLOT = "211122101201-001"  # 太平村, farm PS-F001
-THEIR_PLOT = "211122104201-001"  # 胡家村, farm PS-F003
+PADDY = "88SP-GS5J-KRZ"  # 常屯村's paddy (farm PS-F003, plot 211122104201-001)
+BAGS = "KT90-31CD-HKW"  # 2,600 bags of 5 kg packed at PS-MILL-01 (常屯村) from that paddy
+OWN_PLOT = "211122101201-001"  # 北郑家村, farm PS-F001
+THEIR_PLOT = "211122104201-001"  # 常屯村, farm PS-F003
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +180,7 @@ def test_attack_registry_writes_outside_area(client: TestClient, auth: dict[str,
 def test_handover_lets_another_villages_dryer_take_the_paddy(
     client: TestClient, auth: dict[str, dict[str, str]]
 ) -> None:
-    """The custody rule, the way a harvest really travels: 胡家村 ships its paddy to the dryer of 太平村,
+    """The custody rule, the way a harvest really travels: 常屯村 ships its paddy to the dryer of 北郑家村,
     which may then name it as the input and parent of its own dried lot, and nothing more."""
     paddy = {
         "product": "paddy-yf47",

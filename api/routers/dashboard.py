@@ -32,8 +32,8 @@ PeriodQ = Annotated[
     str | None,
     Query(
         max_length=40,
-        description="Reporting period: 2026, 2026-Q3, 2026-07 (default: this month), 2026-W27, a day, or "
-        "2026-01-01..2026-06-30; at most 366 days",
+        description="Reporting period: 2026, 2026-Q3, 2026-07 (default: the latest month with readings), 2026-W27, "
+        "a day, or 2026-01-01..2026-06-30; at most 366 days",
     ),
 ]
 VillageQ = Annotated[str | None, Query(pattern=r"^\d{12}$", description="A village of your area")]

@@ -1,4 +1,4 @@
-"""Sensor time series: `/api/v1/timeseries?device=|plot=|village=&start&end&resolution=raw|1h|1d`.
+"""Sensor time series: `/api/v1/timeseries?device=|plot=|herd=|village=&start&end&resolution=raw|1h|1d`.
 
 Hourly and daily answers come from the rollups (analytics/rollups.py: `{kind}_1h` and `{kind}_1d`
 in the `rollup` retention policy, with sum/count/min/max per metric, so any level is exact: the
@@ -18,17 +18,25 @@ from fastapi import APIRouter, Query, Request
 from pydantic import AwareDatetime, BaseModel
 from sqlmodel import col, select
 
+from analytics.compute import load_params
 from analytics.periods import MAX_REPORT_DAYS
 from analytics.rollups import ROLLUP_RP, Rollups, ident, quote
 from api.deps import ActorDep, SessionDep
 from api.problems import Problem, problem_responses, unavailable
+from core import crops
 from core.catalogue import get_catalogue
 from core.influx import InfluxError, InfluxV1
-from core.models import Device, Herd, Plot
+from core.models import Animal, Device, Herd, Plot
 
 router = APIRouter(prefix="/api/v1/timeseries", tags=["timeseries"])
 MAX_SPAN = {"raw": timedelta(days=7), "1h": timedelta(days=93), "1d": timedelta(days=MAX_REPORT_DAYS)}
 RAW_LIMIT = 20_000
+
+
+class Threshold(BaseModel):
+    bound: Literal["min", "max"]  # an alert when a value falls below a min / rises above a max
+    value: float
+    source: str  # e.g. "crops.yaml rice.paddy_water_min_cm"
 
 
 class Series(BaseModel):
@@ -37,6 +45,32 @@ class Series(BaseModel):
     unit: str
     columns: list[str]
     values: list[list[Any]]
+    thresholds: list[Threshold] = []
+
+
+# metric -> (bound, key in core/data/crops.yaml); body temperature from analytics' fever parameter
+CROP_THRESHOLDS = {"soil_moisture": ("min", "soil_moisture_min"), "water_level_cm": ("min", "paddy_water_min_cm")}
+
+
+def thresholds(session: Any, scope: dict[str, str], metric: str) -> list[Threshold]:
+    """The alert thresholds drawn with a metric: the plot's crop (or the device's plot's), fever for collars."""
+    if metric == "body_temp_c":
+        return [Threshold(bound="max", value=float(load_params()["fever"]["above_c"]), source="fever.above_c")]
+    if metric not in CROP_THRESHOLDS:
+        return []
+    plot_no = scope.get("plot")
+    crop = None
+    if plot_no:
+        crop = session.exec(select(Plot.crop).where(Plot.plot_no == plot_no)).first()
+    elif "device" in scope:
+        crop = session.exec(
+            select(Plot.crop).join(Device, Device.plot_id == Plot.id).where(Device.id == scope["device"])
+        ).first()
+    bound, key = CROP_THRESHOLDS[metric]
+    value = crops.thresholds(crop).get(key)
+    if value is None:
+        return []
+    return [Threshold(bound=bound, value=float(value), source=f"crops.yaml {crop or 'default'}.{key}")]
 
 
 class TimeseriesOut(BaseModel):
@@ -53,12 +87,12 @@ def _ms(t: datetime) -> int:
 
 
 def _kinds_and_filter(
-    session: Any, actor: Any, device: str | None, plot: str | None, village: str | None
+    session: Any, actor: Any, device: str | None, plot: str | None, village: str | None, herd: str | None = None
 ) -> tuple[list[str], dict[str, str], dict[str, str]]:
     """(device kinds to read, the tag filter, the scope echoed back); checks the caller's area."""
-    given = [(k, v) for k, v in (("device", device), ("plot", plot), ("village", village)) if v]
+    given = [(k, v) for k, v in (("device", device), ("plot", plot), ("herd", herd), ("village", village)) if v]
     if len(given) != 1:
-        raise Problem(422, "validation", "give exactly one of device, plot or village")
+        raise Problem(422, "validation", "give exactly one of device, plot, herd or village")
     key, value = given[0]
     if key == "device":
         d = session.get(Device, value)
@@ -73,6 +107,16 @@ def _kinds_and_filter(
         actor.require_read(p.village_code, f"plot {value}")
         kinds = session.exec(select(Device.kind).where(Device.plot_id == p.id).distinct()).all()
         return sorted(kinds), {"plot": value}, {"plot": value}
+    if key == "herd":
+        h = session.exec(select(Herd).where(Herd.herd_no == value)).first()
+        if h is None:
+            raise Problem(404, "not-found", f"no herd {value}")
+        actor.require_read(h.village_code, f"herd {value}")
+        animals = select(Animal.id).where(Animal.herd_id == h.id)
+        kinds = session.exec(
+            select(Device.kind).where((Device.herd_id == h.id) | col(Device.animal_id).in_(animals)).distinct()
+        ).all()
+        return sorted(kinds), {"herd": value}, {"herd": value}
     actor.require_read(value, f"village {value}")
     plots = select(Plot.id).where(Plot.village_code == value)
     herds = select(Herd.id).where(Herd.village_code == value)
@@ -193,6 +237,7 @@ def timeseries(
     device: Annotated[str | None, Query(max_length=64)] = None,
     plot: Annotated[str | None, Query(max_length=64)] = None,
     village: Annotated[str | None, Query(pattern=r"^\d{12}$")] = None,
+    herd: Annotated[str | None, Query(max_length=64)] = None,
     resolution: Literal["raw", "1h", "1d"] = "1h",
     metric: Annotated[str | None, Query(max_length=64, description="Only this metric")] = None,
 ) -> TimeseriesOut:
@@ -205,7 +250,7 @@ def timeseries(
         raise Problem(422, "period-too-long", detail, max_days=days)
     settings = request.app.state.settings
     catalogue = get_catalogue(settings.catalogue_file)
-    kinds, tags, scope = _kinds_and_filter(session, actor, device, plot, village)
+    kinds, tags, scope = _kinds_and_filter(session, actor, device, plot, village, herd)
     influx: InfluxV1 = request.app.state.trace.influx()
     rollups = Rollups(influx, tz=settings.county_timezone, catalogue=catalogue)
     start_ms, end_ms = _ms(start.astimezone(UTC)), _ms(end.astimezone(UTC))
@@ -227,7 +272,10 @@ def timeseries(
                 columns = ["time", "mean", "min", "max", "count"]
             for m in metrics:
                 unit = catalogue.kinds[kind].metrics[m].unit
-                series.append(Series(kind=kind, metric=m, unit=unit, columns=columns, values=points[m]))
+                limits = thresholds(session, scope, m)
+                series.append(
+                    Series(kind=kind, metric=m, unit=unit, columns=columns, values=points[m], thresholds=limits)
+                )
     except InfluxError as e:
         raise unavailable("the monitoring database", e) from None
     return TimeseriesOut(scope=scope, resolution=resolution, start=start, end=end, sources=sources, series=series)

@@ -29,6 +29,7 @@ from core.settings import Settings
 log = logging.getLogger(__name__)
 CACHE_S = 120.0
 DEFAULT_TREND = 5
+LOOKBACK_MONTHS = 24  # how far back the dashboard looks for the latest month with readings
 FIRST_YEAR, LAST_YEAR = 1970, 3000  # periods the dashboard computes (with DEFAULT_TREND periods before)
 
 _cache = TtlCache(CACHE_S, max_entries=200)
@@ -50,6 +51,38 @@ def period_of(text: str | None, settings: Settings) -> Period:
     if not (period.start.year >= FIRST_YEAR and period.end.year <= LAST_YEAR):  # its trend stays computable
         raise PeriodError(f"a reporting period lies in the years {FIRST_YEAR} to {LAST_YEAR - 1}")
     return period
+
+
+# inputs that count the readings of a period (analytics.compute): readings stored or rejected
+READINGS_INPUTS = (("rejected_reading_rate", "stored_readings"), ("rejected_reading_rate", "dead_letters"))
+
+
+def has_data(r: Any, period: Period) -> bool:
+    """Whether the county's devices reported in `period` (from the rollups). Registry indicators have a
+    value in any period, the ledger's count lots by harvest year, and device health is computable for a
+    month nobody reported in (every device idle): none of these is data of the period."""
+    values = r.scope(None, period).values
+    return any((values[i].inputs or {}).get(key, 0) > 0 for i, key in READINGS_INPUTS if i in values)
+
+
+def latest_period(
+    session: Session, settings: Settings, county: str, trend: int = DEFAULT_TREND, now: datetime | None = None
+) -> Period:
+    """The newest month, from this one back over LOOKBACK_MONTHS, in which the county has readings
+    (this month when none has). Each report holds `trend` months before its own, so this computes at
+    most LOOKBACK_MONTHS / (trend + 1) reports, all cached."""
+    current = period_of(default_period(settings, now), settings)
+    label = current.label
+    for _ in range(max(1, LOOKBACK_MONTHS // (trend + 1))):
+        r = report(session, settings, county, period_of(label, settings), trend)
+        for p in reversed(r.periods):
+            if has_data(r, p):
+                return p
+        first = r.periods[0].start
+        label = f"{first.year - (first.month == 1):04d}-{(first.month - 2) % 12 + 1:02d}"
+        if int(label[:4]) < FIRST_YEAR:
+            break
+    return current
 
 
 def report(session: Session, settings: Settings, county: str, period: Period, trend: int = DEFAULT_TREND) -> Any:
@@ -92,6 +125,8 @@ def indicators(
     except PeriodError as e:
         raise ValueError(str(e)) from None
     try:
+        if period is None:  # the latest month with readings, said on the page
+            p = latest_period(session, settings, county, trend)
         r = report(session, settings, county, p, trend)
     except InfluxError as e:
         log.warning("indicators unavailable: %s", e)
@@ -105,6 +140,12 @@ def indicators(
     rankings = r.to_dict(county).get("rankings", {})
     out["rankings"] = {ind: [row for row in rows if row["village"] in villages] for ind, rows in rankings.items()}
     out["available"] = True
+    out["chosen"] = "latest_with_data" if period is None else "requested"
+    out["has_data"] = has_data(r, p)
+    if not out["has_data"]:  # no readings at all: sensor indicators have no data (not 0 %, not 100 % idle)
+        for row in out["indicators"]:
+            if row["source"] == "influx" and row["value"] is not None:
+                row.update(value=None, change=None, note="no readings in the period")
     return out
 
 
