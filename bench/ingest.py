@@ -276,7 +276,7 @@ def run(
             ports = [metrics_base + i for i in range(replicas)]
             stack.start_ingest(replicas, INGEST_METRICS_PORT=str(metrics_base))
             influx = stack.influx()  # one client for all the counting below
-            _wait_ready(stack, influx, creds[0])
+            _wait_ready(stack, influx, creds[0], ports)
             baseline = _stored(influx)
             poller = None
             if rate and sentinel_devices and per_message == 1:
@@ -404,10 +404,25 @@ def _per_tenth(timeline: list[tuple[float, float]]) -> list[float | None]:
     return [None if (v := percentile(x, 0.99)) is None else round(v * 1000) for x in slices]
 
 
-def _wait_ready(stack: LocalStack, influx: InfluxV1, cred: tuple[str, str, str], timeout: float = 60) -> None:
-    """Publish one probe reading until it is stored: the subscription and the pipeline are live."""
+def _subscribed(port: int) -> bool:
+    try:
+        text = _METRICS.get(f"http://127.0.0.1:{port}/metrics").text
+    except httpx.HTTPError:
+        return False
+    return any(line.startswith("village_ingest_subscribed ") and line.endswith(" 1.0") for line in text.splitlines())
+
+
+def _wait_ready(
+    stack: LocalStack, influx: InfluxV1, cred: tuple[str, str, str], ports: list[int], timeout: float = 120
+) -> None:
+    """Wait until every replica has subscribed (its metrics say so), then publish one probe reading
+    until it is stored: the subscriptions and the pipeline are live."""
     assert stack.mosquitto
     deadline = time.monotonic() + timeout
+    while not all(_subscribed(p) for p in ports):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"ingest replicas did not subscribe within {timeout:.0f} s; see {stack.root}/ingest.log")
+        time.sleep(0.2)
     while time.monotonic() < deadline:
         publish_load([cred], stack.mosquitto.host, stack.mosquitto.port, 1)
         for _ in range(20):
