@@ -20,10 +20,9 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from sqlmodel import select
 
 from analytics.rollups import Rollups, ident, quote
-from api.deps import ActorDep, SessionDep
+from api.deps import ActorDep, SessionDep, page_actor_from_cookie
 from api.i18n import language, strings
 from api.problems import Problem, problem_responses, unavailable
-from api.routers.dashboard import _page_actor
 from api.routers.timeseries import _kinds_and_filter
 from api.services import charts
 from api.services import dashboard as dash
@@ -120,7 +119,7 @@ def series_page(
     device: Annotated[str | None, Query(max_length=64)] = None,
     resolution: Literal["1h", "1d"] = "1h",
 ) -> Response:
-    actor = _page_actor(request, session)
+    actor = page_actor_from_cookie(request, session)
     if actor is None:
         return RedirectResponse("/dashboard/login", status_code=303)
     given = [(k, v) for k, v in (("plot", plot), ("herd", herd), ("device", device)) if v]
