@@ -55,7 +55,7 @@ CROP_THRESHOLDS = {"soil_moisture": ("min", "soil_moisture_min"), "water_level_c
 def thresholds(session: Any, scope: dict[str, str], metric: str) -> list[Threshold]:
     """The alert thresholds drawn with a metric: the plot's crop (or the device's plot's), fever for collars."""
     if metric == "body_temp_c":
-        return [Threshold(bound="max", value=float(load_params()["fever"]["above_c"]), source="fever.above_c")]
+        return [Threshold(bound="max", value=float(load_params().fever.above_c), source="fever.above_c")]
     if metric not in CROP_THRESHOLDS:
         return []
     plot_no = scope.get("plot")
