@@ -37,7 +37,15 @@ from ledger.models import (
     TraceEvent,
     TraceEventLot,
 )
-from ledger.records import RecordRef, canonical_bytes, record, records_of_lot, register_kind
+from ledger.records import (
+    RecordNotFound,
+    RecordRef,
+    canonical_bytes,
+    record,
+    records_many,
+    records_of_lot,
+    register_kind,
+)
 from ledger.trace_io import (
     DEMO_TRACE_FILE,
     fill_event_ids,
@@ -871,3 +879,20 @@ def test_cli_lots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         get_settings.cache_clear()
         get_engine.cache_clear()
+
+
+def test_bulk_loaders_make_the_records_verification_makes(demo_db: Engine) -> None:
+    """The anchoring worker builds records with the set-based loaders, verification one by one: a
+    difference between the two would make every record of a kind read as tampered."""
+    with Session(demo_db) as session:
+        refs = sorted({ref for lot_id in session.exec(select(Lot.id)).all() for ref in records_of_lot(session, lot_id)})
+        by_kind: dict[str, list[int]] = {}
+        for ref in refs:
+            by_kind.setdefault(ref.kind, []).append(ref.id)
+        assert {"lot/1", "event/1", "inspection/1"} <= set(by_kind)
+        for kind, ids in by_kind.items():
+            many = records_many(session, kind, ids)
+            one = [record(session, kind, i) for i in ids]
+            assert [canonical_bytes(r) for r in many] == [canonical_bytes(r) for r in one], kind
+        with pytest.raises(RecordNotFound):
+            records_many(session, "inspection/1", [10**9])
