@@ -14,7 +14,9 @@ hence small pages rather than one blob per window.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session
@@ -24,7 +26,17 @@ from core.log import get_logger
 from ledger.anchor_models import PAGE_NODES, LedgerLeaf, LedgerTreePage
 from ledger.merkle import HASH_BYTES, MerkleTree
 
-__all__ = ["PAGE_NODES", "pages", "path_nodes", "proof_of", "read_proof", "store_pages", "store_tree"]
+__all__ = [
+    "PAGE_NODES",
+    "pages",
+    "path_nodes",
+    "proof_of",
+    "proofs_of",
+    "read_proof",
+    "read_proofs",
+    "store_pages",
+    "store_tree",
+]
 
 PAGE_BYTES = PAGE_NODES * HASH_BYTES
 _PAGE = LedgerTreePage.__table__  # type: ignore[attr-defined]
@@ -56,14 +68,18 @@ def store_pages(session: Session, window_seq: int, numbered: Iterable[tuple[int,
     insert_many(session, _PAGE, ("window_seq", "page", "nodes"), [(window_seq, p, b) for p, b in numbered])
 
 
-def read_proof(session: Session, window_seq: int, tree_index: int) -> list[bytes]:
-    """The proof of the leaf at `tree_index` in window `window_seq`: siblings from the leaf up."""
-    nodes = path_nodes(tree_index)
-    if not nodes:
-        return []
-    wanted = sorted({n // PAGE_NODES for n in nodes})
-    q = sa.select(_PAGE.c.page, _PAGE.c.nodes).where(_PAGE.c.window_seq == window_seq, _PAGE.c.page.in_(wanted))
-    got = {page: nodes for page, nodes in session.execute(q)}
+def _read_pages(session: Session, window_seq: int, wanted: Iterable[int]) -> dict[int, bytes]:
+    """Pages `wanted` of window `window_seq` (those stored), one query per `BULK_CHUNK` pages."""
+    from ledger.records import chunks
+
+    got: dict[int, bytes] = {}
+    for part in chunks(sorted(set(wanted))):
+        q = sa.select(_PAGE.c.page, _PAGE.c.nodes).where(_PAGE.c.window_seq == window_seq, _PAGE.c.page.in_(part))
+        got.update({page: nodes for page, nodes in session.execute(q)})
+    return got
+
+
+def _proof_from(got: dict[int, bytes], window_seq: int, nodes: list[int]) -> list[bytes]:
     out = []
     for n in nodes:
         blob = got.get(n // PAGE_NODES)
@@ -71,6 +87,28 @@ def read_proof(session: Session, window_seq: int, tree_index: int) -> list[bytes
         if blob is None or len(blob) < offset + HASH_BYTES:
             raise LookupError(f"node {n} of window {window_seq} is not stored")
         out.append(bytes(blob[offset : offset + HASH_BYTES]))
+    return out
+
+
+def read_proof(session: Session, window_seq: int, tree_index: int) -> list[bytes]:
+    """The proof of the leaf at `tree_index` in window `window_seq`: siblings from the leaf up."""
+    nodes = path_nodes(tree_index)
+    if not nodes:
+        return []
+    return _proof_from(_read_pages(session, window_seq, {n // PAGE_NODES for n in nodes}), window_seq, nodes)
+
+
+def read_proofs(session: Session, window_seq: int, tree_indices: Iterable[int]) -> dict[int, list[bytes] | None]:
+    """`read_proof` of many leaves of one window, their pages read in one query (a lot's records
+    share the upper pages of their paths): tree index -> proof, None where nodes are missing."""
+    paths = {i: path_nodes(i) for i in set(tree_indices)}
+    got = _read_pages(session, window_seq, {n // PAGE_NODES for nodes in paths.values() for n in nodes})
+    out: dict[int, list[bytes] | None] = {}
+    for i, nodes in paths.items():
+        try:
+            out[i] = _proof_from(got, window_seq, nodes)
+        except LookupError:
+            out[i] = None
     return out
 
 
@@ -84,3 +122,23 @@ def proof_of(session: Session, row: LedgerLeaf) -> list[str]:
     except LookupError as e:
         log.warning("proof nodes missing", leaf=row.id, error=str(e))
         return []
+
+
+def proofs_of(session: Session, rows: Sequence[Any]) -> list[list[bytes]]:
+    """`proof_of` of many leaf rows (LedgerLeaf, or rows with its `id`, `window_seq` and `tree_index`),
+    as bytes, in one query per window: [] before a row's window and where nodes are missing."""
+    by_window: dict[int, set[int]] = defaultdict(set)
+    for row in rows:
+        if row.window_seq is not None and row.tree_index is not None:
+            by_window[row.window_seq].add(row.tree_index)
+    read = {seq: read_proofs(session, seq, indices) for seq, indices in by_window.items()}
+    out: list[list[bytes]] = []
+    for row in rows:
+        if row.window_seq is None or row.tree_index is None:
+            out.append([])
+            continue
+        proof = read[row.window_seq][row.tree_index]
+        if proof is None:
+            log.warning("proof nodes missing", leaf=row.id, error=f"a node of window {row.window_seq} is not stored")
+        out.append(proof or [])
+    return out

@@ -34,7 +34,8 @@ its records; a record deleted after anchoring is reported as tampered.
 from __future__ import annotations
 
 import json
-from collections.abc import MutableMapping
+from collections import defaultdict
+from collections.abc import MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -60,8 +61,17 @@ from ledger.chain import Chain
 from ledger.codes import canonical_lot_uri
 from ledger.merkle import leaf_hash, process_proof
 from ledger.models import Lot
-from ledger.proofs import proof_of
-from ledger.records import RecordNotFound, RecordRef, canonical_bytes, record, records_of_lot
+from ledger.proofs import proofs_of
+from ledger.records import (
+    RecordNotFound,
+    RecordRef,
+    canonical_bytes,
+    chunks,
+    record,
+    records_many,
+    records_of_lot,
+    rows_where_in,
+)
 
 VERIFIED, PENDING, TAMPERED, UNVERIFIABLE = "verified", "pending", "tampered", "unverifiable"
 STATUSES = (VERIFIED, PENDING, TAMPERED, UNVERIFIABLE)
@@ -135,15 +145,25 @@ class Recomputed:
     def __init__(self, session: Session, influx: InfluxV1, settings: Settings, refs: list[RecordRef]) -> None:
         self.digests: dict[int, tuple[int, str]] = {}
         groups: dict[tuple[str, str], list[TelemetryDigest]] = {}
-        for ref in refs:
-            if ref.kind == digests.DIGEST and (d := session.get(TelemetryDigest, ref.id)) is not None:
-                groups.setdefault((d.tag, d.value), []).append(d)
+        wanted = [ref.id for ref in refs if ref.kind == digests.DIGEST]
+        for d in _rows(session, TelemetryDigest, wanted).values():
+            groups.setdefault((d.tag, d.value), []).append(d)
         for (tag, value), rows in groups.items():
             first, last = min(r.day for r in rows), max(r.day for r in rows)
             lines = digests.canonical_days(influx, tag, value, first, last, settings.county_timezone)
             for r in rows:
                 assert r.id is not None
                 self.digests[r.id] = digests.digest(lines.get(r.day, []))
+
+
+def _rows(session: Session, model: Any, ids: Sequence[int]) -> dict[int, Any]:
+    """Rows of `model` by primary key (`session.get` of many), one query per `BULK_CHUNK` keys."""
+    key = next(iter(model.__table__.primary_key.columns)).key
+    out: dict[int, Any] = {}
+    for part in chunks(sorted(set(ids))):
+        q = select(model).where(col(getattr(model, key)).in_(part))
+        out.update({getattr(r, key): r for r in session.exec(q).all()})
+    return out
 
 
 Memo = dict[tuple[str, int], dict[str, Any]]  # (kind, id) -> the record as last rebuilt
@@ -160,26 +180,74 @@ def current_record(
     """The record as the data says now: telemetry records are recomputed from InfluxDB. With `memo`
     (valid while nothing the record is made of changed: the caller drops it on a change), a record
     rebuilt before is taken from it."""
-    if memo is not None and (ref.kind, ref.id) in memo:
-        return memo[(ref.kind, ref.id)]
-    rec = _current_record(session, ref, influx, settings, recomputed)
-    if memo is not None and influx is not None:
-        memo[(ref.kind, ref.id)] = rec
-    return rec
+    got = current_records(session, [ref], influx, settings, recomputed, memo)[ref]
+    if isinstance(got, RecordNotFound):
+        raise got
+    return got
 
 
-def _current_record(
+_TELEMETRY = {digests.DIGEST: TelemetryDigest, late.LATE_DIGEST: LateDigest, growth.GROWTH: GrowthSummary}
+
+
+def current_records(
     session: Session,
-    ref: RecordRef,
+    refs: Sequence[RecordRef],
     influx: InfluxV1 | None,
     settings: Settings,
     recomputed: Recomputed | None = None,
+    memo: Memo | None = None,
+) -> dict[RecordRef, dict[str, Any] | RecordNotFound]:
+    """`current_record` of many records, set-based: each kind's records built in a few queries
+    (`records_many`), the telemetry rows read in one query per kind. A record whose row is gone maps
+    to its RecordNotFound."""
+    out: dict[RecordRef, dict[str, Any] | RecordNotFound] = {}
+    todo: dict[str, list[int]] = defaultdict(list)
+    for ref in refs:
+        if memo is not None and (ref.kind, ref.id) in memo:
+            out[ref] = memo[(ref.kind, ref.id)]
+        elif ref not in out:
+            out[ref] = RecordNotFound(f"{ref.kind} {ref.id} not built")  # replaced below
+            todo[ref.kind].append(ref.id)
+    for kind, ids in todo.items():
+        built = _build(session, kind, ids)
+        rows = _rows(session, _TELEMETRY[kind], ids) if influx is not None and kind in _TELEMETRY else {}
+        for i in ids:
+            ref, rec = RecordRef(kind, i), built[i]
+            if influx is not None and not isinstance(rec, RecordNotFound):
+                rec = _recompute(session, ref, rec, rows.get(i), influx, settings, recomputed)
+                if memo is not None:
+                    memo[(kind, i)] = rec
+            out[ref] = rec
+    return out
+
+
+def _build(session: Session, kind: str, ids: list[int]) -> dict[int, dict[str, Any] | RecordNotFound]:
+    """The records of `kind` (`records_many`); one by one when a row is missing, to say which."""
+    try:
+        return dict(zip(ids, records_many(session, kind, ids), strict=True))
+    except RecordNotFound:
+        out: dict[int, dict[str, Any] | RecordNotFound] = {}
+        for i in ids:
+            try:
+                out[i] = record(session, kind, i)
+            except RecordNotFound as e:
+                out[i] = e
+        return out
+
+
+def _recompute(
+    session: Session,
+    ref: RecordRef,
+    rec: dict[str, Any],
+    row: Any,
+    influx: InfluxV1,
+    settings: Settings,
+    recomputed: Recomputed | None,
 ) -> dict[str, Any]:
-    rec = record(session, ref.kind, ref.id)
-    if influx is None:
-        return rec
+    """A telemetry record's content recomputed from InfluxDB (`row`: its TelemetryDigest, LateDigest
+    or GrowthSummary); other records as they are."""
     if ref.kind == digests.DIGEST:
-        d = session.get(TelemetryDigest, ref.id)
+        d: TelemetryDigest = row
         assert d is not None
         if recomputed is not None and ref.id in recomputed.digests:
             n, sha = recomputed.digests[ref.id]
@@ -187,12 +255,12 @@ def _current_record(
             n, sha = digests.compute(influx, d.tag, d.value, d.day, settings.county_timezone)
         rec["content"] = {**rec["content"], "readings": n, "sha256": sha}
     elif ref.kind == late.LATE_DIGEST:
-        ld = session.get(LateDigest, ref.id)
+        ld: LateDigest = row
         assert ld is not None
         n, sha = late.compute(influx, ld, settings.county_timezone)
         rec["content"] = {**rec["content"], "readings": n, "sha256": sha}
     elif ref.kind == growth.GROWTH:
-        g = session.get(GrowthSummary, ref.id)
+        g: GrowthSummary = row
         assert g is not None
         fresh = growth.compute(  # over the frozen season and devices, not today's events and registry
             session,
@@ -321,37 +389,83 @@ def check_record(
     answers: Answers | None = None,
     memo: Memo | None = None,
 ) -> RecordCheck:
-    check = RecordCheck(ref.kind, ref.id, PENDING)
-    try:
-        rec = current_record(session, ref, influx, settings, recomputed, memo)
-    except RecordNotFound as e:
-        check.status, check.reasons = TAMPERED, [str(e)]
-        return check
-    leaf = hex32(leaf_hash(canonical_bytes(rec)))
-    check.leaf = leaf
-    row = session.exec(select(LedgerLeaf).where(LedgerLeaf.kind == ref.kind, LedgerLeaf.record_id == ref.id)).first()
-    if row is None or row.window_seq is None:
-        check.reasons = ["not yet in an anchoring window"]
-        if row is not None and row.leaf != leaf:
-            check.status = TAMPERED
-            check.reasons = ["changed after its leaf was made", *diff(json.loads(row.canonical), rec)]
-        return check
-    window = session.get(AnchorWindow, row.window_seq)
-    assert window is not None
-    check.window = window.window_id
-    wc = _anchored(chain, window, answers)
-    check.anchor_state, check.reasons = wc.anchor_state, list(wc.reasons)
-    if wc.status != VERIFIED:  # not anchored now, or not checkable: the record against the ledger's copy
-        check.status = wc.status
-        if row.leaf != leaf:
-            check.status = TAMPERED
-            check.reasons += ["changed after its leaf was made", *diff(json.loads(row.canonical), rec)]
-        return check
-    check.block_number, check.anchored_at, check.tx_hash = wc.block_number, wc.anchored_at, wc.tx_hash
-    proof = [unhex(p) for p in proof_of(session, row)]
+    """One record's check (`check_records` of one)."""
+    return check_records(session, [ref], chain, influx, settings, recomputed, answers, memo)[0]
+
+
+def _leaf_rows(session: Session, refs: Sequence[RecordRef]) -> dict[RecordRef, Any]:
+    """The ledger's leaf rows of the records (one per record at most), one query per kind."""
+    t = LedgerLeaf.__table__  # type: ignore[attr-defined]
+    by_kind: dict[str, set[int]] = defaultdict(set)
+    for ref in refs:
+        by_kind[ref.kind].add(ref.id)
+    out: dict[RecordRef, Any] = {}
+    for kind, ids in by_kind.items():
+        for r in rows_where_in(session, [t], t.c.record_id, ids, t.c.kind == kind):
+            out[RecordRef(kind, r.record_id)] = r
+    return out
+
+
+def check_records(
+    session: Session,
+    refs: Sequence[RecordRef],
+    chain: Chain | None,
+    influx: InfluxV1 | None,
+    settings: Settings,
+    recomputed: Recomputed | None = None,
+    answers: Answers | None = None,
+    memo: Memo | None = None,
+) -> list[RecordCheck]:
+    """Each record's check, in the order of `refs`, in a number of queries bounded independently of
+    how many there are: the records built per kind, their leaf rows, windows and proofs read at once."""
+    recs = current_records(session, refs, influx, settings, recomputed, memo)
+    rows = _leaf_rows(session, refs)
+    windows = _rows(session, AnchorWindow, [r.window_seq for r in rows.values() if r.window_seq is not None])
+    checks: list[RecordCheck] = []
+    proving: list[tuple[RecordCheck, Any, AnchorWindow]] = []  # anchored: the proof decides
+    for ref in refs:
+        check = RecordCheck(ref.kind, ref.id, PENDING)
+        checks.append(check)
+        rec = recs[ref]
+        if isinstance(rec, RecordNotFound):
+            check.status, check.reasons = TAMPERED, [str(rec)]
+            continue
+        leaf = hex32(leaf_hash(canonical_bytes(rec)))
+        check.leaf = leaf
+        row = rows.get(ref)
+        if row is None or row.window_seq is None:
+            check.reasons = ["not yet in an anchoring window"]
+            if row is not None and row.leaf != leaf:
+                check.status = TAMPERED
+                check.reasons = ["changed after its leaf was made", *diff(json.loads(row.canonical), rec)]
+            continue
+        window = windows[row.window_seq]
+        check.window = window.window_id
+        wc = _anchored(chain, window, answers)
+        check.anchor_state, check.reasons = wc.anchor_state, list(wc.reasons)
+        if wc.status != VERIFIED:  # not anchored now, or not checkable: the record against the ledger's copy
+            check.status = wc.status
+            if row.leaf != leaf:
+                check.status = TAMPERED
+                check.reasons += ["changed after its leaf was made", *diff(json.loads(row.canonical), rec)]
+            continue
+        check.block_number, check.anchored_at, check.tx_hash = wc.block_number, wc.anchored_at, wc.tx_hash
+        proving.append((check, row, window))
+    proofs = proofs_of(session, [row for _, row, _ in proving])
+    for (check, row, window), proof in zip(proving, proofs, strict=True):
+        assert check.leaf is not None
+        rec = recs[RecordRef(check.kind, row.record_id)]
+        _prove(check, check.leaf, rec, row, window, proof)  # type: ignore[arg-type]
+    return checks
+
+
+def _prove(
+    check: RecordCheck, leaf: str, rec: dict[str, Any], row: Any, window: AnchorWindow, proof: list[bytes]
+) -> None:
+    """An anchored record's status from its proof against the window's root."""
     if hex32(process_proof(unhex(leaf), proof)) == window.root:
         check.status = VERIFIED
-        return check
+        return
     check.status = TAMPERED
     # Name the changed fields, from the anchored bytes if they still prove against the root.
     stored_ok = (
@@ -361,7 +475,6 @@ def check_record(
         check.reasons = ["differs from the anchored record", *diff(json.loads(row.canonical), rec)]
     else:
         check.reasons = ["differs from the anchored record; the ledger's own copy was altered too"]
-    return check
 
 
 def _missing_from_manifests(
@@ -370,20 +483,24 @@ def _missing_from_manifests(
     """Leaves named by an anchored manifest of the lot that no current record produces."""
     out = []
     rows = session.exec(select(LotManifest).where(LotManifest.lot_id == lot.id).order_by(LotManifest.version)).all()
+    leaf_rows = _leaf_rows(session, [RecordRef(manifest.MANIFEST, m.id) for m in rows if m.id is not None])
+    windows = _rows(session, AnchorWindow, [r.window_seq for r in leaf_rows.values() if r.window_seq])
     listed: dict[str, int] = {}
     for m in rows:
-        leaf_row = session.exec(
-            select(LedgerLeaf).where(LedgerLeaf.kind == manifest.MANIFEST, LedgerLeaf.record_id == m.id)
-        ).first()
-        window = session.get(AnchorWindow, leaf_row.window_seq) if leaf_row and leaf_row.window_seq else None
+        leaf_row = leaf_rows.get(RecordRef(manifest.MANIFEST, m.id)) if m.id is not None else None
+        window = windows.get(leaf_row.window_seq) if leaf_row and leaf_row.window_seq else None
         if window is None or _anchored(chain, window, answers).status != VERIFIED:
             continue
         for leaf in m.content["leaves"]:
             listed.setdefault(leaf, m.version)
-    for leaf, version in sorted(listed.items(), key=lambda kv: kv[1]):
-        if leaf in present:
-            continue
-        row = session.exec(select(LedgerLeaf).where(LedgerLeaf.leaf == leaf)).first()
+    missing = sorted((kv for kv in listed.items() if kv[0] not in present), key=lambda kv: kv[1])
+    by_leaf: dict[str, LedgerLeaf] = {}
+    for part in chunks([leaf for leaf, _ in missing]):
+        q = select(LedgerLeaf).where(col(LedgerLeaf.leaf).in_(part)).order_by(col(LedgerLeaf.id))
+        for r in session.exec(q).all():
+            by_leaf.setdefault(r.leaf, r)
+    for leaf, version in missing:
+        row = by_leaf.get(leaf)
         kind = row.kind if row else "unknown"
         if row is not None:
             try:
@@ -421,7 +538,7 @@ def verify_lot(
         answers = {}
     fresh = [r for r in refs if memo is None or (r.kind, r.id) not in memo]
     recomputed = Recomputed(session, influx, settings, fresh) if influx is not None and fresh else None
-    checks = [check_record(session, ref, chain, influx, settings, recomputed, answers, memo) for ref in refs]
+    checks = check_records(session, refs, chain, influx, settings, recomputed, answers, memo)
     present = {c.leaf for c in checks if c.leaf}
     present |= set(
         session.exec(
