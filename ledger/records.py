@@ -798,7 +798,8 @@ def _corrections_of(session: Session, events: list[RecordRef]) -> list[RecordRef
 def records_of_lot(session: Session, lot_id: int) -> list[RecordRef]:
     """Every record of a lot's trace: the lot and its ancestors (lot first), then their events in
     time order, then their inspections by sampling date, then the error declarations of those
-    events, then records of registered collectors."""
+    events, then records of registered collectors (by id where the kind has `collect_many`, which
+    takes a few queries whatever the lineage, where its collector may take some per lot and origin)."""
     lineage = lot_lineage(session, lot_id)
     refs = [RecordRef(LOT, i) for i in lineage]
     events = _events_of(session, lineage)
@@ -806,7 +807,12 @@ def records_of_lot(session: Session, lot_id: int) -> list[RecordRef]:
     refs += _inspections_of(session, lineage)
     refs += _corrections_of(session, events)
     for kind, collect in _COLLECTORS.items():
-        if kind not in (LOT, EVENT, INSPECTION, CORRECTION):
+        if kind in (LOT, EVENT, INSPECTION, CORRECTION):
+            continue
+        many = _MANY.get(kind)
+        if many is not None:
+            refs += sorted(many(session, {lot_id: lineage}).get(lot_id, set()), key=lambda r: r.id)
+        else:
             refs += list(collect(session, lineage))
     return refs
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
@@ -25,14 +26,16 @@ from core.settings import Settings, get_settings
 from ingest.enrich import DeviceDirectory
 from ingest.payload import Reading
 from ingest.pipeline import to_line
+from ledger import records
 from ledger.anchor_models import TelemetryDigest
 from ledger.anchoring import Anchorer
 from ledger.bundle import lot_bundle, production_bundle
 from ledger.bundle_verify import verify_bundle
 from ledger.chain import Chain
 from ledger.models import Inspection, InspectionItem, Lot, TraceEvent
+from ledger.records import records_of_lot
 from ledger.trace_io import load_demo_trace
-from ledger.verify import PENDING, TAMPERED, VERIFIED, verify_lot
+from ledger.verify import PENDING, TAMPERED, VERIFIED, check_record, verify_lot
 from simulators.devices import generate
 from tests.chain_fixtures import chain_settings
 
@@ -308,3 +311,60 @@ def test_cli_verify_and_verify_bundle(world, chain: Chain, anvil, tmp_path: Path
     out = runner.invoke(app, ["verify", "NOT-A-CODE"])
     assert out.exit_code == 2 and "error" in out.output
     get_settings.cache_clear()
+
+
+def _statements(engine: Engine, run: Callable[[], Any]) -> tuple[Any, int]:
+    """What `run()` returns, and how many SQL statements it sent."""
+    sent: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        return run(), len(sent)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+
+def test_verifying_a_lot_takes_a_bounded_number_of_statements(world, chain: Chain) -> None:  # type: ignore[no-untyped-def]
+    """Set-based verification: the statements do not grow with the lot's records (40 more events of
+    the bag, anchored, cost at most the new window's proof pages), and the records come out as
+    `check_record` makes them one by one."""
+    engine, influx, settings = world
+
+    def verify(memo: dict[Any, Any] | None = None) -> Any:
+        with Session(engine) as session:
+            return verify_lot(session, lot(session, BAG), chain, influx, settings, memo=memo)
+
+    before, n_before = _statements(engine, verify)
+    assert before.status == VERIFIED and len(before.records) > 150, (before.status, len(before.records))
+    assert n_before <= 80, n_before  # a constant of the lineage (3 lots, 3 plots), not of its hundreds of records
+    with Session(engine) as session:
+        bag = lot(session, BAG)
+        model = session.exec(select(TraceEvent).where(TraceEvent.lot_id == bag.id)).first()
+        assert model is not None
+        keep = model.model_dump(exclude={"id", "event_id", "salt"})
+        for i in range(40):  # the bag observed 40 more times
+            session.add(TraceEvent(**{**keep, "event_time": keep["event_time"] + timedelta(minutes=i + 1)}))
+        session.commit()
+    Anchorer(engine, settings, chain=chain, influx=influx).run_once()
+    after, n_after = _statements(engine, verify)
+    assert after.status == VERIFIED and len(after.records) >= len(before.records) + 40
+    assert n_after <= n_before + 3, (n_before, n_after)  # another window: its pages, its row
+    memo: dict[Any, Any] = {}
+    verify(memo)
+    again, n_again = _statements(engine, lambda: verify(memo))
+    assert again.records == after.records and n_again <= n_after, (n_after, n_again)
+    with Session(engine) as session:
+        one_by_one = [
+            check_record(session, ref, chain, influx, settings) for ref in records_of_lot(session, lot(session, BAG).id)
+        ]
+    assert after.records == one_by_one
+    with Session(engine) as session:  # the lot's records as every kind's one-lot collector lists them
+        for row in session.exec(select(Lot)).all():
+            assert row.id is not None
+            refs = records_of_lot(session, row.id)
+            lineage = [r.id for r in refs if r.kind == "lot/1"]
+            for kind, collect in records._COLLECTORS.items():
+                assert [r for r in refs if r.kind == kind] == list(collect(session, lineage)), (row.code, kind)
