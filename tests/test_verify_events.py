@@ -192,3 +192,61 @@ def test_windows_chain_checks_are_shared(world: PgWorld, service: TraceService) 
     assert service.token(BAG) != token  # invalidated by the window's event...
     assert service.verification(BAG)["status"] == VERIFIED
     assert service.windows.asked == asked  # ...and the unchanged window's answer reused
+
+
+def test_an_expired_result_is_renewed_without_reading_the_database(world: PgWorld) -> None:
+    """When API_VERIFY_CACHE_S has passed and nothing was heard of the lot, the re-check asks the chain
+    about the lot's windows (once, shared) and renews the result without a single SQL statement; a
+    write heard after that makes the next check a full one again, which sees it."""
+    from sqlalchemy import event as sa_event
+
+    ttl = 2.0
+    svc = TraceService(world.engine, world.settings.model_copy(update={"api_verify_cache_s": ttl}))
+    svc.open()
+    try:
+        assert svc.listener is not None and svc.listener.ready.wait(30), "not listening"
+        first = svc.verification(BAG)
+        assert first["status"] == VERIFIED and svc.renewed == 0
+        time.sleep(ttl + 0.2)  # expired: a result is never served past API_VERIFY_CACHE_S
+        assert svc._current_result(BAG) is None  # (a scan now would answer "checking")
+
+        statements: list[str] = []
+
+        def count(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+            statements.append(statement)
+
+        sa_event.listen(world.engine, "before_cursor_execute", count)
+        try:
+            asked = svc.windows.asked
+            renewed = svc.verification(BAG)
+        finally:
+            sa_event.remove(world.engine, "before_cursor_execute", count)
+        assert renewed["status"] == VERIFIED and svc.renewed >= 1
+        assert statements == [], statements  # from the memory of what it read, nothing from the database
+        assert svc.windows.asked > asked  # the chain was asked again about the lot's window(s)
+        assert renewed["records"] == first["records"]
+        assert svc.checked(BAG, wait=False).result["status"] == VERIFIED  # current again
+
+        event_id = an_event_of(world.engine, BAG)
+        heard = svc.listener.heard
+        with Session(world.engine) as s:  # a write heard: the next check is a full one and sees it
+            ev = s.get(TraceEvent, event_id)
+            assert ev is not None
+            original = dict(ev.attributes)
+            ev.attributes = {**original, "tampered_field": 7}
+            s.add(ev)
+            s.commit()
+        wait_heard(svc, heard)
+        times = svc.renewed
+        assert svc.verification(BAG)["status"] == TAMPERED and svc.renewed == times
+        heard = svc.listener.heard
+        with Session(world.engine) as s:
+            ev = s.get(TraceEvent, event_id)
+            assert ev is not None
+            ev.attributes = original
+            s.add(ev)
+            s.commit()
+        wait_heard(svc, heard)
+        assert svc.verification(BAG)["status"] == VERIFIED
+    finally:
+        svc.close()

@@ -14,7 +14,9 @@ Verification is event-driven and runs off the threads that answer scans (api/ser
   Verification is incremental: records rebuilt (from the database and InfluxDB) are shared by
   lots (bags of one paddy lot share its records) and reused until a change of a lot of their
   lineage, or API_VERIFY_REBUILD_S at most (InfluxDB announces nothing); a re-check asks the chain
-  only about windows, and a window's answer is shared by every lot in it;
+  only about windows, and a window's answer is shared by every lot in it; when nothing was heard of
+  the lot and its records may still be reused, the re-check reads nothing from the database: the
+  chain is asked about the lot's windows and, if it says what it said, the result is renewed;
 - the work is done by API_VERIFY_THREADS background threads per worker, scanned lots first: a
   page or the trace JSON never waits: with no current result it says "checking", with the lot's
   last result, when any, and its age under `previous`; /verify waits for the check.
@@ -52,7 +54,7 @@ from ledger.chain import Chain, ChainError, ChainUnavailable
 from ledger.connect import reading_chain
 from ledger.models import Lot, Product
 from ledger.records import LOT
-from ledger.verify import VERIFIED, Verification, verify_lot
+from ledger.verify import VERIFIED, Verification, WindowCheck, check_window, verify_lot, window_key
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +127,9 @@ class Deps:
     lots: frozenset[int]
     windows: frozenset[int]
     unwindowed: bool  # a record outside any window (a new window may take it)
+    # for renewal: each window as the ledger held it (detached rows) and what the chain said of it
+    chain_checks: tuple[tuple[AnchorWindow, WindowCheck], ...] = ()
+    built: float = 0.0  # time.monotonic() of the full verification
 
 
 class TraceService:
@@ -132,7 +137,6 @@ class TraceService:
         self.engine = engine
         self.settings = settings
         ttl = settings.api_verify_cache_s
-        self.views = TtlCache(ttl, max_entries=20_000)  # code -> (view dict, token)
         self.json = TtlCache(ttl, max_entries=20_000)  # code -> (JSON bytes, expiry, token)
         self.pages = TtlCache(ttl, max_entries=5_000)  # (code, lang) -> (HTML bytes, expiry, token)
         self.responses = TtlCache(ttl, max_entries=20_000)  # whole answers, replayed by api.microcache
@@ -150,6 +154,8 @@ class TraceService:
         listens = engine.dialect.name == "postgresql"
         reuse_s = settings.api_verify_rebuild_s if listens else min(settings.api_verify_rebuild_s, ttl)
         self.records = Records(reuse_s, settings.api_verify_memo_records)
+        # the trace view (no verification in it) lives as long as rebuilt records may be reused
+        self.views = TtlCache(reuse_s, max_entries=20_000)  # code -> (view dict, token)
         self._gens: dict[str, int] = {}  # code -> changes heard of the lot
         self._epoch = 0  # changes heard that concern every lot
         self._events: deque[tuple[int, frozenset[str]]] = deque(maxlen=10_000)
@@ -158,6 +164,7 @@ class TraceService:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._outlived = False  # a check took longer than API_VERIFY_CACHE_S: lookups wait for theirs
+        self.renewed = 0  # results renewed without a full verification (tests)
         self._chain: Chain | object | None = _MISSING
         self._influx: InfluxV1 | None = None
         self.closed = False
@@ -368,15 +375,19 @@ class TraceService:
                     }, None
                 v = verify_lot(s, lot, chain, self.influx(), self.settings, answers, memo)
                 windows = {c.window for c in v.records if c.window}
-                seqs = (
-                    set(s.exec(select(AnchorWindow.seq).where(col(AnchorWindow.window_id).in_(windows))).all())
+                rows = (
+                    list(s.exec(select(AnchorWindow).where(col(AnchorWindow.window_id).in_(windows))).all())
                     if windows
-                    else set()
+                    else []
                 )
+                s.expunge_all()  # the window rows are kept (detached) for renewal
+                checks = tuple((w, answers.local[window_key(w)]) for w in rows if window_key(w) in answers.local)
                 deps = Deps(
                     frozenset(c.record_id for c in v.records if c.kind == LOT and c.record_id is not None),
-                    frozenset(seqs),
+                    frozenset(w.seq for w in rows if w.seq is not None),
                     any(c.window is None for c in v.records),
+                    checks if len(checks) == len(rows) else (),
+                    time.monotonic(),
                 )
                 return {**badge(v), "records": v.to_dict()["records"]}, deps
         except ChainError as e:
@@ -418,6 +429,9 @@ class TraceService:
                 if hit is not None and time.monotonic() < hit.refresh:
                     return hit
                 token, event_no = self.token(code), self._event_no
+                renewed = self._renew(code, token)
+                if renewed is not None:
+                    return renewed
                 answers = self.windows.view()
                 memo = self.records.view()
                 result, deps = self._compute_verification(code, answers, memo)  # type: ignore[arg-type]
@@ -446,6 +460,47 @@ class TraceService:
                         memo.commit(deps.lots)  # the records rebuilt, shared from now on
                     return checked
             return checked
+
+    def _renew(self, code: str, token: tuple[int, int]) -> Checked | None:
+        """The lot's last result renewed without reading the database, when nothing it read can have
+        changed: no change of its lineage or windows heard since (the token, PostgreSQL's notifications),
+        its rebuilt records still reusable (API_VERIFY_REBUILD_S: InfluxDB announces nothing), and the
+        chain saying of each of its windows what it said then (asked again, once per window for every
+        lot). Otherwise None: a full verification."""
+        last, deps = self._results.get(code), self._deps.get(code)
+        if (
+            self.listener is None
+            or last is None
+            or deps is None
+            or not deps.chain_checks
+            or last.token != token
+            or last.result.get("status") in (UNVERIFIABLE, CHECKING)
+            or time.monotonic() - deps.built >= self.records.max_age
+        ):
+            return None
+        answers = self.windows.view()
+        try:
+            chain = self.chain()
+            for window, before in deps.chain_checks:
+                key = window_key(window)
+                now = answers.get(key)
+                if now is None:
+                    now = answers[key] = check_window(chain, window)
+                if now != before:
+                    return None
+        except ChainError:
+            return None  # the full verification says why
+        ttl = self._ttl_for(last.result)
+        took = time.monotonic() - answers.started
+        result = {**last.result, "checked_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        refresh = answers.oldest + max(ttl / 2, ttl - 2 * took - 1)
+        checked = Checked(result, answers.oldest + ttl, refresh, token, last.records)
+        with self._state:
+            if token != self.token(code):
+                return None  # a change heard meanwhile
+            self._results[code] = checked
+        self.renewed += 1
+        return checked
 
     def checked(self, code: str, *, wait: bool = True) -> Checked:
         """The lot's verification while it is current (no change heard, the chain asked less than
