@@ -40,7 +40,7 @@ def test_device_health(client: TestClient, auth: dict[str, dict[str, str]]) -> N
     assert c["online"] == 3 and c["failing"] == 1 and c["total"] == len(d["devices"]) == c["silent"] + 4
     fail = next(x for x in d["devices"] if x["id"] == "paddy-0002")
     assert fail["dead_letters_24h"] == 1 and fail["village"] == "211122101201"
-    mine = client.get("/api/v1/dashboard/devices", headers=auth["taipingcun"]).json()["devices"]
+    mine = client.get("/api/v1/dashboard/devices", headers=auth["beizhengjia"]).json()["devices"]
     assert mine and {x["village"] for x in mine} == {"211122101201"}
     other = client.get("/api/v1/dashboard/devices", headers=auth["other"]).json()
     assert other["counts"]["total"] == 0
@@ -52,9 +52,9 @@ def test_open_alerts(client: TestClient, auth: dict[str, dict[str, str]]) -> Non
     assert kinds == {("drought", "soil-0001"), ("fever", "collar-0001")}
     drought = next(a for a in alerts if a["kind"] == "drought")
     assert drought["value"] == 12.0 and drought["threshold"] == 30 and drought["place"] == "211122101201-001"
-    village_view = client.get("/api/v1/dashboard/alerts", headers=auth["taipingcun"]).json()
+    village_view = client.get("/api/v1/dashboard/alerts", headers=auth["beizhengjia"]).json()
     assert [a["kind"] for a in village_view] == ["drought"]  # the herd is in another village
-    assert client.get("/api/v1/dashboard/alerts", headers=auth["hujiacun"]).json() == []
+    assert client.get("/api/v1/dashboard/alerts", headers=auth["changtun"]).json() == []
 
 
 def test_traceability_coverage_and_anchoring(client: TestClient, auth: dict[str, dict[str, str]]) -> None:
@@ -63,7 +63,7 @@ def test_traceability_coverage_and_anchoring(client: TestClient, auth: dict[str,
     bags = next(r for r in t["by_product"] if r["product"] == "rice-5kg")
     assert bags["lots"] == 3 and bags["inspected"] == 3  # through their ancestors' inspections
     assert (
-        client.get("/api/v1/dashboard/traceability", headers=auth["hujiacun"]).json()["total"]["lots"] == 6
+        client.get("/api/v1/dashboard/traceability", headers=auth["changtun"]).json()["total"]["lots"] == 6
     )  # farm + mill
     a = client.get("/api/v1/dashboard/anchoring", headers=auth["analyst"]).json()
     assert a["latest"] and a["latest"][-1]["window"].endswith("w000001") and a["latest"][-1]["tx"].startswith("0x")
@@ -81,14 +81,14 @@ def test_indicators_from_analytics(client: TestClient, auth: dict[str, dict[str,
     assert ind["rankings"] and all(
         {row["village"][:6] for row in rows} <= {"211122"} for rows in ind["rankings"].values()
     )
-    village = client.get("/api/v1/dashboard/indicators?period=2026-07", headers=auth["taiping"]).json()
+    village = client.get("/api/v1/dashboard/indicators?period=2026-07", headers=auth["shaling"]).json()
     assert village["scope"] == "village" and village["code"] == "211122101201"
     assert all(row["village"].startswith("211122101") for rows in village["rankings"].values() for row in rows)
     other = client.get(
-        "/api/v1/dashboard/indicators?period=2026-07&village=211122101203", headers=auth["taiping"]
+        "/api/v1/dashboard/indicators?period=2026-07&village=211122101203", headers=auth["shaling"]
     ).json()
     assert other["code"] == "211122101203"
-    is_problem(client.get("/api/v1/dashboard/indicators?village=211122104201", headers=auth["taiping"]), 403)
+    is_problem(client.get("/api/v1/dashboard/indicators?village=211122104201", headers=auth["shaling"]), 403)
     body = is_problem(client.get("/api/v1/dashboard/indicators?period=someday", headers=auth["county"]), 422)
     assert "period" in body["detail"]
 
@@ -155,7 +155,7 @@ def test_dashboard_summary_by_role(client: TestClient, auth: dict[str, dict[str,
 
 
 def test_timeseries_from_rollups_and_raw(client: TestClient, auth: dict[str, dict[str, str]]) -> None:
-    h = auth["taipingcun"]
+    h = auth["beizhengjia"]
     q = "start=2026-07-01T00:00:00%2B08:00&end=2026-07-04T00:00:00%2B08:00"
     hourly = client.get(f"/api/v1/timeseries?plot=211122101201-001&{q}&resolution=1h", headers=h).json()
     assert {s["kind"] for s in hourly["series"]} == {"paddy", "soil", "weather"}

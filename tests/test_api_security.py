@@ -234,17 +234,17 @@ def test_attack_password_guessing_throttled(proxied: str) -> None:
         for i in range(50):
             r = proxy.post(
                 url,
-                data={"username": "taiping", "password": f"guess-{i}"},
+                data={"username": "shaling", "password": f"guess-{i}"},
                 headers={"X-Forwarded-For": f"203.0.113.{i + 10}"},
             )
             statuses.append(r.status_code)
         assert statuses[:10] == [401] * 10 and set(statuses[10:]) == {429}, statuses
-        right = proxy.post(url, data={"username": "taiping", "password": PASSWORD})
+        right = proxy.post(url, data={"username": "shaling", "password": PASSWORD})
         body = is_problem(right, 429, "sign-in-throttled")
         assert 1 <= int(right.headers["retry-after"]) <= 900 and "retry in" in body["detail"]
         # the dashboard's form shares the count: the form again, 429, nobody signed in
         form = proxy.post(
-            f"{proxied}/dashboard/login", data={"username": "taiping", "password": PASSWORD}, follow_redirects=False
+            f"{proxied}/dashboard/login", data={"username": "shaling", "password": PASSWORD}, follow_redirects=False
         )
         assert form.status_code == 429 and "retry-after" in form.headers and "set-cookie" not in form.headers
         # another account is not locked by this one

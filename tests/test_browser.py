@@ -62,7 +62,11 @@ def server(api_template: Template, tmp_path_factory: pytest.TempPathFactory) -> 
     folder = tmp_path_factory.mktemp("browser")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, **world_env(api_template, folder, TRACE_BASE_URL=base), "LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        **world_env(api_template, folder, TRACE_BASE_URL=base, API_INDICATORS_WARM="true"),
+        "LOG_LEVEL": "WARNING",
+    }
     log = open(folder / "api.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
