@@ -165,7 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.api_verify_cache_s > 0:
             app.state.trace.warm(retail_lots(engine))
         if settings.api_indicators_warm and settings.api_indicators_cache_s > 0:
-            indicators.warm(engine, settings)  # the dashboard's first view finds them computed
+            app.state.indicators_warm = indicators.warm(engine, settings)  # the first dashboard view finds them
         yield
         app.state.trace.close()
         engine.dispose()

@@ -12,7 +12,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 from openpyxl import load_workbook
+from sqlmodel import Session, select
 
+from api.services import indicators
+from ledger.anchor_models import AnchorState, AnchorWindow
 from tests.api_fixtures import PASSWORD, USERS, Template, is_problem, make_client, token
 
 HTML = {"Accept": "text/html"}
@@ -59,7 +62,9 @@ def test_open_alerts(client: TestClient, auth: dict[str, dict[str, str]]) -> Non
 
 def test_traceability_coverage_and_anchoring(client: TestClient, auth: dict[str, dict[str, str]]) -> None:
     t = client.get("/api/v1/dashboard/traceability", headers=auth["analyst"]).json()
-    assert t["total"]["lots"] == 12 and t["total"]["anchored"] == 12 and t["total"]["coverage_pct"] == 100.0
+    # the test chain mines a block per transaction: the window is in a block, never confirmed
+    assert t["total"]["lots"] == 12 and t["total"]["awaiting"] == 12
+    assert t["total"]["anchored"] == 0 and t["total"]["coverage_pct"] == 0.0
     bags = next(r for r in t["by_product"] if r["product"] == "rice-5kg")
     assert bags["lots"] == 3 and bags["inspected"] == 3  # through their ancestors' inspections
     assert (
@@ -208,3 +213,35 @@ def test_timeseries_from_rollups_and_raw(client: TestClient, auth: dict[str, dic
     )
     is_problem(client.get(f"/api/v1/timeseries?plot=211122104201-001&{q}", headers=h), 403, "outside-scope")
     is_problem(client.get(f"/api/v1/timeseries?device=nope&{q}", headers=h), 404)
+
+
+def test_the_coverage_card_and_the_indicators_count_anchored_lots_alike(
+    api_template: Template, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """One rule (the window of the lot's latest manifest confirmed or final) for the card and the indicators;
+    lots only in a block are 'awaiting confirmation' on both, never a silent 0 % beside a 100 % card."""
+    with make_client(api_template, tmp_path_factory.mktemp("anchored")) as c:
+        h = token(c, "county")
+
+        def both() -> tuple[dict, dict]:
+            card = c.get("/api/v1/dashboard/traceability", headers=h).json()["total"]
+            rows = c.get("/api/v1/dashboard/indicators?period=2026", headers=h).json()["indicators"]
+            return card, next(i for i in rows if i["indicator"] == "trace_lot_coverage")
+
+        card, ind = both()
+        assert card["anchored"] == ind["inputs"]["lots_anchored"] == 0
+        assert card["awaiting"] == card["lots"] == ind["inputs"]["lots_awaiting_confirmation"] == ind["inputs"]["lots"]
+        assert ind["value"] == 0.0 and "awaiting confirmation" in ind["note"]
+        c.post("/dashboard/login", data={"username": "county", "password": PASSWORD})
+        page = c.get("/dashboard?period=2026&lang=en", headers=HTML)
+        assert "awaiting confirmation" in page.text and 'id="kpi-awaiting"' in page.text
+        with Session(c.app.state.engine) as session:  # type: ignore[attr-defined]
+            for w in session.exec(select(AnchorWindow)).all():
+                w.state = AnchorState.confirmed
+                session.add(w)
+            session.commit()
+        indicators.clear()
+        card, ind = both()
+        assert card["anchored"] == card["lots"] == ind["inputs"]["lots_anchored"] == ind["inputs"]["lots"]
+        assert card["awaiting"] == ind["inputs"]["lots_awaiting_confirmation"] == 0
+        assert card["coverage_pct"] == ind["value"] == 100.0 and ind["note"] is None
