@@ -153,8 +153,8 @@ def warm(engine: Engine, settings: Settings) -> threading.Thread:
         try:
             with Session(engine) as session:
                 counties = session.exec(select(County.code).order_by(County.code)).all()
-                for county in counties:
-                    latest_period(session, settings, county)
+                for county in counties:  # the month the dashboard opens on, and that month's own report
+                    report(session, settings, county, latest_period(session, settings, county))
         except Exception as e:  # the dashboard computes on its first view instead
             log.warning("indicators not warmed: %s", e)
 
