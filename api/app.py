@@ -71,6 +71,7 @@ DOCS_PAGE = """<!doctype html>
 </html>
 """
 
+PAGES = ("trace.html", "dashboard.html", "login.html", "home.html", "error.html")
 # answers not worth compressing again: images and archives (an Excel workbook is a zip file)
 NO_GZIP = (*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
 TAGS = [
@@ -162,6 +163,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.trace.open()
+        for page in PAGES:  # compiled now, not on the first view of each
+            app.state.templates.get_template(page)
         if settings.api_verify_cache_s > 0:
             app.state.trace.warm(retail_lots(engine))
         if settings.api_indicators_warm and settings.api_indicators_cache_s > 0:

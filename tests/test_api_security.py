@@ -161,7 +161,7 @@ def test_head_and_cross_origin_reads_over_the_served_api(proxied: str) -> None:
         get = c.get(uri, headers={"Accept": "application/linkset+json", **origin})
         head = c.head(uri, headers={"Accept": "application/linkset+json", **origin})
         assert get.status_code == head.status_code == 200 and head.content == b""
-        assert head.headers["content-length"] == str(len(get.content)) and get.json()["linkset"]
+        assert head.headers["content-length"] == get.headers["content-length"] and get.json()["linkset"]  # gzip: alike
         assert get.headers["access-control-allow-origin"] == head.headers["access-control-allow-origin"] == "*"
         missing = c.head(f"{proxied}/01/{BAG_GTIN}/10/2026-NOPE", headers=origin)
         assert missing.status_code == 404 and missing.content == b""
