@@ -29,13 +29,14 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from api import charts, problems
-from api.assets import Assets
+from api.assets import STYLE, Assets
 from api.canonical import CanonicalPaths
 from api.headers import SecurityHeaders
 from api.microcache import MicroCache
@@ -105,6 +106,7 @@ def local_time(tz: str) -> Callable[[str | None], str]:
 def templates(tz: str = "Asia/Shanghai", assets: Assets | None = None) -> Jinja2Templates:
     t = Jinja2Templates(directory=str(HERE / "templates"))
     t.env.globals["asset"] = (assets or Assets()).url  # /static/NAME?v=HASH (api/assets.py)
+    t.env.globals["inline_style"] = Markup(STYLE)  # allowed by its hash in the CSP (api/headers.py)
     t.env.filters["local"] = local_time(tz)
     t.env.filters["chart_indicator"] = charts.chart_indicator
     t.env.globals["growth_chart"] = charts.growth_chart

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,12 +30,18 @@ class Counting:
         return self.real(*args, **kwargs)
 
 
-def test_indicators_are_warm_at_start_up_and_refreshed_in_the_background(
-    api_template: Template, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def counting(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counting]:
     indicators.clear()
-    counting = Counting(indicators.compute_indicators)
-    monkeypatch.setattr(indicators, "compute_indicators", counting)
+    counted = Counting(indicators.compute_indicators)
+    monkeypatch.setattr(indicators, "compute_indicators", counted)
+    yield counted
+    indicators.clear()
+
+
+def test_indicators_are_warm_at_start_up_and_refreshed_in_the_background(
+    api_template: Template, tmp_path_factory: pytest.TempPathFactory, counting: Counting
+) -> None:
     folder = tmp_path_factory.mktemp("indicator-cache")
     with make_client(api_template, folder, API_INDICATORS_WARM="true", API_INDICATORS_CACHE_S="600") as c:
         c.app.state.indicators_warm.join(120)  # type: ignore[attr-defined]
@@ -58,15 +65,11 @@ def test_indicators_are_warm_at_start_up_and_refreshed_in_the_background(
         for t in threading.enumerate():  # the other stale reports' refreshes end before the world goes
             if t.name.startswith("indicators-"):
                 t.join(120)
-    indicators.clear()
 
 
 def test_no_cache_computes_on_every_view(
-    api_template: Template, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+    api_template: Template, tmp_path_factory: pytest.TempPathFactory, counting: Counting
 ) -> None:
-    indicators.clear()
-    counting = Counting(indicators.compute_indicators)
-    monkeypatch.setattr(indicators, "compute_indicators", counting)
     folder = tmp_path_factory.mktemp("indicator-no-cache")
     with make_client(api_template, folder, API_INDICATORS_CACHE_S="0", API_INDICATORS_WARM="true") as c:
         assert not hasattr(c.app.state, "indicators_warm")  # nothing to warm without a cache
