@@ -35,7 +35,7 @@ from core.models import County
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
-STALE_S = 3600.0  # a report past API_INDICATORS_CACHE_S is served (while recomputed) up to this age
+STALE_S = 3600.0  # a report past API_INDICATORS_CACHE_S is served (while recomputed) this long more
 DEFAULT_TREND = 5
 LOOKBACK_MONTHS = 24  # how far back the dashboard looks for the latest month with readings
 FIRST_YEAR, LAST_YEAR = 1970, 3000  # periods the dashboard computes (with DEFAULT_TREND periods before)
@@ -121,7 +121,7 @@ def _compute(session: Session, settings: Settings, county: str, period: Period, 
         rollups.influx.close()
         rollups.store.close()
     if key is not None:
-        _cache.set(key, (time.monotonic(), result))
+        _cache.set(key, (time.monotonic(), result), ttl=settings.api_indicators_cache_s + STALE_S)
     return result
 
 
