@@ -201,6 +201,13 @@ def _pct(num: float, den: float) -> float | None:
     return None if den <= 0 else 100.0 * num / den
 
 
+def _awaiting_note(n: int, what: str) -> str | None:
+    """Why a traceability share is lower than the lots on chain: anchors in a block, not yet confirmed."""
+    if n <= 0:
+        return None
+    return f"{n} {what} in a block awaiting confirmation (counted once confirmed or final)"
+
+
 def _r(x: float | None, digits: int = 4) -> float | None:
     return None if x is None else round(float(x), digits)
 
@@ -691,16 +698,23 @@ class _Cut:
         lots = lots[(by_year | by_created) & (lots["v"] >= 0)]
         v = lots["v"].to_numpy()
         anchored, verified = lots["anchored"].to_numpy(), lots["verified"].to_numpy()
+        awaiting = lots["awaiting"].to_numpy() if "awaiting" in lots else np.zeros(len(lots), dtype=bool)
         harvest, kg = lots["harvest"].to_numpy(dtype=bool), lots["kg"].to_numpy(dtype=float)
         weighed = harvest & ~np.isnan(kg)
         kg0 = np.nan_to_num(kg)
         year_list = self.period.years()
         self.emit(
-            {"anchored": self.vsum(v, anchored), "lots": self.vsum(v)},
+            {"anchored": self.vsum(v, anchored), "awaiting": self.vsum(v, awaiting), "lots": self.vsum(v)},
             lambda x, _s: Value(
                 "trace_lot_coverage",
                 _r(_pct(x["anchored"], x["lots"])),
-                {"lots_anchored": int(x["anchored"]), "lots": int(x["lots"]), "years": year_list},
+                {
+                    "lots_anchored": int(x["anchored"]),
+                    "lots_awaiting_confirmation": int(x["awaiting"]),
+                    "lots": int(x["lots"]),
+                    "years": year_list,
+                },
+                note=_awaiting_note(int(x["awaiting"]), "lots"),
             ),
         )
         check = "anchor states" if self.ctx.chain is None else "full verification against the chain"
@@ -709,6 +723,7 @@ class _Cut:
                 "kg": self.vsum(v, kg0 * weighed),
                 "kg_ok": self.vsum(v, kg0 * (weighed & verified)),
                 "lots_ok": self.vsum(v, harvest & verified),
+                "lots_awaiting": self.vsum(v, harvest & awaiting),
                 "lots": self.vsum(v, harvest),
                 "no_weight": self.vsum(v, harvest & np.isnan(kg)),
             },
@@ -721,8 +736,10 @@ class _Cut:
                     "harvest_lots_verified": int(x["lots_ok"]),
                     "harvest_lots": int(x["lots"]),
                     "lots_without_weight": int(x["no_weight"]),
+                    "harvest_lots_awaiting_confirmation": int(x["lots_awaiting"]),
                     "check": check,
                 },
+                note=_awaiting_note(int(x["lots_awaiting"]), "harvest lots"),
             ),
         )
         i = ledger.inspections

@@ -348,7 +348,7 @@ def _dead_letters(session: Session, idx: dict[str, int], start: datetime, end: d
 
 @dataclass
 class LedgerData:
-    lots: pd.DataFrame  # id, village, kg, unit, harvest_year, created_ms, harvest, anchored, verified
+    lots: pd.DataFrame  # id, village, kg, unit, harvest_year, created_ms, harvest, anchored, verified, awaiting
     inspections: pd.DataFrame  # lot_id, village, day (date), passed
     anchored: pd.DataFrame  # kind, village, created_ms, block_ms
 
@@ -391,16 +391,16 @@ def load_ledger(
         for seq, state, bt in session.exec(select(AnchorWindow.seq, AnchorWindow.state, AnchorWindow.block_time)).all()
     }
     good = {seq for seq, (state, _) in windows.items() if state in ANCHORED}
+    in_block = {seq for seq, (state, _) in windows.items() if state == AnchorState.included}
     lot_ids = [int(i) for i in frame["id"]]
-    latest: dict[int, LotManifest] = {}
-    for m in session.exec(select(LotManifest).where(col(LotManifest.lot_id).in_(lot_ids))).all():
-        if m.lot_id not in latest or m.version > latest[m.lot_id].version:
-            latest[m.lot_id] = m
+    latest = latest_manifests(session, lot_ids)
     manifest_window = _leaf_windows_by_record(session, "manifest/1", [m.id for m in latest.values() if m.id])
     listed = sorted({leaf for m in latest.values() for leaf in m.content.get("leaves", [])})
     leaf_window = _leaf_windows(session, listed)
-    anchored_lots, verified_lots = set(), set()
+    anchored_lots, verified_lots, awaiting_lots = set(), set(), set()
     for lot_id, m in latest.items():
+        if manifest_window.get(m.id) in in_block:  # type: ignore[arg-type]
+            awaiting_lots.add(lot_id)
         if manifest_window.get(m.id) in good:  # type: ignore[arg-type]
             anchored_lots.add(lot_id)
             if all(leaf_window.get(leaf) in good for leaf in m.content.get("leaves", [])):
@@ -414,6 +414,7 @@ def load_ledger(
             if verify_lot(session, lot, chain, influx, get_settings()).status == VERIFIED:
                 verified_lots.add(lot.id)
     frame["anchored"] = frame["id"].isin(anchored_lots)
+    frame["awaiting"] = frame["id"].isin(awaiting_lots)  # in a block, not yet confirmed
     frame["verified"] = frame["id"].isin(verified_lots)
     lot_village = dict(zip(frame["id"], frame["village"], strict=True))
     insp = [
@@ -442,6 +443,32 @@ def _leaf_windows(session: Session, leaves: Sequence[str]) -> dict[str, int | No
                 session.exec(select(LedgerLeaf.leaf, LedgerLeaf.window_seq).where(col(LedgerLeaf.leaf).in_(part))).all()
             )
         )
+    return out
+
+
+def latest_manifests(session: Session, lot_ids: Sequence[int]) -> dict[int, LotManifest]:
+    """Lot id -> its latest manifest (the lot's trace as anchored: its leaves), for lots that have one."""
+    latest: dict[int, LotManifest] = {}
+    for part in _chunks(list(lot_ids)):
+        for m in session.exec(select(LotManifest).where(col(LotManifest.lot_id).in_(part))).all():
+            if m.lot_id not in latest or m.version > latest[m.lot_id].version:
+                latest[m.lot_id] = m
+    return latest
+
+
+def lot_anchor_states(session: Session, lot_ids: Sequence[int]) -> dict[int, AnchorState]:
+    """Lot id -> the state of the anchoring window that holds the lot's latest manifest (lots whose
+    manifest is in no window yet are absent). One rule for the indicators and the dashboard's coverage
+    card: a lot is anchored when that window is confirmed or final (ANCHORED); in a block (included)
+    it awaits confirmation, since a reorganisation can still drop it."""
+    latest = latest_manifests(session, lot_ids)
+    window_of = _leaf_windows_by_record(session, "manifest/1", [m.id for m in latest.values() if m.id])
+    states = dict(session.exec(select(AnchorWindow.seq, AnchorWindow.state)).all())
+    out: dict[int, AnchorState] = {}
+    for lot_id, m in latest.items():
+        seq = window_of.get(m.id)  # type: ignore[arg-type]
+        if seq is not None and seq in states:
+            out[lot_id] = AnchorState(states[seq])
     return out
 
 

@@ -9,8 +9,9 @@ everything machine-readable under `/api/v1` (OpenAPI at `/api/v1/openapi.json`, 
 Around the routes, outermost first: the trusted proxies' client address and scheme (uvicorn's
 ProxyHeadersMiddleware, only for API_TRUSTED_PROXIES), security headers (api/headers.py), CORS and HEAD
 on the public lookups (api/public_http.py), the public rate limit (api/ratelimit.py), redirects of
-non-canonical code spellings and trailing slashes (api/canonical.py) and the micro-cache of public lookups
-(api/microcache.py).
+non-canonical code spellings and trailing slashes (api/canonical.py), gzip for clients that accept it, and
+the micro-cache of public lookups (api/microcache.py). The app's static files are versioned and cached
+(api/assets.py).
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
+from starlette.middleware.gzip import DEFAULT_EXCLUDED_CONTENT_TYPES, GZipMiddleware
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from api import charts, problems
+from api.assets import STYLE, Assets
 from api.canonical import CanonicalPaths
 from api.headers import SecurityHeaders
 from api.microcache import MicroCache
@@ -41,7 +45,7 @@ from api.ratelimit import RateLimiter
 from api.routers import admin, alerts, auth, dashboard, models, province, resolver, timeseries, trace
 from api.routers import charts as chart_routes
 from api.security import jwt_secret
-from api.services import webhooks
+from api.services import indicators, webhooks
 from api.services.tracing import TraceService
 from api.throttle import SignInThrottle
 from core.db import make_engine
@@ -68,6 +72,9 @@ DOCS_PAGE = """<!doctype html>
 </html>
 """
 
+PAGES = ("trace.html", "dashboard.html", "login.html", "home.html", "error.html")
+# answers not worth compressing again: images and archives (an Excel workbook is a zip file)
+NO_GZIP = (*DEFAULT_EXCLUDED_CONTENT_TYPES, "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
 TAGS = [
     {"name": "resolver", "description": "GS1 Digital Link resolver and the consumer trace page (public)."},
     {"name": "trace", "description": "A lot's trace as JSON, its verification, proof bundle, QR code, EPCIS (public)."},
@@ -96,8 +103,10 @@ def local_time(tz: str) -> Callable[[str | None], str]:
     return fmt
 
 
-def templates(tz: str = "Asia/Shanghai") -> Jinja2Templates:
+def templates(tz: str = "Asia/Shanghai", assets: Assets | None = None) -> Jinja2Templates:
     t = Jinja2Templates(directory=str(HERE / "templates"))
+    t.env.globals["asset"] = (assets or Assets()).url  # /static/NAME?v=HASH (api/assets.py)
+    t.env.globals["inline_style"] = Markup(STYLE)  # allowed by its hash in the CSP (api/headers.py)
     t.env.filters["local"] = local_time(tz)
     t.env.filters["chart_indicator"] = charts.chart_indicator
     t.env.globals["growth_chart"] = charts.growth_chart
@@ -156,8 +165,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.trace.open()
+        for page in PAGES:  # compiled now, not on the first view of each
+            app.state.templates.get_template(page)
         if settings.api_verify_cache_s > 0:
             app.state.trace.warm(retail_lots(engine))
+        if settings.api_indicators_warm and settings.api_indicators_cache_s > 0:
+            app.state.indicators_warm = indicators.warm(engine, settings)  # the first dashboard view finds them
         yield
         app.state.trace.close()
         engine.dispose()
@@ -174,7 +187,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = engine
-    app.state.templates = templates(settings.county_timezone)
+    static = Assets()
+    app.state.templates = templates(settings.county_timezone, static)
     app.state.trace = TraceService(engine, settings)
     app.state.jwt_secret = jwt_secret(settings)  # SecretError (refusing to start) when missing or short
     app.state.sign_in_throttle = SignInThrottle(
@@ -188,6 +202,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = problem_openapi(app)  # type: ignore[method-assign]
     # Each middleware added runs before the ones added earlier.
     app.add_middleware(MicroCache, cache=app.state.trace.responses, token=app.state.trace.token_for_key)
+    # gzip for clients that accept it (pages, JSON, CSS, JS), outside the micro-cache, which keeps plain bodies
+    app.add_middleware(GZipMiddleware, minimum_size=1000, compresslevel=6, exclude_content_types=NO_GZIP)
     app.add_middleware(CanonicalPaths)
     app.add_middleware(RateLimiter, per_minute=settings.api_rate_limit_per_min)
     app.add_middleware(HeadAsGet)
@@ -207,7 +223,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return HTMLResponse(DOCS_PAGE)
 
     app.mount(f"{DOCS_URL}/assets", StaticFiles(directory=str(SWAGGER_ASSETS)), name="swagger-ui")
-    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    app.mount("/static", static, name="static")
     return app
 
 

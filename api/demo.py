@@ -34,8 +34,8 @@ START_MS = int(datetime(2026, 7, 1, tzinfo=UTC).timestamp() * 1000) - 8 * 3_600_
 # One demo account per role: (user name, role, scope).
 DEMO_USERS = (
     ("county", Role.county_admin, "211122"),
-    ("taiping", Role.township_officer, "211122101"),
-    ("taipingcun", Role.village_operator, "211122101201"),
+    ("shaling", Role.township_officer, "211122101"),
+    ("beizhengjia", Role.village_operator, "211122101201"),
     ("analyst", Role.analyst, "211122"),
     ("panjin", Role.city_officer, "211100"),  # Panjin city: the county comparison of its counties
     ("liaoning", Role.province_officer, "210000"),  # Liaoning province: every county

@@ -2,7 +2,8 @@
 
 `SecurityHeaders` adds to every response (pages, JSON, static files, cached replays, 429s, redirects):
 - `Content-Security-Policy`: scripts, styles, images and fetches from this origin only (no inline
-  script or style anywhere: the templates load api/static files, Swagger UI its packaged assets),
+  script or style anywhere: the templates load api/static files, Swagger UI its packaged assets; the
+  one exception is the pages' stylesheet, inlined and allowed by its SHA-256 hash, api/assets.py),
   images also from `data:` (Swagger UI's icons) and `blob:` (its previews of image answers), no
   plugins, no `<base>`, forms only to this origin, and no framing (`frame-ancestors 'none'`);
 - `X-Frame-Options: DENY` (the same for older browsers), `X-Content-Type-Options: nosniff`,
@@ -23,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from api.assets import STYLE_HASH
+
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Any]]
 Send = Callable[[Any], Awaitable[None]]
@@ -32,7 +35,7 @@ CSP = "; ".join(
     [
         "default-src 'none'",
         "script-src 'self'",
-        "style-src 'self'",
+        f"style-src 'self' {STYLE_HASH}",
         "img-src 'self' data: blob:",
         "connect-src 'self'",
         "font-src 'self'",

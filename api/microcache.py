@@ -129,8 +129,8 @@ class MicroCache:
 
         async def capture(message: Any) -> None:
             nonlocal complete
-            if message["type"] == "http.response.start":
-                start.update(message)
+            if message["type"] == "http.response.start":  # a copy: outer middleware (gzip) edits the list
+                start.update(message, headers=list(message.get("headers", [])))
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
                 complete = not message.get("more_body", False)

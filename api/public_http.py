@@ -1,4 +1,5 @@
-"""HTTP around the public lookups (`/01/...`, `/t/...`, `/api/v1/trace/...`): HEAD and cross-origin reads.
+"""HTTP around the public lookups (`/01/...`, `/t/...`, `/api/v1/trace/...`, the resolver description
+`/.well-known/gs1resolver`): HEAD and cross-origin reads.
 
 - `HeadAsGet`: a HEAD request is answered as the GET of the same URL (status and headers, Content-Length
   included) without the body (RFC 9110 §9.3.2); the routes, the redirects and the micro-cache see a GET.
@@ -20,7 +21,7 @@ Receive = Callable[[], Awaitable[Any]]
 Send = Callable[[Any], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-PUBLIC_PREFIXES = ("/01/", "/t/", "/api/v1/trace/")
+PUBLIC_PREFIXES = ("/01/", "/t/", "/api/v1/trace/", "/.well-known/gs1resolver")
 CORS_HEADERS: list[tuple[bytes, bytes]] = [
     (b"access-control-allow-origin", b"*"),
     (b"access-control-expose-headers", b"Link, Content-Language, Retry-After"),

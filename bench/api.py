@@ -274,9 +274,9 @@ def run(
             session.commit()
             monitored = select(Plot.plot_no, Plot.village_code).join(Device, col(Device.plot_id) == Plot.id)
             plots = session.exec(monitored.order_by(Plot.id)).all()
-            plot_of = {  # a monitored plot in each user's area (the village operator's: Taiping village)
+            plot_of = {  # a monitored plot in each user's area (the village operator's: Beizhengjia village)
                 "county": plots[0][0],
-                "taipingcun": next(p for p, v in plots if v == "211122101201"),
+                "beizhengjia": next(p for p, v in plots if v == "211122101201"),
             }
         engine.dispose()
         port = free_port()
@@ -309,7 +309,7 @@ def run(
         verification = verify_all(base, world.codes, addresses)  # every lot, scanned or not: all must be verified
         verify_s = round(time.perf_counter() - t0, 2)
         out["warm"] = wrk_script(base, warm_data, "zipf", duration_s=warm_s, **kw)
-        tokens = {u: sign_in(base, u, password) for u in ("county", "taipingcun")}
+        tokens = {u: sign_in(base, u, password) for u in ("county", "beizhengjia")}
         day = "start=2026-07-01T00:00:00%2B08:00&end=2026-07-04T00:00:00%2B08:00"
         dash_rows = [
             (path, "application/json", "zh-CN", tok)

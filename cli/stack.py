@@ -402,8 +402,8 @@ def _serve(stack: LocalStack, port: int, base_url: str) -> Panel:
     stack.ingest_procs.append(proc)  # stopped with the stack
     wait_for_port("127.0.0.1", port, 60, proc)
     lines = [
-        f"dashboard   {base_url}/dashboard   (demo login: county / {passwords['county']}; also taiping,"
-        " taipingcun, analyst: one per role)",
+        f"dashboard   {base_url}/dashboard   (demo login: county / {passwords['county']}; also shaling,"
+        " beizhengjia, analyst: one per role)",
         f"province    {base_url}/province?period=2026-Q3   (province login: liaoning / {passwords['liaoning']};"
         " city of Panjin: panjin, same password; counties compared side by side)",
         f"trace page  {base_url}/01/06947512300010/10/2026-M01-A   (or {base_url}/t/M35CW3XRD6R)",

@@ -136,6 +136,10 @@ class Settings(BaseSettings):
     api_verify_threads: int = Field(default=2, ge=1, le=32, alias="API_VERIFY_THREADS")
     api_verify_rebuild_s: float = Field(default=900.0, ge=0, alias="API_VERIFY_REBUILD_S")
     api_verify_memo_records: int = Field(default=200_000, ge=0, alias="API_VERIFY_MEMO_RECORDS")
+    # Dashboard indicators (api/services/indicators.py): a county's report is fresh this long, then
+    # served while recomputed in the background (0: computed on every view); computed at start-up.
+    api_indicators_cache_s: float = Field(default=120.0, ge=0, alias="API_INDICATORS_CACHE_S")
+    api_indicators_warm: bool = Field(default=True, alias="API_INDICATORS_WARM")
 
     # Alerts (api/services/alerts.py, worker `village alerts run`): readings are checked every
     # ALERT_EVAL_INTERVAL_S; an alert resolves itself once the device's readings have stayed within

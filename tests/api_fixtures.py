@@ -65,10 +65,10 @@ OTHER_COUNTY = {
 # user name -> (role, scope); every password is PASSWORD
 USERS = {
     "county": ("county_admin", "211122"),
-    "taiping": ("township_officer", "211122101"),
-    "taipingcun": ("village_operator", "211122101201"),
+    "shaling": ("township_officer", "211122101"),
+    "beizhengjia": ("village_operator", "211122101201"),
     "analyst": ("analyst", "211122"),
-    "hujiacun": ("village_operator", "211122104201"),
+    "changtun": ("village_operator", "211122104201"),
     "other": ("county_admin", "211103"),
 }
 
@@ -175,6 +175,7 @@ def world_env(template: Template, folder: Path, **extra: object) -> dict[str, st
         "API_JWT_SECRET": "test-secret-for-the-api-tests-only-0123456789",
         "API_RATE_LIMIT_PER_MIN": 100_000,
         "API_VERIFY_CACHE_S": 60,
+        "API_INDICATORS_WARM": "false",  # tests change the world under the app: nothing computed ahead
         "TRACE_BASE_URL": "https://trace.example.cn",
         **extra,
     }

@@ -33,7 +33,7 @@ from ingest.pipeline import to_line
 from tests.api_fixtures import PASSWORD, USERS, Template, is_problem, token, world_env
 from tests.webhook_receiver import Receiver
 
-TAIPINGCUN = "211122101201"
+BEIZHENGJIA = "211122101201"
 
 
 @dataclass
@@ -80,7 +80,7 @@ def world(api_template: Template, tmp_path_factory: pytest.TempPathFactory) -> I
     with TestClient(create_app(settings)) as client:
         auth = {user: token(client, user) for user in USERS}
         w = World(env, settings, client, influx, receiver, auth)
-        # soil-0001 (rice, 太平村) dry: 12 % < 30 %; collar-0001 feverish
+        # soil-0001 (rice, 北郑家村) dry: 12 % < 30 %; collar-0001 feverish
         w.write("soil-0001", "soil", 600, {"soil_moisture": 12.0, "soil_temp_c": 14.0})
         w.write("collar-0001", "collar", 600, {"body_temp_c": 40.8, "activity": 100.0, "rumination_min": 20.0})
         report = w.evaluate()
@@ -98,9 +98,9 @@ def test_alerts_listed_by_area(world: World) -> None:
     county = world.alerts("county")
     assert {(a["kind"], a["device_id"]) for a in county} >= {("drought", "soil-0001"), ("fever", "collar-0001")}
     d = drought(world)
-    assert d["village_code"] == TAIPINGCUN and d["value"] == 12.0 and d["threshold"] == 30
+    assert d["village_code"] == BEIZHENGJIA and d["value"] == 12.0 and d["threshold"] == 30
     assert d["metric"] == "soil_moisture" and d["state"] == "open"
-    assert [a["kind"] for a in world.alerts("taipingcun")] == ["drought"]  # the herd is in another village
+    assert [a["kind"] for a in world.alerts("beizhengjia")] == ["drought"]  # the herd is in another village
     assert world.alerts("other") == []  # another county's administrator
     assert [a["device_id"] for a in world.alerts("county", device="collar-0001")] == ["collar-0001"]
     assert world.alerts("county", kind="fever", state="resolved") == []
@@ -111,16 +111,16 @@ def test_alerts_listed_by_area(world: World) -> None:
 
 
 def test_operator_cannot_acknowledge_other_village_alert(world: World) -> None:
-    """hujiacun's operator may neither see nor work 太平村's alert: a 403 problem, and nothing recorded."""
+    """changtun's operator may neither see nor work 北郑家村's alert: a 403 problem, and nothing recorded."""
     d = drought(world)
     before = world.client.get(f"/api/v1/alerts/{d['id']}", headers=world.auth["county"]).json()["history"]
     url = f"/api/v1/alerts/{d['id']}"
-    r = world.client.post(f"{url}/acknowledge", json={"note": "mine"}, headers=world.auth["hujiacun"])
+    r = world.client.post(f"{url}/acknowledge", json={"note": "mine"}, headers=world.auth["changtun"])
     assert "211122101201" in is_problem(r, 403, "outside-scope")["detail"]
-    r = world.client.post(f"/api/v1/alerts/{d['id']}/resolve", json={"note": "x"}, headers=world.auth["hujiacun"])
+    r = world.client.post(f"/api/v1/alerts/{d['id']}/resolve", json={"note": "x"}, headers=world.auth["changtun"])
     is_problem(r, 403, "outside-scope")
-    is_problem(world.client.get(f"/api/v1/alerts/{d['id']}", headers=world.auth["hujiacun"]), 403, "outside-scope")
-    is_problem(world.client.get(f"/api/v1/alerts?village={TAIPINGCUN}", headers=world.auth["hujiacun"]), 403)
+    is_problem(world.client.get(f"/api/v1/alerts/{d['id']}", headers=world.auth["changtun"]), 403, "outside-scope")
+    is_problem(world.client.get(f"/api/v1/alerts?village={BEIZHENGJIA}", headers=world.auth["changtun"]), 403)
     after = world.client.get(f"/api/v1/alerts/{d['id']}", headers=world.auth["county"]).json()["history"]
     assert after == before
 
@@ -152,13 +152,13 @@ def test_bad_bodies_are_precise_problems(world: World) -> None:
 def test_lifecycle_acknowledged_resolved_by_readings_reopened_and_by_hand(world: World) -> None:
     d = drought(world)
     url = f"/api/v1/alerts/{d['id']}"
-    r = world.client.post(f"{url}/acknowledge", json={"note": "灌溉泵已派人检查"}, headers=world.auth["taipingcun"])
+    r = world.client.post(f"{url}/acknowledge", json={"note": "灌溉泵已派人检查"}, headers=world.auth["beizhengjia"])
     assert r.status_code == 200, r.text
     a = r.json()
-    assert a["state"] == "acknowledged" and a["acknowledged_by"] == "taipingcun" and a["acknowledged_at"]
+    assert a["state"] == "acknowledged" and a["acknowledged_by"] == "beizhengjia" and a["acknowledged_at"]
     assert [(e["action"], e["actor"], e["note"]) for e in a["history"]] == [
         ("opened", "system", None),
-        ("acknowledged", "taipingcun", "灌溉泵已派人检查"),
+        ("acknowledged", "beizhengjia", "灌溉泵已派人检查"),
     ]
     assert {x["endpoint"] for x in a["deliveries"]} == {"county-ops"}  # queued for the county's endpoint
     is_problem(world.client.post(f"{url}/acknowledge", json={}, headers=world.auth["county"]), 409, "alert-state")
@@ -170,7 +170,7 @@ def test_lifecycle_acknowledged_resolved_by_readings_reopened_and_by_hand(world:
     assert d["id"] not in world.evaluate().resolved
     world.write("soil-0001", "soil", 250, {"soil_moisture": 36.5, "soil_temp_c": 14.0})  # 150 s after the first
     assert world.evaluate().resolved == [d["id"]]
-    a = world.client.get(url, headers=world.auth["taipingcun"]).json()
+    a = world.client.get(url, headers=world.auth["beizhengjia"]).json()
     assert a["state"] == "resolved" and a["resolved_by"] == "system"
     assert a["history"][-1]["action"] == "resolved" and "for 2 min" in a["history"][-1]["note"]
     assert world.evaluate().resolved == []  # once
@@ -187,8 +187,8 @@ def test_lifecycle_acknowledged_resolved_by_readings_reopened_and_by_hand(world:
     assert world.client.get(url, headers=world.auth["county"]).json()["normal_since"] is None
 
     # resolved by hand, with the note saying why; the same (old) reading does not reopen it
-    r = world.client.post(f"{url}/resolve", json={"note": "传感器被移动，已复位"}, headers=world.auth["taipingcun"])
-    assert r.status_code == 200 and r.json()["state"] == "resolved" and r.json()["resolved_by"] == "taipingcun"
+    r = world.client.post(f"{url}/resolve", json={"note": "传感器被移动，已复位"}, headers=world.auth["beizhengjia"])
+    assert r.status_code == 200 and r.json()["state"] == "resolved" and r.json()["resolved_by"] == "beizhengjia"
     assert world.evaluate().reopened == []
     assert [e["action"] for e in r.json()["history"]] == [
         "opened", "acknowledged", "resolved", "reopened", "resolved"
@@ -242,10 +242,10 @@ def test_pages_need_signing_in_and_show_only_the_area(world: World) -> None:
     anon = TestClient(world.client.app)
     r = anon.get("/dashboard/alerts", follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/dashboard/login"
-    hujia = _signed_in(world, "hujiacun")
-    assert "暂无预警" in hujia.get("/dashboard/alerts").text
+    changtun = _signed_in(world, "changtun")
+    assert "暂无预警" in changtun.get("/dashboard/alerts").text
     d = drought(world)
-    assert hujia.get(f"/dashboard/alerts/{d['id']}", headers={"Accept": "text/html"}).status_code == 403
+    assert changtun.get(f"/dashboard/alerts/{d['id']}", headers={"Accept": "text/html"}).status_code == 403
     analyst = _signed_in(world, "analyst").get("/dashboard/alerts").text
     assert "soil-0001" in analyst and 'data-action="acknowledge"' not in analyst  # reads, no buttons
 

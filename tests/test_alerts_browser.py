@@ -1,5 +1,5 @@
 """In headless Chromium against `village serve`: a village operator signs in on the dashboard, follows
-the link to the alerts, writes a note and acknowledges 太平村's drought alert (the page's script posts
+the link to the alerts, writes a note and acknowledges 北郑家村's drought alert (the page's script posts
 with the session cookie and the page's CSRF token), under the Content-Security-Policy; the screenshot
 goes to tests/artifacts/alerts.png."""
 
@@ -77,7 +77,7 @@ def test_village_operator_acknowledges_an_alert(
     devtools.call("Page.addScriptToEvaluateOnNewDocument", session=True, source=CSP_WATCH)
     devtools.navigate(f"{server}/dashboard/login")
     devtools.js(
-        "document.querySelector('#username').value = 'taipingcun';"
+        "document.querySelector('#username').value = 'beizhengjia';"
         f"document.querySelector('#password').value = {json.dumps(PASSWORD)};"
         "document.querySelector('#login-button').click();"
     )
@@ -97,7 +97,7 @@ def test_village_operator_acknowledges_an_alert(
         devtools, f"document.querySelector('{row}') && document.querySelector('{row}').dataset.state === 'acknowledged'"
     )
     assert devtools.js(f"document.querySelector('{row} .state').textContent") == "已确认"
-    assert "taipingcun" in devtools.js(f"document.querySelector('{row}').innerText")
+    assert "beizhengjia" in devtools.js(f"document.querySelector('{row}').innerText")
     assert devtools.js(f"document.querySelector('{row} button.ack')") is None  # acknowledged: only resolve is left
     assert csp_complaints(devtools) == []
     ARTIFACTS.mkdir(exist_ok=True)
@@ -107,7 +107,7 @@ def test_village_operator_acknowledges_an_alert(
     # what the server recorded: who, and the note, in the alert's history
     devtools.navigate(f"{server}/dashboard/alerts/{alert_id}?lang=en")
     text = devtools.js("document.body.innerText")
-    assert "Alert acknowledged" in text and "已安排灌溉" in text and "taipingcun" in text
+    assert "Alert acknowledged" in text and "已安排灌溉" in text and "beizhengjia" in text
     # resolving without a note is refused in the page, before any request
     devtools.js(f"document.querySelector('{row} button.resolve').click()")
     wait_for(devtools, "!document.querySelector('#alert-error').hidden")

@@ -21,10 +21,10 @@ COUNTY_FARMS = ["PS-F001", "PS-F002", "PS-F003", "PS-F004", "PS-F005", "PS-F006"
 # user -> farms they see, and those whose contact fields they see
 VISIBLE = {
     "county": (COUNTY_FARMS, COUNTY_FARMS),
-    "taiping": (["PS-F001", "PS-F002"], []),
-    "taipingcun": (["PS-F001"], ["PS-F001"]),
+    "shaling": (["PS-F001", "PS-F002"], []),
+    "beizhengjia": (["PS-F001"], ["PS-F001"]),
     "analyst": (COUNTY_FARMS, []),
-    "hujiacun": (["PS-F003"], ["PS-F003"]),
+    "changtun": (["PS-F003"], ["PS-F003"]),
     "other": (["ST-F001"], ["ST-F001"]),
 }
 
@@ -56,12 +56,12 @@ def test_farms_by_role_with_personal_data_only_where_allowed(
     if user == "county":
         assert page["items"][0]["contact_phone"] == "13800000101"
     else:
-        assert "13800000101" not in r.text or user == "taipingcun"
+        assert "13800000101" not in r.text or user == "beizhengjia"
 
 
-@pytest.mark.parametrize("user", ["taiping", "taipingcun", "hujiacun", "other"])
+@pytest.mark.parametrize("user", ["shaling", "beizhengjia", "changtun", "other"])
 def test_reading_outside_the_area_is_403(client: TestClient, auth: dict[str, dict[str, str]], user: str) -> None:
-    outside = {"taiping": "PS-F003", "taipingcun": "PS-F002", "hujiacun": "PS-F001", "other": "PS-F001"}[user]
+    outside = {"shaling": "PS-F003", "beizhengjia": "PS-F002", "changtun": "PS-F001", "other": "PS-F001"}[user]
     body = is_problem(client.get(f"/api/v1/admin/farms/{outside}", headers=auth[user]), 403, "outside-scope")
     assert outside in body["detail"]
     is_problem(client.get("/api/v1/admin/farms?village=211122108201", headers=auth[user]), 403, "outside-scope")
@@ -69,7 +69,7 @@ def test_reading_outside_the_area_is_403(client: TestClient, auth: dict[str, dic
 
 @pytest.mark.parametrize(
     "user,expected",
-    [("county", 201), ("taiping", 201), ("taipingcun", 201), ("analyst", 403), ("hujiacun", 403), ("other", 403)],
+    [("county", 201), ("shaling", 201), ("beizhengjia", 201), ("analyst", 403), ("changtun", 403), ("other", 403)],
 )
 def test_creating_a_farm_by_role(client: TestClient, auth: dict[str, dict[str, str]], user: str, expected: int) -> None:
     farm = {
@@ -85,14 +85,14 @@ def test_creating_a_farm_by_role(client: TestClient, auth: dict[str, dict[str, s
     if expected == 201:
         body = r.json()
         assert body["code"] == farm["code"]
-        assert ("contact_phone" in body) == (user in ("county", "taipingcun"))  # a township officer writes, not reads
+        assert ("contact_phone" in body) == (user in ("county", "beizhengjia"))  # a township officer writes, not reads
         assert client.post("/api/v1/admin/farms", headers=auth[user], json=farm).status_code == 409
     else:
         assert r.json()["type"].endswith(("read-only-role", "outside-scope"))
 
 
 def test_patching_a_farm_keeps_the_rest_and_validates(client: TestClient, auth: dict[str, dict[str, str]]) -> None:
-    h = auth["taipingcun"]
+    h = auth["beizhengjia"]
     r = client.patch("/api/v1/admin/farms/PS-F001", headers=h, json={"name": "鑫禾合作社"})
     assert r.status_code == 200 and r.json()["name"] == "鑫禾合作社" and r.json()["contact_phone"] == "13800000101"
     body = is_problem(client.patch("/api/v1/admin/farms/PS-F001", headers=h, json={"kind": "castle"}), 422)
@@ -130,14 +130,14 @@ def test_pagination_and_filters(client: TestClient, auth: dict[str, dict[str, st
     assert [p["plot_no"] for p in f2["items"]] == ["211122101203-001", "211122101203-002", "211122101203-003"]
     devices = client.get("/api/v1/admin/devices?village=211122108204&kind=collar&limit=500", headers=h).json()
     assert devices["total"] > 0 and all(d["kind"] == "collar" and d["ear_tag"] for d in devices["items"])
-    villages = client.get("/api/v1/admin/villages?township=211122101", headers=auth["taiping"]).json()
+    villages = client.get("/api/v1/admin/villages?township=211122101", headers=auth["shaling"]).json()
     assert [v["code"] for v in villages["items"]] == ["211122101201", "211122101203"]
     is_problem(client.get("/api/v1/admin/plots?limit=0", headers=h), 422, "validation")
     is_problem(client.get("/api/v1/admin/plots?limit=501", headers=h), 422, "validation")
     is_problem(client.get("/api/v1/admin/devices?status=broken", headers=h), 422, "validation")
     animals = client.get("/api/v1/admin/animals?herd=PS-H001&limit=3", headers=h).json()
     assert animals["total"] >= 16 and len(animals["items"]) == 3
-    assert client.get("/api/v1/admin/herds", headers=auth["taipingcun"]).json()["total"] == 0
+    assert client.get("/api/v1/admin/herds", headers=auth["beizhengjia"]).json()["total"] == 0
 
 
 def test_divisions(client: TestClient, auth: dict[str, dict[str, str]]) -> None:
@@ -148,7 +148,7 @@ def test_divisions(client: TestClient, auth: dict[str, dict[str, str]]) -> None:
     is_problem(client.get("/api/v1/admin/counties/211103", headers=auth["county"]), 403)
     is_problem(client.get("/api/v1/admin/counties/999999", headers=auth["county"]), 404)
     town = {"code": "211122110", "county_code": "211122", "name_zh": "新镇"}
-    is_problem(client.post("/api/v1/admin/townships", headers=auth["taiping"], json=town), 403, "forbidden-role")
+    is_problem(client.post("/api/v1/admin/townships", headers=auth["shaling"], json=town), 403, "forbidden-role")
     is_problem(client.post("/api/v1/admin/townships", headers=auth["other"], json=town), 403, "outside-scope")
     assert client.post("/api/v1/admin/townships", headers=auth["county"], json=town).status_code == 201
     wrong = {"code": "211123110", "county_code": "211122", "name_zh": "错镇"}
@@ -163,7 +163,7 @@ def test_divisions(client: TestClient, auth: dict[str, dict[str, str]]) -> None:
 
 
 def test_plots_herds_animals(client: TestClient, auth: dict[str, dict[str, str]]) -> None:
-    h = auth["taipingcun"]
+    h = auth["beizhengjia"]
     plot = {
         "plot_no": "211122101201-099",
         "farm_code": "PS-F001",
@@ -182,15 +182,15 @@ def test_plots_herds_animals(client: TestClient, auth: dict[str, dict[str, str]]
     animal = {"ear_tag": "221112200000999", "herd_no": "PS-H009", "sex": "female", "birth_date": "2024-03-01"}
     made = client.post("/api/v1/admin/animals", headers=h, json=animal)
     assert made.status_code == 201 and made.json()["village_code"] == "211122101201"
-    is_problem(client.post("/api/v1/admin/animals", headers=auth["hujiacun"], json={**animal, "ear_tag": "2"}), 403)
+    is_problem(client.post("/api/v1/admin/animals", headers=auth["changtun"], json={**animal, "ear_tag": "2"}), 403)
     assert (
         client.patch("/api/v1/admin/animals/221112200000999", headers=h, json={"sex": "male"}).json()["sex"] == "male"
     )
-    is_problem(client.get("/api/v1/admin/animals/221112200000999", headers=auth["hujiacun"]), 403)
+    is_problem(client.get("/api/v1/admin/animals/221112200000999", headers=auth["changtun"]), 403)
 
 
 def test_device_provisioning_returns_the_secret_once(client: TestClient, auth: dict[str, dict[str, str]]) -> None:
-    h = auth["taipingcun"]
+    h = auth["beizhengjia"]
     made = client.post(
         "/api/v1/admin/devices", headers=h, json={"id": "soil-9001", "kind": "soil", "plot_no": "211122101201-001"}
     )
@@ -208,7 +208,7 @@ def test_device_provisioning_returns_the_secret_once(client: TestClient, auth: d
     revoked = client.post("/api/v1/admin/devices/soil-9001/revoke", headers=h).json()
     assert revoked["status"] == DeviceStatus.revoked and revoked["revoked_at"]
     is_problem(client.post("/api/v1/admin/devices/soil-9001/revoke", headers=auth["analyst"]), 403, "read-only-role")
-    is_problem(client.post("/api/v1/admin/devices/soil-9001/provision", headers=auth["hujiacun"]), 403)
+    is_problem(client.post("/api/v1/admin/devices/soil-9001/provision", headers=auth["changtun"]), 403)
     wrong = client.post(
         "/api/v1/admin/devices", headers=h, json={"id": "soil-9002", "kind": "soil", "herd_no": "PS-H001"}
     )
@@ -227,7 +227,7 @@ def test_device_provisioning_returns_the_secret_once(client: TestClient, auth: d
 
 
 def test_lots_events_inspections(client: TestClient, auth: dict[str, dict[str, str]]) -> None:
-    h = auth["taipingcun"]
+    h = auth["beizhengjia"]
     lots = client.get("/api/v1/admin/lots?limit=500", headers=h).json()
     # the village's farm lots and the lots of the Shaling dryer, which stands in the village
     assert {x["lot_no"] for x in lots["items"]} == {"2026-101201-001", "2026-101201-002", "2026-D01", "2026-D02"}
@@ -248,7 +248,7 @@ def test_lots_events_inspections(client: TestClient, auth: dict[str, dict[str, s
     assert made.status_code == 201 and len(made.json()["code"]) == 11
     code = made.json()["code"]
     is_problem(client.post("/api/v1/admin/lots", headers=h, json=lot), 409)
-    is_problem(client.post("/api/v1/admin/lots", headers=auth["hujiacun"], json={**lot, "lot_no": "x1"}), 403)
+    is_problem(client.post("/api/v1/admin/lots", headers=auth["changtun"], json={**lot, "lot_no": "x1"}), 403)
     event = {
         "action": "ADD",
         "step": "sowing",
@@ -271,7 +271,7 @@ def test_lots_events_inspections(client: TestClient, auth: dict[str, dict[str, s
     is_problem(client.get("/api/v1/admin/events?step=dancing", headers=h), 422)
     eid = listed["items"][0]["id"]
     assert client.get(f"/api/v1/admin/events/{eid}", headers=h).json()["lot"] == code
-    is_problem(client.get(f"/api/v1/admin/events/{eid}", headers=auth["hujiacun"]), 403)
+    is_problem(client.get(f"/api/v1/admin/events/{eid}", headers=auth["changtun"]), 403)
     insp = {
         "lot": code,
         "lab": "盘锦市农产品质量检测中心",
@@ -285,7 +285,7 @@ def test_lots_events_inspections(client: TestClient, auth: dict[str, dict[str, s
     failed = client.get("/api/v1/admin/inspections?passed=false&limit=500", headers=auth["county"]).json()
     assert {i["report_no"] for i in failed["items"]} >= {"T-2027-1"}
     iid = made_insp.json()["id"]
-    is_problem(client.get(f"/api/v1/admin/inspections/{iid}", headers=auth["hujiacun"]), 403)
+    is_problem(client.get(f"/api/v1/admin/inspections/{iid}", headers=auth["changtun"]), 403)
     # the public trace of the new lot shows the new event and inspection at once (caches cleared)
     public = client.get(f"/api/v1/trace/{code}").json()
     assert [e["step"] for e in public["events"]] == ["sowing"] and public["inspections"][0]["passed"] is False
@@ -294,10 +294,10 @@ def test_lots_events_inspections(client: TestClient, auth: dict[str, dict[str, s
 def test_products_and_facilities(client: TestClient, auth: dict[str, dict[str, str]]) -> None:
     assert client.get("/api/v1/admin/products", headers=auth["analyst"]).json()["total"] == 3
     product = {"code": "rice-10kg", "gtin": "06947512300027", "name_zh": "盘锦大米 10 kg", "unit": "bag"}
-    is_problem(client.post("/api/v1/admin/products", headers=auth["taiping"], json=product), 403)
+    is_problem(client.post("/api/v1/admin/products", headers=auth["shaling"], json=product), 403)
     bad = client.post("/api/v1/admin/products", headers=auth["county"], json={**product, "gtin": "06947512300028"})
     assert "check digit" in is_problem(bad, 422)["detail"]
     assert client.post("/api/v1/admin/products", headers=auth["county"], json=product).status_code == 201
     facility = {"code": "PS-WH-01", "name": "沙岭仓库", "kind": "warehouse", "village_code": "211122101201"}
-    assert client.post("/api/v1/admin/facilities", headers=auth["taipingcun"], json=facility).status_code == 201
-    assert client.get("/api/v1/admin/facilities", headers=auth["taipingcun"]).json()["total"] == 2
+    assert client.post("/api/v1/admin/facilities", headers=auth["beizhengjia"], json=facility).status_code == 201
+    assert client.get("/api/v1/admin/facilities", headers=auth["beizhengjia"]).json()["total"] == 2

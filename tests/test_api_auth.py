@@ -50,15 +50,15 @@ def test_password_hashes_are_salted_scrypt() -> None:
 
 
 def test_token_flow(client: TestClient) -> None:
-    r = client.post("/api/v1/auth/token", data={"username": "taiping", "password": PASSWORD})
+    r = client.post("/api/v1/auth/token", data={"username": "shaling", "password": PASSWORD})
     assert r.status_code == 200
     body = r.json()
     assert body["token_type"] == "bearer" and body["role"] == "township_officer" and body["scope"] == "211122101"
     me = client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {body['access_token']}"}).json()
-    assert me == {"username": "taiping", "role": "township_officer", "scope": "211122101", "via": "token"}
+    assert me == {"username": "shaling", "role": "township_officer", "scope": "211122101", "via": "token"}
 
 
-@pytest.mark.parametrize("username,password", [("taiping", "wrong-password"), ("nobody", PASSWORD)])
+@pytest.mark.parametrize("username,password", [("shaling", "wrong-password"), ("nobody", PASSWORD)])
 def test_bad_credentials_are_401_without_saying_which(client: TestClient, username: str, password: str) -> None:
     r = client.post("/api/v1/auth/token", data={"username": username, "password": password})
     body = is_problem(r, 401, "bad-credentials")
@@ -96,7 +96,7 @@ def test_token_of_an_unknown_user_is_401(client: TestClient) -> None:
 
 
 def test_api_keys(client: TestClient) -> None:
-    h = token(client, "taipingcun")
+    h = token(client, "beizhengjia")
     made = client.post("/api/v1/auth/keys", headers=h, json={"name": "weather importer"})
     assert made.status_code == 201
     key, prefix = made.json()["key"], made.json()["prefix"]

@@ -12,7 +12,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 from openpyxl import load_workbook
+from sqlmodel import Session, select
 
+from api.services import indicators
+from ledger.anchor_models import AnchorState, AnchorWindow
 from tests.api_fixtures import PASSWORD, USERS, Template, is_problem, make_client, token
 
 HTML = {"Accept": "text/html"}
@@ -40,7 +43,7 @@ def test_device_health(client: TestClient, auth: dict[str, dict[str, str]]) -> N
     assert c["online"] == 3 and c["failing"] == 1 and c["total"] == len(d["devices"]) == c["silent"] + 4
     fail = next(x for x in d["devices"] if x["id"] == "paddy-0002")
     assert fail["dead_letters_24h"] == 1 and fail["village"] == "211122101201"
-    mine = client.get("/api/v1/dashboard/devices", headers=auth["taipingcun"]).json()["devices"]
+    mine = client.get("/api/v1/dashboard/devices", headers=auth["beizhengjia"]).json()["devices"]
     assert mine and {x["village"] for x in mine} == {"211122101201"}
     other = client.get("/api/v1/dashboard/devices", headers=auth["other"]).json()
     assert other["counts"]["total"] == 0
@@ -52,18 +55,20 @@ def test_open_alerts(client: TestClient, auth: dict[str, dict[str, str]]) -> Non
     assert kinds == {("drought", "soil-0001"), ("fever", "collar-0001")}
     drought = next(a for a in alerts if a["kind"] == "drought")
     assert drought["value"] == 12.0 and drought["threshold"] == 30 and drought["place"] == "211122101201-001"
-    village_view = client.get("/api/v1/dashboard/alerts", headers=auth["taipingcun"]).json()
+    village_view = client.get("/api/v1/dashboard/alerts", headers=auth["beizhengjia"]).json()
     assert [a["kind"] for a in village_view] == ["drought"]  # the herd is in another village
-    assert client.get("/api/v1/dashboard/alerts", headers=auth["hujiacun"]).json() == []
+    assert client.get("/api/v1/dashboard/alerts", headers=auth["changtun"]).json() == []
 
 
 def test_traceability_coverage_and_anchoring(client: TestClient, auth: dict[str, dict[str, str]]) -> None:
     t = client.get("/api/v1/dashboard/traceability", headers=auth["analyst"]).json()
-    assert t["total"]["lots"] == 12 and t["total"]["anchored"] == 12 and t["total"]["coverage_pct"] == 100.0
+    # the test chain mines a block per transaction: the window is in a block, never confirmed
+    assert t["total"]["lots"] == 12 and t["total"]["awaiting"] == 12
+    assert t["total"]["anchored"] == 0 and t["total"]["coverage_pct"] == 0.0
     bags = next(r for r in t["by_product"] if r["product"] == "rice-5kg")
     assert bags["lots"] == 3 and bags["inspected"] == 3  # through their ancestors' inspections
     assert (
-        client.get("/api/v1/dashboard/traceability", headers=auth["hujiacun"]).json()["total"]["lots"] == 6
+        client.get("/api/v1/dashboard/traceability", headers=auth["changtun"]).json()["total"]["lots"] == 6
     )  # farm + mill
     a = client.get("/api/v1/dashboard/anchoring", headers=auth["analyst"]).json()
     assert a["latest"] and a["latest"][-1]["window"].endswith("w000001") and a["latest"][-1]["tx"].startswith("0x")
@@ -81,14 +86,14 @@ def test_indicators_from_analytics(client: TestClient, auth: dict[str, dict[str,
     assert ind["rankings"] and all(
         {row["village"][:6] for row in rows} <= {"211122"} for rows in ind["rankings"].values()
     )
-    village = client.get("/api/v1/dashboard/indicators?period=2026-07", headers=auth["taiping"]).json()
+    village = client.get("/api/v1/dashboard/indicators?period=2026-07", headers=auth["shaling"]).json()
     assert village["scope"] == "village" and village["code"] == "211122101201"
     assert all(row["village"].startswith("211122101") for rows in village["rankings"].values() for row in rows)
     other = client.get(
-        "/api/v1/dashboard/indicators?period=2026-07&village=211122101203", headers=auth["taiping"]
+        "/api/v1/dashboard/indicators?period=2026-07&village=211122101203", headers=auth["shaling"]
     ).json()
     assert other["code"] == "211122101203"
-    is_problem(client.get("/api/v1/dashboard/indicators?village=211122104201", headers=auth["taiping"]), 403)
+    is_problem(client.get("/api/v1/dashboard/indicators?village=211122104201", headers=auth["shaling"]), 403)
     body = is_problem(client.get("/api/v1/dashboard/indicators?period=someday", headers=auth["county"]), 422)
     assert "period" in body["detail"]
 
@@ -155,7 +160,7 @@ def test_dashboard_summary_by_role(client: TestClient, auth: dict[str, dict[str,
 
 
 def test_timeseries_from_rollups_and_raw(client: TestClient, auth: dict[str, dict[str, str]]) -> None:
-    h = auth["taipingcun"]
+    h = auth["beizhengjia"]
     q = "start=2026-07-01T00:00:00%2B08:00&end=2026-07-04T00:00:00%2B08:00"
     hourly = client.get(f"/api/v1/timeseries?plot=211122101201-001&{q}&resolution=1h", headers=h).json()
     assert {s["kind"] for s in hourly["series"]} == {"paddy", "soil", "weather"}
@@ -208,3 +213,35 @@ def test_timeseries_from_rollups_and_raw(client: TestClient, auth: dict[str, dic
     )
     is_problem(client.get(f"/api/v1/timeseries?plot=211122104201-001&{q}", headers=h), 403, "outside-scope")
     is_problem(client.get(f"/api/v1/timeseries?device=nope&{q}", headers=h), 404)
+
+
+def test_the_coverage_card_and_the_indicators_count_anchored_lots_alike(
+    api_template: Template, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """One rule (the window of the lot's latest manifest confirmed or final) for the card and the indicators;
+    lots only in a block are 'awaiting confirmation' on both, never a silent 0 % beside a 100 % card."""
+    with make_client(api_template, tmp_path_factory.mktemp("anchored")) as c:
+        h = token(c, "county")
+
+        def both() -> tuple[dict, dict]:
+            card = c.get("/api/v1/dashboard/traceability", headers=h).json()["total"]
+            rows = c.get("/api/v1/dashboard/indicators?period=2026", headers=h).json()["indicators"]
+            return card, next(i for i in rows if i["indicator"] == "trace_lot_coverage")
+
+        card, ind = both()
+        assert card["anchored"] == ind["inputs"]["lots_anchored"] == 0
+        assert card["awaiting"] == card["lots"] == ind["inputs"]["lots_awaiting_confirmation"] == ind["inputs"]["lots"]
+        assert ind["value"] == 0.0 and "awaiting confirmation" in ind["note"]
+        c.post("/dashboard/login", data={"username": "county", "password": PASSWORD})
+        page = c.get("/dashboard?period=2026&lang=en", headers=HTML)
+        assert "awaiting confirmation" in page.text and 'id="kpi-awaiting"' in page.text
+        with Session(c.app.state.engine) as session:  # type: ignore[attr-defined]
+            for w in session.exec(select(AnchorWindow)).all():
+                w.state = AnchorState.confirmed
+                session.add(w)
+            session.commit()
+        indicators.clear()
+        card, ind = both()
+        assert card["anchored"] == card["lots"] == ind["inputs"]["lots_anchored"] == ind["inputs"]["lots"]
+        assert card["awaiting"] == ind["inputs"]["lots_awaiting_confirmation"] == 0
+        assert card["coverage_pct"] == ind["value"] == 100.0 and ind["note"] is None

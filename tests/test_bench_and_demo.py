@@ -151,6 +151,8 @@ def test_demo_prints_what_arrived(tmp_path: Path) -> None:
     # analytics and the API: the quarter's indicators, a running API with a demo login and the trace URL
     assert "indicators computed from the demo" in flat
     assert re.search(r"dashboard http://127\.0\.0\.1:\d+/dashboard \(demo login: county / \S+;", flat), flat
+    # one login per role, named after Panshan's real township (沙岭镇) and village (北郑家村)
+    assert "also shaling, beizhengjia, analyst" in flat and "taiping" not in flat.lower()
     assert re.search(r"trace page http://127\.0\.0\.1:\d+/01/06947512300010/10/2026-M01-A", flat)
     # the province: two more counties (illustrative) and the comparison's URL with an officer's login
     assert re.search(r"province: Dawa 211104 and Heishan 210726 loaded \(synthetic, illustrative\), [\d,]+ read", flat)

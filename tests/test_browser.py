@@ -62,7 +62,11 @@ def server(api_template: Template, tmp_path_factory: pytest.TempPathFactory) -> 
     folder = tmp_path_factory.mktemp("browser")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, **world_env(api_template, folder, TRACE_BASE_URL=base), "LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        **world_env(api_template, folder, TRACE_BASE_URL=base, API_INDICATORS_WARM="true"),
+        "LOG_LEVEL": "WARNING",
+    }
     log = open(folder / "api.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
@@ -215,7 +219,7 @@ def test_dashboard_after_signing_in(server: str, devtools: DevTools) -> None:
     assert devtools.js("location.pathname") == "/dashboard"
     text = devtools.js("document.body.innerText")
     for expected in ("县域数字乡村看板", "county", "县级管理员", "设备运行", "当前预警", "干旱胁迫", "牲畜发热",
-                     "追溯覆盖", "100%", "最新锚定窗口", "导出 Excel"):  # fmt: skip
+                     "追溯覆盖", "已入块待确认", "最新锚定窗口", "导出 Excel"):  # fmt: skip
         assert expected in text, expected
     assert devtools.js("document.querySelector('#kpi-online').textContent") == "3"
     assert devtools.js("document.cookie") == ""  # the session cookie is HttpOnly

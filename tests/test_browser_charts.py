@@ -103,7 +103,7 @@ def test_county_admin_map_click_opens_the_plot_series(server: str, devtools: Dev
 
 
 def test_village_operator_and_language_switch(server: str, devtools: DevTools) -> None:
-    sign_in(devtools, server, "taipingcun")
+    sign_in(devtools, server, "beizhengjia")
     assert "村级操作员" in devtools.js("document.body.innerText")
     show(devtools, "#county-map")
     assert devtools.js("document.querySelector('#county-map').getAttribute('data-points')") == "5"

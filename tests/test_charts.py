@@ -69,7 +69,7 @@ def test_county_map_data(client: TestClient, auth: dict[str, dict[str, str]]) ->
     assert quiet["status"] == "silent" and quiet["alerts"] == []
     assert all(121.5 < p["lon"] < 122.5 and 40.9 < p["lat"] < 41.5 for p in body["points"])
     # a village operator sees their village's plots only
-    own = client.get("/api/v1/dashboard/map", headers=auth["taipingcun"]).json()
+    own = client.get("/api/v1/dashboard/map", headers=auth["beizhengjia"]).json()
     assert {p["village"] for p in own["points"]} == {"211122101201"} and len(own["points"]) == 5
     other = client.get("/api/v1/dashboard/map", headers=auth["other"]).json()
     assert not any(p["id"].startswith("211122") for p in other["points"])
@@ -86,7 +86,7 @@ def test_device_health_history(client: TestClient, auth: dict[str, dict[str, str
     assert h["reporting"][-1] == 3  # soil-0001, paddy-0001, collar-0001 today, from the raw points
     assert h["dead_letters"][-1] == 1 and sum(h["dead_letters"]) == 1
     assert h["active"] > 30
-    village = client.get("/api/v1/dashboard/devices/history?days=200", headers=auth["hujiacun"]).json()
+    village = client.get("/api/v1/dashboard/devices/history?days=200", headers=auth["changtun"]).json()
     assert village["reporting"][-1] == 0 and village["active"] < h["active"]
     is_problem(client.get("/api/v1/dashboard/devices/history?days=0", headers=auth["county"]), 422)
 
@@ -105,14 +105,14 @@ def test_series_of_a_herd_and_thresholds(client: TestClient, auth: dict[str, dic
     ).json()
     limit = plot["series"][0]["thresholds"][0]
     assert limit == {"bound": "min", "value": -5.0, "source": "crops.yaml rice.paddy_water_min_cm"}
-    is_problem(client.get(f"/api/v1/timeseries?herd=PS-H001&{JULY}", headers=auth["taipingcun"]), 403)
+    is_problem(client.get(f"/api/v1/timeseries?herd=PS-H001&{JULY}", headers=auth["beizhengjia"]), 403)
     is_problem(client.get(f"/api/v1/timeseries?herd=PS-H999&{JULY}", headers=auth["county"]), 404)
 
 
 def test_series_page(client: TestClient) -> None:
     client.cookies.clear()
     assert client.get("/dashboard/series?plot=211122101201-001", follow_redirects=False).status_code == 303
-    client.post("/dashboard/login", data={"username": "taipingcun", "password": PASSWORD})
+    client.post("/dashboard/login", data={"username": "beizhengjia", "password": PASSWORD})
     page = client.get("/dashboard/series?plot=211122101201-001", headers=HTML)
     assert page.status_code == 200 and 'data-chart="series"' in page.text
     assert "/api/v1/timeseries?plot=211122101201-001&resolution=1h&start=" in page.text

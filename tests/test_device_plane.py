@@ -480,7 +480,7 @@ def _listening(port: int) -> list[str]:
 def test_reserved_device_ids_are_refused_by_the_api(api_template: Template, tmp_path: Path) -> None:
     """Registration through the API goes through the registry's DeviceRow: the same refusal as files."""
     with make_client(api_template, tmp_path) as client:
-        h = token(client, "taipingcun")
+        h = token(client, "beizhengjia")
         for device_id in ("ingest-0", "ingest", "Ingest-12"):
             body = {"id": device_id, "kind": "soil", "plot_no": "211122101201-001"}
             answer = client.post("/api/v1/admin/devices", headers=h, json=body)

@@ -155,7 +155,7 @@ def deployment() -> Iterator[Deployment]:
             for device_id in session.exec(select(Device.id)).all():
                 provision(session, device_id)
             add_user(session, "county", PASSWORD, "county_admin", "211122")
-            add_user(session, "taipingcun", PASSWORD, "village_operator", "211122101201")
+            add_user(session, "beizhengjia", PASSWORD, "village_operator", "211122101201")
             session.commit()
         owner.dispose()
         # the anchoring worker, as its own role: the demo season goes on chain
@@ -309,7 +309,7 @@ def test_api_role_serves_and_administers_but_never_writes_the_ledger(deployment:
         API_VERIFY_CACHE_S=0,
     )
     with TestClient(create_app(settings)) as client:
-        r = client.post("/api/v1/auth/token", data={"username": "taipingcun", "password": PASSWORD})
+        r = client.post("/api/v1/auth/token", data={"username": "beizhengjia", "password": PASSWORD})
         assert r.status_code == 200, r.text
         h = {"Authorization": f"Bearer {r.json()['access_token']}"}
         assert client.post("/api/v1/auth/keys", headers=h, json={"name": "sync"}).status_code == 201
@@ -431,7 +431,7 @@ def test_alerts_role_opens_resolves_and_notifies_but_never_rewrites_history(
     with Session(api) as session:  # what POST /api/v1/alerts/{id}/acknowledge does, as the API's role
         alert = session.get(Alert, report.opened[0])
         assert alert is not None
-        alerts.acknowledge(session, alert, "taipingcun", "已派人", webhooks.load_config(settings))
+        alerts.acknowledge(session, alert, "beizhengjia", "已派人", webhooks.load_config(settings))
         assert len(session.exec(select(AlertEvent)).all()) == 2
     for e in (engine, api):
         for sql in ("UPDATE alert_event SET note = 'rewritten'", "DELETE FROM alert_event", "DELETE FROM alert"):

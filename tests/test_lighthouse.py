@@ -14,13 +14,14 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.api_fixtures import PASSWORD, Template
-from tests.test_browser import label_uri, server
+from tests.test_browser import BAG, label_uri, server
 
 __all__ = ["server"]
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -60,9 +61,25 @@ def lighthouse(url: str, name: str, headers: dict[str, str] | None = None) -> di
 
 def test_trace_page(server: str, api_template: Template) -> None:
     uri = label_uri(api_template, server)
-    assert httpx.get(uri).status_code == 200  # warm, as a deployment's page is (the verification cache)
-    scores = lighthouse(uri, "trace")
-    assert all(v >= 0.95 for v in scores.values()), scores
+    # warm, as the page of a bag being scanned is: the lot verified (a page with no current result says
+    # "checking" and reloads itself), and kept so by scans every few seconds while Lighthouse runs (a
+    # lookup in the second half of API_VERIFY_CACHE_S re-checks in the background)
+    assert httpx.get(f"{server}/api/v1/trace/{BAG}/verify", timeout=120).json()["status"] == "verified"
+    stop = threading.Event()
+
+    def scans() -> None:
+        while not stop.wait(5):
+            httpx.get(uri, timeout=30)
+
+    scanner = threading.Thread(target=scans, daemon=True)
+    scanner.start()
+    try:
+        assert 'data-status="verified"' in httpx.get(uri).text
+        scores = lighthouse(uri, "trace")
+    finally:
+        stop.set()
+        scanner.join(30)
+    assert all(v is not None and v >= 0.95 for v in scores.values()), scores
 
 
 def test_dashboard(server: str) -> None:
@@ -71,4 +88,4 @@ def test_dashboard(server: str) -> None:
     scores = lighthouse(
         f"{server}/dashboard", "dashboard", {"Cookie": f"village_session={r.cookies['village_session']}"}
     )
-    assert all(v >= 0.95 for v in scores.values()), scores
+    assert all(v is not None and v >= 0.95 for v in scores.values()), scores

@@ -76,7 +76,7 @@ def client(world: tuple[TestClient, str]) -> TestClient:
 
 @pytest.fixture(scope="module")
 def auth(client: TestClient) -> dict[str, dict[str, str]]:
-    return {u: token(client, u) for u in ("panjin", "liaoning", "county", "other", "analyst", "taiping")}
+    return {u: token(client, u) for u in ("panjin", "liaoning", "county", "other", "analyst", "shaling")}
 
 
 def _compare(client: TestClient, who: dict[str, str], **params: str):  # type: ignore[no-untyped-def]
@@ -135,7 +135,7 @@ def test_county_admin_cannot_read_neighbour_county(client: TestClient, auth: dic
 
 
 def test_township_officer_cannot_compare_counties(client: TestClient, auth: dict[str, dict[str, str]]) -> None:
-    is_problem(_compare(client, auth["taiping"]), 403, "forbidden-role")
+    is_problem(_compare(client, auth["shaling"]), 403, "forbidden-role")
 
 
 def test_city_officer_cannot_write_registry(client: TestClient, auth: dict[str, dict[str, str]]) -> None:

@@ -4,6 +4,7 @@ trailing slashes, and the behaviours that must not change (page, GTIN-13, 400s, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -129,9 +130,13 @@ def test_head_answers_like_get_without_a_body(client: TestClient, path: str, hea
     assert get.status_code == head.status_code == status
     assert head.content == b"" and get.content
     assert head.headers["content-type"] == get.headers["content-type"]
-    assert head.headers["content-length"] == get.headers["content-length"] == str(len(get.content))
+    assert head.headers["content-length"] == get.headers["content-length"]  # gzip-compressed or not, alike
+    assert head.headers.get("content-encoding") == get.headers.get("content-encoding")
     if "vary" in get.headers:
         assert head.headers["vary"] == get.headers["vary"]
+    plain = {**headers, "Accept-Encoding": "identity"}
+    get, head = client.get(path, headers=plain), client.head(path, headers=plain)
+    assert head.headers["content-length"] == get.headers["content-length"] == str(len(get.content))
 
 
 def test_head_follows_the_same_redirects(client: TestClient) -> None:
@@ -276,3 +281,30 @@ def test_the_openapi_document_describes_the_resolver(client: TestClient) -> None
     op = client.get("/api/v1/openapi.json").json()["paths"]["/01/{gtin}/10/{lot}"]["get"]
     assert {"text/html", LINKSET, "application/json"} <= set(op["responses"]["200"]["content"])
     assert "HEAD" in op["description"]
+
+
+# --- the resolver description file ---------------------------------------------------------------------------------
+
+# The keys and value forms of the GS1-Conformant resolver standard's description-file schema (1.1/1.2).
+PRIMARY_KEYS = {"all", "01", "8006", "8013", "8010", "410", "411", "412", "413", "414", "415", "417", "8017", "8018"}
+PRIMARY_KEYS |= {"255", "00", "253", "401", "402", "8003", "8004"}
+
+
+def test_the_resolver_describes_itself_at_the_well_known_location(client: TestClient) -> None:
+    r = client.get("/.well-known/gs1resolver", headers={"Origin": "https://scanner.example"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.headers["access-control-allow-origin"] == "*"
+    d = r.json()
+    assert isinstance(d["name"], str) and d["name"]
+    assert d["resolverRoot"] == BASE  # TRACE_BASE_URL: where the label URIs point
+    assert d["supportedPrimaryKeys"] == ["01"] and set(d["supportedPrimaryKeys"]) <= PRIMARY_KEYS
+    assert d["linkTypeDefaultCanBeLinkset"] is False  # the page is the default link, the linkset on request
+    prefixes = {t["prefix"]: t["namespace"] for t in d["supportedLinkType"]}
+    assert all(re.fullmatch(r"[a-zA-Z_][A-Za-z0-9_-]*?:", p) for p in prefixes)
+    assert prefixes["gs1:"] == "https://gs1.org/voc/"
+    # every link relation the linkset uses is in a namespace the description names
+    (entry,) = client.get(URI, headers={"Accept": LINKSET}).json()["linkset"]
+    rels = [rel for rel in entry if rel != "anchor"]
+    assert all(any(rel.startswith(ns) for ns in prefixes.values()) for rel in rels), (rels, prefixes)
+    head = client.head("/.well-known/gs1resolver")
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-type"] == "application/json"

@@ -2,8 +2,8 @@
 
 Each test is an attack from issue 10, made as a signed-in user of the demo county through the real API
 (a real registry database, InfluxDB and anvil: tests/api_fixtures.py), against the rules declared once
-in core/scope.py and ledger/scope.py. The village operator of 北郑家村 (`taipingcun`, 211122101201) attacks
-the lots of 常屯村 (`hujiacun`, 211122104201): the paddy lot 88SP-GS5J-KRZ of farm PS-F003 and the bags
+in core/scope.py and ledger/scope.py. The village operator of 北郑家村 (`beizhengjia`, 211122101201) attacks
+the lots of 常屯村 (`changtun`, 211122104201): the paddy lot 88SP-GS5J-KRZ of farm PS-F003 and the bags
 KT90-31CD-HKW milled and packed from it at PS-MILL-01.
 """
 
@@ -79,14 +79,14 @@ def test_attack_event_on_another_villages_lot(client: TestClient, auth: dict[str
     trace_before = client.get(f"/api/v1/trace/{BAGS}").json()["events"]
     # at the attacker's own dryer, with the attacker's own village as business location
     at_dryer = _event(PADDY, {"facility": "PS-DRY-01"}, step="sampling", biz_location="211122101201")
-    body = is_problem(client.post("/api/v1/admin/events", headers=auth["taipingcun"], json=at_dryer), 403)
+    body = is_problem(client.post("/api/v1/admin/events", headers=auth["beizhengjia"], json=at_dryer), 403)
     assert "lot" in _fields(body) and "not shipped" in body["detail"]
     # at the attacker's own plot
     at_plot = _event(PADDY, {"plot_no": OWN_PLOT})
-    body = is_problem(client.post("/api/v1/admin/events", headers=auth["taipingcun"], json=at_plot), 403)
+    body = is_problem(client.post("/api/v1/admin/events", headers=auth["beizhengjia"], json=at_plot), 403)
     assert "lot" in _fields(body)
     # a township officer of another township, and the other county, fare no better
-    for user in ("taiping", "other"):
+    for user in ("shaling", "other"):
         is_problem(client.post("/api/v1/admin/events", headers=auth[user], json=at_dryer), 403)
     assert _events_of(client, auth, PADDY) == before
     assert client.get(f"/api/v1/trace/{BAGS}").json()["events"] == trace_before
@@ -95,11 +95,11 @@ def test_attack_event_on_another_villages_lot(client: TestClient, auth: dict[str
 def test_attack_backdated_event_flips_lot_to_tampered(client: TestClient, auth: dict[str, dict[str, str]]) -> None:
     assert client.get(f"/api/v1/trace/{BAGS}/verify").json()["status"] == "verified"
     backdated = _event(PADDY, {"plot_no": THEIR_PLOT}, time="2026-03-01T06:00:00+08:00")  # before its sowing
-    body = is_problem(client.post("/api/v1/admin/events", headers=auth["taipingcun"], json=backdated), 403)
+    body = is_problem(client.post("/api/v1/admin/events", headers=auth["beizhengjia"], json=backdated), 403)
     assert "lot" in _fields(body)
     # the lot's own operator may record it (a new, unanchored record), but it cannot rewrite the anchored
     # growth summary: that is recomputed over the season and devices it was computed from
-    assert client.post("/api/v1/admin/events", headers=auth["hujiacun"], json=backdated).status_code == 201
+    assert client.post("/api/v1/admin/events", headers=auth["changtun"], json=backdated).status_code == 201
     v = client.get(f"/api/v1/trace/{BAGS}/verify").json()
     assert v["counts"]["tampered"] == 0, [r for r in v["records"] if r["status"] == "tampered"]
     growth = [r for r in v["records"] if r["kind"] == "growth/1"]
@@ -115,30 +115,30 @@ def test_attack_counterfeit_lineage(client: TestClient, auth: dict[str, dict[str
     bags_before = client.get("/api/v1/admin/lots?product=rice-5kg", headers=auth["county"]).json()["total"]
     parent = [{"lot": BAGS, "relation": "split", "quantity": 2600}]
     fake = _lot("FAKE-1", quantity=100_000, facility="PS-DRY-01", parents=parent)
-    body = is_problem(client.post("/api/v1/admin/lots", headers=auth["taipingcun"], json=fake), 403)
+    body = is_problem(client.post("/api/v1/admin/lots", headers=auth["beizhengjia"], json=fake), 403)
     assert _fields(body) == {"parents[0].lot"}
     # the owner of the bags cannot make 100,000 bags out of 2,600 either
     own = _lot("FAKE-2", quantity=100_000, facility="PS-MILL-01", parents=parent)
-    body = is_problem(client.post("/api/v1/admin/lots", headers=auth["hujiacun"], json=own), 422)
+    body = is_problem(client.post("/api/v1/admin/lots", headers=auth["changtun"], json=own), 422)
     assert _fields(body) == {"quantity"} and "2,600 bag" in body["detail"]
     # a parent releases no more than it holds: 2,600 bags go to one lot, then nothing is left
     ok = _lot("REPACK-1", quantity=2600, facility="PS-MILL-01", parents=parent)
-    assert client.post("/api/v1/admin/lots", headers=auth["hujiacun"], json=ok).status_code == 201
+    assert client.post("/api/v1/admin/lots", headers=auth["changtun"], json=ok).status_code == 201
     more = _lot(
         "REPACK-2", quantity=1, facility="PS-MILL-01", parents=[{"lot": BAGS, "relation": "split", "quantity": 1}]
     )
-    body = is_problem(client.post("/api/v1/admin/lots", headers=auth["hujiacun"], json=more), 422)
+    body = is_problem(client.post("/api/v1/admin/lots", headers=auth["changtun"], json=more), 422)
     assert _fields(body) == {"parents[0].quantity"} and "0 bag left" in body["detail"]
     # sources: another village's plot, and a plot of another farm
     paddy = {"product": "paddy-yf47", "lot_no": "STOLEN-1", "quantity": 10, "farm": "PS-F001"}
     stolen = paddy | {"sources": [{"plot_no": THEIR_PLOT}]}
-    body = is_problem(client.post("/api/v1/admin/lots", headers=auth["taipingcun"], json=stolen), 403)
+    body = is_problem(client.post("/api/v1/admin/lots", headers=auth["beizhengjia"], json=stolen), 403)
     assert _fields(body) == {"sources[0].plot_no"}
     body = is_problem(client.post("/api/v1/admin/lots", headers=auth["county"], json=stolen), 422)
     assert _fields(body) == {"sources[0].plot_no"} and "another farm" in body["detail"]
     # a facility of another village, and a product of another county
     body = is_problem(
-        client.post("/api/v1/admin/lots", headers=auth["taipingcun"], json=_lot("F-3", facility="PS-MILL-01")), 403
+        client.post("/api/v1/admin/lots", headers=auth["beizhengjia"], json=_lot("F-3", facility="PS-MILL-01")), 403
     )
     assert _fields(body) == {"facility"}
     body = is_problem(client.post("/api/v1/admin/lots", headers=auth["other"], json=_lot("F-4", farm="ST-F001")), 403)
@@ -147,7 +147,7 @@ def test_attack_counterfeit_lineage(client: TestClient, auth: dict[str, dict[str
 
 
 def test_attack_registry_writes_outside_area(client: TestClient, auth: dict[str, dict[str, str]]) -> None:
-    op = auth["taipingcun"]
+    op = auth["beizhengjia"]
     is_problem(client.patch(f"/api/v1/admin/plots/{THEIR_PLOT}", headers=op, json={"area_mu": 1}), 403)
     device = {"id": "soil-evil-1", "kind": "soil", "plot_no": THEIR_PLOT}
     body = is_problem(client.post("/api/v1/admin/devices", headers=op, json=device), 403)
@@ -190,7 +190,7 @@ def test_handover_lets_another_villages_dryer_take_the_paddy(
         "harvest_year": 2026,
         "sources": [{"plot_no": THEIR_PLOT}],
     }
-    r = client.post("/api/v1/admin/lots", headers=auth["hujiacun"], json=paddy)
+    r = client.post("/api/v1/admin/lots", headers=auth["changtun"], json=paddy)
     assert r.status_code == 201, r.text
     code = r.json()["code"]
     dried = {
@@ -200,16 +200,16 @@ def test_handover_lets_another_villages_dryer_take_the_paddy(
         "facility": "PS-DRY-01",
         "parents": [{"lot": code, "relation": "transform", "quantity": 1000}],
     }
-    body = is_problem(client.post("/api/v1/admin/lots", headers=auth["taipingcun"], json=dried), 403)
+    body = is_problem(client.post("/api/v1/admin/lots", headers=auth["beizhengjia"], json=dried), 403)
     assert _fields(body) == {"parents[0].lot"}
     ship = _event(code, {"plot_no": THEIR_PLOT}, step="shipping", attributes={"to_facility": "PS-DRY-01"})
     # only the custodian hands a lot over
-    is_problem(client.post("/api/v1/admin/events", headers=auth["taipingcun"], json=ship), 403)
-    assert client.post("/api/v1/admin/events", headers=auth["hujiacun"], json=ship).status_code == 201
+    is_problem(client.post("/api/v1/admin/events", headers=auth["beizhengjia"], json=ship), 403)
+    assert client.post("/api/v1/admin/events", headers=auth["changtun"], json=ship).status_code == 201
     too_much = dried | {"lot_no": "2026-D-HO-X", "quantity": 1200}
-    body = is_problem(client.post("/api/v1/admin/lots", headers=auth["taipingcun"], json=too_much), 422)
+    body = is_problem(client.post("/api/v1/admin/lots", headers=auth["beizhengjia"], json=too_much), 422)
     assert _fields(body) == {"quantity"}
-    assert client.post("/api/v1/admin/lots", headers=auth["taipingcun"], json=dried).status_code == 201
+    assert client.post("/api/v1/admin/lots", headers=auth["beizhengjia"], json=dried).status_code == 201
     drying = {
         "type": "TransformationEvent",
         "step": "drying",
@@ -219,10 +219,10 @@ def test_handover_lets_another_villages_dryer_take_the_paddy(
         "read_point": {"facility": "PS-DRY-01"},
         "attributes": {"final_moisture_pct": 14.3},
     }
-    assert client.post("/api/v1/admin/events", headers=auth["taipingcun"], json=drying).status_code == 201
+    assert client.post("/api/v1/admin/events", headers=auth["beizhengjia"], json=drying).status_code == 201
     # custody is not ownership of the farm's fields: the dryer still cannot record field work on the paddy
     body = is_problem(
-        client.post("/api/v1/admin/events", headers=auth["taipingcun"], json=_event(code, {"plot_no": OWN_PLOT})), 422
+        client.post("/api/v1/admin/events", headers=auth["beizhengjia"], json=_event(code, {"plot_no": OWN_PLOT})), 422
     )
     assert _fields(body) == {"read_point.plot_no"}
 
@@ -230,19 +230,19 @@ def test_handover_lets_another_villages_dryer_take_the_paddy(
 def test_correction_declares_an_event_in_error(world: tuple[TestClient, Any], auth: dict[str, dict[str, str]]) -> None:
     client, settings = world
     wrong = _event(PADDY, {"plot_no": THEIR_PLOT}, time="2026-07-22T06:00:00+08:00", attributes={"water_mm": 400})
-    r = client.post("/api/v1/admin/events", headers=auth["hujiacun"], json=wrong)
+    r = client.post("/api/v1/admin/events", headers=auth["changtun"], json=wrong)
     assert r.status_code == 201, r.text
     event = r.json()
     right = _event(PADDY, {"plot_no": THEIR_PLOT}, time="2026-07-22T06:00:00+08:00")
     body = {"reason": "incorrect_data", "corrective": right}
     is_problem(
-        client.post(f"/api/v1/admin/events/{event['id']}/corrections", headers=auth["taipingcun"], json=body), 403
+        client.post(f"/api/v1/admin/events/{event['id']}/corrections", headers=auth["beizhengjia"], json=body), 403
     )
-    r = client.post(f"/api/v1/admin/events/{event['id']}/corrections", headers=auth["hujiacun"], json=body)
+    r = client.post(f"/api/v1/admin/events/{event['id']}/corrections", headers=auth["changtun"], json=body)
     assert r.status_code == 201, r.text
     correction = r.json()
     assert correction["event_id"] == event["event_id"] and correction["corrective_event_id"].startswith("ni:///")
-    is_problem(client.post(f"/api/v1/admin/events/{event['id']}/corrections", headers=auth["hujiacun"], json=body), 409)
+    is_problem(client.post(f"/api/v1/admin/events/{event['id']}/corrections", headers=auth["changtun"], json=body), 409)
     # the wrong event stays, marked; the page says so
     shown = client.get(f"/api/v1/admin/events/{event['id']}", headers=auth["county"]).json()
     assert shown["attributes"]["water_mm"] == 400 and shown["corrected"]["reason"] == "incorrect_data"
@@ -273,7 +273,7 @@ def test_attack_file_import_outside_area(
     )
     before = _events_of(client, auth, PADDY)
     files = {"file": ("season.yaml", text.encode(), "application/yaml")}
-    body = is_problem(client.post("/api/v1/admin/imports/trace", headers=auth["taipingcun"], files=files), 403)
+    body = is_problem(client.post("/api/v1/admin/imports/trace", headers=auth["beizhengjia"], files=files), 403)
     assert body["errors"][0]["field"] == "lot" and body["errors"][0]["line"] == 2
     # the same file through the CLI, as the same user
     path = tmp_path / "season.yaml"
@@ -281,7 +281,7 @@ def test_attack_file_import_outside_area(
     from cli.main import app
 
     env = {"DATABASE_URL": settings.resolved_database_url(), "VILLAGE_DATA_DIR": str(tmp_path)}
-    result = CliRunner().invoke(app, ["lots", "import", str(path), "--as", "taipingcun"], env=env)
+    result = CliRunner().invoke(app, ["lots", "import", str(path), "--as", "beizhengjia"], env=env)
     assert result.exit_code == 1 and "outside your area" in result.output, result.output
     # an EPCIS document of the lot's own events, replayed with a new time as the attacker
     doc = client.get(f"/api/v1/trace/{PADDY}/epcis").json()
@@ -291,7 +291,7 @@ def test_attack_file_import_outside_area(
     ev.pop("errorDeclaration", None)
     doc["epcisBody"]["eventList"] = [ev]
     with Session(get_engine(settings.resolved_database_url())) as session:
-        attacker = Scope.of(session, *USERS["taipingcun"])
+        attacker = Scope.of(session, *USERS["beizhengjia"])
         with pytest.raises(EpcisError) as e:
             import_document(session, json.dumps(doc), attacker)
         assert any("outside your area" in message for _, message in e.value.errors), e.value.errors

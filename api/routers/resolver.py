@@ -14,6 +14,11 @@
   answers as GET without the body, and other origins may read every answer (api/public_http.py).
 
 `/t/{code}` serves the same page for lots named by their short code (lots without a GTIN).
+
+`/.well-known/gs1resolver` is the resolver description file of the GS1-Conformant resolver standard
+(1.1/1.2, its description-file schema): the resolver's name and root (TRACE_BASE_URL), the primary key it
+resolves (01, GTIN, with the lot qualifier 10), the link type namespaces it uses (gs1: and the project's),
+and that the page, not the linkset, is the default link (`linkTypeDefaultCanBeLinkset: false`).
 """
 
 from __future__ import annotations
@@ -301,6 +306,38 @@ async def home(request: Request, lang: str | None = LANG) -> Response:
     lang_ = language(request)
     return request.app.state.templates.TemplateResponse(
         request, "home.html", {"lang": lang_, "t": strings(lang_)}, headers={"Vary": "Accept-Language"}
+    )
+
+
+RESOLVER_NAME = "Digital village trace resolver"
+
+
+def resolver_description(base: str) -> dict[str, Any]:
+    """The GS1-Conformant resolver description file of this resolver, rooted at `base`."""
+    vocab = get_vocab()
+    return {
+        "name": RESOLVER_NAME,
+        "resolverRoot": base.rstrip("/"),
+        "supportedPrimaryKeys": ["01"],
+        "supportedLinkType": [
+            {"namespace": GS1, "prefix": "gs1:"},
+            {"namespace": vocab.namespace, "prefix": f"{vocab.prefix.rstrip(':')}:"},
+        ],
+        "linkTypeDefaultCanBeLinkset": False,
+        "supportedContextValuesEnumerated": [],
+    }
+
+
+@router.get(
+    "/.well-known/gs1resolver",
+    summary="GS1 resolver description file",
+    description="What this resolver resolves (GS1-Conformant resolver standard): name, root, primary keys, "
+    "link type namespaces." + HEAD_NOTE,
+)
+async def gs1resolver(request: Request) -> Response:
+    body = resolver_description(request.app.state.settings.trace_base_url)
+    return Response(
+        orjson.dumps(body), media_type="application/json", headers={"Cache-Control": "public, max-age=3600"}
     )
 
 

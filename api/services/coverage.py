@@ -1,8 +1,10 @@
 """Traceability coverage of an area: how many lots are traced, anchored, inspected, monitored.
 
-Per product, for the lots of the area's farms and facilities: lots, lots whose own record is in an
-anchoring window on chain (included, confirmed or final), lots with an inspection on themselves or
-an ancestor, and plot lots with a growth summary (monitored by sensors); coverage = anchored / lots.
+Per product, for the lots of the area's farms and facilities: lots, lots anchored and lots awaiting
+confirmation (by the window of the lot's latest manifest: confirmed or final, or only in a block; the
+same rule as the indicators' trace_lot_coverage, analytics.sources.lot_anchor_states), lots with an
+inspection on themselves or an ancestor, and plot lots with a growth summary (monitored by sensors);
+coverage = anchored / lots.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from analytics.sources import ANCHORED, lot_anchor_states
 from core.models import Farm
-from ledger.anchor_models import ON_CHAIN, AnchorWindow, GrowthSummary, LedgerLeaf
+from ledger.anchor_models import AnchorState, GrowthSummary
 from ledger.models import Facility, Inspection, Lot, LotParent, LotSource, Product
-from ledger.records import LOT
 
 
 def coverage(session: Session, villages: set[str]) -> dict[str, Any]:
@@ -22,13 +24,9 @@ def coverage(session: Session, villages: set[str]) -> dict[str, Any]:
     facilities = select(Facility.id).where(col(Facility.village_code).in_(villages))
     lots = session.exec(select(Lot).where(col(Lot.farm_id).in_(farms) | col(Lot.facility_id).in_(facilities))).all()
     ids = [x.id for x in lots]
-    anchored = set(
-        session.exec(
-            select(LedgerLeaf.record_id)
-            .join(AnchorWindow, col(AnchorWindow.seq) == LedgerLeaf.window_seq)
-            .where(LedgerLeaf.kind == LOT, col(LedgerLeaf.record_id).in_(ids), col(AnchorWindow.state).in_(ON_CHAIN))
-        ).all()
-    )
+    states = lot_anchor_states(session, [i for i in ids if i is not None])
+    anchored = {lot for lot, state in states.items() if state in ANCHORED}
+    awaiting = {lot for lot, state in states.items() if state == AnchorState.included}
     inspected_direct = set(session.exec(select(Inspection.lot_id)).all())
     parents: dict[int, list[int]] = {}
     for child, parent in session.exec(select(LotParent.child_lot_id, LotParent.parent_lot_id)).all():
@@ -50,16 +48,19 @@ def coverage(session: Session, villages: set[str]) -> dict[str, Any]:
         row = by_product.setdefault(
             p.code if p else "?",
             {"product": p.code if p else "?", "name_zh": p.name_zh if p else "", "name_en": p.name_en if p else "",
-             "lots": 0, "anchored": 0, "inspected": 0, "plot_lots": 0, "monitored": 0},
+             "lots": 0, "anchored": 0, "awaiting": 0, "inspected": 0, "plot_lots": 0, "monitored": 0},
         )  # fmt: skip
         row["lots"] += 1
         row["anchored"] += x.id in anchored
+        row["awaiting"] += x.id in awaiting
         row["inspected"] += inspected(x.id)  # type: ignore[arg-type]
         row["plot_lots"] += x.id in plot_lots
         row["monitored"] += x.id in monitored
     rows = sorted(by_product.values(), key=lambda r: r["product"])
     for r in rows:
         r["coverage_pct"] = round(100 * r["anchored"] / r["lots"], 1) if r["lots"] else None
-    total = {k: sum(r[k] for r in rows) for k in ("lots", "anchored", "inspected", "plot_lots", "monitored")}
+    total = {
+        k: sum(r[k] for r in rows) for k in ("lots", "anchored", "awaiting", "inspected", "plot_lots", "monitored")
+    }
     total["coverage_pct"] = round(100 * total["anchored"] / total["lots"], 1) if total["lots"] else None
     return {"total": total, "by_product": rows}

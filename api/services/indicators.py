@@ -5,6 +5,11 @@ over the periods before; village rankings; the composite index); this module pic
 narrows the answer to the caller's area and caches it per worker (a computation reads every
 device-day of the period from the rollups, so it is not repeated on every page view).
 
+The cache never makes a page wait for a recomputation it has an answer for: a report is fresh for
+API_INDICATORS_CACHE_S; after that, for up to STALE_S, the cached report is served and one background
+thread recomputes it (stale-while-revalidate). At start-up (API_INDICATORS_WARM) each county's latest
+month with readings is computed in the background, so the first dashboard view does not compute either.
+
 Which scope a role sees: county administrators and analysts the county with every village's
 ranking; a township officer or village operator one village of their area (with the rankings
 narrowed to their villages).
@@ -14,26 +19,31 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlmodel import Session
+from sqlalchemy import Engine
+from sqlmodel import Session, select
 
 from analytics.compute import compute_indicators
 from analytics.periods import MAX_REPORT_DAYS, Period, PeriodError, parse_period
 from analytics.rollups import from_settings
 from api.services.cache import TtlCache
 from core.influx import InfluxError
+from core.models import County
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
-CACHE_S = 120.0
+STALE_S = 3600.0  # a report past API_INDICATORS_CACHE_S is served (while recomputed) this long more
 DEFAULT_TREND = 5
 LOOKBACK_MONTHS = 24  # how far back the dashboard looks for the latest month with readings
 FIRST_YEAR, LAST_YEAR = 1970, 3000  # periods the dashboard computes (with DEFAULT_TREND periods before)
 
-_cache = TtlCache(CACHE_S, max_entries=200)
-_lock = threading.Lock()
+_cache = TtlCache(STALE_S, max_entries=200)  # key -> (monotonic time computed, report)
+_lock = threading.Lock()  # one computation at a time per worker (each reads the whole period's rollups)
+_refreshing: set[Any] = set()
+_refreshing_lock = threading.Lock()
 
 
 def default_period(settings: Settings, now: datetime | None = None) -> str:
@@ -86,22 +96,71 @@ def latest_period(
 
 
 def report(session: Session, settings: Settings, county: str, period: Period, trend: int = DEFAULT_TREND) -> Any:
-    """The analytics IndicatorReport of the county (cached for CACHE_S per county, period and trend)."""
+    """The analytics IndicatorReport of the county, cached per county, period and trend: fresh for
+    API_INDICATORS_CACHE_S, then served while one background thread recomputes it (up to STALE_S)."""
+    if settings.api_indicators_cache_s <= 0:
+        return _compute(session, settings, county, period, trend)
     key = (settings.resolved_database_url(), county, period.label, trend)
     hit = _cache.get(key)
-    if hit is not None:
-        return hit
-    with _lock:
-        hit = _cache.get(key)
-        if hit is not None:
-            return hit
-        rollups = from_settings(settings)
+    if hit is None:
+        with _lock:
+            hit = _cache.get(key)
+            if hit is None:
+                return _compute(session, settings, county, period, trend, key)
+    computed_at, value = hit
+    if time.monotonic() - computed_at > settings.api_indicators_cache_s:
+        _refresh_later(session.get_bind(), settings, county, period, trend, key)  # type: ignore[arg-type]
+    return value
+
+
+def _compute(session: Session, settings: Settings, county: str, period: Period, trend: int, key: Any = None) -> Any:
+    rollups = from_settings(settings)
+    try:
+        result = compute_indicators(session, None, county, period, trend=trend, rollups=rollups)
+    finally:
+        rollups.influx.close()
+        rollups.store.close()
+    if key is not None:
+        _cache.set(key, (time.monotonic(), result), ttl=settings.api_indicators_cache_s + STALE_S)
+    return result
+
+
+def _refresh_later(engine: Engine, settings: Settings, county: str, period: Period, trend: int, key: Any) -> None:
+    """Recompute a stale report in a background thread (one per key at a time)."""
+    with _refreshing_lock:
+        if key in _refreshing:
+            return
+        _refreshing.add(key)
+
+    def run() -> None:
         try:
-            result = compute_indicators(session, None, county, period, trend=trend, rollups=rollups)
+            with _lock, Session(engine) as session:
+                _compute(session, settings, county, period, trend, key)
+        except Exception as e:  # the stale report stays; the next view tries again
+            log.warning("indicators of %s %s not refreshed: %s", county, period.label, e)
         finally:
-            rollups.influx.close()
-            rollups.store.close()
-        return _cache.set(key, result)
+            with _refreshing_lock:
+                _refreshing.discard(key)
+
+    threading.Thread(target=run, name=f"indicators-{county}-{period.label}", daemon=True).start()
+
+
+def warm(engine: Engine, settings: Settings) -> threading.Thread:
+    """Compute every county's latest month with readings (what the dashboard opens on) in a background
+    thread, so that the first dashboard view after start-up finds it cached."""
+
+    def run() -> None:
+        try:
+            with Session(engine) as session:
+                counties = session.exec(select(County.code).order_by(County.code)).all()
+                for county in counties:  # the month the dashboard opens on, and that month's own report
+                    report(session, settings, county, latest_period(session, settings, county))
+        except Exception as e:  # the dashboard computes on its first view instead
+            log.warning("indicators not warmed: %s", e)
+
+    thread = threading.Thread(target=run, name="indicators-warm", daemon=True)
+    thread.start()
+    return thread
 
 
 def indicators(
