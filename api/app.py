@@ -201,9 +201,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.openapi = problem_openapi(app)  # type: ignore[method-assign]
     # Each middleware added runs before the ones added earlier.
-    app.add_middleware(MicroCache, cache=app.state.trace.responses, token=app.state.trace.token_for_key)
-    # gzip for clients that accept it (pages, JSON, CSS, JS), outside the micro-cache, which keeps plain bodies
+    # gzip for clients that accept it (pages, JSON, CSS, JS), inside the micro-cache, which keeps and
+    # replays the compressed answer (its key says whether the client takes gzip)
     app.add_middleware(GZipMiddleware, minimum_size=1000, compresslevel=6, exclude_content_types=NO_GZIP)
+    app.add_middleware(MicroCache, cache=app.state.trace.responses, token=app.state.trace.token_for_key)
     app.add_middleware(CanonicalPaths)
     app.add_middleware(RateLimiter, per_minute=settings.api_rate_limit_per_min)
     app.add_middleware(HeadAsGet)

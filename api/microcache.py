@@ -4,7 +4,9 @@ A scanned bag is looked up again and again; its answer changes when the lot chan
 database announces: api/services/tracing.py) or its verification is re-checked. So the complete
 200 answer (status, headers, body) of `GET /api/v1/trace/{code}`, `/t/{code}` and
 `/01/{gtin}/10/{lot}` without a query string is kept per worker, keyed by path and, for pages, by
-the language Accept-Language selects, and replayed without routing, validation or rendering.
+the language Accept-Language selects and by whether the client takes gzip (the answer is kept as
+it was sent, compressed or not: a replay compresses nothing), and replayed without routing,
+validation, rendering or compression.
 Like a shared HTTP cache it keeps an answer no longer than its `Cache-Control: s-maxage` (else
 `max-age`), which the routes set from the verification it shows (api/services/tracing.py
 `Freshness`), not at all with `no-store`, and replays it with an `Age` header, so that a
@@ -61,9 +63,10 @@ def cache_key(scope: Scope) -> tuple[str, ...] | None:
     if scope["type"] != "http" or scope["method"] != "GET" or scope["query_string"]:
         return None
     path: str = scope["path"]
+    coding = "gzip" if "gzip" in _header(scope, b"accept-encoding") else "identity"  # as GZipMiddleware decides
     if path.startswith(JSON_PREFIX):
         code = path[len(JSON_PREFIX) :]
-        return ("json", path) if "/" not in code and canonical_code(code) == code else None
+        return ("json", path, coding) if "/" not in code and canonical_code(code) == code else None
     if path.startswith("/t/"):
         if canonical_code(path[3:]) != path[3:]:
             return None
@@ -72,7 +75,7 @@ def cache_key(scope: Scope) -> tuple[str, ...] | None:
     if page_variant(_header(scope, b"accept")) != PAGE:  # a linkset (or JSON) asked for by Accept
         return None
     lang = from_accept_language(_header(scope, b"accept-language")) or DEFAULT
-    return ("page", path, lang)
+    return ("page", path, lang, coding)
 
 
 def keep_for(headers: list[tuple[bytes, bytes]], default: float) -> float:
@@ -129,7 +132,7 @@ class MicroCache:
 
         async def capture(message: Any) -> None:
             nonlocal complete
-            if message["type"] == "http.response.start":  # a copy: outer middleware (gzip) edits the list
+            if message["type"] == "http.response.start":  # a copy: outer middleware may edit the list
                 start.update(message, headers=list(message.get("headers", [])))
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))

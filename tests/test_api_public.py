@@ -263,6 +263,13 @@ def test_micro_cache_replays_the_same_answer(client: TestClient) -> None:
     en = client.get(f"/t/{BAG}", headers={**HTML, "Accept-Language": "en"})
     assert en.headers["content-language"] == "en" and en.content != a.content
 
+    # a phone that takes gzip gets the compressed answer replayed as it was compressed; one that does not, plain
+    gz = [client.get(f"/t/{BAG}", headers={**HTML, "Accept-Encoding": "gzip"}) for _ in range(2)]
+    assert [r.headers.get("content-encoding") for r in gz] == ["gzip", "gzip"] and "age" in gz[1].headers
+    assert gz[0].content == gz[1].content == a.content  # (httpx decompresses)
+    plain = client.get(f"/t/{BAG}", headers={**HTML, "Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.content == a.content
+
 
 def test_errors_are_problem_details(client: TestClient) -> None:
     is_problem(client.get("/no/such/path"), 404)

@@ -65,21 +65,35 @@ def test_token_bucket() -> None:
     assert "a" not in limiter.buckets and "c" in limiter.buckets
 
 
-def _scope(path: str, query: bytes = b"", accept: str = "", lang: str = "", method: str = "GET") -> dict:  # type: ignore[type-arg]
-    headers = [(b"accept", accept.encode()), (b"accept-language", lang.encode())]
+def _scope(
+    path: str, query: bytes = b"", accept: str = "", lang: str = "", method: str = "GET", encoding: str = ""
+) -> dict:  # type: ignore[type-arg]
+    headers = [
+        (b"accept", accept.encode()),
+        (b"accept-language", lang.encode()),
+        (b"accept-encoding", encoding.encode()),
+    ]
     return {"type": "http", "method": method, "path": path, "query_string": query, "headers": headers}
 
 
 def test_micro_cache_keys() -> None:
-    assert cache_key(_scope("/api/v1/trace/M35CW3XRD6R")) == ("json", "/api/v1/trace/M35CW3XRD6R")
+    assert cache_key(_scope("/api/v1/trace/M35CW3XRD6R")) == ("json", "/api/v1/trace/M35CW3XRD6R", "identity")
     assert cache_key(_scope("/api/v1/trace/M35CW3XRD6R/verify")) is None
-    assert cache_key(_scope("/t/M35CW3XRD6R", lang="en-GB")) == ("page", "/t/M35CW3XRD6R", "en")
-    assert cache_key(_scope("/t/M35CW3XRD6R")) == ("page", "/t/M35CW3XRD6R", "zh")
-    assert cache_key(_scope("/01/06947512300010/10/2026-M01-A")) == ("page", "/01/06947512300010/10/2026-M01-A", "zh")
+    assert cache_key(_scope("/t/M35CW3XRD6R", lang="en-GB")) == ("page", "/t/M35CW3XRD6R", "en", "identity")
+    assert cache_key(_scope("/t/M35CW3XRD6R")) == ("page", "/t/M35CW3XRD6R", "zh", "identity")
+    assert cache_key(_scope("/01/06947512300010/10/2026-M01-A")) == (
+        "page",
+        "/01/06947512300010/10/2026-M01-A",
+        "zh",
+        "identity",
+    )
     assert cache_key(_scope("/01/06947512300010/10/2026-M01-A", accept="application/linkset+json")) is None
     assert cache_key(_scope("/01/06947512300010/10/2026-M01-A", accept="application/json")) is None  # the linkset
     assert cache_key(_scope("/01/06947512300010/10/2026-M01-A", accept="*/*")) is not None  # the page
     assert cache_key(_scope("/t/M35CW3XRD6R", query=b"lang=en")) is None
+    # compressed and plain answers are kept apart (a replay compresses nothing)
+    assert cache_key(_scope("/t/M35CW3XRD6R", encoding="gzip, deflate, br")) == ("page", "/t/M35CW3XRD6R", "zh", "gzip")
+    assert cache_key(_scope("/api/v1/trace/M35CW3XRD6R", encoding="gzip"))[-1] == "gzip"  # type: ignore[index]
     assert cache_key(_scope("/t/M35CW3XRD6R", method="POST")) is None
     assert cache_key(_scope("/api/v1/admin/farms")) is None
 
