@@ -124,7 +124,8 @@ LUA = r"""
 -- village bench api: one request per call, from a list of "path<TAB>accept<TAB>accept-language<TAB>authorization"
 -- lines; mode "seq" walks the list once in order (first scans), "zipf" draws from it with the weights given
 -- (one per line, cumulative in the file's 5th column). Each request comes from a simulated phone
--- (X-Forwarded-For, honoured from the trusted proxy 127.0.0.1) out of `addresses`.
+-- (X-Forwarded-For, honoured from the trusted proxy 127.0.0.1) out of `addresses`, and takes gzip
+-- as phones' browsers do.
 local lines, cum, n, mode, addresses, counter = {}, {}, 0, "seq", 1, 0
 function init(args)
   mode = args[2]
@@ -133,7 +134,7 @@ function init(args)
   for line in io.lines(args[1]) do
     local path, accept, lang, auth, w = line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)$")
     n = n + 1
-    local h = {["Accept"] = accept, ["Accept-Language"] = lang}
+    local h = {["Accept"] = accept, ["Accept-Language"] = lang, ["Accept-Encoding"] = "gzip, deflate, br"}
     if auth ~= "" then h["Authorization"] = auth end
     lines[n] = {path, h}
     cum[n] = tonumber(w)
