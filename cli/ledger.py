@@ -229,6 +229,13 @@ def devnet(
     port: int = typer.Option(8545, help="JSON-RPC port."),
     chain_id: int = typer.Option(31337, "--chain-id", help="Chain id of the devnet."),
     state: Path | None = typer.Option(None, "--state", help="Keep the chain in this file across restarts."),
+    block_time: float = typer.Option(
+        2.0,
+        "--block-time",
+        min=0,
+        help="Seconds between blocks, as on a real chain, so that anchors are confirmed and become final "
+        "without other traffic; 0: each transaction mined at once in its own block, and no other blocks.",
+    ),
 ) -> None:
     """Run a local Ethereum devnet (anvil) in the foreground: for demos and tests, not production."""
     import os
@@ -240,6 +247,8 @@ def devnet(
     except ServiceError as e:
         fail(str(e), 2)
     argv = [binary, "--host", host, "--port", str(port), "--chain-id", str(chain_id)]
+    if block_time > 0:
+        argv += ["--block-time", f"{block_time:g}"]
     if state is not None:
         state.parent.mkdir(parents=True, exist_ok=True)
         argv += ["--state", str(state), "--state-interval", "30"]

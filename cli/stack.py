@@ -54,6 +54,7 @@ from simulators.runner import load_credentials, run_in_background
 
 console = Console()
 
+DEMO_BLOCK_S = 2.0  # the demo chain's block time (anvil --block-time), as `village devnet`'s default
 DEMO_FAULTS = FaultRates(duplicate=0.01, out_of_order=0.01, offline=0.01, malformed=0.005, out_of_range=0.005)
 
 
@@ -74,7 +75,10 @@ def _start(
     metrics_port = free_port()
     stack = LocalStack(root, extra_env={"INGEST_METRICS_PORT": str(metrics_port)})
     with console.status("starting mosquitto, InfluxDB and anvil..."):
-        stack.start(mqtt_port=mqtt_port, influx_port=influx_port, chain=True, chain_port=chain_port)
+        # blocks every DEMO_BLOCK_S, as on a chain (and `village devnet`): anchors get confirmed, then final
+        stack.start(
+            mqtt_port=mqtt_port, influx_port=influx_port, chain=True, chain_port=chain_port, chain_block_s=DEMO_BLOCK_S
+        )
     engine = get_engine(stack.database_url)
     with Session(engine) as session:
         result = load_demo(session)

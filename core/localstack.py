@@ -145,8 +145,10 @@ class LocalStack:
         influx_port: int | None = None,
         chain: bool = False,
         chain_port: int | None = None,
+        chain_block_s: float | None = None,
     ) -> LocalStack:
-        """Start the servers; with `chain`, also anvil (its state kept in the stack folder)."""
+        """Start the servers; with `chain`, also anvil (its state kept in the stack folder; a block every
+        `chain_block_s` seconds, else each transaction mined at once in its own block)."""
         migrate(self.database_url)
         self.sync_broker()
         self.mosquitto = mosquitto(
@@ -160,7 +162,9 @@ class LocalStack:
         self.influxd = influxd(self.root / "influxdb", port=influx_port)
         if chain:
             state = self.root / "anvil" / "state.json"
-            self.anvil = anvil(self.root / "anvil", port=chain_port, state_file=state, state_interval_s=30)
+            self.anvil = anvil(
+                self.root / "anvil", port=chain_port, state_file=state, state_interval_s=30, block_time_s=chain_block_s
+            )
             self.anvil.start()
         self.mosquitto.start()
         self.influxd.start()
