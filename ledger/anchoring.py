@@ -29,9 +29,10 @@ The chain being down only delays steps 4 and 5: leaves and windows wait in the d
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,11 +44,11 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, SQLModel, col, select
 
 from core.catalogue import get_catalogue
-from core.db import driver_value, insert_many, session_scope, update_many
+from core.db import driver_value, insert_many, session_scope, sqlite_cache, update_many
 from core.influx import LATE_RP, InfluxUnavailable, InfluxV1
 from core.log import get_logger
 from core.settings import Settings
-from ledger import digests, growth, late, manifest, proofs
+from ledger import digests, growth, late, leafwork, manifest, proofs
 from ledger.anchor_models import (
     ON_CHAIN,
     AnchorState,
@@ -59,13 +60,14 @@ from ledger.anchor_models import (
     TelemetryDigest,
 )
 from ledger.chain import AnchorReceipt, Chain, ChainError, ChainUnavailable
-from ledger.merkle import HASH_BYTES, MerkleTree, leaf_hashes
+from ledger.merkle import HASH_BYTES, MerkleTree
 from ledger.models import EventCorrection, Inspection, Lot, TraceEvent
-from ledger.records import CORRECTION, EVENT, INSPECTION, LOT, canonical_bytes, chunks, records_many
+from ledger.records import CORRECTION, EVENT, INSPECTION, LOT, chunks
 
 log = get_logger("anchor")
 
 ZERO_ROOT = "0x" + "00" * 32
+PASS_CACHE_MIB = 256  # SQLite page cache of a pass's connection: the index of a million leaf hashes fits
 LEAF_CHUNK = 10_000  # records built, hashed and inserted at a time: bounds the memory of a pass
 
 #: record kind -> the table whose rows are its records (every row gets a leaf)
@@ -173,36 +175,39 @@ class Anchorer:
                 log.warning("InfluxDB unavailable; telemetry records wait", error=str(e))
         return out
 
-    @contextlib.contextmanager
-    def _timed(self, step: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._timings[step] = self._timings.get(step, 0.0) + time.perf_counter() - start
+    def _timed(self, step: str) -> contextlib.AbstractContextManager[None]:
+        return leafwork.timed(self._timings, step)
 
     def make_leaves(self, session: Session, kinds: list[str] | None = None) -> int:
-        """Give every record of `kinds` (default: all) without a leaf its leaf; returns how many."""
+        """Give every record of `kinds` (default: all) without a leaf its leaf; returns how many.
+        Records are built, hashed and stored `LEAF_CHUNK` at a time; when a kind has more than one
+        chunk and ANCHOR_PROCESSES allows, child processes build and hash them (ledger/leafwork.py)
+        while this one stores."""
         added = 0
         leaf_t = LedgerLeaf.__table__  # type: ignore[attr-defined]
-        for kind in kinds or list(SOURCES):
-            table = SOURCES[kind]
-            have = select(LedgerLeaf.record_id).where(LedgerLeaf.kind == kind)
-            ids = session.exec(select(table.id).where(col(table.id).not_in(have)).order_by(table.id)).all()  # type: ignore[attr-defined]
-            for part in chunks(ids, LEAF_CHUNK):
-                with self._timed("records"):
-                    recs = records_many(session, kind, part)
-                with self._timed("canonical"):
-                    canonical = [canonical_bytes(r) for r in recs]
-                    del recs
-                with self._timed("leaves"):
-                    hexes = leaf_hashes(canonical).tobytes().hex()
-                    leaves = ["0x" + hexes[k : k + 2 * HASH_BYTES] for k in range(0, len(hexes), 2 * HASH_BYTES)]
-                with self._timed("store_leaves"):
-                    now = driver_value(session, leaf_t, "created_at", datetime.now(UTC))
-                    rows = [(kind, i, leaf, c, now) for i, leaf, c in zip(part, leaves, canonical, strict=True)]
-                    insert_many(session, leaf_t, ("kind", "record_id", "leaf", "canonical", "created_at"), rows)
-                added += len(part)
+        spread: leafwork.Spread | None = None
+        try:
+            for kind in kinds or list(SOURCES):
+                table = SOURCES[kind]
+                have = select(LedgerLeaf.record_id).where(LedgerLeaf.kind == kind)
+                ids = session.exec(select(table.id).where(col(table.id).not_in(have)).order_by(table.id)).all()  # type: ignore[attr-defined]
+                parts = list(chunks(ids, LEAF_CHUNK))
+                processes = self.settings.anchor_processes or os.cpu_count() or 1
+                url = leafwork.shareable_url(self.engine)
+                if len(parts) > 1 and processes > 1 and kind in leafwork.SHAREABLE and url is not None:
+                    spread = spread or leafwork.Spread(url, processes)
+                    built = spread.build(kind, parts, self._timings)
+                else:
+                    built = (leafwork.build(session, kind, part, self._timings) for part in parts)
+                for part, (canonical, leaves) in zip(parts, built, strict=True):
+                    with self._timed("store_leaves"):
+                        now = driver_value(session, leaf_t, "created_at", datetime.now(UTC))
+                        rows = [(kind, i, leaf, c, now) for i, leaf, c in zip(part, leaves, canonical, strict=True)]
+                        insert_many(session, leaf_t, ("kind", "record_id", "leaf", "canonical", "created_at"), rows)
+                    added += len(part)
+        finally:
+            if spread is not None:
+                spread.close()
         return added
 
     # -- 3: windows -------------------------------------------------------------------------------------
@@ -371,6 +376,17 @@ class Anchorer:
         window.block_number = window.log_index = window.gas_used = None
         window.block_time = window.sent_at = None
 
+    def _pass(self, session: Session, report: PassReport, sealed: dict[str, int], force_window: bool) -> None:
+        """Steps 1 to 3 of a pass, in its one transaction."""
+        report.derived = {**sealed, **self.derive(session)}
+        before = session.execute(sa.select(func.max(LedgerLeaf.id))).scalar() or 0
+        report.leaves = self.make_leaves(session, [k for k in SOURCES if k != manifest.MANIFEST])
+        with self._timed("manifests"):
+            lots = manifest.lots_to_check(session, before) if self._manifests_checked else None
+            report.derived["manifests"] = manifest.ensure_manifests(session, lots) if lots != set() else 0
+        report.leaves += self.make_leaves(session, [manifest.MANIFEST])
+        report.windows = [w.window_id for w in self.close_windows(session, force=force_window)]
+
     # -- the loop ---------------------------------------------------------------------------------------
     def run_once(self, force_window: bool = False) -> PassReport:
         report = PassReport()
@@ -382,17 +398,16 @@ class Anchorer:
                 report.seal_wait_s = seals.wait_s
         except InfluxUnavailable as e:  # a closed late batch could not be read: the seal waits
             log.warning("InfluxDB unavailable; seals wait", error=str(e))
-        with session_scope(self.engine) as session:
-            report.derived = {**sealed, **self.derive(session)}
-            before = session.execute(sa.select(func.max(LedgerLeaf.id))).scalar() or 0
-            report.leaves = self.make_leaves(session, [k for k in SOURCES if k != manifest.MANIFEST])
-            with self._timed("manifests"):
-                lots = manifest.lots_to_check(session, before) if self._manifests_checked else None
-                report.derived["manifests"] = manifest.ensure_manifests(session, lots) if lots != set() else 0
-            report.leaves += self.make_leaves(session, [manifest.MANIFEST])
-            report.windows = [w.window_id for w in self.close_windows(session, force=force_window)]
-            committing = time.perf_counter()
-        self._timings["commit"] = time.perf_counter() - committing
+        restore = None
+        try:
+            with session_scope(self.engine) as session:
+                restore = sqlite_cache(session, PASS_CACHE_MIB)
+                self._pass(session, report, sealed, force_window)
+                committing = time.perf_counter()
+            self._timings["commit"] = time.perf_counter() - committing
+        finally:
+            if restore is not None:
+                restore()
         self._manifests_checked = True
         if self.chain is not None:
             with session_scope(self.engine) as session:
