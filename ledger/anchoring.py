@@ -32,7 +32,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -62,7 +62,7 @@ from ledger.anchor_models import (
 from ledger.chain import AnchorReceipt, Chain, ChainError, ChainUnavailable
 from ledger.merkle import HASH_BYTES, MerkleTree
 from ledger.models import EventCorrection, Inspection, Lot, TraceEvent
-from ledger.records import CORRECTION, EVENT, INSPECTION, LOT, chunks
+from ledger.records import CORRECTION, EVENT, INSPECTION, LOT, chunks, raw_rows
 
 log = get_logger("anchor")
 
@@ -105,7 +105,11 @@ class PassReport:
     # seconds per step of the pass, summed over kinds and windows: records (rows -> record dicts),
     # canonical (RFC 8785 bytes), leaves (double keccak), store_leaves, manifests, tree, proofs (the
     # tree's pages and each leaf's place), store_proofs, commit, track, send
+    # (the child processes' records, canonical and leaves seconds are summed into these: see
+    # ledger/leafwork.py; start_children and wait_children are this process's)
     timings: dict[str, float] = field(default_factory=dict)
+    children: int = 0  # child processes that built leaves (0: none, all in this process)
+    children_peak_rss_mb: float = 0.0  # the largest peak resident memory of one of them
 
     def __bool__(self) -> bool:
         return bool(self.leaves or self.windows or self.sent or self.states or any(self.derived.values()))
@@ -133,6 +137,7 @@ class Anchorer:
         self._late_rp_ready = False
         self._manifests_checked = False  # the first pass checks every lot's manifest, later ones the touched lots
         self._timings: dict[str, float] = {}
+        self._children, self._children_rss_mb = 0, 0.0
         if self.seal_wait_s < settings.ingest_registry_ttl_s and seal_wait_s is None:
             log.warning(
                 "ANCHOR_SEAL_WAIT_S is shorter than INGEST_REGISTRY_TTL_S: a replica may write a sealed day "
@@ -180,34 +185,38 @@ class Anchorer:
 
     def make_leaves(self, session: Session, kinds: list[str] | None = None) -> int:
         """Give every record of `kinds` (default: all) without a leaf its leaf; returns how many.
-        Records are built, hashed and stored `LEAF_CHUNK` at a time; when a kind has more than one
-        chunk and ANCHOR_PROCESSES allows, child processes build and hash them (ledger/leafwork.py)
-        while this one stores."""
-        added = 0
+        Records are built, hashed and stored `LEAF_CHUNK` at a time; when there is more than one
+        chunk of trace rows and ANCHOR_PROCESSES allows, child processes build and hash those
+        (ledger/leafwork.py) while this one stores."""
         leaf_t = LedgerLeaf.__table__  # type: ignore[attr-defined]
-        spread: leafwork.Spread | None = None
+        work: list[tuple[str, Sequence[int]]] = []
+        for kind in kinds or list(SOURCES):
+            table = SOURCES[kind]
+            have = select(LedgerLeaf.record_id).where(LedgerLeaf.kind == kind)
+            ids = session.exec(select(table.id).where(col(table.id).not_in(have)).order_by(table.id)).all()  # type: ignore[attr-defined]
+            work += [(kind, part) for part in chunks(ids, LEAF_CHUNK)]
+        processes = self.settings.anchor_processes or os.cpu_count() or 1
+        url = leafwork.shareable_url(self.engine)
+        shared = [w for w in work if w[0] in leafwork.SHAREABLE] if processes > 1 and url is not None else []
+        spread = leafwork.Spread(url, processes) if len(shared) > 1 and url is not None else None
+        from_children = iter(spread.build(shared, self._timings) if spread is not None else ())
+        added = 0
         try:
-            for kind in kinds or list(SOURCES):
-                table = SOURCES[kind]
-                have = select(LedgerLeaf.record_id).where(LedgerLeaf.kind == kind)
-                ids = session.exec(select(table.id).where(col(table.id).not_in(have)).order_by(table.id)).all()  # type: ignore[attr-defined]
-                parts = list(chunks(ids, LEAF_CHUNK))
-                processes = self.settings.anchor_processes or os.cpu_count() or 1
-                url = leafwork.shareable_url(self.engine)
-                if len(parts) > 1 and processes > 1 and kind in leafwork.SHAREABLE and url is not None:
-                    spread = spread or leafwork.Spread(url, processes)
-                    built = spread.build(kind, parts, self._timings)
+            for kind, part in work:
+                if spread is not None and kind in leafwork.SHAREABLE:
+                    canonical, leaves = next(from_children)
                 else:
-                    built = (leafwork.build(session, kind, part, self._timings) for part in parts)
-                for part, (canonical, leaves) in zip(parts, built, strict=True):
-                    with self._timed("store_leaves"):
-                        now = driver_value(session, leaf_t, "created_at", datetime.now(UTC))
-                        rows = [(kind, i, leaf, c, now) for i, leaf, c in zip(part, leaves, canonical, strict=True)]
-                        insert_many(session, leaf_t, ("kind", "record_id", "leaf", "canonical", "created_at"), rows)
-                    added += len(part)
+                    canonical, leaves = leafwork.build(session, kind, part, self._timings)
+                with self._timed("store_leaves"):
+                    now = driver_value(session, leaf_t, "created_at", datetime.now(UTC))
+                    rows = [(kind, i, leaf, c, now) for i, leaf, c in zip(part, leaves, canonical, strict=True)]
+                    insert_many(session, leaf_t, ("kind", "record_id", "leaf", "canonical", "created_at"), rows)
+                added += len(part)
         finally:
             if spread is not None:
                 spread.close()
+                self._children = max(self._children, spread.processes)
+                self._children_rss_mb = max(self._children_rss_mb, spread.peak_rss_mb)
         return added
 
     # -- 3: windows -------------------------------------------------------------------------------------
@@ -222,13 +231,13 @@ class Anchorer:
             if first is None:
                 break
             oldest = first.created_at if first.created_at.tzinfo else first.created_at.replace(tzinfo=UTC)
-            waiting = session.execute(
-                sa.select(leaf.id, leaf.leaf).where(leaf.window_seq.is_(None)).order_by(leaf.id).limit(size)
-            ).all()
+            waiting = raw_rows(
+                session, sa.select(leaf.id, leaf.leaf).where(leaf.window_seq.is_(None)).order_by(leaf.id).limit(size)
+            )
             age = (self.clock() - oldest).total_seconds()
             if len(waiting) < size and age < max_age and not force:
                 break
-            windows.append(self._window(session, [r.id for r in waiting], [r.leaf for r in waiting]))
+            windows.append(self._window(session, [r[0] for r in waiting], [r[1] for r in waiting]))
         return windows
 
     def _window(self, session: Session, ids: list[int], hex_leaves: list[str]) -> AnchorWindow:
@@ -391,6 +400,7 @@ class Anchorer:
     def run_once(self, force_window: bool = False) -> PassReport:
         report = PassReport()
         self._timings = report.timings
+        self._children, self._children_rss_mb = 0, 0.0
         sealed: dict[str, int] = {}
         try:
             if (seals := self.seal()) is not None:
@@ -409,6 +419,7 @@ class Anchorer:
             if restore is not None:
                 restore()
         self._manifests_checked = True
+        report.children, report.children_peak_rss_mb = self._children, round(self._children_rss_mb, 1)
         if self.chain is not None:
             with session_scope(self.engine) as session:
                 try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import resource
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -75,12 +76,12 @@ def _start(url: str) -> None:
     _ENGINE = make_engine(url)
 
 
-def _child(kind: str, ids: Sequence[int]) -> tuple[Built, dict[str, float]]:
+def _child(kind: str, ids: Sequence[int]) -> tuple[Built, dict[str, float], float]:
     assert _ENGINE is not None
     timings: dict[str, float] = {}
     with Session(_ENGINE) as session:
         built = build(session, kind, ids, timings)
-    return built, timings
+    return built, timings, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class Spread:
@@ -89,9 +90,10 @@ class Spread:
     def __init__(self, url: str, processes: int) -> None:
         self.url, self.processes = url, processes
         self._pool: ProcessPoolExecutor | None = None
+        self.peak_rss_mb = 0.0  # the largest peak resident memory of a child (MiB)
 
-    def build(self, kind: str, parts: Iterable[Sequence[int]], timings: dict[str, float]) -> Iterator[Built]:
-        """`build` of every chunk of `parts`, in order. At most two chunks per child are in flight,
+    def build(self, parts: Iterable[tuple[str, Sequence[int]]], timings: dict[str, float]) -> Iterator[Built]:
+        """`build` of every (kind, chunk of ids) of `parts`, in order. At most two chunks per child are in flight,
         so memory stays bounded when the caller is slower than the children. The children's step
         times are added to `timings` (so they sum the children's seconds, which overlap); the
         caller's waits for them go to `timings["wait_children"]`."""
@@ -102,20 +104,21 @@ class Spread:
                     self.processes, mp_context=context, initializer=_start, initargs=(self.url,)
                 )
         todo = iter(parts)
-        pending: deque[Future[tuple[Built, dict[str, float]]]] = deque()
+        pending: deque[Future[tuple[Built, dict[str, float], float]]] = deque()
 
         def submit() -> None:
             part = next(todo, None)
             if part is not None:
                 assert self._pool is not None
-                pending.append(self._pool.submit(_child, kind, part))
+                pending.append(self._pool.submit(_child, *part))
 
         for _ in range(2 * self.processes):
             submit()
         while pending:
             with timed(timings, "wait_children"):
-                built, theirs = pending.popleft().result()
+                built, theirs, rss = pending.popleft().result()
             submit()
+            self.peak_rss_mb = max(self.peak_rss_mb, rss)
             for step, seconds in theirs.items():
                 timings[step] = timings.get(step, 0.0) + seconds
             yield built

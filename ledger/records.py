@@ -455,14 +455,14 @@ def rows_where_in(session: Session, columns: Sequence[Any], key: Any, ids: Itera
             loose += run
             continue
         members = set(run)
-        rows = _raw_rows(session, q.where(key.between(run[0], run[-1]), *where))
+        rows = raw_rows(session, q.where(key.between(run[0], run[-1]), *where))
         out += [make(r) for r in rows if r[position] in members]
     for part in chunks(loose):
-        out += [make(r) for r in _raw_rows(session, q.where(key.in_(part), *where))]
+        out += [make(r) for r in raw_rows(session, q.where(key.in_(part), *where))]
     return out
 
 
-def _raw_rows(session: Session, query: Any) -> list[tuple[Any, ...]]:
+def raw_rows(session: Session, query: Any) -> list[tuple[Any, ...]]:
     """The rows of `query` as the driver gives them (tuples): its columns carry no types, so
     SQLAlchemy would hand the same values on, only wrapped in a Row each (~1 µs a row)."""
     result = session.connection().execute(query)

@@ -1,0 +1,78 @@
+"""Leaves built in child processes (ledger/leafwork.py) are the leaves built in the worker's own process,
+byte for byte, in the same order; and a pass that spreads its records over children stores the same
+leaves as one that does not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from bench.anchor_world import generate
+from core.db import make_engine, migrate
+from core.settings import Settings
+from ledger import anchoring, leafwork
+from ledger.anchor_models import LedgerLeaf
+from ledger.anchoring import Anchorer
+from ledger.manifest import MANIFEST
+from ledger.records import EVENT, INSPECTION, LOT, chunks
+
+
+def _world(path: Path, records: int) -> str:
+    url = f"sqlite:///{path}"
+    migrate(url)
+    engine = make_engine(url)
+    generate(engine, records, seed=3)
+    engine.dispose()
+    return url
+
+
+def test_children_build_the_same_leaves_in_the_same_order(tmp_path: Path) -> None:
+    url = _world(tmp_path / "registry.db", 1500)
+    engine = make_engine(url)
+    spread = leafwork.Spread(url, 2)
+    try:
+        with Session(engine) as session:
+            for kind, table in ((EVENT, "trace_event"), (LOT, "lot"), (INSPECTION, "inspection")):
+                ids = list(session.execute(sa.text(f"SELECT id FROM {table} ORDER BY id")).scalars())
+                parts = list(chunks(ids, 97))
+                assert len(parts) > 2
+                here = [leafwork.build(session, kind, part, {}) for part in parts]
+                timings: dict[str, float] = {}
+                there = list(spread.build([(kind, p) for p in parts], timings))
+                assert there == here, kind
+                assert timings["records"] > 0 and timings["canonical"] > 0 and "wait_children" in timings
+    finally:
+        spread.close()
+        engine.dispose()
+
+
+def test_no_children_for_an_in_memory_database() -> None:
+    assert leafwork.shareable_url(make_engine("sqlite://")) is None
+    assert leafwork.shareable_url(make_engine("sqlite:///:memory:")) is None
+    assert leafwork.shareable_url(make_engine("sqlite:////tmp/x.db")) == "sqlite:////tmp/x.db"
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_pass_stores_the_same_leaves_with_or_without_children(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: int
+) -> None:
+    monkeypatch.setattr(anchoring, "LEAF_CHUNK", 200)  # several chunks per kind
+    leaves = {}
+    for run in ("a", "b"):
+        url = _world(tmp_path / f"{run}.db", 1200)
+        engine = make_engine(url)
+        n = processes if run == "a" else 1
+        settings = Settings(_env_file=None, DATABASE_URL=url, ANCHOR_PROCESSES=n)  # type: ignore[call-arg]
+        report = Anchorer(engine, settings).run_once(force_window=True)
+        assert report.leaves == 1200
+        assert ("start_children" in report.timings) == (n > 1)
+        with Session(engine) as session:
+            leaf = LedgerLeaf.__table__.c  # type: ignore[attr-defined]
+            q = sa.select(leaf.id, leaf.kind, leaf.record_id, leaf.leaf, leaf.canonical).order_by(leaf.id)
+            rows = session.execute(q.where(leaf.kind != MANIFEST)).all()  # manifests: salts of their own
+            leaves[run] = [tuple(r) for r in rows]
+        engine.dispose()
+    assert len(leaves["a"]) > 1000 and leaves["a"] == leaves["b"]
