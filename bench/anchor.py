@@ -107,12 +107,6 @@ def _process_hwm_mb(pid: int | None) -> float | None:
     return None
 
 
-def _children_cpu() -> float:
-    """CPU seconds (user + system) of this process's children that have ended (RUSAGE_CHILDREN)."""
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def _load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -204,7 +198,6 @@ def run(
         figures["setup_records_s"] = round(_in_child(url, records, seed), 1)
 
         gc.collect()
-        children_cpu = _children_cpu()
         start, cpu_start = time.perf_counter(), time.process_time()
         report = worker.run_once()
         passed = time.perf_counter()
@@ -234,7 +227,7 @@ def run(
                 "verify_record_ms": round((done - checked) * 1e3, 1),
                 "end_to_end_s": round(done - start, 2),
                 "end_to_end_cpu_s": round(cpu_done - cpu_start, 2),
-                "children_cpu_s": round(_children_cpu() - children_cpu, 2),
+                "children_cpu_s": report.children_cpu_s,
                 "wait_children_s": round(t.get("wait_children", 0), 2),
                 "start_children_s": round(t.get("start_children", 0), 2),
                 "worker_pass_s": round(passed - start, 2),

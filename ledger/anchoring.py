@@ -110,6 +110,7 @@ class PassReport:
     timings: dict[str, float] = field(default_factory=dict)
     children: int = 0  # child processes that built leaves (0: none, all in this process)
     children_peak_rss_mb: float = 0.0  # the largest peak resident memory of one of them
+    children_cpu_s: float = 0.0  # their CPU seconds (their start included)
 
     def __bool__(self) -> bool:
         return bool(self.leaves or self.windows or self.sent or self.states or any(self.derived.values()))
@@ -137,7 +138,7 @@ class Anchorer:
         self._late_rp_ready = False
         self._manifests_checked = False  # the first pass checks every lot's manifest, later ones the touched lots
         self._timings: dict[str, float] = {}
-        self._children, self._children_rss_mb = 0, 0.0
+        self._children, self._children_rss_mb, self._children_cpu_s = 0, 0.0, 0.0
         if self.seal_wait_s < settings.ingest_registry_ttl_s and seal_wait_s is None:
             log.warning(
                 "ANCHOR_SEAL_WAIT_S is shorter than INGEST_REGISTRY_TTL_S: a replica may write a sealed day "
@@ -217,6 +218,7 @@ class Anchorer:
                 spread.close()
                 self._children = max(self._children, spread.processes)
                 self._children_rss_mb = max(self._children_rss_mb, spread.peak_rss_mb)
+                self._children_cpu_s += spread.cpu_s
         return added
 
     # -- 3: windows -------------------------------------------------------------------------------------
@@ -400,7 +402,7 @@ class Anchorer:
     def run_once(self, force_window: bool = False) -> PassReport:
         report = PassReport()
         self._timings = report.timings
-        self._children, self._children_rss_mb = 0, 0.0
+        self._children, self._children_rss_mb, self._children_cpu_s = 0, 0.0, 0.0
         sealed: dict[str, int] = {}
         try:
             if (seals := self.seal()) is not None:
@@ -420,6 +422,7 @@ class Anchorer:
                 restore()
         self._manifests_checked = True
         report.children, report.children_peak_rss_mb = self._children, round(self._children_rss_mb, 1)
+        report.children_cpu_s = round(self._children_cpu_s, 2)
         if self.chain is not None:
             with session_scope(self.engine) as session:
                 try:

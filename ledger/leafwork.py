@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import resource
 import time
 from collections import deque
@@ -76,12 +77,15 @@ def _start(url: str) -> None:
     _ENGINE = make_engine(url)
 
 
-def _child(kind: str, ids: Sequence[int]) -> tuple[Built, dict[str, float], float]:
+def _child(kind: str, ids: Sequence[int]) -> tuple[Built, dict[str, float], tuple[int, float, float]]:
+    """The child's work on one chunk: what `build` gives, its step times, and (pid, the child's CPU
+    seconds so far, its peak resident memory in MiB)."""
     assert _ENGINE is not None
     timings: dict[str, float] = {}
     with Session(_ENGINE) as session:
         built = build(session, kind, ids, timings)
-    return built, timings, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return built, timings, (os.getpid(), used.ru_utime + used.ru_stime, used.ru_maxrss / 1024)
 
 
 class Spread:
@@ -91,6 +95,7 @@ class Spread:
         self.url, self.processes = url, processes
         self._pool: ProcessPoolExecutor | None = None
         self.peak_rss_mb = 0.0  # the largest peak resident memory of a child (MiB)
+        self._cpu: dict[int, float] = {}  # pid -> CPU seconds of that child so far
 
     def build(self, parts: Iterable[tuple[str, Sequence[int]]], timings: dict[str, float]) -> Iterator[Built]:
         """`build` of every (kind, chunk of ids) of `parts`, in order. At most two chunks per child are in flight,
@@ -104,7 +109,7 @@ class Spread:
                     self.processes, mp_context=context, initializer=_start, initargs=(self.url,)
                 )
         todo = iter(parts)
-        pending: deque[Future[tuple[Built, dict[str, float], float]]] = deque()
+        pending: deque[Future[tuple[Built, dict[str, float], tuple[int, float, float]]]] = deque()
 
         def submit() -> None:
             part = next(todo, None)
@@ -116,14 +121,21 @@ class Spread:
             submit()
         while pending:
             with timed(timings, "wait_children"):
-                built, theirs, rss = pending.popleft().result()
+                built, theirs, (pid, cpu, rss) = pending.popleft().result()
             submit()
             self.peak_rss_mb = max(self.peak_rss_mb, rss)
+            self._cpu[pid] = max(self._cpu.get(pid, 0.0), cpu)
             for step, seconds in theirs.items():
                 timings[step] = timings.get(step, 0.0) + seconds
             yield built
 
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds the children used up to their last chunk (their start included)."""
+        return sum(self._cpu.values())
+
     def close(self) -> None:
+        """Stop the children (without waiting for them to exit)."""
         if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
+            self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

@@ -214,6 +214,11 @@ def _jcs_dict(d: dict[str, Any]) -> dict[str, Any]:
         raise _NotPlain
     out: dict[str, Any] | None = None
     for k, x in d.items():
+        t = type(x)
+        if t is str or x is None or t is bool:  # most values: no call
+            continue
+        if t is int and -_SAFE_INT <= x <= _SAFE_INT:
+            continue
         y = _jcs_value(x)
         if y is not x:
             if out is None:
