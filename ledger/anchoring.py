@@ -186,8 +186,8 @@ class Anchorer:
 
     def make_leaves(self, session: Session, kinds: list[str] | None = None) -> int:
         """Give every record of `kinds` (default: all) without a leaf its leaf; returns how many.
-        Records are built, hashed and stored `LEAF_CHUNK` at a time; when there is more than one
-        chunk of trace rows and ANCHOR_PROCESSES allows, child processes build and hash those
+        Records are built, hashed and stored `LEAF_CHUNK` at a time; when there are more trace rows
+        than one chunk and ANCHOR_PROCESSES allows, child processes build and hash those
         (ledger/leafwork.py) while this one stores."""
         leaf_t = LedgerLeaf.__table__  # type: ignore[attr-defined]
         work: list[tuple[str, Sequence[int]]] = []
@@ -199,7 +199,8 @@ class Anchorer:
         processes = self.settings.anchor_processes or os.cpu_count() or 1
         url = leafwork.shareable_url(self.engine)
         shared = [w for w in work if w[0] in leafwork.SHAREABLE] if processes > 1 and url is not None else []
-        spread = leafwork.Spread(url, processes) if len(shared) > 1 and url is not None else None
+        worth = sum(len(part) for _, part in shared) > LEAF_CHUNK  # children take seconds to start
+        spread = leafwork.Spread(url, processes) if worth and url is not None else None
         from_children = iter(spread.build(shared, self._timings) if spread is not None else ())
         added = 0
         try:
