@@ -67,7 +67,7 @@ from ledger.records import CORRECTION, EVENT, INSPECTION, LOT, chunks, raw_rows
 log = get_logger("anchor")
 
 ZERO_ROOT = "0x" + "00" * 32
-PASS_CACHE_MIB = 256  # SQLite page cache of a pass's connection: the index of a million leaf hashes fits
+PASS_CACHE_MIB = 128  # SQLite page cache of a pass's connection: the index of a million leaf hashes fits
 LEAF_CHUNK = 10_000  # records built, hashed and inserted at a time: bounds the memory of a pass
 
 #: record kind -> the table whose rows are its records (every row gets a leaf)
