@@ -23,8 +23,8 @@ What it does, in order:
 
 Phases are wall-clock seconds of the worker process; `end_to_end_cpu_s` is the CPU time this
 process spent in step 2 (user + system; anvil's not in it), which says how loaded the machine was
-when set against `end_to_end_s`. When the pass has more than one chunk (LEAF_CHUNK) of trace rows
-of a kind, child processes build records, canonical JSON and leaves while the worker stores
+when set against `end_to_end_s`. When the pass has more than SPREAD_CHUNKS chunks (LEAF_CHUNK) of
+trace rows, child processes build records, canonical JSON and leaves while the worker stores
 (ANCHOR_PROCESSES, default one per core; ledger/leafwork.py): `cores` is then the cores the pass
 keeps busy (children and worker, at most the machine's; else 1); `records_s`, `canonical_s` and
 `leaves_s` are the children's seconds summed (they overlap each other and the worker's storing, so

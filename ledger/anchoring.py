@@ -69,6 +69,7 @@ log = get_logger("anchor")
 ZERO_ROOT = "0x" + "00" * 32
 PASS_CACHE_MIB = 128  # SQLite page cache of a pass's connection: the index of a million leaf hashes fits
 LEAF_CHUNK = 10_000  # records built, hashed and inserted at a time: bounds the memory of a pass
+SPREAD_CHUNKS = 4  # chunks of trace rows a pass must have beyond which child processes build them
 
 #: record kind -> the table whose rows are its records (every row gets a leaf)
 SOURCES: dict[str, type[SQLModel]] = {
@@ -187,7 +188,7 @@ class Anchorer:
     def make_leaves(self, session: Session, kinds: list[str] | None = None) -> int:
         """Give every record of `kinds` (default: all) without a leaf its leaf; returns how many.
         Records are built, hashed and stored `LEAF_CHUNK` at a time; when there are more trace rows
-        than one chunk and ANCHOR_PROCESSES allows, child processes build and hash those
+        than `SPREAD_CHUNKS` chunks and ANCHOR_PROCESSES allows, child processes build and hash those
         (ledger/leafwork.py) while this one stores."""
         leaf_t = LedgerLeaf.__table__  # type: ignore[attr-defined]
         work: list[tuple[str, Sequence[int]]] = []
@@ -199,7 +200,7 @@ class Anchorer:
         processes = self.settings.anchor_processes or os.cpu_count() or 1
         url = leafwork.shareable_url(self.engine)
         shared = [w for w in work if w[0] in leafwork.SHAREABLE] if processes > 1 and url is not None else []
-        worth = sum(len(part) for _, part in shared) > LEAF_CHUNK  # children take seconds to start
+        worth = sum(len(part) for _, part in shared) > SPREAD_CHUNKS * LEAF_CHUNK  # children take seconds to start
         spread = leafwork.Spread(url, processes) if worth and url is not None else None
         from_children = iter(spread.build(shared, self._timings) if spread is not None else ())
         added = 0

@@ -64,7 +64,7 @@ def test_no_children_for_an_in_memory_database() -> None:
 def test_a_pass_stores_the_same_leaves_with_or_without_children(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: int
 ) -> None:
-    monkeypatch.setattr(anchoring, "LEAF_CHUNK", 200)  # several chunks per kind
+    monkeypatch.setattr(anchoring, "LEAF_CHUNK", 100)  # several chunks per kind, more than SPREAD_CHUNKS
     _world(tmp_path / "a.db", 1200)
     shutil.copy(tmp_path / "a.db", tmp_path / "b.db")  # the same rows and salts
     leaves = {}
