@@ -195,7 +195,8 @@ class Anchorer:
         for kind in kinds or list(SOURCES):
             table = SOURCES[kind]
             have = select(LedgerLeaf.record_id).where(LedgerLeaf.kind == kind)
-            ids = session.exec(select(table.id).where(col(table.id).not_in(have)).order_by(table.id)).all()  # type: ignore[attr-defined]
+            query = select(table.id).where(col(table.id).not_in(have)).order_by(table.id)  # type: ignore[attr-defined]
+            ids = [r[0] for r in raw_rows(session, query)]
             work += [(kind, part) for part in chunks(ids, LEAF_CHUNK)]
         processes = self.settings.anchor_processes or os.cpu_count() or 1
         url = leafwork.shareable_url(self.engine)
