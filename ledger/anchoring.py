@@ -33,6 +33,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -207,10 +208,15 @@ class Anchorer:
         added = 0
         try:
             for kind, part in work:
+                built = None
                 if spread is not None and kind in leafwork.SHAREABLE:
-                    canonical, leaves = next(from_children)
-                else:
-                    canonical, leaves = leafwork.build(session, kind, part, self._timings)
+                    try:
+                        built = next(from_children)
+                    except BrokenProcessPool as e:  # e.g. a __main__ that cannot be imported again
+                        log.warning("leaf children failed; this process builds the rest", error=str(e))
+                        spread.close()
+                        spread = None
+                canonical, leaves = built or leafwork.build(session, kind, part, self._timings)
                 with self._timed("store_leaves"):
                     now = driver_value(session, leaf_t, "created_at", datetime.now(UTC))
                     rows = [(kind, i, leaf, c, now) for i, leaf, c in zip(part, leaves, canonical, strict=True)]
