@@ -21,16 +21,24 @@ What it does, in order:
    `proof_read_us_median`), the contract's own check over RPC, and the gas of windows of 1,
    1,000 and `records` leaves, anchored by the same worker (`gas_1`, `gas_1000`, `gas_<records>`).
 
-Phases are wall-clock seconds; `end_to_end_cpu_s` is the CPU time this process spent in step 2
-(user + system; anvil's not in it), which says how loaded the machine was when set against
-`end_to_end_s`.
+Phases are wall-clock seconds of the worker process; `end_to_end_cpu_s` is the CPU time this
+process spent in step 2 (user + system; anvil's not in it), which says how loaded the machine was
+when set against `end_to_end_s`. When the pass has more than SPREAD_CHUNKS chunks (LEAF_CHUNK) of
+trace rows, child processes build records, canonical JSON and leaves while the worker stores
+(ANCHOR_PROCESSES, default one per core; ledger/leafwork.py): `cores` is then the cores the pass
+keeps busy (children and worker, at most the machine's; else 1); `records_s`, `canonical_s` and
+`leaves_s` are the children's seconds summed (they overlap each other and the worker's storing, so
+they may add up to more than the pass); `children_cpu_s` is their CPU time (their start included),
+`wait_children_s` the worker's waits for them and `start_children_s` their start.
 
 `peak_rss_mb` is this process's peak resident memory over its whole life up to the end of step 2
 (`getrusage(RUSAGE_SELF).ru_maxrss`: migrations, the demo county and the worker's pass; the worker
-is what peaks). Not in it, and reported beside it: the child that made the rows
-(`peak_rss_children_mb`, RUSAGE_CHILDREN, setup) and anvil (`anvil_peak_rss_mb`, its VmHWM);
-PostgreSQL's processes are not measured. The worker is single-threaded: `cores` is 1, on a machine of
-`machine_cores`, shared with anvil (and PostgreSQL).
+is what peaks); `peak_rss_leaf_children_mb` the largest peak of one leaf-building child, and
+`peak_rss_total_mb` their sum over the pass (this process's peak plus each child's at the largest: a
+bound, the peaks need not coincide). Not in it, and reported beside it: the child that made the
+rows (`peak_rss_children_mb`, RUSAGE_CHILDREN, setup; it also covers the leaf children) and anvil
+(`anvil_peak_rss_mb`, its VmHWM); PostgreSQL's processes are not measured. The worker shares the
+machine's `machine_cores` with anvil (and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -219,13 +227,21 @@ def run(
                 "verify_record_ms": round((done - checked) * 1e3, 1),
                 "end_to_end_s": round(done - start, 2),
                 "end_to_end_cpu_s": round(cpu_done - cpu_start, 2),
+                "children_cpu_s": report.children_cpu_s,
+                "wait_children_s": round(t.get("wait_children", 0), 2),
+                "start_children_s": round(t.get("start_children", 0), 2),
                 "worker_pass_s": round(passed - start, 2),
                 "peak_rss_mb": _rss_mb(resource.RUSAGE_SELF),
+                "peak_rss_leaf_children_mb": report.children_peak_rss_mb,
+                "peak_rss_total_mb": round(
+                    _rss_mb(resource.RUSAGE_SELF) + report.children * report.children_peak_rss_mb, 1
+                ),
                 "peak_rss_children_mb": _rss_mb(resource.RUSAGE_CHILDREN),
                 "anvil_peak_rss_mb": _process_hwm_mb(node.proc.pid if node and node.proc else None),
                 "store_detail_s": {k: round(t.get(k, 0), 2) for k in ("store_leaves", "store_proofs", "commit")},
             }
         )
+        cores = min(os.cpu_count() or 1, report.children + 1) if report.children else 1
         figures.update(_proof_checks(engine, chain, window, verify_samples, seed))
         figures["gas_1"] = int(statistics.median(_anchor_more(engine, settings, chain, 17, 1, seed + 1)))
         figures["gas_1000"] = _anchor_more(engine, settings, chain, 1000, 1000, seed + 2)[0]
@@ -241,14 +257,20 @@ def run(
             pg.stop()
         if keep is None:
             shutil.rmtree(folder, ignore_errors=True)
-    figures["cores"] = 1
+    figures["cores"] = cores
     figures["machine_cores"] = os.cpu_count()
     figures["load_after"] = _load()
     figures["note"] = (
         "end_to_end_s: one pass of the anchoring worker over real trace rows (built, canonicalised, hashed, "
         "manifests, tree, every proof stored, committed, anchored on anvil) and one record verified from the "
-        "database through the chain; the rows themselves were made before (setup_records_s). Single-threaded "
-        "worker (1 core) sharing the machine with anvil"
+        "database through the chain; the rows themselves were made before (setup_records_s). The worker "
+        + (
+            f"stores while {report.children} child processes build and hash the trace records (records_s, canonical_s, "
+            "leaves_s: their seconds summed)"
+            if cores > 1
+            else "builds, hashes and stores in one process"
+        )
+        + ", sharing the machine with anvil"
         + (" and PostgreSQL" if database == "postgres" else "")
         + "; verify_us is the proof check alone, on proofs read from the database"
     )

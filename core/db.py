@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -54,6 +54,19 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def sqlite_cache(session: Session, mib: int) -> Callable[[], None]:
+    """Give the session's SQLite connection a page cache of `mib` MiB (the default is 2 MiB) for a
+    bulk write, e.g. an anchoring pass that inserts a million leaves under a random-ordered index
+    of their hashes; returns a function that gives the connection its own size back (call it after
+    the commit: the cache holds the transaction's pages until then). Nothing on other databases."""
+    dbapi = session.connection().connection.dbapi_connection
+    if session.connection().dialect.name != "sqlite" or dbapi is None:
+        return lambda: None
+    before = dbapi.execute("PRAGMA cache_size").fetchone()[0]
+    dbapi.execute(f"PRAGMA cache_size=-{int(mib) * 1024}")
+    return lambda: dbapi.execute(f"PRAGMA cache_size={int(before)}").close()
 
 
 def alembic_config(url: str) -> Config:

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     anchor_resend_s: float = Field(default=120.0, gt=0, alias="ANCHOR_RESEND_S")
     # Seconds a pass waits for a sent transaction's block before moving on (the next pass tracks it).
     anchor_mine_wait_s: float = Field(default=3.0, ge=0, alias="ANCHOR_MINE_WAIT_S")
+    # Processes that build and hash trace records when a pass has more than SPREAD_CHUNKS chunks
+    # (LEAF_CHUNK) of them (a first pass over an imported county): 0 = one per core, 1 = none.
+    anchor_processes: int = Field(default=0, ge=0, alias="ANCHOR_PROCESSES")
     # Seconds between sealing a village's days and digesting them (ledger/late.py): every ingest
     # replica must have re-read the seals (INGEST_REGISTRY_TTL_S) and finished a write in flight
     # (up to twice INFLUX_TIMEOUT_S). Unset: INGEST_REGISTRY_TTL_S + 2 * INFLUX_TIMEOUT_S + 5.

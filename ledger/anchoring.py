@@ -29,9 +29,11 @@ The chain being down only delays steps 4 and 5: leaves and windows wait in the d
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,11 +45,11 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, SQLModel, col, select
 
 from core.catalogue import get_catalogue
-from core.db import driver_value, insert_many, session_scope, update_many
+from core.db import driver_value, insert_many, session_scope, sqlite_cache, update_many
 from core.influx import LATE_RP, InfluxUnavailable, InfluxV1
 from core.log import get_logger
 from core.settings import Settings
-from ledger import digests, growth, late, manifest, proofs
+from ledger import digests, growth, late, leafwork, manifest, proofs
 from ledger.anchor_models import (
     ON_CHAIN,
     AnchorState,
@@ -59,14 +61,16 @@ from ledger.anchor_models import (
     TelemetryDigest,
 )
 from ledger.chain import AnchorReceipt, Chain, ChainError, ChainUnavailable
-from ledger.merkle import HASH_BYTES, MerkleTree, leaf_hashes
+from ledger.merkle import HASH_BYTES, MerkleTree
 from ledger.models import EventCorrection, Inspection, Lot, TraceEvent
-from ledger.records import CORRECTION, EVENT, INSPECTION, LOT, canonical_bytes, chunks, records_many
+from ledger.records import CORRECTION, EVENT, INSPECTION, LOT, chunks, raw_rows
 
 log = get_logger("anchor")
 
 ZERO_ROOT = "0x" + "00" * 32
+PASS_CACHE_MIB = 128  # SQLite page cache of a pass's connection: the index of a million leaf hashes fits
 LEAF_CHUNK = 10_000  # records built, hashed and inserted at a time: bounds the memory of a pass
+SPREAD_CHUNKS = 4  # chunks of trace rows a pass must have beyond which child processes build them
 
 #: record kind -> the table whose rows are its records (every row gets a leaf)
 SOURCES: dict[str, type[SQLModel]] = {
@@ -103,7 +107,12 @@ class PassReport:
     # seconds per step of the pass, summed over kinds and windows: records (rows -> record dicts),
     # canonical (RFC 8785 bytes), leaves (double keccak), store_leaves, manifests, tree, proofs (the
     # tree's pages and each leaf's place), store_proofs, commit, track, send
+    # (the child processes' records, canonical and leaves seconds are summed into these: see
+    # ledger/leafwork.py; start_children and wait_children are this process's)
     timings: dict[str, float] = field(default_factory=dict)
+    children: int = 0  # child processes that built leaves (0: none, all in this process)
+    children_peak_rss_mb: float = 0.0  # the largest peak resident memory of one of them
+    children_cpu_s: float = 0.0  # their CPU seconds (their start included)
 
     def __bool__(self) -> bool:
         return bool(self.leaves or self.windows or self.sent or self.states or any(self.derived.values()))
@@ -131,6 +140,7 @@ class Anchorer:
         self._late_rp_ready = False
         self._manifests_checked = False  # the first pass checks every lot's manifest, later ones the touched lots
         self._timings: dict[str, float] = {}
+        self._children, self._children_rss_mb, self._children_cpu_s = 0, 0.0, 0.0
         if self.seal_wait_s < settings.ingest_registry_ttl_s and seal_wait_s is None:
             log.warning(
                 "ANCHOR_SEAL_WAIT_S is shorter than INGEST_REGISTRY_TTL_S: a replica may write a sealed day "
@@ -173,36 +183,51 @@ class Anchorer:
                 log.warning("InfluxDB unavailable; telemetry records wait", error=str(e))
         return out
 
-    @contextlib.contextmanager
-    def _timed(self, step: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._timings[step] = self._timings.get(step, 0.0) + time.perf_counter() - start
+    def _timed(self, step: str) -> contextlib.AbstractContextManager[None]:
+        return leafwork.timed(self._timings, step)
 
     def make_leaves(self, session: Session, kinds: list[str] | None = None) -> int:
-        """Give every record of `kinds` (default: all) without a leaf its leaf; returns how many."""
-        added = 0
+        """Give every record of `kinds` (default: all) without a leaf its leaf; returns how many.
+        Records are built, hashed and stored `LEAF_CHUNK` at a time; when there are more trace rows
+        than `SPREAD_CHUNKS` chunks and ANCHOR_PROCESSES allows, child processes build and hash those
+        (ledger/leafwork.py) while this one stores."""
         leaf_t = LedgerLeaf.__table__  # type: ignore[attr-defined]
+        work: list[tuple[str, Sequence[int]]] = []
         for kind in kinds or list(SOURCES):
             table = SOURCES[kind]
             have = select(LedgerLeaf.record_id).where(LedgerLeaf.kind == kind)
-            ids = session.exec(select(table.id).where(col(table.id).not_in(have)).order_by(table.id)).all()  # type: ignore[attr-defined]
-            for part in chunks(ids, LEAF_CHUNK):
-                with self._timed("records"):
-                    recs = records_many(session, kind, part)
-                with self._timed("canonical"):
-                    canonical = [canonical_bytes(r) for r in recs]
-                    del recs
-                with self._timed("leaves"):
-                    hexes = leaf_hashes(canonical).tobytes().hex()
-                    leaves = ["0x" + hexes[k : k + 2 * HASH_BYTES] for k in range(0, len(hexes), 2 * HASH_BYTES)]
+            query = select(table.id).where(col(table.id).not_in(have)).order_by(table.id)  # type: ignore[attr-defined]
+            ids = [r[0] for r in raw_rows(session, query)]
+            work += [(kind, part) for part in chunks(ids, LEAF_CHUNK)]
+        processes = self.settings.anchor_processes or os.cpu_count() or 1
+        url = leafwork.shareable_url(self.engine)
+        shared = [w for w in work if w[0] in leafwork.SHAREABLE] if processes > 1 and url is not None else []
+        worth = sum(len(part) for _, part in shared) > SPREAD_CHUNKS * LEAF_CHUNK  # children take seconds to start
+        spread = leafwork.Spread(url, processes) if worth and url is not None else None
+        from_children = iter(spread.build(shared, self._timings) if spread is not None else ())
+        added = 0
+        try:
+            for kind, part in work:
+                built = None
+                if spread is not None and kind in leafwork.SHAREABLE:
+                    try:
+                        built = next(from_children)
+                    except BrokenProcessPool as e:  # e.g. a __main__ that cannot be imported again
+                        log.warning("leaf children failed; this process builds the rest", error=str(e))
+                        spread.close()
+                        spread = None
+                canonical, leaves = built or leafwork.build(session, kind, part, self._timings)
                 with self._timed("store_leaves"):
                     now = driver_value(session, leaf_t, "created_at", datetime.now(UTC))
                     rows = [(kind, i, leaf, c, now) for i, leaf, c in zip(part, leaves, canonical, strict=True)]
                     insert_many(session, leaf_t, ("kind", "record_id", "leaf", "canonical", "created_at"), rows)
                 added += len(part)
+        finally:
+            if spread is not None:
+                spread.close()
+                self._children = max(self._children, spread.processes)
+                self._children_rss_mb = max(self._children_rss_mb, spread.peak_rss_mb)
+                self._children_cpu_s += spread.cpu_s
         return added
 
     # -- 3: windows -------------------------------------------------------------------------------------
@@ -217,13 +242,13 @@ class Anchorer:
             if first is None:
                 break
             oldest = first.created_at if first.created_at.tzinfo else first.created_at.replace(tzinfo=UTC)
-            waiting = session.execute(
-                sa.select(leaf.id, leaf.leaf).where(leaf.window_seq.is_(None)).order_by(leaf.id).limit(size)
-            ).all()
+            waiting = raw_rows(
+                session, sa.select(leaf.id, leaf.leaf).where(leaf.window_seq.is_(None)).order_by(leaf.id).limit(size)
+            )
             age = (self.clock() - oldest).total_seconds()
             if len(waiting) < size and age < max_age and not force:
                 break
-            windows.append(self._window(session, [r.id for r in waiting], [r.leaf for r in waiting]))
+            windows.append(self._window(session, [r[0] for r in waiting], [r[1] for r in waiting]))
         return windows
 
     def _window(self, session: Session, ids: list[int], hex_leaves: list[str]) -> AnchorWindow:
@@ -371,10 +396,22 @@ class Anchorer:
         window.block_number = window.log_index = window.gas_used = None
         window.block_time = window.sent_at = None
 
+    def _pass(self, session: Session, report: PassReport, sealed: dict[str, int], force_window: bool) -> None:
+        """Steps 1 to 3 of a pass, in its one transaction."""
+        report.derived = {**sealed, **self.derive(session)}
+        before = session.execute(sa.select(func.max(LedgerLeaf.id))).scalar() or 0
+        report.leaves = self.make_leaves(session, [k for k in SOURCES if k != manifest.MANIFEST])
+        with self._timed("manifests"):
+            lots = manifest.lots_to_check(session, before) if self._manifests_checked else None
+            report.derived["manifests"] = manifest.ensure_manifests(session, lots) if lots != set() else 0
+        report.leaves += self.make_leaves(session, [manifest.MANIFEST])
+        report.windows = [w.window_id for w in self.close_windows(session, force=force_window)]
+
     # -- the loop ---------------------------------------------------------------------------------------
     def run_once(self, force_window: bool = False) -> PassReport:
         report = PassReport()
         self._timings = report.timings
+        self._children, self._children_rss_mb, self._children_cpu_s = 0, 0.0, 0.0
         sealed: dict[str, int] = {}
         try:
             if (seals := self.seal()) is not None:
@@ -382,18 +419,19 @@ class Anchorer:
                 report.seal_wait_s = seals.wait_s
         except InfluxUnavailable as e:  # a closed late batch could not be read: the seal waits
             log.warning("InfluxDB unavailable; seals wait", error=str(e))
-        with session_scope(self.engine) as session:
-            report.derived = {**sealed, **self.derive(session)}
-            before = session.execute(sa.select(func.max(LedgerLeaf.id))).scalar() or 0
-            report.leaves = self.make_leaves(session, [k for k in SOURCES if k != manifest.MANIFEST])
-            with self._timed("manifests"):
-                lots = manifest.lots_to_check(session, before) if self._manifests_checked else None
-                report.derived["manifests"] = manifest.ensure_manifests(session, lots) if lots != set() else 0
-            report.leaves += self.make_leaves(session, [manifest.MANIFEST])
-            report.windows = [w.window_id for w in self.close_windows(session, force=force_window)]
-            committing = time.perf_counter()
-        self._timings["commit"] = time.perf_counter() - committing
+        restore = None
+        try:
+            with session_scope(self.engine) as session:
+                restore = sqlite_cache(session, PASS_CACHE_MIB)
+                self._pass(session, report, sealed, force_window)
+                committing = time.perf_counter()
+            self._timings["commit"] = time.perf_counter() - committing
+        finally:
+            if restore is not None:
+                restore()
         self._manifests_checked = True
+        report.children, report.children_peak_rss_mb = self._children, round(self._children_rss_mb, 1)
+        report.children_cpu_s = round(self._children_cpu_s, 2)
         if self.chain is not None:
             with session_scope(self.engine) as session:
                 try:

@@ -168,17 +168,20 @@ def in_seasons_many(session: Session, table: Any, lineages: Mapping[int, list[in
 
     every = {lot for lineage in lineages.values() for lot in lineage}
     origins = origins_by_lot(session, every)
-    seasons = seasons_of(session, every)
     c = table.__table__.c
     values = {value for found in origins.values() for _, value in found}
     by_origin: dict[tuple[str, str], list[tuple[int, date]]] = defaultdict(list)
     for row_id, tag, value, day in rows_where_in(session, [c.id, c.tag, c.value, c.day], c.value, values):
         by_origin[(tag, value)].append((row_id, day))
+    # seasons only of the lineages that have rows of their origins (none, say, before telemetry)
+    mine = {
+        lot: {o for m in lineage for o in origins.get(m, ()) if o in by_origin} for lot, lineage in lineages.items()
+    }
+    seasons = seasons_of(session, {m for lot, lineage in lineages.items() if mine[lot] for m in lineage})
     out: dict[int, set[int]] = {}
     for lot, lineage in lineages.items():
-        spans = [s for s in (seasons[m] for m in lineage) if s is not None]
-        mine = {o for m in lineage for o in origins.get(m, ())}
-        out[lot] = {i for o in mine for i, day in by_origin.get(o, ()) if any(a <= day <= b for a, b in spans)}
+        spans = [s for s in (seasons[m] for m in lineage) if s is not None] if mine[lot] else []
+        out[lot] = {i for o in mine[lot] for i, day in by_origin[o] if any(a <= day <= b for a, b in spans)}
     return out
 
 

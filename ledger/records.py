@@ -33,6 +33,7 @@ not included.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -213,6 +214,11 @@ def _jcs_dict(d: dict[str, Any]) -> dict[str, Any]:
         raise _NotPlain
     out: dict[str, Any] | None = None
     for k, x in d.items():
+        t = type(x)
+        if t is str or x is None or t is bool:  # most values: no call
+            continue
+        if t is int and -_SAFE_INT <= x <= _SAFE_INT:
+            continue
         y = _jcs_value(x)
         if y is not x:
             if out is None:
@@ -454,11 +460,21 @@ def rows_where_in(session: Session, columns: Sequence[Any], key: Any, ids: Itera
             loose += run
             continue
         members = set(run)
-        rows = session.execute(q.where(key.between(run[0], run[-1]), *where)).all()
+        rows = raw_rows(session, q.where(key.between(run[0], run[-1]), *where))
         out += [make(r) for r in rows if r[position] in members]
     for part in chunks(loose):
-        out += [make(r) for r in session.execute(q.where(key.in_(part), *where)).all()]
+        out += [make(r) for r in raw_rows(session, q.where(key.in_(part), *where))]
     return out
+
+
+def raw_rows(session: Session, query: Any) -> list[tuple[Any, ...]]:
+    """The rows of `query` as the driver gives them (tuples): its columns carry no types, so
+    SQLAlchemy would hand the same values on, only wrapped in a Row each (~1 µs a row)."""
+    result = session.connection().execute(query)
+    try:
+        return result.cursor.fetchall()  # type: ignore[no-any-return]
+    finally:
+        result.close()
 
 
 def _reader(session: Session, columns: tuple[Any, ...]) -> Callable[[Any], Any]:
@@ -484,7 +500,6 @@ def _python_type(t: Any) -> type | None:
 
 def _reader_for(dialect: str, columns: tuple[Any, ...]) -> Callable[[Any], Any]:
     import collections
-    import json
 
     sqlite = dialect == "sqlite"
     converters: list[tuple[int, Callable[[Any], Any]]] = []
@@ -501,7 +516,7 @@ def _reader_for(dialect: str, columns: tuple[Any, ...]) -> Callable[[Any], Any]:
         elif kind is bool and sqlite:
             converters.append((i, bool))
         elif isinstance(t, sa.JSON) and sqlite:
-            converters.append((i, json.loads))
+            converters.append((i, _json_loads))
     shape = collections.namedtuple("Row", [c.key for c in columns], rename=True)  # type: ignore[misc]
     if not converters:
         return shape._make
@@ -514,6 +529,16 @@ def _reader_for(dialect: str, columns: tuple[Any, ...]) -> Callable[[Any], Any]:
         return shape._make(values)
 
     return make
+
+
+def _json_loads(text: str | bytes) -> Any:
+    """`json.loads` (SQLAlchemy's JSON result processing on SQLite), through orjson where it can:
+    both give the same values for standard JSON (orjson refuses NaN, Infinity and integers beyond
+    64 bits, which `json` then reads)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def _utc_sqlite(text: str) -> datetime:
