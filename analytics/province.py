@@ -72,6 +72,16 @@ def counties_under(session: Session, prefixes: set[str] | list[str]) -> list[Cou
 # ---------------------------------------------------------------- registry: devices and plots per county
 
 
+def _village_county(session: Session, codes: list[str]) -> dict[str, str]:
+    """village code -> county code of the villages of `codes` (the demo's province loader uses it)."""
+    rows = session.exec(
+        select(Village.code, Township.county_code)
+        .join(Township, col(Township.code) == col(Village.township_code))
+        .where(col(Township.county_code).in_(codes))
+    ).all()
+    return dict(rows)
+
+
 def _utc(moment: datetime) -> datetime:
     """A bound compared with the registry's datetimes (UTCDateTime: stored in UTC; SQLite keeps no offset,
     so the values must be UTC for its text comparison to order them)."""
@@ -265,9 +275,11 @@ def _composite(
     stat_year = int(max(years))
     result = composite_index(wide, index, catalogue=catalogue)
     per_county: dict[str, dict[str, float]] = {}
+    that_year = wide.xs(stat_year, level="year")  # one cross-section, not a lookup per county and member
+    member_values = {str(c): dict(zip(members, map(float, row), strict=True)) for c, row in that_year.iterrows()}
     for (county, y), score in result.scores.items():
         if int(y) == stat_year:
-            row = {m: float(wide.loc[(county, y), m]) for m in members}
+            row = dict(member_values[str(county)])
             row[index.id] = round(float(score), 4)
             per_county[str(county)] = row
     summary = {
