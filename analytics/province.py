@@ -8,11 +8,11 @@ indicator and overall.
 Scale. A province holds about 100 counties of 1,000 devices each, so the comparison never reads a
 device's series: per device kind ONE InfluxQL query over the county rollups (`soil_county_1d`...,
 analytics/rollups.py: each closed day's readings and device-days with readings summed per county
-when the day is rolled up) sums the period per county, and the registry gives each county's active
-device-days in one SQL
-query per device attachment (plot, herd, animal), while InfluxDB answers. Reading 100 counties
-costs 5 queries to InfluxDB and a few to the registry, whatever the number of devices (`village
-bench province` times it).
+when the day is rolled up) sums the period per county, and the registry answers, while InfluxDB
+does, in two aggregate SQL queries (SQLite and PostgreSQL alike): active device-days per county,
+kind and first and last active day of the period (`_active_days`), and plots covered at the
+period's end per county (`_plots`). Reading 100 counties costs 5 queries to InfluxDB and 2 to the
+registry, whatever the number of devices (`village bench province` times it).
 
 Definitions (the county dashboard's, analytics/compute.py, over the period's closed local days):
 - device_online_rate: device-days with a reading / active device-days (a device is active on a day
