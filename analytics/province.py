@@ -45,8 +45,10 @@ from sqlalchemy import and_, case, func, literal, not_, null, or_, union_all
 from sqlmodel import Session, col, select
 
 from analytics.catalogue import Catalogue, get_catalogue
+from analytics.entropy import composite_index
 from analytics.periods import Period, local_midnight
 from analytics.rollups import COUNTY_RES, Rollups, ident
+from analytics.statistics_io import load_statistics, to_wide
 from core.models import Animal, County, Device, DeviceStatus, Herd, Plot, Township, Village
 
 MONITORED = ("device_online_rate", "data_completeness", "plot_device_share", "device_coverage")
@@ -257,9 +259,6 @@ def _composite(
     session: Session, codes: list[str], year: int, index_id: str, catalogue: Catalogue
 ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
     """The composite index over the compared counties: (summary with weights, county -> member values and score)."""
-    from analytics.entropy import composite_index
-    from analytics.statistics_io import load_statistics, to_wide
-
     index = catalogue.index(index_id)
     members = [m.indicator for m in index.members]
     base: dict[str, Any] = {"index": index.id, "name_zh": index.name_zh, "name_en": index.name_en, "members": members}
