@@ -100,32 +100,20 @@ def _since() -> Any:
 def _attached(codes: list[str]) -> Any:
     """county, kind, since, until of every device of the counties (plot, herd or animal; one UNION ALL)."""
     cols = (col(Device.kind).label("kind"), _since().label("since"), col(Device.revoked_at).label("until"))
-    county = col(Township.county_code).label("county")
-    by_village = (col(Township.code) == col(Village.township_code), col(Township.county_code).in_(codes))
-    on_plot = (
-        select(county, *cols)
-        .select_from(Device)
-        .join(Plot, col(Plot.id) == col(Device.plot_id))
-        .join(Village, col(Village.code) == col(Plot.village_code))
-        .join(Township, by_village[0])
-        .where(by_village[1])
-    )
-    on_herd = (
-        select(county, *cols)
-        .select_from(Device)
-        .join(Herd, col(Herd.id) == col(Device.herd_id))
-        .join(Village, col(Village.code) == col(Herd.village_code))
-        .join(Township, by_village[0])
-        .where(by_village[1])
-    )
-    on_animal = (
-        select(county, *cols)
-        .select_from(Device)
-        .join(Animal, col(Animal.id) == col(Device.animal_id))
-        .join(Herd, col(Herd.id) == col(Animal.herd_id))
-        .join(Village, col(Village.code) == col(Herd.village_code))
-        .join(Township, by_village[0])
-        .where(by_village[1])
+
+    def in_counties(query: Any, village_code: Any) -> Any:
+        return (
+            query.join(Village, col(Village.code) == village_code)
+            .join(Township, col(Township.code) == col(Village.township_code))
+            .where(col(Township.county_code).in_(codes))
+        )
+
+    devices = select(col(Township.county_code).label("county"), *cols).select_from(Device)
+    on_plot = in_counties(devices.join(Plot, col(Plot.id) == col(Device.plot_id)), col(Plot.village_code))
+    on_herd = in_counties(devices.join(Herd, col(Herd.id) == col(Device.herd_id)), col(Herd.village_code))
+    on_animal = in_counties(
+        devices.join(Animal, col(Animal.id) == col(Device.animal_id)).join(Herd, col(Herd.id) == col(Animal.herd_id)),
+        col(Herd.village_code),
     )
     return union_all(on_plot, on_herd, on_animal).subquery("attached")
 

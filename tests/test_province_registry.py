@@ -21,7 +21,7 @@ import pytest
 from sqlmodel import Session, col, select
 
 from analytics.periods import local_midnight
-from analytics.province import _active_days, _plots
+from analytics.province import _active_days, _plots, _village_county
 from core.db import get_engine, migrate
 from core.models import Animal, County, Device, DeviceStatus, Farm, Herd, Plot, Township, Village
 from core.services import Postgres
@@ -35,13 +35,7 @@ DAYS = 14  # across Europe's change from summer time (25 October 2026)
 
 
 def _reference_devices(session: Session, codes: list[str]) -> pd.DataFrame:
-    villages = dict(
-        session.exec(
-            select(Village.code, Township.county_code)
-            .join(Township, col(Township.code) == col(Village.township_code))
-            .where(col(Township.county_code).in_(codes))
-        ).all()
-    )
+    villages = _village_county(session, codes)
     cols = (Device.kind, Device.status, Device.created_at, Device.provisioned_at, Device.revoked_at)
     queries = [
         select(Plot.village_code, *cols).join(Plot, col(Plot.id) == col(Device.plot_id)),
@@ -76,13 +70,7 @@ def _reference_active(devices: pd.DataFrame, bounds: list[datetime]) -> pd.DataF
 
 
 def _reference_plots(session: Session, codes: list[str], moment: datetime) -> pd.DataFrame:
-    villages = dict(
-        session.exec(
-            select(Village.code, Township.county_code)
-            .join(Township, col(Township.code) == col(Village.township_code))
-            .where(col(Township.county_code).in_(codes))
-        ).all()
-    )
+    villages = _village_county(session, codes)
     devices = pd.DataFrame(
         session.exec(
             select(Device.plot_id, Device.status, Device.created_at, Device.provisioned_at, Device.revoked_at).where(
