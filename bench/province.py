@@ -271,6 +271,16 @@ def _load() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+def _written(days: int, hourly_days: int, hourly: int, hourly_all: int) -> str:
+    """What the run wrote, in words, for the JSON (the hourly tier is the option)."""
+    daily = f"daily rollups of all {days} days; "
+    if hourly_days >= days:
+        return daily + "hourly rollups of all of them"
+    if hourly_days == 0:
+        return daily + f"no hourly rollups (all days would be {hourly_all:,} points)"
+    return daily + f"hourly rollups of the last {hourly_days} ({hourly:,} of the {hourly_all:,} points of all days)"
+
+
 def _du_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -400,8 +410,7 @@ def run(
             "hourly_days": hourly_days,
             "hourly_points": hourly,
             "daily_points": daily,
-            "written": f"daily rollups of all {days} days; hourly rollups of the last {hourly_days} of them"
-            + (" (all)" if hourly_days == days else f" ({hourly:,} of the {hourly_all:,} points of all days)"),
+            "written": _written(days, hourly_days, hourly, hourly_all),
             "hourly_points_all_days": hourly_all,
             "rollup_write_s": round(write_s, 1),
             "county_rollup_points": county_points,
