@@ -188,8 +188,8 @@ class Catalogue(_Model):
 
     @classmethod
     def load(cls, path: Path | None = None) -> Catalogue:
-        with open(path or PACKAGED_CATALOGUE, encoding="utf-8") as f:
-            return cls.model_validate(yaml.safe_load(f))
+        with open(path or PACKAGED_CATALOGUE, encoding="utf-8") as f:  # libyaml's loader where built: 10x faster
+            return cls.model_validate(yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
 
     def indicator(self, indicator_id: str) -> Indicator:
         for ind in self.indicators:

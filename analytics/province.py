@@ -8,11 +8,11 @@ indicator and overall.
 Scale. A province holds about 100 counties of 1,000 devices each, so the comparison never reads a
 device's series: per device kind ONE InfluxQL query over the county rollups (`soil_county_1d`...,
 analytics/rollups.py: each closed day's readings and device-days with readings summed per county
-when the day is rolled up) sums the period per county, and the registry gives each county's active
-device-days in one SQL
-query per device attachment (plot, herd, animal), while InfluxDB answers. Reading 100 counties
-costs 5 queries to InfluxDB and a few to the registry, whatever the number of devices (`village
-bench province` times it).
+when the day is rolled up) sums the period per county, and the registry answers, while InfluxDB
+does, in two aggregate SQL queries (SQLite and PostgreSQL alike): active device-days per county,
+kind and first and last active day of the period (`_active_days`), and plots covered at the
+period's end per county (`_plots`). Reading 100 counties costs 5 queries to InfluxDB and 2 to the
+registry, whatever the number of devices (`village bench province` times it).
 
 Definitions (the county dashboard's, analytics/compute.py, over the period's closed local days):
 - device_online_rate: device-days with a reading / active device-days (a device is active on a day
@@ -41,11 +41,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sqlalchemy import and_, case, func, literal, not_, null, or_, union_all
 from sqlmodel import Session, col, select
 
 from analytics.catalogue import Catalogue, get_catalogue
+from analytics.entropy import composite_index
 from analytics.periods import Period, local_midnight
 from analytics.rollups import COUNTY_RES, Rollups, ident
+from analytics.statistics_io import load_statistics, to_wide
 from core.models import Animal, County, Device, DeviceStatus, Herd, Plot, Township, Village
 
 MONITORED = ("device_online_rate", "data_completeness", "plot_device_share", "device_coverage")
@@ -72,6 +75,7 @@ def counties_under(session: Session, prefixes: set[str] | list[str]) -> list[Cou
 
 
 def _village_county(session: Session, codes: list[str]) -> dict[str, str]:
+    """village code -> county code of the villages of `codes` (the demo's province loader uses it)."""
     rows = session.exec(
         select(Village.code, Township.county_code)
         .join(Township, col(Township.code) == col(Village.township_code))
@@ -80,68 +84,115 @@ def _village_county(session: Session, codes: list[str]) -> dict[str, str]:
     return dict(rows)
 
 
-def _devices(session: Session, village_county: dict[str, str]) -> pd.DataFrame:
-    """county, kind, since, until of every device of the counties (three joins: plot, herd, animal)."""
-    villages = list(village_county)
-    cols = (Device.kind, Device.status, Device.created_at, Device.provisioned_at, Device.revoked_at)
-    queries = [
-        select(Plot.village_code, *cols)
-        .join(Plot, col(Plot.id) == col(Device.plot_id))
-        .where(col(Plot.village_code).in_(villages)),
-        select(Herd.village_code, *cols)
-        .join(Herd, col(Herd.id) == col(Device.herd_id))
-        .where(col(Herd.village_code).in_(villages)),
-        select(Herd.village_code, *cols)
-        .join(Animal, col(Animal.id) == col(Device.animal_id))
-        .join(Herd, col(Herd.id) == col(Animal.herd_id))
-        .where(col(Herd.village_code).in_(villages)),
-    ]
-    rows: list[Any] = []
-    for q in queries:
-        rows += session.exec(q).all()
-    frame = pd.DataFrame(rows, columns=["village", "kind", "status", "created", "provisioned", "revoked"])
-    frame["county"] = frame["village"].map(village_county)
-    since = frame["provisioned"].where(frame["provisioned"].notna(), frame["created"])
-    since = since.where(frame["status"] != DeviceStatus.inactive)
-    since = since.where(~((frame["status"] == DeviceStatus.revoked) & frame["revoked"].isna()))
-    frame["since"] = pd.to_datetime(since, utc=True)
-    frame["until"] = pd.to_datetime(frame["revoked"], utc=True)
-    return frame[["county", "kind", "since", "until"]]
+def _utc(moment: datetime) -> datetime:
+    """A bound compared with the registry's datetimes (UTCDateTime: stored in UTC; SQLite keeps no offset,
+    so the values must be UTC for its text comparison to order them)."""
+    return moment.astimezone(UTC)
 
 
-def _plots(session: Session, village_county: dict[str, str], devices_at_end: pd.DataFrame) -> pd.DataFrame:
-    """Per county: plots, plots with an active device, their areas."""
-    plots = pd.DataFrame(
-        session.exec(
-            select(Plot.id, Plot.village_code, Plot.area_mu).where(col(Plot.village_code).in_(list(village_county)))
-        ).all(),
-        columns=["id", "village", "area"],
+def _since() -> Any:
+    """A device's activation time in SQL: provisioned (else created), none when inactive or revoked undated."""
+    status, revoked = col(Device.status), col(Device.revoked_at)
+    never = or_(status == DeviceStatus.inactive, and_(status == DeviceStatus.revoked, revoked.is_(None)))
+    return case((never, null()), else_=func.coalesce(col(Device.provisioned_at), col(Device.created_at)))
+
+
+def _attached(codes: list[str]) -> Any:
+    """county, kind, since, until of every device of the counties (plot, herd or animal; one UNION ALL)."""
+    cols = (col(Device.kind).label("kind"), _since().label("since"), col(Device.revoked_at).label("until"))
+
+    def in_counties(query: Any, village_code: Any) -> Any:
+        return (
+            query.join(Village, col(Village.code) == village_code)
+            .join(Township, col(Township.code) == col(Village.township_code))
+            .where(col(Township.county_code).in_(codes))
+        )
+
+    devices = select(col(Township.county_code).label("county"), *cols).select_from(Device)
+    on_plot = in_counties(devices.join(Plot, col(Plot.id) == col(Device.plot_id)), col(Plot.village_code))
+    on_herd = in_counties(devices.join(Herd, col(Herd.id) == col(Device.herd_id)), col(Herd.village_code))
+    on_animal = in_counties(
+        devices.join(Animal, col(Animal.id) == col(Device.animal_id)).join(Herd, col(Herd.id) == col(Animal.herd_id)),
+        col(Herd.village_code),
     )
-    with_device = set(devices_at_end["plot_id"].dropna().astype(int)) if len(devices_at_end) else set()
-    plots["county"] = plots["village"].map(village_county)
-    plots["covered"] = plots["id"].isin(with_device)
-    plots["area"] = plots["area"].astype(float)
-    plots["area_with"] = plots["area"] * plots["covered"]
-    return plots.groupby("county").agg(
-        plots=("id", "size"), covered=("covered", "sum"), area=("area", "sum"), area_with=("area_with", "sum")
-    )
+    return union_all(on_plot, on_herd, on_animal).subquery("attached")
 
 
-def _plot_devices_at(session: Session, villages: list[str], moment: datetime) -> pd.DataFrame:
+def _active_days(session: Session, codes: list[str], bounds: list[datetime]) -> tuple[pd.DataFrame, pd.Series]:
+    """Per county and kind: active device-days and active device-seconds over the days between `bounds`;
+    and per county the devices. One aggregate query, nothing read per device: a device is active on the
+    days i with since <= start_i and (no until or until >= end_i), a run of days from its first day
+    (the first start not before since) to its last (the last end not after until), so the query counts
+    devices per county, kind, first and last day index (CASE over the day bounds) and the day-seconds
+    come from the run of days."""
+    empty = pd.DataFrame(columns=["county", "kind", "active_days", "active_s"])
+    if not codes:
+        return empty, pd.Series(dtype=int)
+    sub = _attached(codes)
+    n = max(0, len(bounds) - 1)
+    if n:
+        starts = [_utc(b) for b in bounds[:-1]]
+        ends = [_utc(b) for b in bounds[1:]]
+        first = case(*[(sub.c.since <= s, i) for i, s in enumerate(starts)], else_=n)
+        last_whens = [(sub.c.until >= ends[i], i) for i in reversed(range(n))]
+        last = case((sub.c.until.is_(None), n - 1), *last_whens, else_=-1)
+    else:
+        first, last = literal(0), literal(-1)
+    first, last = first.label("first_day"), last.label("last_day")
     rows = session.exec(
-        select(Device.plot_id, Device.status, Device.created_at, Device.provisioned_at, Device.revoked_at)
-        .join(Plot, col(Plot.id) == col(Device.plot_id))
-        .where(col(Plot.village_code).in_(villages))
+        select(sub.c.county, sub.c.kind, first, last, func.count().label("devices")).group_by(
+            sub.c.county, sub.c.kind, first, last
+        )
     ).all()
-    frame = pd.DataFrame(rows, columns=["plot_id", "status", "created", "provisioned", "revoked"])
-    if frame.empty:
-        return frame
-    t = pd.Timestamp(moment)
-    since = pd.to_datetime(frame["provisioned"].where(frame["provisioned"].notna(), frame["created"]), utc=True)
-    until = pd.to_datetime(frame["revoked"], utc=True)
-    ok = (frame["status"] != DeviceStatus.inactive) & (since <= t) & (until.isna() | (until > t))
-    ok &= ~((frame["status"] == DeviceStatus.revoked) & frame["revoked"].isna())
-    return frame[ok.to_numpy()]
+    frame = pd.DataFrame(rows, columns=["county", "kind", "first", "last", "devices"])
+    devices = frame.groupby("county")["devices"].sum() if len(frame) else pd.Series(dtype=int)
+    if not n or frame.empty:
+        return empty, devices
+    day_s = [(b - a).total_seconds() for a, b in zip(starts, ends, strict=True)]  # UTC: DST days differ
+    cum = np.concatenate([[0.0], np.cumsum(day_s)])
+    first_i, last_i = frame["first"].to_numpy(dtype=int), frame["last"].to_numpy(dtype=int)
+    days = np.maximum(0, last_i - first_i + 1)
+    seconds = np.where(days > 0, cum[np.clip(last_i + 1, 0, n)] - cum[np.clip(first_i, 0, n)], 0.0)
+    frame["active_days"] = days * frame["devices"]
+    frame["active_s"] = seconds * frame["devices"]
+    active = frame.groupby(["county", "kind"], as_index=False)[["active_days", "active_s"]].sum()
+    return active, devices
+
+
+def _plots(session: Session, codes: list[str], moment: datetime) -> pd.DataFrame:
+    """Per county: plots, plots with a device active at `moment`, their areas (one aggregate query)."""
+    t = _utc(moment)
+    status, revoked = col(Device.status), col(Device.revoked_at)
+    since = func.coalesce(col(Device.provisioned_at), col(Device.created_at))
+    covered = (
+        select(col(Device.plot_id).label("plot_id"))
+        .where(
+            col(Device.plot_id).is_not(None),
+            status != DeviceStatus.inactive,
+            not_(and_(status == DeviceStatus.revoked, revoked.is_(None))),
+            since <= t,
+            or_(revoked.is_(None), revoked > t),
+        )
+        .distinct()
+        .subquery("covered")
+    )
+    is_covered = covered.c.plot_id.is_not(None)
+    rows = session.exec(
+        select(
+            col(Township.county_code),
+            func.count(col(Plot.id)),
+            func.sum(case((is_covered, 1), else_=0)),
+            func.coalesce(func.sum(col(Plot.area_mu)), 0.0),
+            func.coalesce(func.sum(case((is_covered, col(Plot.area_mu)), else_=0.0)), 0.0),
+        )
+        .join(Village, col(Village.code) == col(Plot.village_code))
+        .join(Township, col(Township.code) == col(Village.township_code))
+        .outerjoin(covered, covered.c.plot_id == col(Plot.id))
+        .where(col(Township.county_code).in_(codes))
+        .group_by(col(Township.county_code))
+    ).all()
+    plots = pd.DataFrame(rows, columns=["county", "plots", "covered", "area", "area_with"]).set_index("county")
+    return plots.astype({"plots": int, "covered": int, "area": float, "area_with": float})
 
 
 # ---------------------------------------------------------------- telemetry: one query per kind
@@ -174,23 +225,6 @@ def _telemetry_rows(rollups: Rollups, kind: str, answer: list[dict[str, Any]]) -
     return rows
 
 
-def _active_days(devices: pd.DataFrame, bounds: list[datetime]) -> pd.DataFrame:
-    """Per county and kind: active device-days and active device-seconds over the days between `bounds`."""
-    if devices.empty or len(bounds) < 2:
-        return pd.DataFrame(columns=["county", "kind", "active_days", "active_s"])
-    since = devices["since"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
-    until = devices["until"].dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
-    edges = np.array([np.datetime64(b.astimezone(UTC).replace(tzinfo=None), "ns") for b in bounds])
-    starts, ends = edges[:-1], edges[1:]
-    day_s = (ends - starts).astype("timedelta64[s]").astype(float)
-    active = (~np.isnat(since))[:, None] & (since[:, None] <= starts[None, :])
-    active &= np.isnat(until)[:, None] | (until[:, None] >= ends[None, :])
-    out = devices[["county", "kind"]].copy()
-    out["active_days"] = active.sum(axis=1)
-    out["active_s"] = active @ day_s
-    return out.groupby(["county", "kind"], as_index=False)[["active_days", "active_s"]].sum()
-
-
 # ---------------------------------------------------------------- the comparison
 
 
@@ -213,9 +247,6 @@ def _composite(
     session: Session, codes: list[str], year: int, index_id: str, catalogue: Catalogue
 ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
     """The composite index over the compared counties: (summary with weights, county -> member values and score)."""
-    from analytics.entropy import composite_index
-    from analytics.statistics_io import load_statistics, to_wide
-
     index = catalogue.index(index_id)
     members = [m.indicator for m in index.members]
     base: dict[str, Any] = {"index": index.id, "name_zh": index.name_zh, "name_en": index.name_en, "members": members}
@@ -231,9 +262,11 @@ def _composite(
     stat_year = int(max(years))
     result = composite_index(wide, index, catalogue=catalogue)
     per_county: dict[str, dict[str, float]] = {}
+    that_year = wide.xs(stat_year, level="year")  # one cross-section, not a lookup per county and member
+    member_values = {str(c): dict(zip(members, map(float, row), strict=True)) for c, row in that_year.iterrows()}
     for (county, y), score in result.scores.items():
         if int(y) == stat_year:
-            row = {m: float(wide.loc[(county, y), m]) for m in members}
+            row = dict(member_values[str(county)])
             row[index.id] = round(float(score), 4)
             per_county[str(county)] = row
     summary = {
@@ -283,10 +316,8 @@ def compare(
             k: pool.submit(rollups.influx.query, _telemetry_query(rollups, k, prefixes, start_ms, end_ms))
             for k in kinds
         }
-        village_county = _village_county(session, codes) if codes else {}
-        devices = _devices(session, village_county) if village_county else pd.DataFrame(columns=["county", "kind"])
-        active = _active_days(devices, bounds)
-        plots = _plots(session, village_county, _plot_devices_at(session, list(village_county), t_end))
+        active, device_count = _active_days(session, codes, bounds)
+        plots = _plots(session, codes, t_end) if codes else pd.DataFrame()
         timings["registry_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         rows = [r for k, f in pending.items() for r in _telemetry_rows(rollups, k, f.result())]
@@ -301,7 +332,6 @@ def compare(
     merged["counted"] = np.minimum(merged["readings"], merged["expected"])
     merged["reporting"] = np.minimum(merged["reporting"], merged["active_days"])
     per_county = merged.groupby("county")[["active_days", "reporting", "expected", "counted", "readings"]].sum()
-    device_count = devices.groupby("county").size() if len(devices) else pd.Series(dtype=int)
 
     values: dict[str, dict[str, float | None]] = {c: {} for c in codes}
     inputs: dict[str, dict[str, dict[str, Any]]] = {c: {} for c in codes}

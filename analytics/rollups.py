@@ -324,11 +324,13 @@ class Rollups:
             f'GROUP BY time(1d), "county" fill(none) tz({quote(self.tz)})'
         )
 
-    def county_rollup(self, kind: str, day: date, tags: Tags = None) -> int:
-        """Recompute the county points of one local day of `kind` from its daily points (whole counties:
-        only a `county` filter of `tags` is kept, so a partial rerun never writes a partial county)."""
+    def county_rollup(self, kind: str, day: date, tags: Tags = None, days: int = 1) -> int:
+        """Recompute the county points of `days` local days of `kind` from `day` on, from its daily points
+        (whole counties: only a `county` filter of `tags` is kept, so a partial rerun never writes a partial
+        county). The rollup job closes one day at a time; a backfill of many days goes in one query (InfluxDB
+        1.x opens a cursor per series per query, so 30 days in one query cost about what one day costs)."""
         start = self.midnight_ms(day)
-        end = self.midnight_ms(day + timedelta(days=1))
+        end = self.midnight_ms(day + timedelta(days=max(1, days)))
         only = {"county": tags["county"]} if tags and "county" in tags else None
         return self._execute(
             kind,

@@ -466,14 +466,15 @@ def load_statistics(
     indicators: Iterable[str] | None = None,
 ) -> pd.DataFrame:
     """Stored statistics as a long frame: county_code, year, indicator_id, value, unit, source_note."""
-    query = select(CountyStatistic)
+    c = CountyStatistic
+    query = select(c.county_code, c.year, c.indicator_id, c.value, c.unit, c.source_note)  # columns: no ORM objects
     if counties is not None:
         query = query.where(col(CountyStatistic.county_code).in_(list(counties)))
     if years is not None:
         query = query.where(col(CountyStatistic.year).in_(list(years)))
     if indicators is not None:
         query = query.where(col(CountyStatistic.indicator_id).in_(list(indicators)))
-    rows = [(s.county_code, s.year, s.indicator_id, s.value, s.unit, s.source_note) for s in session.exec(query)]
+    rows = [tuple(r) for r in session.exec(query).all()]
     return pd.DataFrame(rows, columns=["county_code", "year", "indicator_id", "value", "unit", "source_note"])
 
 

@@ -13,12 +13,20 @@ share of device-days without readings, drawn between 1 % and 20 %) so the rankin
 ten years of the composite index's statistics (synthetic) so the composite is part of the time.
 
 Then the county rollups are built from the daily ones by `analytics.rollups.Rollups.county_rollup`
-(what the rollup job does when it closes a day), timed. Then InfluxDB is restarted (its caches
-empty; the OS page cache is not dropped: that needs root)
-and `analytics.province.compare` runs for the province and the last `days` days with a fresh
-database engine and fresh clients: that first run is the cold figure; `repeats` more runs give the
-warm one. The cost per county is the cold time over the counties. Disk use of the rollups is
+(what the rollup job does when it closes a day; here one query per kind and week), timed.
+Then InfluxDB is restarted (its caches empty; the OS page cache is not dropped: that needs root) and
+`analytics.province.compare` runs for the province and the last `days` days with a fresh database
+engine and fresh clients: that first run is the cold figure; `repeats` more runs give the warm one.
+The cost per county is the cold time over the counties (wall clock, and the process's CPU time,
+which other jobs on the machine do not inflate). Disk use of the rollups is
 measured after InfluxDB's compactions and given per point.
+
+What the writes cost is InfluxDB's CPU: about 24 µs per hourly point of 20 fields (1.2 µs a value) and
+twice that for a point that creates a series, measured from the server's own CPU time
+(`influxd_cpu_us_per_point`, which the machine's load does not inflate). At that rate the hourly tier
+of 100,000 devices over 30 days (72 million points) is some 36 minutes of CPU with the writers' own,
+so by default only the last day gets hourly points (`hourly_days`, an option); the JSON says what was
+written and what the whole tier would be. The comparison never reads the hourly tier.
 """
 
 from __future__ import annotations
@@ -253,6 +261,26 @@ def write_rollups(job: RollupJob) -> tuple[int, int]:
     return hourly, daily
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _load() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def _written(days: int, hourly_days: int, hourly: int, hourly_all: int) -> str:
+    """What the run wrote, in words, for the JSON (the hourly tier is the option)."""
+    daily = f"daily rollups of all {days} days; "
+    if hourly_days >= days:
+        return daily + "hourly rollups of all of them"
+    if hourly_days == 0:
+        return daily + f"no hourly rollups (all days would be {hourly_all:,} points)"
+    return daily + f"hourly rollups of the last {hourly_days} ({hourly:,} of the {hourly_all:,} points of all days)"
+
+
 def _du_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -290,7 +318,7 @@ def run(
     counties: int = 100,
     devices_per_county: int = 1000,
     days: int = 30,
-    hourly_days: int | None = None,
+    hourly_days: int | None = 1,
     writers: int = 2,
     repeats: int = 2,
     raw_sample_devices: int = 0,
@@ -323,6 +351,7 @@ def run(
             for i, c in enumerate(codes)
         ]
         t1 = time.perf_counter()
+        influxd_cpu0 = _cpu_s(server.proc.pid)
         hourly = daily = 0
         with multiprocessing.get_context("spawn").Pool(writers) as pool:
             for n, (h, d) in enumerate(pool.imap_unordered(write_rollups, jobs), start=1):
@@ -330,12 +359,15 @@ def run(
                 if n % max(1, counties // 10) == 0:
                     say(f"rollups: {n}/{counties} counties, {hourly + daily:,} points")
         write_s = time.perf_counter() - t1
+        influxd_cpu = _cpu_s(server.proc.pid) - influxd_cpu0
         say("county rollups: every day and kind summed per county (analytics.rollups.county_rollup)")
         t_c = time.perf_counter()
         rollups = Rollups(influx, tz=TZ)
-        tasks = [(k, first_day + timedelta(days=d)) for k in rollups.kinds for d in range(days)]
+        # a week per query: few queries (InfluxDB opens every series' cursors once per query) while the
+        # cursors held at once stay those of about one shard (a 30-day query doubled InfluxDB's memory)
+        weeks = [(k, first_day + timedelta(days=d), min(7, days - d)) for k in rollups.kinds for d in range(0, days, 7)]
         with ThreadPoolExecutor(max_workers=writers) as threads:
-            county_points = sum(threads.map(lambda t: rollups.county_rollup(*t), tasks))
+            county_points = sum(threads.map(lambda t: rollups.county_rollup(t[0], t[1], days=t[2]), weeks))
         county_s = time.perf_counter() - t_c
         raw_points, raw_s = 0, 0.0
         if raw_sample_devices:
@@ -355,17 +387,22 @@ def run(
         runs: list[dict[str, Any]] = []
         engine = get_engine(url)  # a new engine: no connection of the writes is reused
         for i in range(1 + repeats):
+            load, cpu0 = _load(), time.process_time()
             t2 = time.perf_counter()
             client = InfluxV1(server.url, "bench", timeout=600)
             rollups = Rollups(client, tz=TZ)
             with Session(engine) as session:
                 result = compare(session, rollups, counties_under(session, [PREFIX]), period, prefixes=[PREFIX])
             seconds = time.perf_counter() - t2
+            cpu = time.process_time() - cpu0
             client.close()
-            runs.append({"seconds": round(seconds, 3), "timings": result["timings"]})
+            timings = result["timings"]
+            runs.append({"seconds": round(seconds, 3), "cpu_s": round(cpu, 3), "load": load, "timings": timings})
             say(f"comparison {'cold' if i == 0 else 'warm'}: {seconds:.2f} s")
         engine.dispose()
         cold = runs[0]["seconds"]
+        points = hourly + daily
+        hourly_all = 24 * daily  # every device-day with readings has 24 hourly points
         ranked = [r for r in result["counties"] if r["rank"] is not None]
         return {
             "bench": "province",
@@ -376,10 +413,15 @@ def run(
             "hourly_days": hourly_days,
             "hourly_points": hourly,
             "daily_points": daily,
+            "written": _written(days, hourly_days, hourly, hourly_all),
+            "hourly_points_all_days": hourly_all,
             "rollup_write_s": round(write_s, 1),
             "county_rollup_points": county_points,
             "county_rollup_s": round(county_s, 1),
-            "rollup_points_per_s": round((hourly + daily) / write_s) if write_s else None,
+            "rollup_points_per_s": round(points / write_s) if write_s else None,
+            "influxd_cpu_s": round(influxd_cpu, 1),
+            "influxd_cpu_us_per_point": round(1e6 * influxd_cpu / points, 1) if points else None,
+            "load_during_writes": _load(),
             "rollup_disk_mb": round(disk / 1e6, 1),
             "bytes_per_rollup_point": round(disk / (hourly + daily), 1) if hourly + daily else None,
             "registry_s": round(registry_s, 1),
@@ -387,8 +429,11 @@ def run(
             "raw_sample_points_per_s": round(raw_points / raw_s) if raw_s else None,
             "bytes_per_raw_point": round(raw_disk / raw_points, 2) if raw_points else None,
             "comparison_cold_s": cold,
+            "comparison_cold_cpu_s": runs[0]["cpu_s"],
+            "comparison_cold_load": runs[0]["load"],
             "comparison_warm_s": round(statistics.median(r["seconds"] for r in runs[1:]), 3) if repeats else None,
             "cost_per_county_ms": round(1000 * cold / counties, 2),
+            "cost_per_county_cpu_ms": round(1000 * runs[0]["cpu_s"] / counties, 2),
             "cold_timings": runs[0]["timings"],
             "counties_ranked": len(ranked),
             # every daily point written is one device-day with readings: the comparison must count them all

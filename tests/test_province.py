@@ -300,7 +300,7 @@ def test_demo_province_compares_three_counties(tmp_path: Path) -> None:
         server.stop()
 
 
-ARGS = ("--counties", "3", "--devices-per-county", "25", "--days", "2", "--repeats", "1")
+ARGS = ("--counties", "3", "--devices-per-county", "25", "--days", "2", "--hourly-days", "-1", "--repeats", "1")
 
 
 def test_bench_province_small(tmp_path: Path) -> None:
@@ -323,6 +323,10 @@ def test_bench_province_small(tmp_path: Path) -> None:
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["bench"] == "province" and r["cores"] == os.cpu_count() and r["devices"] == 75
     assert 0 < r["daily_points"] <= 75 * 2 and r["hourly_points"] == 24 * r["daily_points"]
+    assert r["hourly_days"] == 2 and r["hourly_points_all_days"] == r["hourly_points"]
+    assert r["written"] == "daily rollups of all 2 days; hourly rollups of all of them"
+    assert r["influxd_cpu_us_per_point"] > 0 and r["comparison_cold_cpu_s"] > 0 and r["cost_per_county_cpu_ms"] > 0
+    assert 20 <= r["county_rollup_points"] <= 3 * 5 * 2  # per county, kind and day with readings (both days)
     assert r["device_days_reporting"] == r["daily_points"]  # every device-day written is counted, once
     assert r["counties_ranked"] == 3 and r["comparison_cold_s"] > 0 and r["cost_per_county_ms"] > 0
     assert r["cold_timings"]["influx_queries"] == 5  # one query per device kind, whatever the counties

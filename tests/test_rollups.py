@@ -119,6 +119,21 @@ def test_hourly_and_daily_rollups_equal_raw_aggregates_with_days_cut_at_local_mi
     assert utc_july1 not in set(daily.xs("s-1").index)
 
 
+def test_county_rollup_of_several_days_in_one_query_equals_day_by_day(influx: InfluxV1) -> None:
+    """The rollup job writes the county points a day at a time; a backfill writes many days in one query
+    (`days`): the same points, days cut at local midnight."""
+    write(influx, soil_points())
+    rollups = Rollups(influx, kinds=["soil"], tz="Asia/Shanghai")
+    rollups.backfill(date(2026, 7, 1), date(2026, 7, 2), now=local(2026, 7, 10))
+    q = f"SELECT * FROM {rollups.source('soil', 'county_1d')}"
+    day_by_day = influx.query(q)
+    assert [row[0] for row in day_by_day[0]["values"]] == [ms(local(2026, 7, 1)), ms(local(2026, 7, 2))]
+    influx.query('DROP MEASUREMENT "soil_county_1d"')
+    assert influx.query(q) == []
+    assert rollups.county_rollup("soil", date(2026, 7, 1), days=2) == 2
+    assert influx.query(q) == day_by_day
+
+
 def test_copy_mode_writes_the_same_rollups_as_select_into(influx: InfluxV1) -> None:
     write(influx, soil_points(seed=2))
     into = Rollups(influx, kinds=["soil"], mode="into", rp="r_into")
