@@ -461,12 +461,19 @@ def lot_anchor_states(session: Session, lot_ids: Sequence[int]) -> dict[int, Anc
     manifest is in no window yet are absent). One rule for the indicators and the dashboard's coverage
     card: a lot is anchored when that window is confirmed or final (ANCHORED); in a block (included)
     it awaits confirmation, since a reorganisation can still drop it."""
-    latest = latest_manifests(session, lot_ids)
-    window_of = _leaf_windows_by_record(session, "manifest/1", [m.id for m in latest.values() if m.id])
+    latest: dict[int, tuple[int, int]] = {}  # lot id -> (version, manifest id); the manifests' leaves not read
+    for part in _chunks(list(lot_ids)):
+        rows = session.exec(
+            select(LotManifest.lot_id, LotManifest.version, LotManifest.id).where(col(LotManifest.lot_id).in_(part))
+        ).all()
+        for lot_id, version, manifest_id in rows:
+            if lot_id not in latest or version > latest[lot_id][0]:
+                latest[lot_id] = (version, manifest_id)  # type: ignore[assignment]
+    window_of = _leaf_windows_by_record(session, "manifest/1", [m for _, m in latest.values()])
     states = dict(session.exec(select(AnchorWindow.seq, AnchorWindow.state)).all())
     out: dict[int, AnchorState] = {}
-    for lot_id, m in latest.items():
-        seq = window_of.get(m.id)  # type: ignore[arg-type]
+    for lot_id, (_, manifest_id) in latest.items():
+        seq = window_of.get(manifest_id)
         if seq is not None and seq in states:
             out[lot_id] = AnchorState(states[seq])
     return out

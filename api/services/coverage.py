@@ -22,7 +22,9 @@ from ledger.models import Facility, Inspection, Lot, LotParent, LotSource, Produ
 def coverage(session: Session, villages: set[str]) -> dict[str, Any]:
     farms = select(Farm.id).where(col(Farm.village_code).in_(villages))
     facilities = select(Facility.id).where(col(Facility.village_code).in_(villages))
-    lots = session.exec(select(Lot).where(col(Lot.farm_id).in_(farms) | col(Lot.facility_id).in_(facilities))).all()
+    lots = session.exec(
+        select(Lot.id, Lot.product_id).where(col(Lot.farm_id).in_(farms) | col(Lot.facility_id).in_(facilities))
+    ).all()  # columns, not objects: a county holds tens of thousands of lots
     ids = [x.id for x in lots]
     states = lot_anchor_states(session, [i for i in ids if i is not None])
     anchored = {lot for lot, state in states.items() if state in ANCHORED}
