@@ -153,6 +153,9 @@ def api(
     connections: int = typer.Option(32, min=1, help="Concurrent connections (wrk -c)."),
     threads: int = typer.Option(1, min=1, help="wrk threads (it shares the machine with the API)."),
     workers: int = typer.Option(2, min=1, help="API worker processes."),
+    warmup: int = typer.Option(
+        20, min=0, help="Seconds of the warm mix sent before the warm phase is measured (not in its figures)."
+    ),
 ) -> None:
     """Scans of a county-sized world (cold first scans, a warm Zipf mix, the signed-in dashboard) under
     wrk, against `village serve` as in production; fails unless every lot verifies."""
@@ -169,6 +172,7 @@ def api(
             connections=connections,
             threads=threads,
             workers=workers,
+            warmup_s=warmup,
         )
     table = Table(
         title=f"village bench api ({r['lots']:,} lots, {r['workers']} workers, {r['connections']} connections, "
