@@ -199,24 +199,13 @@ def _load(session: Session, digest_id: int) -> tuple[dict[str, Any], str]:
 
 
 def of_lots(session: Session, lot_ids: list[int]) -> list[LateDigest]:
-    """The supplementary digests of the days of the lots' seasons, for their plots and herds."""
-    from ledger.growth import season_of
-
-    rows: dict[int, LateDigest] = {}
-    seasons = [s for s in (season_of(session, i) for i in lot_ids) if s is not None]
-    for tag, value in digests.origins_of(session, lot_ids):
-        for start, end in seasons:
-            for d in session.exec(
-                select(LateDigest).where(
-                    LateDigest.tag == tag,
-                    LateDigest.value == value,
-                    col(LateDigest.day) >= start,
-                    col(LateDigest.day) <= end,
-                )
-            ).all():
-                assert d.id is not None
-                rows[d.id] = d
-    return sorted(rows.values(), key=lambda d: (d.day, d.tag, d.value, d.supplement))
+    """The supplementary digests of the days of the lots' seasons, for their plots and herds (a few
+    queries whatever the number of lots and origins: digests.in_seasons_many)."""
+    ids = digests.in_seasons_many(session, LateDigest, {0: list(lot_ids)}).get(0, set())
+    if not ids:
+        return []
+    rows = session.exec(select(LateDigest).where(col(LateDigest.id).in_(sorted(ids)))).all()
+    return sorted(rows, key=lambda d: (d.day, d.tag, d.value, d.supplement))
 
 
 def _collect(session: Session, lot_ids: list[int]) -> list[RecordRef]:
