@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, col, select
 
+from api.services.cache import TtlCache
 from core.influx import InfluxError, InfluxV1
 from core.models import County, Farm, Plot, Township, Village
 from ledger import late
@@ -177,7 +178,12 @@ def _daily(
 
 
 def growth_of(
-    session: Session, lot_ids: list[int], codes_by_id: dict[int, str], influx: InfluxV1 | None, tz: str
+    session: Session,
+    lot_ids: list[int],
+    codes_by_id: dict[int, str],
+    influx: InfluxV1 | None,
+    tz: str,
+    curves: TtlCache | None = None,
 ) -> list[dict[str, Any]]:
     """The growth summaries of the lots (plot lots of the lineage), with daily means when InfluxDB answers."""
     out = []
@@ -188,10 +194,20 @@ def growth_of(
         plots = content.get("plots") or []
         if influx is not None and plots:
             try:
-                if content.get("water_level_cm"):
-                    daily["water_level_cm"] = _daily(influx, "paddy", "water_level_cm", plots, g, tz)
-                if content.get("soil_moisture_pct"):
-                    daily["soil_moisture_pct"] = _daily(influx, "soil", "soil_moisture", plots, g, tz)
+                for key, measurement, field in (
+                    ("water_level_cm", "paddy", "water_level_cm"),
+                    ("soil_moisture_pct", "soil", "soil_moisture"),
+                ):
+                    if not content.get(key):
+                        continue
+                    # a summary's season is closed, so is its curve: kept by what the query reads
+                    curve_key = (measurement, field, tuple(plots), g.season_start, g.season_end)
+                    curve = curves.get(curve_key) if curves is not None else None
+                    if curve is None:
+                        curve = _daily(influx, measurement, field, plots, g, tz)
+                        if curves is not None:
+                            curves.set(curve_key, curve)
+                    daily[key] = curve
             except InfluxError as e:
                 log.warning("daily growth series unavailable: %s", e)
                 daily = {}
@@ -199,8 +215,16 @@ def growth_of(
     return out
 
 
-def build_view(session: Session, lot: Lot, base_url: str, influx: InfluxV1 | None, tz: str) -> dict[str, Any]:
-    """Everything the trace page shows about a lot, as JSON-ready data."""
+def build_view(
+    session: Session,
+    lot: Lot,
+    base_url: str,
+    influx: InfluxV1 | None,
+    tz: str,
+    curves: TtlCache | None = None,
+) -> dict[str, Any]:
+    """Everything the trace page shows about a lot, as JSON-ready data. `curves` keeps the growth
+    summaries' daily curves for the next view (bags of one paddy lot share its curve)."""
     assert lot.id is not None
     lineage = lot_lineage(session, lot.id)
     depths = _depths(session, lot.id)
@@ -254,6 +278,6 @@ def build_view(session: Session, lot: Lot, base_url: str, influx: InfluxV1 | Non
         "lineage": [lot_json(x) for x in ordered],
         "events": [{**_event(session, e, codes_by_id), **corrections.get(e.id, {})} for e in events],  # type: ignore[arg-type]
         "inspections": inspections,
-        "growth": growth_of(session, lineage, codes_by_id, influx, tz),
+        "growth": growth_of(session, lineage, codes_by_id, influx, tz, curves),
         "late_data": late.summary(session, lineage),
     }

@@ -156,6 +156,7 @@ class TraceService:
         self.records = Records(reuse_s, settings.api_verify_memo_records)
         # the trace view (no verification in it) lives as long as rebuilt records may be reused
         self.views = TtlCache(reuse_s, max_entries=20_000)  # code -> (view dict, token)
+        self.curves = TtlCache(reuse_s, max_entries=5_000)  # growth summary -> its daily curves (build_view)
         self._gens: dict[str, int] = {}  # code -> changes heard of the lot
         self._epoch = 0  # changes heard that concern every lot
         self._events: deque[tuple[int, frozenset[str]]] = deque(maxlen=10_000)
@@ -313,7 +314,9 @@ class TraceService:
                     influx: InfluxV1 | None = self.influx()
                 except InfluxError:
                     influx = None
-                view = build_view(s, lot, self.settings.trace_base_url, influx, self.settings.county_timezone)
+                view = build_view(
+                    s, lot, self.settings.trace_base_url, influx, self.settings.county_timezone, self.curves
+                )
             self.views.set(code, (view, token))
             return view
 
