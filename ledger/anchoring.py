@@ -45,7 +45,7 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, SQLModel, col, select
 
 from core.catalogue import get_catalogue
-from core.db import driver_value, insert_many, session_scope, sqlite_cache, update_many
+from core.db import driver_value, insert_many, session_scope, sqlite_cache, update_ints
 from core.influx import LATE_RP, InfluxUnavailable, InfluxV1
 from core.log import get_logger
 from core.settings import Settings
@@ -106,7 +106,8 @@ class PassReport:
     seal_wait_s: float | None = None  # seconds until the newest seal is safe and its days can be digested
     # seconds per step of the pass, summed over kinds and windows: records (rows -> record dicts),
     # canonical (RFC 8785 bytes), leaves (double keccak), store_leaves, manifests, tree, proofs (the
-    # tree's pages and each leaf's place), store_proofs, commit, track, send
+    # tree's pages and each leaf's place), store_proofs (the pages), place_leaves (each leaf row's
+    # window_seq and tree_index), commit, track, send
     # (the child processes' records, canonical and leaves seconds are summed into these: see
     # ledger/leafwork.py; start_children and wait_children are this process's)
     timings: dict[str, float] = field(default_factory=dict)
@@ -268,12 +269,13 @@ class Anchorer:
         session.add(window)
         session.flush()
         with self._timed("proofs"):
-            places = [(seq, t, i) for i, t in zip(ids, tree.tree_index.tolist(), strict=True)]
+            places = tree.tree_index.tolist()
             pages = list(proofs.pages(tree))
         with self._timed("store_proofs"):
             proofs.store_pages(session, seq, pages)
+        with self._timed("place_leaves"):  # each leaf's window and place: one UPDATE per leaf (SQLite)
             leaf = LedgerLeaf.__table__  # type: ignore[attr-defined]
-            update_many(session, leaf, ("window_seq", "tree_index"), "id", places)
+            update_ints(session, leaf, "id", ids, {"window_seq": seq}, {"tree_index": places})
         log.info("window closed", window=window.window_id, leaves=len(ids), root=window.root)
         return window
 
