@@ -141,6 +141,7 @@ class Anchorer:
         self._late_rp_ready = False
         self._manifests_checked = False  # the first pass checks every lot's manifest, later ones the touched lots
         self._timings: dict[str, float] = {}
+        self._made: dict[str, dict[int, str]] = {}  # kind -> record id -> leaf of the leaves this pass stored
         self._children, self._children_rss_mb, self._children_cpu_s = 0, 0.0, 0.0
         if self.seal_wait_s < settings.ingest_registry_ttl_s and seal_wait_s is None:
             log.warning(
@@ -222,6 +223,7 @@ class Anchorer:
                     now = driver_value(session, leaf_t, "created_at", datetime.now(UTC))
                     rows = [(kind, i, leaf, c, now) for i, leaf, c in zip(part, leaves, canonical, strict=True)]
                     insert_many(session, leaf_t, ("kind", "record_id", "leaf", "canonical", "created_at"), rows)
+                    self._made.setdefault(kind, {}).update(zip(part, leaves, strict=True))
                 added += len(part)
         finally:
             if spread is not None:
@@ -402,11 +404,16 @@ class Anchorer:
         """Steps 1 to 3 of a pass, in its one transaction."""
         report.derived = {**sealed, **self.derive(session)}
         before = session.execute(sa.select(func.max(LedgerLeaf.id))).scalar() or 0
-        report.leaves = self.make_leaves(session, [k for k in SOURCES if k != manifest.MANIFEST])
-        with self._timed("manifests"):
-            lots = manifest.lots_to_check(session, before) if self._manifests_checked else None
-            report.derived["manifests"] = manifest.ensure_manifests(session, lots) if lots != set() else 0
-        report.leaves += self.make_leaves(session, [manifest.MANIFEST])
+        self._made = {}
+        try:
+            report.leaves = self.make_leaves(session, [k for k in SOURCES if k != manifest.MANIFEST])
+            with self._timed("manifests"):  # the leaves just made are not read back
+                lots = manifest.lots_to_check(session, before) if self._manifests_checked else None
+                made = manifest.ensure_manifests(session, lots, self._made) if lots != set() else 0
+                report.derived["manifests"] = made
+            report.leaves += self.make_leaves(session, [manifest.MANIFEST])
+        finally:
+            self._made = {}
         report.windows = [w.window_id for w in self.close_windows(session, force=force_window)]
 
     # -- the loop ---------------------------------------------------------------------------------------
