@@ -88,6 +88,9 @@ def _mark(session: Session) -> str:
     return "?" if session.connection().dialect.paramstyle == "qmark" else "%s"
 
 
+UPDATE_CHUNK = 100_000  # keys per statement of `update_ints` on PostgreSQL
+
+
 def insert_many(session: Session, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """INSERT `rows` (tuples of values as the driver takes them: see `driver_value`) in the session's
     transaction through the driver's executemany. SQLAlchemy's own executemany processes every
@@ -98,14 +101,36 @@ def insert_many(session: Session, table: Table, columns: Sequence[str], rows: Se
         session.connection().exec_driver_sql(sql, list(rows))  # type: ignore[arg-type]
 
 
-def update_many(
-    session: Session, table: Table, columns: Sequence[str], key: str, rows: Sequence[Sequence[Any]]
+def update_ints(
+    session: Session,
+    table: Table,
+    key: str,
+    keys: Sequence[int],
+    fixed: dict[str, int],
+    varying: dict[str, Sequence[int]],
 ) -> None:
-    """UPDATE `columns` of the rows whose `key` is the last value of each tuple of `rows` (as `insert_many`)."""
-    if rows:
-        mark = _mark(session)
-        sets = ", ".join(f"{c} = {mark}" for c in columns)
-        session.connection().exec_driver_sql(f"UPDATE {table.name} SET {sets} WHERE {key} = {mark}", list(rows))  # type: ignore[arg-type]
+    """Set integer columns of the rows whose `key` is in `keys`: each column of `fixed` to its one
+    value, each column of `varying` to its value at the key's position. On PostgreSQL one statement
+    per `UPDATE_CHUNK` keys over arrays (UPDATE ... FROM unnest): a statement per row costs the
+    client ~7 times the CPU (100,000 rows: 1.2 s against 0.17 s). Elsewhere (SQLite) the driver's
+    executemany of one UPDATE per row by key, which measured cheaper there than one UPDATE ... FROM
+    a temporary table (+15%) or over a window function (x2)."""
+    if not keys:
+        return
+    names = [*fixed, *varying]
+    if session.connection().dialect.name == "postgresql":
+        sets = ", ".join([f"{c} = %s" for c in fixed] + [f"{c} = v.{c}" for c in varying])
+        arrays = ", ".join(["%s::bigint[]"] * (1 + len(varying)))
+        source = f"unnest({arrays}) AS v(k, {', '.join(varying)})"
+        sql = f"UPDATE {table.name} SET {sets} FROM {source} WHERE {table.name}.{key} = v.k"
+        for lo in range(0, len(keys), UPDATE_CHUNK):
+            part = [list(keys[lo : lo + UPDATE_CHUNK]), *(list(v[lo : lo + UPDATE_CHUNK]) for v in varying.values())]
+            session.connection().exec_driver_sql(sql, (*fixed.values(), *part))
+        return
+    mark = _mark(session)
+    sql = f"UPDATE {table.name} SET {', '.join(f'{c} = {mark}' for c in names)} WHERE {key} = {mark}"
+    columns = [[v] * len(keys) for v in fixed.values()] + [list(v) for v in varying.values()]
+    session.connection().exec_driver_sql(sql, list(zip(*columns, keys, strict=True)))  # type: ignore[arg-type]
 
 
 def driver_value(session: Session, table: Table, column: str, value: Any) -> Any:

@@ -45,7 +45,7 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, SQLModel, col, select
 
 from core.catalogue import get_catalogue
-from core.db import driver_value, insert_many, session_scope, sqlite_cache, update_many
+from core.db import driver_value, insert_many, session_scope, sqlite_cache, update_ints
 from core.influx import LATE_RP, InfluxUnavailable, InfluxV1
 from core.log import get_logger
 from core.settings import Settings
@@ -106,7 +106,8 @@ class PassReport:
     seal_wait_s: float | None = None  # seconds until the newest seal is safe and its days can be digested
     # seconds per step of the pass, summed over kinds and windows: records (rows -> record dicts),
     # canonical (RFC 8785 bytes), leaves (double keccak), store_leaves, manifests, tree, proofs (the
-    # tree's pages and each leaf's place), store_proofs, commit, track, send
+    # tree's pages and each leaf's place), store_proofs (the pages), place_leaves (each leaf row's
+    # window_seq and tree_index), commit, track, send
     # (the child processes' records, canonical and leaves seconds are summed into these: see
     # ledger/leafwork.py; start_children and wait_children are this process's)
     timings: dict[str, float] = field(default_factory=dict)
@@ -140,6 +141,7 @@ class Anchorer:
         self._late_rp_ready = False
         self._manifests_checked = False  # the first pass checks every lot's manifest, later ones the touched lots
         self._timings: dict[str, float] = {}
+        self._made: dict[str, dict[int, str]] = {}  # kind -> record id -> leaf of the leaves this pass stored
         self._children, self._children_rss_mb, self._children_cpu_s = 0, 0.0, 0.0
         if self.seal_wait_s < settings.ingest_registry_ttl_s and seal_wait_s is None:
             log.warning(
@@ -221,6 +223,7 @@ class Anchorer:
                     now = driver_value(session, leaf_t, "created_at", datetime.now(UTC))
                     rows = [(kind, i, leaf, c, now) for i, leaf, c in zip(part, leaves, canonical, strict=True)]
                     insert_many(session, leaf_t, ("kind", "record_id", "leaf", "canonical", "created_at"), rows)
+                    self._made.setdefault(kind, {}).update(zip(part, leaves, strict=True))
                 added += len(part)
         finally:
             if spread is not None:
@@ -268,12 +271,13 @@ class Anchorer:
         session.add(window)
         session.flush()
         with self._timed("proofs"):
-            places = [(seq, t, i) for i, t in zip(ids, tree.tree_index.tolist(), strict=True)]
+            places = tree.tree_index.tolist()
             pages = list(proofs.pages(tree))
         with self._timed("store_proofs"):
             proofs.store_pages(session, seq, pages)
+        with self._timed("place_leaves"):  # each leaf's window and place: one UPDATE per leaf (SQLite)
             leaf = LedgerLeaf.__table__  # type: ignore[attr-defined]
-            update_many(session, leaf, ("window_seq", "tree_index"), "id", places)
+            update_ints(session, leaf, "id", ids, {"window_seq": seq}, {"tree_index": places})
         log.info("window closed", window=window.window_id, leaves=len(ids), root=window.root)
         return window
 
@@ -400,11 +404,16 @@ class Anchorer:
         """Steps 1 to 3 of a pass, in its one transaction."""
         report.derived = {**sealed, **self.derive(session)}
         before = session.execute(sa.select(func.max(LedgerLeaf.id))).scalar() or 0
-        report.leaves = self.make_leaves(session, [k for k in SOURCES if k != manifest.MANIFEST])
-        with self._timed("manifests"):
-            lots = manifest.lots_to_check(session, before) if self._manifests_checked else None
-            report.derived["manifests"] = manifest.ensure_manifests(session, lots) if lots != set() else 0
-        report.leaves += self.make_leaves(session, [manifest.MANIFEST])
+        self._made = {}
+        try:
+            report.leaves = self.make_leaves(session, [k for k in SOURCES if k != manifest.MANIFEST])
+            with self._timed("manifests"):  # the leaves just made are not read back
+                lots = manifest.lots_to_check(session, before) if self._manifests_checked else None
+                made = manifest.ensure_manifests(session, lots, self._made) if lots != set() else 0
+                report.derived["manifests"] = made
+            report.leaves += self.make_leaves(session, [manifest.MANIFEST])
+        finally:
+            self._made = {}
         report.windows = [w.window_id for w in self.close_windows(session, force=force_window)]
 
     # -- the loop ---------------------------------------------------------------------------------------

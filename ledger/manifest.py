@@ -49,10 +49,14 @@ from ledger.records import (
 MANIFEST = "manifest/1"
 
 
-def ensure_manifests(session: Session, lot_ids: Iterable[int] | None = None) -> int:
+def ensure_manifests(
+    session: Session, lot_ids: Iterable[int] | None = None, known: dict[str, dict[int, str]] | None = None
+) -> int:
     """Add a manifest version for every lot (of `lot_ids`; default: all) whose leaf list grew;
     returns how many were added. Set-based (`records_of_lots`): a few queries per table, however
-    many lots, so the first pass over a million records takes seconds, not hours."""
+    many lots, so the first pass over a million records takes seconds, not hours. `known`: kind ->
+    record id -> leaf of leaves the caller has just stored (the anchoring pass's own), which are
+    then not read back; the others are read from the database."""
     lot_t = Lot.__table__.c  # type: ignore[attr-defined]
     ids = sorted(session.execute(sa.select(lot_t.id)).scalars() if lot_ids is None else set(lot_ids))
     if not ids:
@@ -63,17 +67,24 @@ def ensure_manifests(session: Session, lot_ids: Iterable[int] | None = None) -> 
         for r in found:
             by_kind[r.kind].add(r.id)
     leaf = LedgerLeaf.__table__.c  # type: ignore[attr-defined]
-    leaf_of: dict[RecordRef, str] = {}
+    known = known or {}
+    stored: dict[str, dict[int, str]] = {}  # kind -> record id -> leaf, of the leaves not `known`
     for kind, record_ids in by_kind.items():
-        rows = rows_where_in(session, [leaf.record_id, leaf.leaf], leaf.record_id, record_ids, leaf.kind == kind)
-        leaf_of.update({RecordRef(kind, rid): value for rid, value in rows})
+        have = known.get(kind, {})
+        if missing := [rid for rid in record_ids if rid not in have]:
+            rows = rows_where_in(session, [leaf.record_id, leaf.leaf], leaf.record_id, missing, leaf.kind == kind)
+            stored[kind] = dict(rows)
+
+    def leaf_of(r: RecordRef) -> str | None:
+        return known.get(r.kind, {}).get(r.id) or stored.get(r.kind, {}).get(r.id)
+
     latest = _latest(session, ids)
     uris = _lot_uris(session, ids)
     now, new = utcnow(), []
     for lot_id in ids:
         if lot_id not in refs:
             continue
-        current = {leaf_of[r]: r.kind for r in refs[lot_id] if r in leaf_of}
+        current = {value: r.kind for r in refs[lot_id] if (value := leaf_of(r)) is not None}
         if not current:
             continue
         prev = latest.get(lot_id)

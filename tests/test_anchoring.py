@@ -12,12 +12,14 @@ from sqlmodel import Session, col, select
 
 from core.db import get_engine, migrate
 from core.services import Anvil
+from ledger import manifest
 from ledger.anchor_models import ON_CHAIN, AnchorState, AnchorWindow, LedgerLeaf, LotManifest
-from ledger.anchoring import Anchorer, unhex
+from ledger.anchoring import SOURCES, Anchorer, unhex
 from ledger.chain import Chain
 from ledger.merkle import leaf_hash
 from ledger.models import Inspection, InspectionItem
 from ledger.proofs import proof_of
+from ledger.records import EVENT, INSPECTION
 from ledger.trace_io import load_demo_trace
 from tests.chain_fixtures import chain_settings
 
@@ -166,3 +168,26 @@ def test_manifest_grows_and_never_drops_a_leaf(engine: Engine, anvil: Anvil, cha
         for m in session.exec(select(LotManifest).order_by(LotManifest.version)):
             latest[m.lot_id] = set(m.content["leaves"])
     assert all(first[lot] <= latest[lot] for lot in first)
+
+
+def test_manifests_from_the_leaves_a_pass_made_equal_those_read_back(engine: Engine, anvil: Anvil) -> None:
+    """A pass hands `ensure_manifests` the leaves it has just stored (not read back): the manifests are
+    those made from the leaves in the database, and leaves it was not handed are still read."""
+    worker = anchorer(engine, anvil, None)
+    contents = []
+    for known in ("none", "all", "some"):
+        with Session(engine) as session:
+            worker._made = {}
+            worker.make_leaves(session, [k for k in SOURCES if k != manifest.MANIFEST])
+            made = worker._made
+            assert made[EVENT] and made[INSPECTION]
+            handed = {"none": None, "all": made, "some": {EVENT: made[EVENT]}}[known]
+            assert manifest.ensure_manifests(session, None, handed) > 5
+            contents.append(
+                sorted(
+                    (m.lot_id, m.version, m.content)
+                    for m in session.exec(select(LotManifest)).all()  # flushed by the query
+                )
+            )
+            session.rollback()
+    assert contents[0] == contents[1] == contents[2] and all(c["leaves"] for _, _, c in contents[0])

@@ -3,12 +3,15 @@ migrations apply, the demo imports, and every trace record means the same bytes 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from core.db import get_engine, migrate
+import core.db
+from core.db import driver_value, get_engine, insert_many, migrate
 from core.services import Postgres
 from core.settings import Settings
 from ledger.anchor_models import AnchorWindow, LedgerLeaf, LotManifest
@@ -86,3 +89,40 @@ def test_officer_roles_are_stored_on_postgresql(pg: Postgres) -> None:
         assert area_of(session, "city_officer", "211100").counties == {"211122"}
         assert area_of(session, "province_officer", "210000").counties == {"211122"}
     engine.dispose()
+
+
+def test_update_ints_sets_the_same_rows_on_postgresql_and_sqlite(
+    pg: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The anchoring worker places a window's leaves with `update_ints`: one statement over arrays per
+    chunk on PostgreSQL, a statement per row on SQLite; both set exactly the rows asked, no other."""
+    monkeypatch.setattr(core.db, "UPDATE_CHUNK", 7)  # several chunks on PostgreSQL
+    table = LedgerLeaf.__table__  # type: ignore[attr-defined]
+    got = {}
+    for name, url in (("pg", pg.create_database("update_ints")), ("sqlite", f"sqlite:///{tmp_path / 'u.db'}")):
+        migrate(url)
+        engine = get_engine(url)
+        with Session(engine) as session:
+            session.add(
+                AnchorWindow(
+                    seq=3, window_id="w000003", root="0x" + "11" * 32, prev_root="0x" + "00" * 32, leaf_count=20
+                )
+            )
+            now = driver_value(session, table, "created_at", datetime.now(UTC))
+            insert_many(
+                session,
+                table,
+                ("kind", "record_id", "leaf", "canonical", "created_at"),
+                [("lot/1", i, f"0x{i:064x}", b"{}", now) for i in range(30)],
+            )
+            ids = sorted(session.exec(select(LedgerLeaf.id)).all())  # type: ignore[arg-type]
+            chosen = ids[5:25]
+            core.db.update_ints(
+                session, table, "id", chosen, {"window_seq": 3}, {"tree_index": [40 - k for k in range(20)]}
+            )
+            session.commit()
+            rows = session.exec(select(LedgerLeaf).order_by(LedgerLeaf.id)).all()
+            got[name] = [(r.record_id, r.window_seq, r.tree_index) for r in rows]
+        engine.dispose()
+    expected = [(i, 3, 40 - (i - 5)) if 5 <= i < 25 else (i, None, None) for i in range(30)]
+    assert got["pg"] == got["sqlite"] == expected
