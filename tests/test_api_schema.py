@@ -13,7 +13,7 @@ import schemathesis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
-from schemathesis.specs.openapi.checks import positive_data_acceptance
+from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from api.app import create_app
 from core.settings import Settings
@@ -61,6 +61,25 @@ def test_no_server_error_and_answers_match_the_schema(case, admin_headers: dict[
     # A schema-valid request may still be refused for what a schema cannot say (a GTIN check digit, a trace
     # code's check character, a reference to a farm that does not exist): 400 or 422 with the reason, as
     # documented. Every other check runs: status codes, content types, headers and bodies as documented.
-    case.validate_response(response, excluded_checks=[positive_data_acceptance])
+    # The pages (outside /api/) answer a request without their session cookie with the sign-in page
+    # before reading its query, as a browser expects, so a malformed query there is not refused.
+    excluded = [positive_data_acceptance]
+    if not case.path.startswith("/api/"):
+        excluded.append(negative_data_rejection)
+    case.validate_response(response, excluded_checks=excluded)
     if response.status_code >= 400 and case.path.startswith("/api/"):
         assert response.headers["content-type"][0].startswith("application/problem+json")
+
+
+def test_row_numbers_beyond_a_database_integer_are_refused(admin_headers: dict[str, str]) -> None:
+    """A row number in a path larger than a database integer is a 422 problem, not an overflow in the
+    driver (a 500: schemathesis found it for /api/v1/alerts/{alert_id})."""
+    client = TestClient(TARGET.app)  # type: ignore[arg-type]
+    too_big = 2**63
+    for kind in ("alerts", "admin/inspections", "admin/events"):
+        path = f"/api/v1/{kind}/{too_big}"
+        r = client.get(path, headers=admin_headers)
+        assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json"), (path, r.text)
+    r = client.post(f"/api/v1/alerts/{too_big}/acknowledge", json={}, headers=admin_headers)
+    assert r.status_code == 422, r.text
+    assert client.get(f"/api/v1/alerts/{too_big - 1}", headers=admin_headers).status_code == 404  # the largest: absent

@@ -30,7 +30,7 @@ from api.schemas.alerts import (
 )
 from api.services import alerts as service
 from api.services import webhooks
-from api.services.admin import READ, WRITE, Limit, Offset, VillageQ, not_found, page, village_filter
+from api.services.admin import READ, WRITE, Limit, Offset, RowId, VillageQ, not_found, page, village_filter
 
 router = APIRouter(tags=["alerts"])
 API = "/api/v1/alerts"
@@ -88,7 +88,7 @@ def list_alerts(
 
 
 @router.get(f"{API}/{{alert_id}}", response_model=AlertDetailPublic, responses=READ, summary="An alert")
-def get_alert(alert_id: int, actor: ActorDep, session: SessionDep) -> AlertDetailPublic:
+def get_alert(alert_id: RowId, actor: ActorDep, session: SessionDep) -> AlertDetailPublic:
     """The alert with its history (opened, acknowledged, resolved, reopened: who, when, note) and the
     log of its webhook deliveries (every attempt)."""
     return _detail(session, _alert(session, actor, alert_id))
@@ -101,7 +101,7 @@ def get_alert(alert_id: int, actor: ActorDep, session: SessionDep) -> AlertDetai
     summary="Acknowledge an open alert",
 )
 def acknowledge_alert(
-    request: Request, alert_id: int, body: AlertAcknowledge, actor: PageActorDep, session: SessionDep
+    request: Request, alert_id: RowId, body: AlertAcknowledge, actor: PageActorDep, session: SessionDep
 ) -> AlertDetailPublic:
     """Take the alert (with an optional note); 409 unless it is open."""
     alert = _alert(session, actor, alert_id)
@@ -119,7 +119,7 @@ def acknowledge_alert(
     summary="Resolve an alert by hand",
 )
 def resolve_alert(
-    request: Request, alert_id: int, body: AlertResolve, actor: PageActorDep, session: SessionDep
+    request: Request, alert_id: RowId, body: AlertResolve, actor: PageActorDep, session: SessionDep
 ) -> AlertDetailPublic:
     """Close the alert with a note saying why; 409 when it is resolved already. A reading out of range
     newer than the resolution reopens it."""
@@ -175,7 +175,7 @@ def alerts_page(
     summary="An alert's page",
     responses={303: {"description": "Sign in first"}},
 )
-def alert_page(request: Request, alert_id: int, session: SessionDep) -> Response:
+def alert_page(request: Request, alert_id: RowId, session: SessionDep) -> Response:
     actor = page_actor_from_cookie(request, session)
     if actor is None:
         return RedirectResponse("/dashboard/login", status_code=303)

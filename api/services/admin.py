@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Query, Request
+from fastapi import Path, Query, Request
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
@@ -55,6 +55,8 @@ WRITE = problem_responses(401, 403, 404, 409, 422)
 Limit = Annotated[int, Query(ge=1, le=500, description="Items per page")]
 Offset = Annotated[int, Query(ge=0, le=10_000_000, description="Items to skip")]
 VillageQ = Annotated[str | None, Query(pattern=r"^\d{12}$", description="Only rows of this village")]
+# a row's number in a path: a database integer (a larger one is a 422, not an overflow in the driver)
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The row's number")]
 
 _STATUS = {"forbidden": (403, "outside-scope"), "conflict": (409, "conflict"), "invalid": (422, "validation")}
 

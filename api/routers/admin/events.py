@@ -24,6 +24,7 @@ from api.services.admin import (
     WRITE,
     Limit,
     Offset,
+    RowId,
     VillageQ,
     lot_by_code,
     not_found,
@@ -153,7 +154,7 @@ def _event(session: Session, event_id: int) -> TraceEvent:
 
 
 @router.get("/events/{event_id}", response_model=EventPublic, responses=READ)
-def get_event(event_id: int, actor: ActorDep, session: SessionDep) -> EventPublic:
+def get_event(event_id: RowId, actor: ActorDep, session: SessionDep) -> EventPublic:
     ev = _event(session, event_id)
     actor.require_read_row(session, "event", ev, f"event {event_id}")
     return event_publics(session, [ev])[0]
@@ -199,7 +200,7 @@ def _correction_public(session: Session, c: EventCorrection) -> CorrectionPublic
 
 @router.post("/events/{event_id}/corrections", response_model=CorrectionPublic, status_code=201, responses=WRITE)
 def correct_event(
-    event_id: int, body: CorrectionCreate, request: Request, actor: ActorDep, session: SessionDep
+    event_id: RowId, body: CorrectionCreate, request: Request, actor: ActorDep, session: SessionDep
 ) -> CorrectionPublic:
     """Declare an event in error (EPCIS errorDeclaration: `incorrect_data` with the corrective event, or
     `did_not_occur`). The event stays, marked as corrected on the trace page; the declaration and the

@@ -17,6 +17,7 @@ from api.services.admin import (
     WRITE,
     Limit,
     Offset,
+    RowId,
     VillageQ,
     lot_by_code,
     lots_in,
@@ -74,7 +75,7 @@ def list_inspections(
 
 
 @router.get("/inspections/{inspection_id}", response_model=InspectionPublic, responses=READ)
-def get_inspection(inspection_id: int, actor: ActorDep, session: SessionDep) -> InspectionPublic:
+def get_inspection(inspection_id: RowId, actor: ActorDep, session: SessionDep) -> InspectionPublic:
     insp = session.get(Inspection, inspection_id) if 0 < inspection_id < 2**63 else None
     if insp is None:
         raise not_found(f"inspection {inspection_id}")
