@@ -83,3 +83,11 @@ def test_row_numbers_beyond_a_database_integer_are_refused(admin_headers: dict[s
     r = client.post(f"/api/v1/alerts/{too_big}/acknowledge", json={}, headers=admin_headers)
     assert r.status_code == 422, r.text
     assert client.get(f"/api/v1/alerts/{too_big - 1}", headers=admin_headers).status_code == 404  # the largest: absent
+
+
+def test_a_moment_given_as_a_number_is_refused(admin_headers: dict[str, str]) -> None:
+    """The schema says RFC 3339 text: 0 is not read as 1970-01-01 (schemathesis found it accepted)."""
+    client = TestClient(TARGET.app)  # type: ignore[arg-type]
+    body = {"reason": "did_not_occur", "time": 0}
+    r = client.post("/api/v1/admin/events/1/corrections", json=body, headers=admin_headers)
+    assert r.status_code == 422 and "RFC 3339" in r.text, r.text

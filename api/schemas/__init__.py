@@ -10,14 +10,25 @@ where a string belongs is refused with a 422 rather than silently converted.
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict
 
-__all__ = ["STRICT", "Page", "Public", "Update"]
+__all__ = ["STRICT", "Page", "Public", "TimeText", "Update"]
 
 T = TypeVar("T")
 STRICT = ConfigDict(extra="forbid", coerce_numbers_to_str=False, str_strip_whitespace=True, allow_inf_nan=False)
+
+
+def _text_only(value: Any) -> Any:
+    """A moment is RFC 3339 text in JSON, as the schema says: not a number of seconds (pydantic's lax
+    mode would read 0 as 1970-01-01)."""
+    if (isinstance(value, (int, float)) and not isinstance(value, bool)) or isinstance(value, bool):
+        raise ValueError("a date-time is RFC 3339 text with its offset, e.g. 2026-09-28T08:00:00+08:00")
+    return value
+
+
+TimeText = Annotated[AwareDatetime, BeforeValidator(_text_only)]
 
 
 class Page(BaseModel, Generic[T]):

@@ -8,9 +8,9 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
-from api.schemas import STRICT, Public
+from api.schemas import STRICT, Public, TimeText
 from ledger import trace_io
 
 __all__ = [
@@ -126,7 +126,7 @@ class CorrectionCreate(BaseModel):
 
     model_config = STRICT
     reason: Literal["incorrect_data", "did_not_occur"]
-    time: AwareDatetime | None = Field(default=None, description="when the error was declared; now by default")
+    time: TimeText | None = Field(default=None, description="when the error was declared; now by default")
     corrective: EventCreate | None = None
 
 
