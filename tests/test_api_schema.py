@@ -20,6 +20,9 @@ from core.settings import Settings
 from tests.api_fixtures import Template, token, world_settings
 
 EXAMPLES = int(os.environ.get("API_SCHEMA_EXAMPLES", "8"))  # per operation; raise it for a deeper run
+# the same examples every run (a test run that passes once passes again); API_SCHEMA_RANDOM=1 draws new
+# ones each run, as a search for new failures (three found that way were fixed and have their own tests)
+RANDOM = os.environ.get("API_SCHEMA_RANDOM") == "1"
 
 
 class _App:
@@ -52,6 +55,7 @@ def admin_headers(api_template: Template, tmp_path_factory: pytest.TempPathFacto
 @schema.parametrize()
 @settings(
     max_examples=EXAMPLES,
+    derandomize=not RANDOM,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture],
 )

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from core.db import get_engine
 from core.scope import Scope
+from core.settings import get_settings
 from ledger.epcis import EpcisError
 from ledger.epcis_io import import_document
 from ledger.models import EventCorrection, Lot, TraceEvent
@@ -281,7 +282,11 @@ def test_attack_file_import_outside_area(
     from cli.main import app
 
     env = {"DATABASE_URL": settings.resolved_database_url(), "VILLAGE_DATA_DIR": str(tmp_path)}
-    result = CliRunner().invoke(app, ["lots", "import", str(path), "--as", "beizhengjia"], env=env)
+    get_settings.cache_clear()  # the CLI reads this environment, as a new process would
+    try:
+        result = CliRunner().invoke(app, ["lots", "import", str(path), "--as", "beizhengjia"], env=env)
+    finally:
+        get_settings.cache_clear()
     assert result.exit_code == 1 and "outside your area" in result.output, result.output
     # an EPCIS document of the lot's own events, replayed with a new time as the attacker
     doc = client.get(f"/api/v1/trace/{PADDY}/epcis").json()
