@@ -46,6 +46,7 @@ from api.routers import admin, alerts, auth, dashboard, models, province, resolv
 from api.routers import charts as chart_routes
 from api.security import jwt_secret
 from api.services import indicators, webhooks
+from api.services.shared_checks import mac_key
 from api.services.tracing import TraceService
 from api.throttle import SignInThrottle
 from core.db import make_engine
@@ -189,8 +190,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     static = Assets()
     app.state.templates = templates(settings.county_timezone, static)
-    app.state.trace = TraceService(engine, settings)
     app.state.jwt_secret = jwt_secret(settings)  # SecretError (refusing to start) when missing or short
+    # verifications shared by the workers are signed with a key only the API holds
+    app.state.trace = TraceService(engine, settings, share_key=mac_key(app.state.jwt_secret))
     app.state.sign_in_throttle = SignInThrottle(
         engine,
         max_per_account=settings.api_login_max_failures,

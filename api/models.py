@@ -85,6 +85,24 @@ class LoginThrottle(SQLModel, table=True):
     window_start: float = Field(index=True)
 
 
+class TraceCheck(SQLModel, table=True):
+    """A lot's last verification, shared by the API's workers (api/services/shared_checks.py): the
+    badge, its records and what it read, and the trace view, so that one worker's check serves the
+    others. A cache, not a record: rows are replaced, never trusted unless their `mac` (an HMAC under
+    a key derived from the API's signing secret) holds, so a database writer cannot plant a badge.
+    `basis` (epoch seconds) is when the verification began reading, `asked` when the chain was last
+    asked about its windows. Migration 0015."""
+
+    __tablename__ = "trace_check"
+
+    code: str = Field(primary_key=True, max_length=40)
+    basis: float
+    asked: float
+    payload: bytes  # zlib(orjson({result, deps, view, view_basis}))
+    records: bytes  # zlib(orjson(records)), what /verify shows
+    mac: str = Field(max_length=64)
+
+
 # ---------------------------------------------------------------- alerts (migration 0011)
 
 

@@ -19,8 +19,9 @@ here (tests/test_db_roles.py fails for a table that is not). Worked out from the
   reads and writes alerts and webhook deliveries; inserts alert events, never updates them.
 
 No role but the owner may delete anything, but for the API's own sign-in counters (api_login_throttle,
-which it clears on a right password); every service role reads `alembic_version`, since each
-command checks that the schema is current before it starts.
+which it clears on a right password) and its workers' shared verification cache (trace_check); every
+service role reads `alembic_version`, since each command checks that the schema is current before it
+starts.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ OTHER = (
     "api_user",
     "api_key",
     "api_login_throttle",
+    "trace_check",
     "alert",
     "alert_event",
     "webhook_delivery",
@@ -96,7 +98,7 @@ class Grant:
 GRANTS: dict[str, Grant] = {
     # The API and pages: public trace and verification (every record and ledger table), dashboard
     # (dead letters, statistics), administration (registry and trace writes through the importers,
-    # device provisioning), sign-in and API keys. Never the ledger's own tables, never a delete.
+    # device provisioning), sign-in and API keys. Never the ledger's own tables; deletes only of its own caches.
     "api": Grant(
         select=tuple(t for t in TABLES if t != "service_account"),
         insert=(
@@ -105,11 +107,21 @@ GRANTS: dict[str, Grant] = {
             "api_user",
             "api_key",
             "api_login_throttle",
+            "trace_check",
             *ALERTS,
         ),
         # alert_event is append-only: inserted, never updated
-        update=(*REGISTRY, *TRACE, "api_user", "api_key", "api_login_throttle", "alert", "webhook_delivery"),
-        delete=("api_login_throttle",),
+        update=(
+            *REGISTRY,
+            *TRACE,
+            "api_user",
+            "api_key",
+            "api_login_throttle",
+            "trace_check",
+            "alert",
+            "webhook_delivery",
+        ),
+        delete=("api_login_throttle", "trace_check"),
     ),
     # Ingest: one query resolving a device to its kind, status and place (ingest/enrich.py), the
     # dead-letter store (insert, and the redelivery check), and the days sealed for anchoring (where a

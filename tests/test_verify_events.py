@@ -17,6 +17,7 @@ from sqlalchemy import Engine, text
 from sqlmodel import Session, select
 
 from api.demo import seed
+from api.services.shared_checks import CLOCK_SLACK_S
 from api.services.tracing import CHECKING, TraceService
 from core.db import get_engine, migrate
 from core.influx import InfluxV1
@@ -250,3 +251,143 @@ def test_an_expired_result_is_renewed_without_reading_the_database(world: PgWorl
         assert svc.verification(BAG)["status"] == VERIFIED
     finally:
         svc.close()
+
+
+# ---- verifications shared by workers (api/services/shared_checks.py)
+
+KEY = b"k" * 32
+
+
+@pytest.fixture
+def workers(world: PgWorld) -> Iterator[tuple[TraceService, TraceService]]:
+    """Two API workers of one deployment: same database, same signing key, each its own caches."""
+    pair = (TraceService(world.engine, world.settings, KEY), TraceService(world.engine, world.settings, KEY))
+    for svc in pair:
+        svc.open()
+        assert svc.listener is not None and svc.listener.ready.wait(30), "not listening"
+        assert svc.shared is not None
+    with Session(world.engine) as s:
+        s.execute(text("DELETE FROM trace_check"))
+        s.commit()
+    time.sleep(CLOCK_SLACK_S + 0.1)  # what a worker verifies now postdates its listening, by the clocks' slack
+    yield pair
+    for svc in pair:
+        svc.close()
+
+
+def _no_full_verification(svc: TraceService) -> None:
+    def refuse(code: str, answers, memo):  # type: ignore[no-untyped-def]
+        raise AssertionError(f"{code} verified again by the second worker")
+
+    svc._compute_verification = refuse  # type: ignore[method-assign]
+
+
+def test_a_lot_verified_by_one_worker_is_not_verified_again_by_another(
+    workers: tuple[TraceService, TraceService], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second worker's first scan shows the first worker's result and trace view at once: no
+    "checking", no verification and no view of its own."""
+    import api.services.tracing as tracing
+
+    a, b = workers
+    a.view_json(BAG)  # a scan: the view is built, the verification queued
+    first = a.verification(BAG)
+    assert first["status"] == VERIFIED
+    _no_full_verification(b)
+
+    def no_view(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the second worker built the view again")
+
+    monkeypatch.setattr(tracing, "build_view", no_view)
+    scan = b.checked(BAG, wait=False)
+    assert scan.result["status"] == VERIFIED and b.adopted == 1
+    assert b.verification(BAG)["records"] == first["records"]
+    body, freshness = b.view_json(BAG)
+    assert freshness is not None and json.loads(body)["verification"]["status"] == VERIFIED
+    theirs = json.loads(a.view_json(BAG)[0])
+    assert {k: v for k, v in json.loads(body).items() if k != "verification"} == {
+        k: v for k, v in theirs.items() if k != "verification"
+    }
+
+
+def test_a_shared_verification_older_than_a_change_is_not_taken(
+    world: PgWorld, workers: tuple[TraceService, TraceService]
+) -> None:
+    """A write to the lot's lineage after the first worker's check: the second worker does not take the
+    shared (now stale) result; it checks the lot itself and sees the tampering."""
+    a, b = workers
+    assert a.verification(BAG)["status"] == VERIFIED
+    event_id = an_event_of(world.engine, BAG)
+    heard = b.listener.heard  # type: ignore[union-attr]
+    with Session(world.engine) as s:
+        event = s.get(TraceEvent, event_id)
+        assert event is not None
+        original = dict(event.attributes)
+        event.attributes = {**original, "tampered_field": 3}
+        s.add(event)
+        s.commit()
+    try:
+        wait_heard(b, heard)
+        assert b.checked(BAG, wait=False).result["status"] == CHECKING and b.adopted == 0
+        assert b.verification(BAG)["status"] == TAMPERED
+    finally:
+        heard = b.listener.heard  # type: ignore[union-attr]
+        with Session(world.engine) as s:
+            event = s.get(TraceEvent, event_id)
+            assert event is not None
+            event.attributes = original
+            s.add(event)
+            s.commit()
+        wait_heard(b, heard)
+    assert b.verification(BAG)["status"] == VERIFIED
+
+
+def test_forged_shared_verification_is_refused(world: PgWorld, workers: tuple[TraceService, TraceService]) -> None:
+    """Someone who can write the table (another service's role, hand-made SQL) plants a "verified"
+    badge for a tampered lot, or re-signs a row with a key of their own: the MAC fails, the worker
+    ignores the row and verifies the lot itself."""
+    from api.services.shared_checks import SharedChecks
+
+    a, b = workers
+    assert a.verification(BAG)["status"] == VERIFIED
+    event_id = an_event_of(world.engine, BAG)
+    with Session(world.engine) as s:  # tampered in place, then the planted row is made after it
+        event = s.get(TraceEvent, event_id)
+        assert event is not None
+        original = dict(event.attributes)
+        event.attributes = {**original, "tampered_field": 5}
+        s.add(event)
+        s.commit()
+    time.sleep(2 * CLOCK_SLACK_S + 0.5)  # past the clocks' slack: a row begun now postdates the change
+    try:
+        with Session(world.engine) as s:  # the row as stored, moved to now and re-signed with another key
+            row = s.execute(text("SELECT basis, asked, payload, records FROM trace_check WHERE code = :c"), {"c": BAG})
+            _, _, payload, records = row.one()
+        now = time.time()
+        forged = SharedChecks(world.engine, b"attacker's own key".ljust(32, b"!"))
+        import zlib
+
+        import orjson
+
+        forged.store(BAG, now, now, orjson.loads(zlib.decompress(payload)), records)
+        assert b.checked(BAG, wait=False).result["status"] == CHECKING and b.adopted == 0
+        assert b.shared is not None and b.shared.refused == 1
+        assert b.verification(BAG)["status"] == TAMPERED
+        with Session(world.engine) as s:  # a signed row with its badge edited: refused too
+            s.execute(text("UPDATE trace_check SET asked = asked + 1 WHERE code = :c"), {"c": BAG})
+            s.commit()
+        c = TraceService(world.engine, world.settings, KEY)
+        c.open()
+        try:
+            assert c.listener is not None and c.listener.ready.wait(30)
+            c.checked(BAG, wait=False)
+            assert c.adopted == 0 and c.shared is not None and c.shared.refused == 1
+        finally:
+            c.close()
+    finally:
+        with Session(world.engine) as s:
+            event = s.get(TraceEvent, event_id)
+            assert event is not None
+            event.attributes = original
+            s.add(event)
+            s.commit()

@@ -34,7 +34,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +44,7 @@ from sqlmodel import Session, col, select
 
 from api.microcache import code_of
 from api.services.cache import TtlCache
+from api.services.shared_checks import CLOCK_SLACK_S, SharedChecks
 from api.services.trace_view import build_view
 from api.services.verifier import EVERYTHING, ChangeListener, Records, VerifierPool, WindowChecks
 from core.influx import InfluxError, InfluxV1
@@ -130,12 +131,40 @@ class Deps:
     # for renewal: each window as the ledger held it (detached rows) and what the chain said of it
     chain_checks: tuple[tuple[AnchorWindow, WindowCheck], ...] = ()
     built: float = 0.0  # time.monotonic() of the full verification
+    basis: float = 0.0  # time.time() when it began reading (shared with other workers: api/services/shared_checks.py)
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "lots": sorted(self.lots),
+            "windows": sorted(self.windows),
+            "unwindowed": self.unwindowed,
+            "checks": [[w.model_dump(mode="json"), asdict(c)] for w, c in self.chain_checks],
+        }
+
+    @classmethod
+    def of(cls, d: dict[str, Any], basis: float) -> Deps:
+        """Deps read back from another worker's `payload()`, begun at `basis` (time.time())."""
+        checks = tuple(
+            (AnchorWindow.model_validate(w), WindowCheck(**{**c, "reasons": tuple(c["reasons"])}))
+            for w, c in d["checks"]
+        )
+        built = time.monotonic() - max(0.0, time.time() - basis)
+        return cls(frozenset(d["lots"]), frozenset(d["windows"]), bool(d["unwindowed"]), checks, built, basis)
+
+
+def _wall(mono: float) -> float:
+    """time.time() of a time.monotonic() instant."""
+    return time.time() - (time.monotonic() - mono)
 
 
 class TraceService:
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(self, engine: Engine, settings: Settings, share_key: bytes | None = None) -> None:
         self.engine = engine
         self.settings = settings
+        self.share_key = share_key  # signs verifications shared with the other workers (None: not shared)
+        self.shared: SharedChecks | None = None  # set by open() when the database announces changes
+        self._absent = TtlCache(2.0, max_entries=20_000)  # codes with no shared row just now
+        self._view_basis: dict[str, float] = {}  # code -> time.time() its cached view began reading
         ttl = settings.api_verify_cache_s
         self.json = TtlCache(ttl, max_entries=20_000)  # code -> (JSON bytes, expiry, token)
         self.pages = TtlCache(ttl, max_entries=5_000)  # (code, lang) -> (HTML bytes, expiry, token)
@@ -159,13 +188,14 @@ class TraceService:
         self.curves = TtlCache(reuse_s, max_entries=5_000)  # growth summary -> its daily curves (build_view)
         self._gens: dict[str, int] = {}  # code -> changes heard of the lot
         self._epoch = 0  # changes heard that concern every lot
-        self._events: deque[tuple[int, frozenset[str]]] = deque(maxlen=10_000)
+        self._events: deque[tuple[int, frozenset[str], float]] = deque(maxlen=10_000)  # (no, keys, time.time())
         self._event_no = 0
         self._state = threading.RLock()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._outlived = False  # a check took longer than API_VERIFY_CACHE_S: lookups wait for theirs
         self.renewed = 0  # results renewed without a full verification (tests)
+        self.adopted = 0  # results taken from another worker (tests)
         self._chain: Chain | object | None = _MISSING
         self._influx: InfluxV1 | None = None
         self.closed = False
@@ -197,6 +227,8 @@ class TraceService:
         self.pool.start()
         if self.engine.dialect.name == "postgresql" and self.listener is None:
             self.listener = ChangeListener(self.engine, self.changed).start()
+            if self.share_key is not None:
+                self.shared = SharedChecks(self.engine, self.share_key)
 
     def close(self) -> None:
         self.closed = True  # background verifications stop quietly
@@ -228,7 +260,7 @@ class TraceService:
         keyset = frozenset(k for k in keys if k)
         with self._state:
             self._event_no += 1
-            self._events.append((self._event_no, keyset))
+            self._events.append((self._event_no, keyset, time.time()))
             if EVERYTHING in keyset:
                 self._epoch += 1
                 self.records.clear()
@@ -241,24 +273,38 @@ class TraceService:
                 if deps.lots & lots or deps.windows & windows or (deps.unwindowed and (windows or "u" in keyset)):
                     self._gens[code] = self._gens.get(code, 0) + 1
 
+    @staticmethod
+    def _concerns(keys: frozenset[str], deps: Deps) -> bool:
+        """Whether a change's keys concern what a verification read."""
+        if EVERYTHING in keys or ("u" in keys and deps.unwindowed):
+            return True
+        for k in keys:
+            if not k[1:].isdigit():
+                continue
+            if k[0] == "l" and int(k[1:]) in deps.lots:
+                return True
+            if k[0] == "w" and (int(k[1:]) in deps.windows or deps.unwindowed):
+                return True
+        return False
+
     def _affected_since(self, event_no: int, deps: Deps) -> bool:
         """Whether a change heard after `event_no` concerns what a verification read."""
         with self._state:
             if self._events and self._events[0][0] > event_no + 1:
                 return True  # the log no longer reaches back: assume so
-            for n, keys in self._events:
-                if n <= event_no:
-                    continue
-                if EVERYTHING in keys or ("u" in keys and deps.unwindowed):
-                    return True
-                for k in keys:
-                    if not k[1:].isdigit():
-                        continue
-                    if k[0] == "l" and int(k[1:]) in deps.lots:
-                        return True
-                    if k[0] == "w" and (int(k[1:]) in deps.windows or deps.unwindowed):
-                        return True
-        return False
+            return any(self._concerns(keys, deps) for n, keys, _ in self._events if n > event_no)
+
+    def _heard_since(self, wall: float, deps: Deps) -> bool:
+        """Whether a change that concerns `deps` may have been committed after `wall` (time.time(), maybe
+        another worker's clock): heard since then (less the clocks' slack), or before this worker listened."""
+        since = self.listener.since if self.listener is not None else None
+        wall -= CLOCK_SLACK_S
+        if since is None or wall < since:
+            return True
+        with self._state:
+            if len(self._events) == self._events.maxlen and self._events[0][2] >= wall:
+                return True  # the log no longer reaches back
+            return any(self._concerns(keys, deps) for _, keys, at in self._events if at >= wall)
 
     def _current(self, cache: TtlCache, key: Any, code: str) -> Any | None:
         """A cached value (its last element the token it was made under) while the lot has not changed."""
@@ -304,7 +350,7 @@ class TraceService:
         if hit is not None:
             return hit[0]  # type: ignore[no-any-return]
         with self._lock(f"view:{code}"):
-            token = self.token(code)
+            token, basis = self.token(code), time.time()
             hit = self._current(self.views, code, code)
             if hit is not None:
                 return hit[0]  # type: ignore[no-any-return]
@@ -317,7 +363,7 @@ class TraceService:
                 view = build_view(
                     s, lot, self.settings.trace_base_url, influx, self.settings.county_timezone, self.curves
                 )
-            self.views.set(code, (view, token))
+            self.views.set(code, (view, basis, token))
             return view
 
     def view_json(self, code: str) -> tuple[bytes, Freshness | None]:
@@ -431,13 +477,15 @@ class TraceService:
                 hit = self._current_result(code)
                 if hit is not None and time.monotonic() < hit.refresh:
                     return hit
-                token, event_no = self.token(code), self._event_no
+                token, event_no, basis = self.token(code), self._event_no, time.time()
                 renewed = self._renew(code, token)
                 if renewed is not None:
                     return renewed
                 answers = self.windows.view()
                 memo = self.records.view()
                 result, deps = self._compute_verification(code, answers, memo)  # type: ignore[arg-type]
+                if deps is not None:
+                    deps = replace(deps, basis=basis)
                 ttl = self._ttl_for(result)
                 asked = answers.oldest  # the result is as old as the oldest chain answer it used
                 took = time.monotonic() - answers.started
@@ -461,15 +509,79 @@ class TraceService:
                 if not stale:
                     if deps is not None:
                         memo.commit(deps.lots)  # the records rebuilt, shared from now on
+                        self._share(code, checked, deps)
                     return checked
             return checked
 
-    def _renew(self, code: str, token: tuple[int, int]) -> Checked | None:
+    def _share(self, code: str, checked: Checked, deps: Deps) -> None:
+        """Store a verification for the other workers (api/services/shared_checks.py), with the trace
+        view when this worker holds one that nothing heard since has changed."""
+        if self.shared is None or checked.token is None or not deps.chain_checks:
+            return
+        if checked.result["status"] in (UNVERIFIABLE, CHECKING):
+            return
+        view, view_basis = None, None
+        hit = self._current(self.views, code, code)
+        if hit is None:  # built here, in the background, so that no worker builds it on a scan
+            try:
+                self.view(code)
+            except Exception as e:
+                log.warning("trace view of %s not built for sharing: %s", code, e)
+            hit = self._current(self.views, code, code)
+        if hit is not None and not self._heard_since(hit[1], deps):
+            view, view_basis = hit[0], hit[1]
+        asked = _wall(checked.expires - self._ttl_for(checked.result))
+        payload = {"result": checked.result, "deps": deps.payload(), "view": view, "view_basis": view_basis}
+        try:
+            self.shared.store(code, deps.basis, asked, payload, checked.records)
+            self._absent.pop(code)
+        except Exception as e:  # a cache: the verification stands without it
+            log.warning("verification of %s not shared with the other workers: %s", code, e)
+
+    def _adopt(self, code: str) -> Checked | None:
+        """Another worker's verification of the lot (api/services/shared_checks.py), made this worker's
+        last result when it is signed and nothing it read has changed since (it may have expired: then
+        `_renew` asks the chain again); None if there is none such."""
+        if self.shared is None or self._absent.get(code):
+            return None
+        try:
+            row = self.shared.load(code)
+        except Exception as e:
+            log.warning("shared verification of %s unreadable: %s", code, e)
+            row = None
+        if row is None:
+            self._absent.set(code, True)
+            return None
+        try:
+            deps = Deps.of(row.payload["deps"], row.basis)
+            result = row.payload["result"]
+        except (KeyError, TypeError, ValueError) as e:
+            log.warning("shared verification of %s malformed: %s", code, e)
+            return None
+        ttl = self._ttl_for(result)
+        asked = time.monotonic() - max(0.0, time.time() - row.asked)
+        with self._state:
+            if self._heard_since(row.basis, deps):
+                self._absent.set(code, True)
+                return None
+            token = self.token(code)
+            checked = Checked(result, asked + ttl, asked + ttl / 2, token, row.records)
+            self._results[code] = checked
+            self._deps[code] = deps
+            view, view_basis = row.payload.get("view"), row.payload.get("view_basis")
+            fresh_view = view is not None and view_basis is not None and not self._heard_since(view_basis, deps)
+            if fresh_view and self._current(self.views, code, code) is None:
+                self.views.set(code, (view, view_basis, token))
+        self.adopted += 1
+        return checked
+
+    def _renew(self, code: str, token: tuple[int, int], *, ask: bool = True) -> Checked | None:
         """The lot's last result renewed without reading the database, when nothing it read can have
         changed: no change of its lineage or windows heard since (the token, PostgreSQL's notifications),
         its rebuilt records still reusable (API_VERIFY_REBUILD_S: InfluxDB announces nothing), and the
         chain saying of each of its windows what it said then (asked again, once per window for every
-        lot). Otherwise None: a full verification."""
+        lot; with `ask` False only answers at hand are used: no I/O at all). Otherwise None: a full
+        verification."""
         last, deps = self._results.get(code), self._deps.get(code)
         if (
             self.listener is None
@@ -488,6 +600,8 @@ class TraceService:
                 key = window_key(window)
                 now = answers.get(key)
                 if now is None:
+                    if not ask:
+                        return None
                     now = answers[key] = check_window(chain, window)
                 if now != before:
                     return None
@@ -503,6 +617,8 @@ class TraceService:
                 return None  # a change heard meanwhile
             self._results[code] = checked
         self.renewed += 1
+        if ask:  # a renewal from the background: the other workers may take it
+            self._share(code, checked, deps)
         return checked
 
     def checked(self, code: str, *, wait: bool = True) -> Checked:
@@ -510,7 +626,7 @@ class TraceService:
         API_VERIFY_CACHE_S ago); from half-way through, a lookup re-checks it in the background. None
         current: with `wait`, check now; without, queue the check and answer "checking", with the lot's
         last result and its age under `previous` (pages and the trace JSON do not make a consumer wait)."""
-        hit = self._current_result(code)
+        hit = self._current_result(code) or self._adopted_or_renewed(code)
         if hit is not None:
             if time.monotonic() >= hit.refresh and not self.closed:
                 self.pool.submit(code)
@@ -528,6 +644,21 @@ class TraceService:
                 "age_s": round(max(0.0, now - (last.expires - self._ttl_for(last.result))), 1),
             }
         return Checked(answer, now, now)
+
+    def _adopted_or_renewed(self, code: str) -> Checked | None:
+        """With no current result: another worker's, if shared and current, or the last one renewed
+        from the chain answers at hand (no I/O but one row read); None otherwise."""
+        if self.closed:
+            return None
+        last = self._results.get(code)
+        if last is None or last.token != self.token(code) or time.monotonic() >= last.expires:
+            self._adopt(code)
+            hit = self._current_result(code)
+            if hit is not None:
+                return hit
+        if self.listener is None:
+            return None
+        return self._renew(code, self.token(code), ask=False)
 
     def verification(self, code: str, *, wait: bool = True) -> dict[str, Any]:
         """The lot's verification result (`checked`), with its records."""

@@ -192,6 +192,7 @@ class ChangeListener:
         self.on_keys = on_keys
         self.reconnect_s = reconnect_s
         self.ready = threading.Event()  # set once listening (tests wait for it)
+        self.since: float | None = None  # time.time() when first listening: changes before it were not heard
         self.heard = 0  # notifications received
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -214,6 +215,8 @@ class ChangeListener:
                     conn.execute(f"LISTEN {CHANNEL}")
                     if not first:  # events of the gap were missed: everything derived is suspect
                         self.on_keys([EVERYTHING])
+                    if first:
+                        self.since = time.time()
                     first = False
                     self.ready.set()
                     while not self._stop.is_set():
