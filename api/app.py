@@ -45,6 +45,7 @@ from api.ratelimit import RateLimiter
 from api.routers import admin, alerts, auth, dashboard, models, province, resolver, timeseries, trace
 from api.routers import charts as chart_routes
 from api.security import jwt_secret
+from api.services import dashboard as dashboard_data
 from api.services import indicators, webhooks
 from api.services.shared_checks import mac_key
 from api.services.tracing import TraceService
@@ -172,6 +173,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.trace.warm(retail_lots(engine))
         if settings.api_indicators_warm and settings.api_indicators_cache_s > 0:
             app.state.indicators_warm = indicators.warm(engine, settings)  # the first dashboard view finds them
+        if settings.api_indicators_warm and settings.api_dashboard_cache_s > 0:
+            app.state.dashboard_warm = dashboard_data.warm(
+                engine, settings, app.state.trace.influx(), app.state.dashboard
+            )
         yield
         app.state.trace.close()
         engine.dispose()
@@ -193,6 +198,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.jwt_secret = jwt_secret(settings)  # SecretError (refusing to start) when missing or short
     # verifications shared by the workers are signed with a key only the API holds
     app.state.trace = TraceService(engine, settings, share_key=mac_key(app.state.jwt_secret))
+    app.state.dashboard = dashboard_data.section_cache(settings)  # area-wide dashboard sections, per worker
     app.state.sign_in_throttle = SignInThrottle(
         engine,
         max_per_account=settings.api_login_max_failures,

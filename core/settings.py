@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     # served while recomputed in the background (0: computed on every view); computed at start-up.
     api_indicators_cache_s: float = Field(default=120.0, ge=0, alias="API_INDICATORS_CACHE_S")
     api_indicators_warm: bool = Field(default=True, alias="API_INDICATORS_WARM")
+    # seconds a worker keeps an area's device health, traceability coverage and anchoring sections
+    # before recomputing them in the background (0: every request computes them)
+    api_dashboard_cache_s: float = Field(default=30.0, ge=0, alias="API_DASHBOARD_CACHE_S")
 
     # Alerts (api/services/alerts.py, worker `village alerts run`): readings are checked every
     # ALERT_EVAL_INTERVAL_S; an alert resolves itself once the device's readings have stayed within

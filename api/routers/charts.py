@@ -58,7 +58,8 @@ def map_data(request: Request, actor: ActorDep, session: SessionDep) -> dict[str
     your area's plots (at their registry coordinates) and herds (at their village's plots' centre), each
     with its devices, its status (its worst device's: alert, failing, silent, online, inactive,
     revoked, no_device) and its open alerts."""
-    health = dash.devices_section(session, request.app.state.settings, actor, request.app.state.trace.influx())
+    settings, influx = request.app.state.settings, request.app.state.trace.influx()
+    health = dash.devices_section(session, settings, actor.area.villages, influx, request.app.state.dashboard)
     return charts.county_map(session, actor.area.villages, health["devices"], health["alerts"])
 
 
@@ -73,7 +74,8 @@ def devices_history(
     """Per local day of the last `days`: how many of your area's devices reported (daily rollups, raw points
     after their watermark), how many readings were dead-lettered, and how many devices are active."""
     settings = request.app.state.settings
-    ids = {d["id"] for d in dash.devices_section(session, settings, actor, None)["devices"]}  # type: ignore[arg-type]
+    registry = dash.devices_section(session, settings, actor.area.villages, None)  # type: ignore[arg-type]
+    ids = {d["id"] for d in registry["devices"]}  # the registry's devices (no last readings needed)
     influx = request.app.state.trace.influx()
     try:
         return charts.device_history(session, settings, influx, ids, days)

@@ -44,6 +44,11 @@ def _influx(request: Request):  # type: ignore[no-untyped-def]
     return request.app.state.trace.influx()
 
 
+def _devices(request: Request, actor: Actor, session: Session) -> dict[str, Any]:
+    settings, cache = request.app.state.settings, request.app.state.dashboard
+    return dash.devices_section(session, settings, actor.area.villages, _influx(request), cache)
+
+
 def _check(request: Request, actor: Actor, period: str | None, village: str | None) -> None:
     if village is not None:
         actor.require_read(village, f"village {village}")
@@ -59,7 +64,15 @@ def _snapshot(
     request: Request, session: Session, actor: Actor, period: str | None, village: str | None
 ) -> dict[str, Any]:
     _check(request, actor, period, village)
-    return dash.snapshot(session, request.app.state.settings, actor, _influx(request), period=period, village=village)
+    return dash.snapshot(
+        session,
+        request.app.state.settings,
+        actor,
+        _influx(request),
+        period=period,
+        village=village,
+        cache=request.app.state.dashboard,
+    )
 
 
 @router.get(API, summary="Everything the dashboard shows", responses=READ)
@@ -82,26 +95,25 @@ def indicators(
 @router.get(f"{API}/devices", summary="Device health", responses=READ)
 def devices(request: Request, actor: ActorDep, session: SessionDep) -> dict[str, Any]:
     """Every device of your area: online, silent, failing validation (dead letters in 24 h), inactive, revoked."""
-    out = dash.devices_section(session, request.app.state.settings, actor, _influx(request))
-    out.pop("alerts")
-    return out
+    out = _devices(request, actor, session)
+    return {k: v for k, v in out.items() if k != "alerts"}
 
 
 @router.get(f"{API}/alerts", summary="Open alerts", responses=READ)
 def alerts(request: Request, actor: ActorDep, session: SessionDep) -> list[dict[str, Any]]:
     """Drought stress, low paddy water and fever, from the latest reading of each device."""
-    return dash.devices_section(session, request.app.state.settings, actor, _influx(request))["alerts"]
+    return list(_devices(request, actor, session)["alerts"])
 
 
 @router.get(f"{API}/traceability", summary="Traceability coverage", responses=READ)
-def traceability(actor: ActorDep, session: SessionDep) -> dict[str, Any]:
-    return dash.coverage_mod.coverage(session, actor.area.villages)
+def traceability(request: Request, actor: ActorDep, session: SessionDep) -> dict[str, Any]:
+    return dash.traceability_section(session, actor.area.villages, request.app.state.dashboard)
 
 
 @router.get(f"{API}/anchoring", summary="Latest anchoring windows", responses=READ)
-def anchoring(actor: ActorDep, session: SessionDep) -> dict[str, Any]:
+def anchoring(request: Request, actor: ActorDep, session: SessionDep) -> dict[str, Any]:
     """Leaves waiting, windows by state (pending, included, confirmed, final, re-queued), the latest windows."""
-    return dash.anchoring.status(session)
+    return dash.anchoring_section(session, request.app.state.dashboard)
 
 
 @router.get(

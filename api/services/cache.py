@@ -6,10 +6,14 @@ database, the chain and InfluxDB, and is allowed to be `ttl` seconds old.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class TtlCache:
@@ -53,3 +57,66 @@ class TtlCache:
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+
+
+class Refreshing:
+    """Values computed from their key, served for `fresh_s`, then for up to `stale_s` more while one
+    background thread recomputes them (stale-while-revalidate); a missing value is computed once, the
+    other callers waiting for it. `compute` must open what it reads itself (it may run after the
+    request that asked for it has ended)."""
+
+    def __init__(self, fresh_s: float, stale_s: float, name: str, max_entries: int = 500) -> None:
+        self.fresh_s = fresh_s
+        self.stale_s = stale_s
+        self.name = name
+        self._data = TtlCache(fresh_s + stale_s, max_entries)  # key -> (time.monotonic() computed, value)
+        self._locks: dict[Any, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._refreshing: set[Any] = set()
+        self.computed = 0  # computations run (tests)
+
+    def _lock(self, key: Any) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def _compute(self, key: Any, compute: Callable[[], Any]) -> Any:
+        value = compute()
+        self.computed += 1
+        if self.fresh_s > 0:
+            self._data.set(key, (time.monotonic(), value))
+        return value
+
+    def get(self, key: Any, compute: Callable[[], Any]) -> tuple[Any, float]:
+        """The value and its age in seconds (0: computed now)."""
+        hit = self._data.get(key)
+        if hit is not None:
+            age = time.monotonic() - hit[0]
+            if age >= self.fresh_s:
+                self._refresh_later(key, compute)
+            return hit[1], age
+        with self._lock(key):
+            hit = self._data.get(key)
+            if hit is not None:
+                return hit[1], time.monotonic() - hit[0]
+            return self._compute(key, compute), 0.0
+
+    def _refresh_later(self, key: Any, compute: Callable[[], Any]) -> None:
+        with self._guard:
+            if key in self._refreshing:
+                return
+            self._refreshing.add(key)
+
+        def run() -> None:
+            try:
+                with self._lock(key):
+                    self._compute(key, compute)
+            except Exception as e:  # the stale value stays; the next request tries again
+                log.warning("%s %s not refreshed: %s", self.name, key, e)
+            finally:
+                with self._guard:
+                    self._refreshing.discard(key)
+
+        threading.Thread(target=run, name=f"refresh-{self.name}", daemon=True).start()
+
+    def clear(self) -> None:
+        self._data.clear()

@@ -3,6 +3,13 @@ traceability coverage and the latest anchoring windows; and the same as CSV and 
 
 Every section is computed on its own, so one unavailable service (InfluxDB down) blanks only the
 sections that need it, with the reason, and the rest still shows.
+
+Device health, traceability coverage and anchoring read the whole area (every device's last reading,
+every lot's anchoring), so each worker keeps them per area for API_DASHBOARD_CACHE_S and past that
+serves the kept ones while one background thread recomputes them (api.services.cache.Refreshing);
+at start-up (API_INDICATORS_WARM) the areas of the dashboard's users are computed in the background.
+Each section says when it was computed (`as_of`). Indicators have their own cache
+(api/services/indicators.py).
 """
 
 from __future__ import annotations
@@ -11,15 +18,19 @@ import csv
 import io
 import logging
 import re
+import threading
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlmodel import Session
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
 
 from api.deps import Actor
-from api.models import Role
+from api.models import Role, User
 from api.services import coverage as coverage_mod
 from api.services import indicators as indicators_mod
+from api.services.cache import Refreshing
 from api.services.health import device_health, health_counts, open_alerts
 from core.catalogue import get_catalogue
 from core.influx import InfluxError, InfluxV1
@@ -28,6 +39,29 @@ from ledger import anchoring
 
 log = logging.getLogger(__name__)
 SECTIONS = ("indicators", "rankings", "devices", "alerts", "traceability", "anchoring")
+STALE_S = 600.0  # a section past API_DASHBOARD_CACHE_S is served (while recomputed) this long more
+
+
+def section_cache(settings: Settings) -> Refreshing:
+    """A worker's cache of the area-wide sections (app.state.dashboard)."""
+    return Refreshing(settings.api_dashboard_cache_s, STALE_S, "dashboard section")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _kept(cache: Refreshing | None, session: Session, key: tuple[Any, ...], make: Any) -> dict[str, Any]:
+    """`make(session)` with `as_of`, through `cache` when given (then computed in a session of its own)."""
+    if cache is None:
+        return {**make(session), "as_of": _now()}
+    engine = session.get_bind()
+
+    def compute() -> dict[str, Any]:
+        with Session(engine) as own:
+            return {**make(own), "as_of": _now()}
+
+    return cache.get(key, compute)[0]  # type: ignore[no-any-return]
 
 
 def county_of(actor: Actor) -> str | None:
@@ -46,14 +80,14 @@ def indicators_section(
     )
 
 
-def devices_section(session: Session, settings: Settings, actor: Actor, influx: InfluxV1) -> dict[str, Any]:
+def _devices(session: Session, settings: Settings, villages: frozenset[str], influx: InfluxV1) -> dict[str, Any]:
     catalogue = get_catalogue(settings.catalogue_file)
     try:
-        devices = device_health(session, influx, catalogue, actor.area.villages)
+        devices = device_health(session, influx, catalogue, set(villages))
         available, reason = True, None
     except InfluxError as e:
         log.warning("device health without InfluxDB: %s", e)
-        devices = device_health(session, None, catalogue, actor.area.villages)
+        devices = device_health(session, None, catalogue, set(villages))
         available, reason = False, "the monitoring database cannot be reached: last readings unknown"
     return {
         "available": available,
@@ -64,6 +98,48 @@ def devices_section(session: Session, settings: Settings, actor: Actor, influx: 
     }
 
 
+def devices_section(
+    session: Session, settings: Settings, villages: set[str], influx: InfluxV1, cache: Refreshing | None = None
+) -> dict[str, Any]:
+    """Device health and open alerts of the villages (kept per area)."""
+    area = frozenset(villages)
+    return _kept(cache, session, ("devices", area), lambda s: _devices(s, settings, area, influx))
+
+
+def traceability_section(session: Session, villages: set[str], cache: Refreshing | None = None) -> dict[str, Any]:
+    """Traceability coverage of the villages' lots (kept per area)."""
+    area = frozenset(villages)
+    return _kept(cache, session, ("traceability", area), lambda s: coverage_mod.coverage(s, set(area)))
+
+
+def anchoring_section(session: Session, cache: Refreshing | None = None) -> dict[str, Any]:
+    return _kept(cache, session, ("anchoring",), anchoring.status)
+
+
+def warm(engine: Engine, settings: Settings, influx: InfluxV1, cache: Refreshing) -> threading.Thread:
+    """Compute the area-wide sections of every active dashboard user's area in a background thread,
+    so that the first dashboard view after start-up finds them kept."""
+    from core.scope import area_of
+
+    def run() -> None:
+        try:
+            with Session(engine) as session:
+                users = session.exec(select(User.role, User.scope).where(col(User.active))).all()
+                areas = {frozenset(area_of(session, str(role), scope).villages) for role, scope in set(users)}
+            for villages in sorted(areas, key=len, reverse=True):  # the county's first
+                with Session(engine) as session:
+                    devices_section(session, settings, set(villages), influx, cache)
+                    traceability_section(session, set(villages), cache)
+            with Session(engine) as session:
+                anchoring_section(session, cache)
+        except Exception as e:  # the dashboard computes on its first view instead
+            log.warning("dashboard sections not warmed: %s", e)
+
+    thread = threading.Thread(target=run, name="dashboard-warm", daemon=True)
+    thread.start()
+    return thread
+
+
 def snapshot(
     session: Session,
     settings: Settings,
@@ -72,15 +148,16 @@ def snapshot(
     *,
     period: str | None = None,
     village: str | None = None,
+    cache: Refreshing | None = None,
 ) -> dict[str, Any]:
-    devices = devices_section(session, settings, actor, influx)
+    devices = devices_section(session, settings, actor.area.villages, influx, cache)
     return {
         "scope": {"role": str(actor.role), "code": actor.principal.scope, "villages": sorted(actor.area.villages)},
         "indicators": indicators_section(session, settings, actor, period, village),
         "devices": {k: v for k, v in devices.items() if k != "alerts"},
         "alerts": devices["alerts"],
-        "traceability": coverage_mod.coverage(session, actor.area.villages),
-        "anchoring": anchoring.status(session),
+        "traceability": traceability_section(session, actor.area.villages, cache),
+        "anchoring": anchoring_section(session, cache),
     }
 
 

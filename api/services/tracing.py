@@ -474,7 +474,7 @@ class TraceService:
     def _verify_into_cache(self, code: str) -> Checked:
         with self._lock(f"verify:{code}"):  # one computation per lot at a time; others wait for it
             for _ in range(3):  # a change heard during the check: check again
-                hit = self._current_result(code)
+                hit = self._current_result(code) or self._adopted_or_renewed(code)
                 if hit is not None and time.monotonic() < hit.refresh:
                     return hit
                 token, event_no, basis = self.token(code), self._event_no, time.time()

@@ -11,7 +11,9 @@ added; a wrong event is declared in error by a correction. Lists are paginated (
 with `total`) and filtered.
 """
 
-from fastapi import APIRouter
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Depends, Request
 
 from api.routers.admin import (
     animals,
@@ -30,7 +32,16 @@ from api.routers.admin import (
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
+
+def _dashboard_after_writes(request: Request) -> Iterator[None]:
+    """After a change through the registry API, this worker's dashboard sections are recomputed on the
+    next view (the other workers' within API_DASHBOARD_CACHE_S)."""
+    yield
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        request.app.state.dashboard.clear()
+
+
+router = APIRouter(prefix="/api/v1/admin", tags=["admin"], dependencies=[Depends(_dashboard_after_writes)])
 for module in (
     divisions,
     farms,
