@@ -16,6 +16,7 @@ the micro-cache of public lookups (api/microcache.py). The app's static files ar
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -171,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.templates.get_template(page)
         if settings.api_verify_cache_s > 0:
             app.state.trace.warm(retail_lots(engine))
+        threading.Thread(target=app.state.trace.learn_codes, name="learn-codes", daemon=True).start()
         if settings.api_indicators_warm and settings.api_indicators_cache_s > 0:
             app.state.indicators_warm = indicators.warm(engine, settings)  # the first dashboard view finds them
         if settings.api_indicators_warm and settings.api_dashboard_cache_s > 0:

@@ -391,3 +391,30 @@ def test_forged_shared_verification_is_refused(world: PgWorld, workers: tuple[Tr
             event.attributes = original
             s.add(event)
             s.commit()
+
+
+def test_lot_codes_learned_at_start_up_need_no_lookup(world: PgWorld) -> None:
+    """A scan of a code or a Digital Link of a lot learned at start-up is resolved without a query."""
+    from sqlalchemy import event as sa_event
+
+    from ledger.models import Product
+
+    svc = TraceService(world.engine, world.settings)
+    with Session(world.engine) as s:
+        lot = s.exec(select(Lot).where(Lot.code == BAG)).one()
+        gtin = s.get(Product, lot.product_id).gtin  # type: ignore[union-attr]
+        lots = len(s.exec(select(Lot.id)).all())
+    assert svc.learn_codes() == lots
+    statements: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    sa_event.listen(world.engine, "before_cursor_execute", count)
+    try:
+        assert svc.code_for(BAG) == BAG
+        assert svc.code_for_gtin_lot(gtin, lot.lot_no) == BAG  # type: ignore[arg-type]
+    finally:
+        sa_event.remove(world.engine, "before_cursor_execute", count)
+    assert statements == []
+    assert svc.code_for("ZZZZZZZZZZX") is None  # an unknown code is still looked up (and not found)

@@ -338,6 +338,26 @@ class TraceService:
             ).first()
         return self.known.set(key, found) if found else None
 
+    def learn_codes(self, limit: int = 100_000) -> int:
+        """Remember the codes of the newest `limit` lots and their (GTIN, lot number), so that a scan of one
+        finds it without a query (what is not remembered is looked up as before). Returns how many."""
+        try:
+            with Session(self.engine) as s:
+                rows = s.exec(
+                    select(Lot.code, Product.gtin, Lot.lot_no)
+                    .join(Product, col(Product.id) == Lot.product_id, isouter=True)
+                    .order_by(col(Lot.id).desc())
+                    .limit(min(limit, self.known.max_entries // 2))
+                ).all()
+        except Exception as e:  # scans look their codes up one by one instead
+            log.warning("lot codes not learned at start-up: %s", e)
+            return 0
+        for code, gtin, lot_no in reversed(rows):  # the newest last: the last to be evicted
+            self.known.set(code, code)
+            if gtin:
+                self.known.set((gtin, lot_no), code)
+        return len(rows)
+
     def _lot(self, session: Session, code: str) -> Lot:
         lot = session.exec(select(Lot).where(Lot.code == code)).first()
         assert lot is not None, f"lot {code} vanished"
