@@ -70,21 +70,23 @@ def _depths(session: Session, lot_id: int) -> dict[int, int]:
 
 
 def origin_of(session: Session, lot_ids: list[int]) -> list[dict[str, Any]]:
-    """The plots (and herds) the lots were grown on, with their village, township and county."""
+    """The plots (and herds) the lots were grown on, with their village, township and county (one query)."""
     out = []
-    sources = session.exec(select(LotSource).where(col(LotSource.lot_id).in_(lot_ids)).order_by(LotSource.id)).all()
+    rows = session.exec(
+        select(LotSource, Plot, Village, Township, County, Farm)
+        .join(Plot, col(Plot.id) == LotSource.plot_id)
+        .join(Village, col(Village.code) == Plot.village_code, isouter=True)
+        .join(Township, col(Township.code) == Village.township_code, isouter=True)
+        .join(County, col(County.code) == Township.county_code, isouter=True)
+        .join(Farm, col(Farm.id) == Plot.farm_id, isouter=True)
+        .where(col(LotSource.lot_id).in_(lot_ids))
+        .order_by(col(LotSource.id))
+    ).all()
     seen: set[int] = set()
-    for s in sources:
-        if s.plot_id is None or s.plot_id in seen:
+    for s, plot, village, township, county, farm in rows:
+        if plot.id in seen:
             continue
-        seen.add(s.plot_id)
-        plot = session.get(Plot, s.plot_id)
-        if plot is None:
-            continue
-        village = session.get(Village, plot.village_code)
-        township = session.get(Township, village.township_code) if village else None
-        county = session.get(County, township.county_code) if township else None
-        farm = session.get(Farm, plot.farm_id)
+        seen.add(plot.id)
         out.append(
             {
                 "plot_no": plot.plot_no,
