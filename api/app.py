@@ -116,6 +116,7 @@ def templates(tz: str = "Asia/Shanghai", assets: Assets | None = None) -> Jinja2
     t.env.globals.update(sparkline=charts.sparkline, range_bar=charts.range_bar, hbars=charts.hbars, pairs=charts.pairs)
     t.env.trim_blocks = True
     t.env.lstrip_blocks = True
+    t.env.auto_reload = False  # templates ship with the code: no file check on every render
     return t
 
 

@@ -588,6 +588,8 @@ class TraceService:
             checked = Checked(result, asked + ttl, asked + ttl / 2, token, row.records)
             self._results[code] = checked
             self._deps[code] = deps
+            if checked.expires <= time.monotonic():  # held here now, to be renewed: not read again soon
+                self._absent.set(code, True)
             view, view_basis = row.payload.get("view"), row.payload.get("view_basis")
             fresh_view = view is not None and view_basis is not None and not self._heard_since(view_basis, deps)
             if fresh_view and self._current(self.views, code, code) is None:
