@@ -11,7 +11,7 @@ tampered, not as absent.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -49,31 +49,49 @@ from ledger.records import (
 MANIFEST = "manifest/1"
 
 
+MANIFEST_LOTS = 10_000  # lots whose manifests are made at a time: bounds the memory of a first pass
+
+#: receives the records of new manifest versions: (kind, their row ids, their records), in id order
+NewRecords = Callable[[str, list[int], list[dict[str, Any]]], None]
+
+
 def ensure_manifests(
-    session: Session, lot_ids: Iterable[int] | None = None, known: dict[str, dict[int, str]] | None = None
+    session: Session,
+    lot_ids: Iterable[int] | None = None,
+    known: dict[str, dict[int, str]] | None = None,
+    new_records: NewRecords | None = None,
 ) -> int:
     """Add a manifest version for every lot (of `lot_ids`; default: all) whose leaf list grew;
-    returns how many were added. Set-based (`records_of_lots`): a few queries per table, however
-    many lots, so the first pass over a million records takes seconds, not hours. `known`: kind ->
-    record id -> leaf of leaves the caller has just stored (the anchoring pass's own), which are
-    then not read back; the others are read from the database."""
+    returns how many were added. Set-based (`records_of_lots`): a few queries per table for each
+    `MANIFEST_LOTS` lots, so the first pass over a million records takes seconds, not hours. `known`:
+    kind -> record id -> leaf of leaves the caller has just stored (the anchoring pass's own), which
+    are then not read back; the others are read from the database. `new_records`: called with the
+    records of the versions added (as `records_many` would build them from their rows, without
+    reading them back), e.g. to make their leaves."""
     lot_t = Lot.__table__.c  # type: ignore[attr-defined]
     ids = sorted(session.execute(sa.select(lot_t.id)).scalars() if lot_ids is None else set(lot_ids))
-    if not ids:
-        return 0
+    added = 0
+    for batch in chunks(ids, MANIFEST_LOTS):
+        added += _ensure_batch(session, list(batch), known or {}, new_records)
+    return added
+
+
+def _ensure_batch(
+    session: Session, ids: list[int], known: dict[str, dict[int, str]], new_records: NewRecords | None
+) -> int:
     refs = records_of_lots(session, ids, exclude=[MANIFEST])
     by_kind: dict[str, set[int]] = defaultdict(set)
     for found in refs.values():
         for r in found:
             by_kind[r.kind].add(r.id)
     leaf = LedgerLeaf.__table__.c  # type: ignore[attr-defined]
-    known = known or {}
     stored: dict[str, dict[int, str]] = {}  # kind -> record id -> leaf, of the leaves not `known`
     for kind, record_ids in by_kind.items():
         have = known.get(kind, {})
         if missing := [rid for rid in record_ids if rid not in have]:
             rows = rows_where_in(session, [leaf.record_id, leaf.leaf], leaf.record_id, missing, leaf.kind == kind)
             stored[kind] = dict(rows)
+    del by_kind
 
     def leaf_of(r: RecordRef) -> str | None:
         return known.get(r.kind, {}).get(r.id) or stored.get(r.kind, {}).get(r.id)
@@ -84,7 +102,7 @@ def ensure_manifests(
     for lot_id in ids:
         if lot_id not in refs:
             continue
-        current = {value: r.kind for r in refs[lot_id] if (value := leaf_of(r)) is not None}
+        current = {value: r.kind for r in refs.pop(lot_id) if (value := leaf_of(r)) is not None}
         if not current:
             continue
         prev = latest.get(lot_id)
@@ -100,8 +118,18 @@ def ensure_manifests(
         }
         version = (prev.version + 1) if prev is not None else 1
         new.append({"lot_id": lot_id, "version": version, "content": content, "created_at": now, "salt": new_salt()})
+    del refs
     if new:
         session.execute(sa.insert(LotManifest.__table__), new)  # type: ignore[attr-defined]
+        if new_records is not None:
+            m = LotManifest.__table__.c  # type: ignore[attr-defined]
+            made = {
+                (r.lot_id, r.version): r.id
+                for r in rows_where_in(session, [m.id, m.lot_id, m.version], m.lot_id, [n["lot_id"] for n in new])
+            }
+            rows = sorted((made[(n["lot_id"], n["version"])], n) for n in new)
+            records = [{"schema": MANIFEST, "content": n["content"], "salt": n["salt"]} for _, n in rows]
+            new_records(MANIFEST, [i for i, _ in rows], records)
     return len(new)
 
 
