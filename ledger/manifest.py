@@ -48,6 +48,9 @@ from ledger.records import (
 
 MANIFEST = "manifest/1"
 
+#: the record kinds a lot's manifest may list (manifests aside), as the anchoring worker's SOURCES
+_SOURCES = (LOT, EVENT, INSPECTION, CORRECTION, growth.GROWTH, digests.DIGEST, late.LATE_DIGEST, MANIFEST)
+
 
 MANIFEST_LOTS = 10_000  # lots whose manifests are made at a time: bounds the memory of a first pass
 
@@ -162,51 +165,51 @@ def _lot_uris(session: Session, lot_ids: list[int]) -> dict[int, str]:
     return out
 
 
-def lots_to_check(session: Session, since_leaf: int) -> set[int] | None:
+def lots_to_check(session: Session, since_leaf: int | None) -> set[int] | None:
     """Lots whose manifest may have to grow because of the leaves made after leaf id `since_leaf`
-    (manifest leaves aside): the lots those records may belong to, and their descendants, whose
+    (manifest leaves aside), or, with None, because of the records that have no leaf yet (asked
+    before a pass stores any): the lots those records may belong to, and their descendants, whose
     lineage includes them. A superset: `ensure_manifests` adds nothing for a lot that did not
     change. None when a new leaf is of a kind this function cannot place (then: every lot)."""
     leaf = LedgerLeaf.__table__.c  # type: ignore[attr-defined]
-    new = leaf.id > since_leaf
-    kinds = set(session.execute(sa.select(leaf.kind).where(new).distinct()).scalars()) - {MANIFEST}
+    leaf_t = LedgerLeaf.__table__  # type: ignore[attr-defined]
+    if since_leaf is None:
+        kinds = set(_SOURCES) - {MANIFEST}
+    else:
+        new = leaf.id > since_leaf
+        kinds = set(session.execute(sa.select(leaf.kind).where(new).distinct()).scalars()) - {MANIFEST}
     if not kinds:
         return set()
     ev, link = TraceEvent.__table__.c, TraceEventLot.__table__.c  # type: ignore[attr-defined]
     src, plot, herd = LotSource.__table__.c, Plot.__table__.c, Herd.__table__.c  # type: ignore[attr-defined]
 
-    def records(kind: str, id_col: Any) -> Any:  # `id_col` is the id of a record of `kind` made after since_leaf
-        return sa.and_(leaf.kind == kind, leaf.record_id == id_col, new)
+    def made(q: Any, kind: str, id_col: Any) -> Any:
+        """`q` narrowed to the records of `kind` (`id_col`: their id) made after since_leaf, or without a leaf."""
+        if since_leaf is None:
+            return q.where(~sa.exists().where(leaf.kind == kind, leaf.record_id == id_col))
+        return q.join(leaf_t, sa.and_(leaf.kind == kind, leaf.record_id == id_col, new))
 
+    insp, grow = Inspection.__table__.c, GrowthSummary.__table__.c  # type: ignore[attr-defined]
     queries: dict[str, list[Any]] = {
-        LOT: [sa.select(leaf.record_id).where(leaf.kind == LOT, new)],
-        EVENT: [
-            sa.select(ev.lot_id).join(LedgerLeaf.__table__, records(EVENT, ev.id)),  # type: ignore[attr-defined]
-            sa.select(link.lot_id).join(LedgerLeaf.__table__, records(EVENT, link.trace_event_id)),  # type: ignore[attr-defined]
+        LOT: [
+            sa.select(leaf.record_id).where(leaf.kind == LOT, new)
+            if since_leaf is not None
+            else made(sa.select(Lot.__table__.c.id), LOT, Lot.__table__.c.id)  # type: ignore[attr-defined]
         ],
-        INSPECTION: [
-            sa.select(Inspection.__table__.c.lot_id).join(  # type: ignore[attr-defined]
-                LedgerLeaf.__table__,  # type: ignore[attr-defined]
-                records(INSPECTION, Inspection.__table__.c.id),  # type: ignore[attr-defined]
-            )
-        ],
-        growth.GROWTH: [
-            sa.select(GrowthSummary.__table__.c.lot_id).join(  # type: ignore[attr-defined]
-                LedgerLeaf.__table__,  # type: ignore[attr-defined]
-                records(growth.GROWTH, GrowthSummary.__table__.c.id),  # type: ignore[attr-defined]
-            )
-        ],
+        EVENT: [made(sa.select(ev.lot_id), EVENT, ev.id), made(sa.select(link.lot_id), EVENT, link.trace_event_id)],
+        INSPECTION: [made(sa.select(insp.lot_id), INSPECTION, insp.id)],
+        growth.GROWTH: [made(sa.select(grow.lot_id), growth.GROWTH, grow.id)],
     }
     cor = EventCorrection.__table__.c  # type: ignore[attr-defined]
-    corrected = sa.select(cor.event_id).join(LedgerLeaf.__table__, records(CORRECTION, cor.id))  # type: ignore[attr-defined]
+    corrected = made(sa.select(cor.event_id), CORRECTION, cor.id)
     queries[CORRECTION] = [
         sa.select(ev.lot_id).where(ev.id.in_(corrected)),
         sa.select(link.lot_id).where(link.trace_event_id.in_(corrected)),
     ]
     for kind, table in ((digests.DIGEST, TelemetryDigest), (late.LATE_DIGEST, LateDigest)):
         d = table.__table__.c  # type: ignore[attr-defined]
-        plots = sa.select(d.value).join(LedgerLeaf.__table__, records(kind, d.id)).where(d.tag == "plot")  # type: ignore[attr-defined]
-        herds = sa.select(d.value).join(LedgerLeaf.__table__, records(kind, d.id)).where(d.tag == "herd")  # type: ignore[attr-defined]
+        plots = made(sa.select(d.value), kind, d.id).where(d.tag == "plot")
+        herds = made(sa.select(d.value), kind, d.id).where(d.tag == "herd")
         queries[kind] = [
             sa.select(src.lot_id).join(Plot.__table__, src.plot_id == plot.id).where(plot.plot_no.in_(plots)),  # type: ignore[attr-defined]
             sa.select(src.lot_id).join(Herd.__table__, src.herd_id == herd.id).where(herd.herd_no.in_(herds)),  # type: ignore[attr-defined]
