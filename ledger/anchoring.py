@@ -140,6 +140,8 @@ class _Held:
         # kind, record ids, leaves, canonical sizes, created_at (as the driver takes it)
         self.parts: list[tuple[str, Sequence[int], list[str], array[int], Any]] = []
         self.lots: set[int] | None = None  # lots whose manifests may grow (None: every lot)
+        self.planning: Iterator[manifest.Plan] | None = None  # their plan, batch by batch
+        self.plans: list[manifest.Plan] = []  # the batches planned so far
 
     def add(self, kind: str, ids: Sequence[int], canonical: list[bytes], leaves: list[str], created: Any) -> None:
         self.file.write(b"".join(canonical))
@@ -256,12 +258,16 @@ class Anchorer:
             self._held = _Held()
             if self._manifests_checked:  # the lots of the records about to get leaves, while none has its row
                 self._held.lots = manifest.lots_to_check(session, None)
+            # what the manifests are made from but the leaves, worked out while waiting for the children
+            self._held.planning = manifest.plan(session, self._held.lots)
         from_children = iter(spread.build(shared, self._timings) if spread is not None else ())
         added = 0
         try:
             for kind, part in work:
                 built = None
                 if spread is not None and kind in leafwork.SHAREABLE:
+                    while self._held is not None and self._held.planning is not None and spread.waiting():
+                        self._plan_step(self._held)
                     try:
                         built = next(from_children)
                     except BrokenProcessPool as e:  # e.g. a __main__ that cannot be imported again
@@ -279,6 +285,16 @@ class Anchorer:
                 self._children_rss_mb = max(self._children_rss_mb, spread.peak_rss_mb)
                 self._children_cpu_s += spread.cpu_s
         return added
+
+    def _plan_step(self, held: _Held) -> None:
+        """One batch of the manifests' plan (`manifest.plan`), or none when it is complete."""
+        assert held.planning is not None
+        with self._timed("plan_manifests"):
+            step = next(held.planning, None)
+        if step is None:
+            held.planning = None
+        else:
+            held.plans.append(step)
 
     def _store(
         self, session: Session, kind: str, ids: Sequence[int], canonical: list[bytes], leaves: list[str]
@@ -543,15 +559,19 @@ class Anchorer:
         windows: list[AnchorWindow] = []
         try:
             report.leaves = self.make_leaves(session, [k for k in SOURCES if k != manifest.MANIFEST])
-            inner = ("canonical", "leaves", "store_leaves", "hold_leaves")  # the manifests' own leaves: apart
+            inner = ("canonical", "leaves", "store_leaves", "hold_leaves", "plan_manifests")  # timed apart
             spent = sum(self._timings.get(k, 0.0) for k in inner)
             with self._timed("manifests"):  # the leaves just made are not read back
+                plans = None
                 if self._held is not None:
                     lots = self._held.lots
+                    while self._held.planning is not None:  # what was not planned while waiting
+                        self._plan_step(self._held)
+                    plans = self._held.plans
                 else:
                     lots = manifest.lots_to_check(session, before) if self._manifests_checked else None
                 store = functools.partial(self._store_records, session)
-                made = manifest.ensure_manifests(session, lots, self._made, store) if lots != set() else 0
+                made = manifest.ensure_manifests(session, lots, self._made, store, plans) if lots != set() else 0
                 report.derived["manifests"] = made
             self._timings["manifests"] -= sum(self._timings.get(k, 0.0) for k in inner) - spent
             report.leaves += made + self.make_leaves(session, [manifest.MANIFEST])  # those: none, as a rule

@@ -118,6 +118,7 @@ class Spread:
         self._pool: ProcessPoolExecutor | None = None
         self.peak_rss_mb = 0.0  # the largest peak resident memory of a child (MiB)
         self._cpu: dict[int, float] = {}  # pid -> CPU seconds of that child so far
+        self._pending: deque[Future[tuple[Built, dict[str, float], tuple[int, float, float]]]] = deque()
 
     def build(self, parts: Iterable[tuple[str, Sequence[int]]], timings: dict[str, float]) -> Iterator[Built]:
         """`build` of every (kind, chunk of ids) of `parts`, in order. At most two chunks per child are in flight,
@@ -132,6 +133,7 @@ class Spread:
                 )
         todo = iter(parts)
         pending: deque[Future[tuple[Built, dict[str, float], tuple[int, float, float]]]] = deque()
+        self._pending = pending
 
         def submit() -> None:
             part = next(todo, None)
@@ -151,6 +153,10 @@ class Spread:
             for step, seconds in theirs.items():
                 timings[step] = timings.get(step, 0.0) + seconds
             yield built
+
+    def waiting(self) -> bool:
+        """Whether the next chunk `build` gives is not ready yet (the caller would wait for it)."""
+        return bool(self._pending) and not self._pending[0].done()
 
     @property
     def cpu_s(self) -> float:

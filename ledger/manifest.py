@@ -11,7 +11,8 @@ tampered, not as absent.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -63,6 +64,7 @@ def ensure_manifests(
     lot_ids: Iterable[int] | None = None,
     known: dict[str, dict[int, str]] | None = None,
     new_records: NewRecords | None = None,
+    plans: Iterable[Plan] | None = None,
 ) -> int:
     """Add a manifest version for every lot (of `lot_ids`; default: all) whose leaf list grew;
     returns how many were added. Set-based (`records_of_lots`): a few queries per table for each
@@ -70,19 +72,39 @@ def ensure_manifests(
     kind -> record id -> leaf of leaves the caller has just stored (the anchoring pass's own), which
     are then not read back; the others are read from the database. `new_records`: called with the
     records of the versions added (as `records_many` would build them from their rows, without
-    reading them back), e.g. to make their leaves."""
-    lot_t = Lot.__table__.c  # type: ignore[attr-defined]
-    ids = sorted(session.execute(sa.select(lot_t.id)).scalars() if lot_ids is None else set(lot_ids))
+    reading them back), e.g. to make their leaves. `plans`: `plan(session, lot_ids)` made before
+    (e.g. while the leaves were being made: it does not need them), instead of making it here."""
     added = 0
-    for batch in chunks(ids, MANIFEST_LOTS):
-        added += _ensure_batch(session, list(batch), known or {}, new_records)
+    for batch in plan(session, lot_ids) if plans is None else plans:
+        added += _ensure_batch(session, batch, known or {}, new_records)
     return added
 
 
+@dataclass
+class Plan:
+    """What the manifests of a batch of lots are made from, but the leaves: each lot's records, its
+    newest manifest (if any) and its URI."""
+
+    ids: list[int]
+    refs: dict[int, tuple[RecordRef, ...]]
+    latest: dict[int, Any]
+    uris: dict[int, str]
+
+
+def plan(session: Session, lot_ids: Iterable[int] | None = None) -> Iterator[Plan]:
+    """The `Plan` of every `MANIFEST_LOTS` lots (of `lot_ids`; default: all), one batch at a time."""
+    lot_t = Lot.__table__.c  # type: ignore[attr-defined]
+    ids = sorted(session.execute(sa.select(lot_t.id)).scalars() if lot_ids is None else set(lot_ids))
+    for part in chunks(ids, MANIFEST_LOTS):
+        batch = list(part)
+        refs = {lot: tuple(found) for lot, found in records_of_lots(session, batch, exclude=[MANIFEST]).items()}
+        yield Plan(batch, refs, _latest(session, batch), _lot_uris(session, batch))
+
+
 def _ensure_batch(
-    session: Session, ids: list[int], known: dict[str, dict[int, str]], new_records: NewRecords | None
+    session: Session, batch: Plan, known: dict[str, dict[int, str]], new_records: NewRecords | None
 ) -> int:
-    refs = records_of_lots(session, ids, exclude=[MANIFEST])
+    ids, refs, latest, uris = batch.ids, batch.refs, batch.latest, batch.uris
     by_kind: dict[str, set[int]] = defaultdict(set)
     for found in refs.values():
         for r in found:
@@ -99,8 +121,6 @@ def _ensure_batch(
     def leaf_of(r: RecordRef) -> str | None:
         return known.get(r.kind, {}).get(r.id) or stored.get(r.kind, {}).get(r.id)
 
-    latest = _latest(session, ids)
-    uris = _lot_uris(session, ids)
     now, new = utcnow(), []
     for lot_id in ids:
         if lot_id not in refs:
@@ -121,7 +141,6 @@ def _ensure_batch(
         }
         version = (prev.version + 1) if prev is not None else 1
         new.append({"lot_id": lot_id, "version": version, "content": content, "created_at": now, "salt": new_salt()})
-    del refs
     if new:
         session.execute(sa.insert(LotManifest.__table__), new)  # type: ignore[attr-defined]
         if new_records is not None:
