@@ -15,7 +15,9 @@ One pass (`Anchorer.run_once`) does, in order:
 3. windows: leaves without a window are closed into a window when there are
    ANCHOR_WINDOW_LEAVES of them or the oldest is ANCHOR_WINDOW_SECONDS old; the Merkle tree is
    built, and root, previous window's root and every node of the tree are stored, from which
-   every leaf's proof is read (ledger/proofs.py);
+   every leaf's proof is read (ledger/proofs.py). A large pass (one whose trace records go to
+   child processes) holds its leaf rows back (`_Held`) until the windows they fall in are built,
+   and writes each once with its window and place; other leaves get theirs by an UPDATE;
 4. send: windows go on chain strictly in order (the contract refuses a `prevRoot` that is not
    its last root); before sending, the contract is asked whether the root is already there, so
    a window is never anchored twice, even after a crash between sending and recording;
@@ -115,9 +117,10 @@ class PassReport:
     chain_error: str | None = None
     seal_wait_s: float | None = None  # seconds until the newest seal is safe and its days can be digested
     # seconds per step of the pass, summed over kinds and windows: records (rows -> record dicts),
-    # canonical (RFC 8785 bytes), leaves (double keccak), store_leaves, manifests, tree, proofs (the
-    # tree's pages and each leaf's place), store_proofs (the pages), place_leaves (each leaf row's
-    # window_seq and tree_index), commit, track, send
+    # canonical (RFC 8785 bytes), leaves (double keccak), hold_leaves (a large pass's rows into its
+    # temporary file), store_leaves, plan_manifests (each lot's records, found while waiting for the
+    # children), manifests, tree, proofs (the tree's pages and each leaf's place), store_proofs (the
+    # pages), place_leaves (window_seq and tree_index of leaves stored before), commit, track, send
     # (the child processes' records, canonical and leaves seconds are summed into these: see
     # ledger/leafwork.py; start_children and wait_children are this process's)
     timings: dict[str, float] = field(default_factory=dict)
