@@ -15,7 +15,9 @@ One pass (`Anchorer.run_once`) does, in order:
 3. windows: leaves without a window are closed into a window when there are
    ANCHOR_WINDOW_LEAVES of them or the oldest is ANCHOR_WINDOW_SECONDS old; the Merkle tree is
    built, and root, previous window's root and every node of the tree are stored, from which
-   every leaf's proof is read (ledger/proofs.py);
+   every leaf's proof is read (ledger/proofs.py). A large pass (one whose trace records go to
+   child processes) holds its leaf rows back (`_Held`) until the windows they fall in are built,
+   and writes each once with its window and place; other leaves get theirs by an UPDATE;
 4. send: windows go on chain strictly in order (the contract refuses a `prevRoot` that is not
    its last root); before sending, the contract is asked whether the root is already there, so
    a window is never anchored twice, even after a crash between sending and recording;
@@ -29,10 +31,13 @@ The chain being down only delays steps 4 and 5: leaves and windows wait in the d
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -85,6 +90,13 @@ SOURCES: dict[str, type[SQLModel]] = {
 }
 
 
+def _as_datetime(value: Any) -> datetime:
+    """A created_at as the driver took it (text on SQLite), as an aware datetime."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def hex32(b: bytes) -> str:
     return "0x" + b.hex()
 
@@ -105,9 +117,10 @@ class PassReport:
     chain_error: str | None = None
     seal_wait_s: float | None = None  # seconds until the newest seal is safe and its days can be digested
     # seconds per step of the pass, summed over kinds and windows: records (rows -> record dicts),
-    # canonical (RFC 8785 bytes), leaves (double keccak), store_leaves, manifests, tree, proofs (the
-    # tree's pages and each leaf's place), store_proofs (the pages), place_leaves (each leaf row's
-    # window_seq and tree_index), commit, track, send
+    # canonical (RFC 8785 bytes), leaves (double keccak), hold_leaves (a large pass's rows into its
+    # temporary file), store_leaves, plan_manifests (each lot's records, found while waiting for the
+    # children), manifests, tree, proofs (the tree's pages and each leaf's place), store_proofs (the
+    # pages), place_leaves (window_seq and tree_index of leaves stored before), commit, track, send
     # (the child processes' records, canonical and leaves seconds are summed into these: see
     # ledger/leafwork.py; start_children and wait_children are this process's)
     timings: dict[str, float] = field(default_factory=dict)
@@ -117,6 +130,42 @@ class PassReport:
 
     def __bool__(self) -> bool:
         return bool(self.leaves or self.windows or self.sent or self.states or any(self.derived.values()))
+
+
+class _Held:
+    """Leaf rows of a large pass held back until their windows are built, so that each row is written
+    once, with its window and place, instead of an UPDATE of every row afterwards (on SQLite that
+    rewrote the whole table again: 7 s of a million-record pass): their canonical bytes wait in a
+    temporary file (TMPDIR; the page cache, not this process's memory), their leaves in memory."""
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile(prefix="village-leaves-")  # noqa: SIM115 (closed by `close`)
+        # kind, record ids, leaves, canonical sizes, created_at (as the driver takes it)
+        self.parts: list[tuple[str, Sequence[int], list[str], array[int], Any]] = []
+        self.lots: set[int] | None = None  # lots whose manifests may grow (None: every lot)
+        self.planning: Iterator[manifest.Plan] | None = None  # their plan, batch by batch
+        self.plans: list[manifest.Plan] = []  # the batches planned so far
+
+    def add(self, kind: str, ids: Sequence[int], canonical: list[bytes], leaves: list[str], created: Any) -> None:
+        self.file.write(b"".join(canonical))
+        self.parts.append((kind, ids, leaves, array("q", map(len, canonical)), created))
+
+    def leaves(self) -> list[str]:
+        return [leaf for part in self.parts for leaf in part[2]]
+
+    def rows(self) -> Iterator[tuple[str, Sequence[int], list[str], list[bytes], Any]]:
+        """(kind, ids, leaves, canonical bytes, created_at) of every part, in the order they came."""
+        self.file.seek(0)
+        for kind, ids, leaves, sizes, created in self.parts:
+            data = memoryview(self.file.read(sum(sizes)))
+            canonical, at = [], 0
+            for n in sizes:
+                canonical.append(bytes(data[at : at + n]))
+                at += n
+            yield kind, ids, leaves, canonical, created
+
+    def close(self) -> None:
+        self.file.close()
 
 
 class Anchorer:
@@ -142,6 +191,8 @@ class Anchorer:
         self._manifests_checked = False  # the first pass checks every lot's manifest, later ones the touched lots
         self._timings: dict[str, float] = {}
         self._made: dict[str, dict[int, str]] = {}  # kind -> record id -> leaf of the leaves this pass stored
+        self._held: _Held | None = None  # this pass's leaf rows, until their windows are built
+        self._hold = True  # hold the rows of a pass that spreads over children (tests compare with False)
         self._children, self._children_rss_mb, self._children_cpu_s = 0, 0.0, 0.0
         if self.seal_wait_s < settings.ingest_registry_ttl_s and seal_wait_s is None:
             log.warning(
@@ -193,25 +244,33 @@ class Anchorer:
         Records are built, hashed and stored `LEAF_CHUNK` at a time; when there are more trace rows
         than `SPREAD_CHUNKS` chunks and ANCHOR_PROCESSES allows, child processes build and hash those
         (ledger/leafwork.py) while this one stores."""
-        leaf_t = LedgerLeaf.__table__  # type: ignore[attr-defined]
         work: list[tuple[str, Sequence[int]]] = []
         for kind in kinds or list(SOURCES):
             table = SOURCES[kind]
             have = select(LedgerLeaf.record_id).where(LedgerLeaf.kind == kind)
             query = select(table.id).where(col(table.id).not_in(have)).order_by(table.id)  # type: ignore[attr-defined]
-            ids = [r[0] for r in raw_rows(session, query)]
+            made = self._made.get(kind, {})  # held rows are not in the table yet
+            ids = [r[0] for r in raw_rows(session, query) if r[0] not in made]
             work += [(kind, part) for part in chunks(ids, LEAF_CHUNK)]
         processes = self.settings.anchor_processes or os.cpu_count() or 1
         url = leafwork.shareable_url(self.engine)
         shared = [w for w in work if w[0] in leafwork.SHAREABLE] if processes > 1 and url is not None else []
         worth = sum(len(part) for _, part in shared) > SPREAD_CHUNKS * LEAF_CHUNK  # children take seconds to start
         spread = leafwork.Spread(url, processes) if worth and url is not None else None
+        if spread is not None and self._hold and self._held is None:
+            self._held = _Held()
+            if self._manifests_checked:  # the lots of the records about to get leaves, while none has its row
+                self._held.lots = manifest.lots_to_check(session, None)
+            # what the manifests are made from but the leaves, worked out while waiting for the children
+            self._held.planning = manifest.plan(session, self._held.lots)
         from_children = iter(spread.build(shared, self._timings) if spread is not None else ())
         added = 0
         try:
             for kind, part in work:
                 built = None
                 if spread is not None and kind in leafwork.SHAREABLE:
+                    while self._held is not None and self._held.planning is not None and spread.waiting():
+                        self._plan_step(self._held)
                     try:
                         built = next(from_children)
                     except BrokenProcessPool as e:  # e.g. a __main__ that cannot be imported again
@@ -219,11 +278,8 @@ class Anchorer:
                         spread.close()
                         spread = None
                 canonical, leaves = built or leafwork.build(session, kind, part, self._timings)
-                with self._timed("store_leaves"):
-                    now = driver_value(session, leaf_t, "created_at", datetime.now(UTC))
-                    rows = [(kind, i, leaf, c, now) for i, leaf, c in zip(part, leaves, canonical, strict=True)]
-                    insert_many(session, leaf_t, ("kind", "record_id", "leaf", "canonical", "created_at"), rows)
-                    self._made.setdefault(kind, {}).update(zip(part, leaves, strict=True))
+                self._store(session, kind, part, canonical, leaves)
+                del built, canonical, leaves
                 added += len(part)
         finally:
             if spread is not None:
@@ -232,6 +288,37 @@ class Anchorer:
                 self._children_rss_mb = max(self._children_rss_mb, spread.peak_rss_mb)
                 self._children_cpu_s += spread.cpu_s
         return added
+
+    def _plan_step(self, held: _Held) -> None:
+        """One batch of the manifests' plan (`manifest.plan`), or none when it is complete."""
+        assert held.planning is not None
+        with self._timed("plan_manifests"):
+            step = next(held.planning, None)
+        if step is None:
+            held.planning = None
+        else:
+            held.plans.append(step)
+
+    def _store(
+        self, session: Session, kind: str, ids: Sequence[int], canonical: list[bytes], leaves: list[str]
+    ) -> None:
+        """Insert the leaf rows of records `ids` of `kind` (and remember their leaves for the manifests)."""
+        leaf_t = LedgerLeaf.__table__  # type: ignore[attr-defined]
+        now = driver_value(session, leaf_t, "created_at", datetime.now(UTC))
+        if self._held is not None:
+            with self._timed("hold_leaves"):
+                self._held.add(kind, ids, canonical, leaves, now)
+        else:
+            with self._timed("store_leaves"):
+                rows = [(kind, i, leaf, c, now) for i, leaf, c in zip(ids, leaves, canonical, strict=True)]
+                insert_many(session, leaf_t, ("kind", "record_id", "leaf", "canonical", "created_at"), rows)
+        self._made.setdefault(kind, {}).update(zip(ids, leaves, strict=True))
+
+    def _store_records(self, session: Session, kind: str, ids: list[int], records: list[dict[str, Any]]) -> None:
+        """Leaves of records built here (new manifest versions, from their content in memory), stored."""
+        for lo in range(0, len(ids), LEAF_CHUNK):
+            canonical, leaves = leafwork.leaves_of(records[lo : lo + LEAF_CHUNK], self._timings)
+            self._store(session, kind, ids[lo : lo + LEAF_CHUNK], canonical, leaves)
 
     # -- 3: windows -------------------------------------------------------------------------------------
     def close_windows(self, session: Session, force: bool = False) -> list[AnchorWindow]:
@@ -256,30 +343,97 @@ class Anchorer:
 
     def _window(self, session: Session, ids: list[int], hex_leaves: list[str]) -> AnchorWindow:
         """Build the tree over the leaves (in id order), store its nodes and each leaf's place in it."""
+        window, places = self._tree(session, hex_leaves)
+        with self._timed("place_leaves"):  # each leaf's window and place: one UPDATE per leaf (SQLite)
+            leaf = LedgerLeaf.__table__  # type: ignore[attr-defined]
+            update_ints(session, leaf, "id", ids, {"window_seq": window.seq}, {"tree_index": places})
+        return window
+
+    def _tree(self, session: Session, hex_leaves: list[str]) -> tuple[AnchorWindow, list[int]]:
+        """A new window over the leaves (in id order): its tree built, its row and nodes stored; returns
+        it and each leaf's place in the tree (`tree_index`)."""
         last = session.exec(select(AnchorWindow).order_by(col(AnchorWindow.seq).desc())).first()
         seq = (last.seq + 1) if last else 1
         with self._timed("tree"):
             values = np.frombuffer(bytes.fromhex("".join(h[2:] for h in hex_leaves)), dtype=np.uint8)
-            tree = MerkleTree.build(values.reshape(len(ids), HASH_BYTES))
+            tree = MerkleTree.build(values.reshape(len(hex_leaves), HASH_BYTES))
+            del values
         window = AnchorWindow(
             seq=seq,
             window_id=f"w{seq:06d}",
             root=hex32(tree.root),
             prev_root=last.root if last else ZERO_ROOT,
-            leaf_count=len(ids),
+            leaf_count=len(hex_leaves),
         )
         session.add(window)
         session.flush()
         with self._timed("proofs"):
             places = tree.tree_index.tolist()
             pages = list(proofs.pages(tree))
+            del tree
         with self._timed("store_proofs"):
             proofs.store_pages(session, seq, pages)
-        with self._timed("place_leaves"):  # each leaf's window and place: one UPDATE per leaf (SQLite)
-            leaf = LedgerLeaf.__table__  # type: ignore[attr-defined]
-            update_ints(session, leaf, "id", ids, {"window_seq": seq}, {"tree_index": places})
-        log.info("window closed", window=window.window_id, leaves=len(ids), root=window.root)
-        return window
+        log.info("window closed", window=window.window_id, leaves=len(hex_leaves), root=window.root)
+        return window, places
+
+    def _place_held(self, session: Session, held: _Held, force: bool) -> list[AnchorWindow]:
+        """The windows `close_windows` would close once the held rows were stored (leaves waiting from
+        before first, then the held ones, in the order their rows get ids), closed now; then the held
+        rows stored, each with its window and place (those of no window closed: without)."""
+        size, max_age = self.settings.anchor_window_leaves, self.settings.anchor_window_seconds
+        leaf = LedgerLeaf.__table__.c  # type: ignore[attr-defined]
+        waiting = session.execute(
+            sa.select(leaf.id, leaf.leaf, leaf.created_at).where(leaf.window_seq.is_(None)).order_by(leaf.id)
+        ).all()
+        new = held.leaves()
+        # when each held leaf was made (the age of a window that starts with it)
+        made_at = [created for _, ids, _, _, created in held.parts for _ in range(len(ids))]
+        seqs: list[int | None] = [None] * len(new)
+        places: list[int | None] = [None] * len(new)
+        windows, start, total = [], 0, len(waiting) + len(new)
+        while start < total:
+            end = min(start + size, total)
+            if start < len(waiting):
+                oldest = waiting[start].created_at
+                oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+            else:
+                oldest = _as_datetime(made_at[start - len(waiting)])
+            if end - start < size and (self.clock() - oldest).total_seconds() < max_age and not force:
+                break
+            old, lo, hi = waiting[start:end], max(0, start - len(waiting)), max(0, end - len(waiting))
+            window, tree_index = self._tree(session, [r.leaf for r in old] + new[lo:hi])
+            with self._timed("place_leaves"):  # leaves waiting from before: an UPDATE each
+                leaf_t = LedgerLeaf.__table__  # type: ignore[attr-defined]
+                ids = [r.id for r in old]
+                update_ints(
+                    session, leaf_t, "id", ids, {"window_seq": window.seq}, {"tree_index": tree_index[: len(old)]}
+                )
+            seqs[lo:hi] = [window.seq] * (hi - lo)
+            places[lo:hi] = tree_index[len(old) :]
+            windows.append(window)
+            start = end
+        del new, made_at, waiting
+        with self._timed("store_leaves"):  # every held row, once, in the order it came
+            cols = ("kind", "record_id", "leaf", "canonical", "created_at", "window_seq", "tree_index")
+            at = 0
+            for kind, ids, leaves, canonical, created in held.rows():
+                n = len(ids)
+                rows = list(
+                    zip(
+                        [kind] * n,
+                        ids,
+                        leaves,
+                        canonical,
+                        [created] * n,
+                        seqs[at : at + n],
+                        places[at : at + n],
+                        strict=True,
+                    )
+                )
+                del canonical
+                insert_many(session, LedgerLeaf.__table__, cols, rows)  # type: ignore[attr-defined]
+                at += n
+        return windows
 
     # -- 4 and 5: chain -------------------------------------------------------------------------------
     def send(self, session: Session, report: PassReport) -> None:
@@ -405,16 +559,35 @@ class Anchorer:
         report.derived = {**sealed, **self.derive(session)}
         before = session.execute(sa.select(func.max(LedgerLeaf.id))).scalar() or 0
         self._made = {}
+        windows: list[AnchorWindow] = []
         try:
             report.leaves = self.make_leaves(session, [k for k in SOURCES if k != manifest.MANIFEST])
+            inner = ("canonical", "leaves", "store_leaves", "hold_leaves", "plan_manifests")  # timed apart
+            spent = sum(self._timings.get(k, 0.0) for k in inner)
             with self._timed("manifests"):  # the leaves just made are not read back
-                lots = manifest.lots_to_check(session, before) if self._manifests_checked else None
-                made = manifest.ensure_manifests(session, lots, self._made) if lots != set() else 0
+                plans = None
+                if self._held is not None:
+                    lots = self._held.lots
+                    while self._held.planning is not None:  # what was not planned while waiting
+                        self._plan_step(self._held)
+                    plans = self._held.plans
+                else:
+                    lots = manifest.lots_to_check(session, before) if self._manifests_checked else None
+                store = functools.partial(self._store_records, session)
+                made = manifest.ensure_manifests(session, lots, self._made, store, plans) if lots != set() else 0
                 report.derived["manifests"] = made
-            report.leaves += self.make_leaves(session, [manifest.MANIFEST])
+            self._timings["manifests"] -= sum(self._timings.get(k, 0.0) for k in inner) - spent
+            report.leaves += made + self.make_leaves(session, [manifest.MANIFEST])  # those: none, as a rule
+            self._made = {}
+            if self._held is not None:
+                windows = self._place_held(session, self._held, force_window)
         finally:
             self._made = {}
-        report.windows = [w.window_id for w in self.close_windows(session, force=force_window)]
+            if self._held is not None:
+                self._held.close()
+                self._held = None
+        windows += self.close_windows(session, force=force_window)
+        report.windows = [w.window_id for w in windows]
 
     # -- the loop ---------------------------------------------------------------------------------------
     def run_once(self, force_window: bool = False) -> PassReport:

@@ -11,7 +11,8 @@ tampered, not as absent.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -48,43 +49,83 @@ from ledger.records import (
 
 MANIFEST = "manifest/1"
 
+#: the record kinds a lot's manifest may list (manifests aside), as the anchoring worker's SOURCES
+_SOURCES = (LOT, EVENT, INSPECTION, CORRECTION, growth.GROWTH, digests.DIGEST, late.LATE_DIGEST, MANIFEST)
+
+
+MANIFEST_LOTS = 10_000  # lots whose manifests are made at a time: bounds the memory of a first pass
+
+#: receives the records of new manifest versions: (kind, their row ids, their records), in id order
+NewRecords = Callable[[str, list[int], list[dict[str, Any]]], None]
+
 
 def ensure_manifests(
-    session: Session, lot_ids: Iterable[int] | None = None, known: dict[str, dict[int, str]] | None = None
+    session: Session,
+    lot_ids: Iterable[int] | None = None,
+    known: dict[str, dict[int, str]] | None = None,
+    new_records: NewRecords | None = None,
+    plans: Iterable[Plan] | None = None,
 ) -> int:
     """Add a manifest version for every lot (of `lot_ids`; default: all) whose leaf list grew;
-    returns how many were added. Set-based (`records_of_lots`): a few queries per table, however
-    many lots, so the first pass over a million records takes seconds, not hours. `known`: kind ->
-    record id -> leaf of leaves the caller has just stored (the anchoring pass's own), which are
-    then not read back; the others are read from the database."""
+    returns how many were added. Set-based (`records_of_lots`): a few queries per table for each
+    `MANIFEST_LOTS` lots, so the first pass over a million records takes seconds, not hours. `known`:
+    kind -> record id -> leaf of leaves the caller has just stored (the anchoring pass's own), which
+    are then not read back; the others are read from the database. `new_records`: called with the
+    records of the versions added (as `records_many` would build them from their rows, without
+    reading them back), e.g. to make their leaves. `plans`: `plan(session, lot_ids)` made before
+    (e.g. while the leaves were being made: it does not need them), instead of making it here."""
+    added = 0
+    for batch in plan(session, lot_ids) if plans is None else plans:
+        added += _ensure_batch(session, batch, known or {}, new_records)
+    return added
+
+
+@dataclass
+class Plan:
+    """What the manifests of a batch of lots are made from, but the leaves: each lot's records, its
+    newest manifest (if any) and its URI."""
+
+    ids: list[int]
+    refs: dict[int, tuple[RecordRef, ...]]
+    latest: dict[int, Any]
+    uris: dict[int, str]
+
+
+def plan(session: Session, lot_ids: Iterable[int] | None = None) -> Iterator[Plan]:
+    """The `Plan` of every `MANIFEST_LOTS` lots (of `lot_ids`; default: all), one batch at a time."""
     lot_t = Lot.__table__.c  # type: ignore[attr-defined]
     ids = sorted(session.execute(sa.select(lot_t.id)).scalars() if lot_ids is None else set(lot_ids))
-    if not ids:
-        return 0
-    refs = records_of_lots(session, ids, exclude=[MANIFEST])
+    for part in chunks(ids, MANIFEST_LOTS):
+        batch = list(part)
+        refs = {lot: tuple(found) for lot, found in records_of_lots(session, batch, exclude=[MANIFEST]).items()}
+        yield Plan(batch, refs, _latest(session, batch), _lot_uris(session, batch))
+
+
+def _ensure_batch(
+    session: Session, batch: Plan, known: dict[str, dict[int, str]], new_records: NewRecords | None
+) -> int:
+    ids, refs, latest, uris = batch.ids, batch.refs, batch.latest, batch.uris
     by_kind: dict[str, set[int]] = defaultdict(set)
     for found in refs.values():
         for r in found:
             by_kind[r.kind].add(r.id)
     leaf = LedgerLeaf.__table__.c  # type: ignore[attr-defined]
-    known = known or {}
     stored: dict[str, dict[int, str]] = {}  # kind -> record id -> leaf, of the leaves not `known`
     for kind, record_ids in by_kind.items():
         have = known.get(kind, {})
         if missing := [rid for rid in record_ids if rid not in have]:
             rows = rows_where_in(session, [leaf.record_id, leaf.leaf], leaf.record_id, missing, leaf.kind == kind)
             stored[kind] = dict(rows)
+    del by_kind
 
     def leaf_of(r: RecordRef) -> str | None:
         return known.get(r.kind, {}).get(r.id) or stored.get(r.kind, {}).get(r.id)
 
-    latest = _latest(session, ids)
-    uris = _lot_uris(session, ids)
     now, new = utcnow(), []
     for lot_id in ids:
         if lot_id not in refs:
             continue
-        current = {value: r.kind for r in refs[lot_id] if (value := leaf_of(r)) is not None}
+        current = {value: r.kind for r in refs.pop(lot_id) if (value := leaf_of(r)) is not None}
         if not current:
             continue
         prev = latest.get(lot_id)
@@ -102,6 +143,15 @@ def ensure_manifests(
         new.append({"lot_id": lot_id, "version": version, "content": content, "created_at": now, "salt": new_salt()})
     if new:
         session.execute(sa.insert(LotManifest.__table__), new)  # type: ignore[attr-defined]
+        if new_records is not None:
+            m = LotManifest.__table__.c  # type: ignore[attr-defined]
+            made = {
+                (r.lot_id, r.version): r.id
+                for r in rows_where_in(session, [m.id, m.lot_id, m.version], m.lot_id, [n["lot_id"] for n in new])
+            }
+            rows = sorted((made[(n["lot_id"], n["version"])], n) for n in new)
+            records = [{"schema": MANIFEST, "content": n["content"], "salt": n["salt"]} for _, n in rows]
+            new_records(MANIFEST, [i for i, _ in rows], records)
     return len(new)
 
 
@@ -134,51 +184,51 @@ def _lot_uris(session: Session, lot_ids: list[int]) -> dict[int, str]:
     return out
 
 
-def lots_to_check(session: Session, since_leaf: int) -> set[int] | None:
+def lots_to_check(session: Session, since_leaf: int | None) -> set[int] | None:
     """Lots whose manifest may have to grow because of the leaves made after leaf id `since_leaf`
-    (manifest leaves aside): the lots those records may belong to, and their descendants, whose
+    (manifest leaves aside), or, with None, because of the records that have no leaf yet (asked
+    before a pass stores any): the lots those records may belong to, and their descendants, whose
     lineage includes them. A superset: `ensure_manifests` adds nothing for a lot that did not
     change. None when a new leaf is of a kind this function cannot place (then: every lot)."""
     leaf = LedgerLeaf.__table__.c  # type: ignore[attr-defined]
-    new = leaf.id > since_leaf
-    kinds = set(session.execute(sa.select(leaf.kind).where(new).distinct()).scalars()) - {MANIFEST}
+    leaf_t = LedgerLeaf.__table__  # type: ignore[attr-defined]
+    if since_leaf is None:
+        kinds = set(_SOURCES) - {MANIFEST}
+    else:
+        new = leaf.id > since_leaf
+        kinds = set(session.execute(sa.select(leaf.kind).where(new).distinct()).scalars()) - {MANIFEST}
     if not kinds:
         return set()
     ev, link = TraceEvent.__table__.c, TraceEventLot.__table__.c  # type: ignore[attr-defined]
     src, plot, herd = LotSource.__table__.c, Plot.__table__.c, Herd.__table__.c  # type: ignore[attr-defined]
 
-    def records(kind: str, id_col: Any) -> Any:  # `id_col` is the id of a record of `kind` made after since_leaf
-        return sa.and_(leaf.kind == kind, leaf.record_id == id_col, new)
+    def made(q: Any, kind: str, id_col: Any) -> Any:
+        """`q` narrowed to the records of `kind` (`id_col`: their id) made after since_leaf, or without a leaf."""
+        if since_leaf is None:
+            return q.where(~sa.exists().where(leaf.kind == kind, leaf.record_id == id_col))
+        return q.join(leaf_t, sa.and_(leaf.kind == kind, leaf.record_id == id_col, new))
 
+    insp, grow = Inspection.__table__.c, GrowthSummary.__table__.c  # type: ignore[attr-defined]
     queries: dict[str, list[Any]] = {
-        LOT: [sa.select(leaf.record_id).where(leaf.kind == LOT, new)],
-        EVENT: [
-            sa.select(ev.lot_id).join(LedgerLeaf.__table__, records(EVENT, ev.id)),  # type: ignore[attr-defined]
-            sa.select(link.lot_id).join(LedgerLeaf.__table__, records(EVENT, link.trace_event_id)),  # type: ignore[attr-defined]
+        LOT: [
+            sa.select(leaf.record_id).where(leaf.kind == LOT, new)
+            if since_leaf is not None
+            else made(sa.select(Lot.__table__.c.id), LOT, Lot.__table__.c.id)  # type: ignore[attr-defined]
         ],
-        INSPECTION: [
-            sa.select(Inspection.__table__.c.lot_id).join(  # type: ignore[attr-defined]
-                LedgerLeaf.__table__,  # type: ignore[attr-defined]
-                records(INSPECTION, Inspection.__table__.c.id),  # type: ignore[attr-defined]
-            )
-        ],
-        growth.GROWTH: [
-            sa.select(GrowthSummary.__table__.c.lot_id).join(  # type: ignore[attr-defined]
-                LedgerLeaf.__table__,  # type: ignore[attr-defined]
-                records(growth.GROWTH, GrowthSummary.__table__.c.id),  # type: ignore[attr-defined]
-            )
-        ],
+        EVENT: [made(sa.select(ev.lot_id), EVENT, ev.id), made(sa.select(link.lot_id), EVENT, link.trace_event_id)],
+        INSPECTION: [made(sa.select(insp.lot_id), INSPECTION, insp.id)],
+        growth.GROWTH: [made(sa.select(grow.lot_id), growth.GROWTH, grow.id)],
     }
     cor = EventCorrection.__table__.c  # type: ignore[attr-defined]
-    corrected = sa.select(cor.event_id).join(LedgerLeaf.__table__, records(CORRECTION, cor.id))  # type: ignore[attr-defined]
+    corrected = made(sa.select(cor.event_id), CORRECTION, cor.id)
     queries[CORRECTION] = [
         sa.select(ev.lot_id).where(ev.id.in_(corrected)),
         sa.select(link.lot_id).where(link.trace_event_id.in_(corrected)),
     ]
     for kind, table in ((digests.DIGEST, TelemetryDigest), (late.LATE_DIGEST, LateDigest)):
         d = table.__table__.c  # type: ignore[attr-defined]
-        plots = sa.select(d.value).join(LedgerLeaf.__table__, records(kind, d.id)).where(d.tag == "plot")  # type: ignore[attr-defined]
-        herds = sa.select(d.value).join(LedgerLeaf.__table__, records(kind, d.id)).where(d.tag == "herd")  # type: ignore[attr-defined]
+        plots = made(sa.select(d.value), kind, d.id).where(d.tag == "plot")
+        herds = made(sa.select(d.value), kind, d.id).where(d.tag == "herd")
         queries[kind] = [
             sa.select(src.lot_id).join(Plot.__table__, src.plot_id == plot.id).where(plot.plot_no.in_(plots)),  # type: ignore[attr-defined]
             sa.select(src.lot_id).join(Herd.__table__, src.herd_id == herd.id).where(herd.herd_no.in_(herds)),  # type: ignore[attr-defined]

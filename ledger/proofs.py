@@ -6,7 +6,8 @@ sibling of every node on the path from the leaf to the root: with node i's sibli
 odd) or i - 1 (i even) and its parent at (i - 1) // 2, the path of a leaf of a million-leaf
 window touches 21 nodes on 17 pages, read in one query. Storing this costs 64 bytes a leaf (the
 tree has 2n - 1 nodes) against ~1.4 KB for a JSON list of 20 hex siblings per leaf, and writing
-a window is one insert per 32 nodes plus one small update per leaf.
+a window is one insert per 32 nodes, each leaf's place written with its row (a large pass, which
+holds its rows until its windows are built) or by one small update per leaf.
 
 SQLite's `substr` reads a whole blob before slicing it (153 ms a call on a 64 MB tree, measured),
 hence small pages rather than one blob per window.

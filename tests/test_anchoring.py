@@ -19,7 +19,7 @@ from ledger.chain import Chain
 from ledger.merkle import leaf_hash
 from ledger.models import Inspection, InspectionItem
 from ledger.proofs import proof_of
-from ledger.records import EVENT, INSPECTION
+from ledger.records import EVENT, INSPECTION, canonical_bytes, records_many
 from ledger.trace_io import load_demo_trace
 from tests.chain_fixtures import chain_settings
 
@@ -191,3 +191,25 @@ def test_manifests_from_the_leaves_a_pass_made_equal_those_read_back(engine: Eng
             )
             session.rollback()
     assert contents[0] == contents[1] == contents[2] and all(c["leaves"] for _, _, c in contents[0])
+
+
+def test_manifest_leaves_built_in_memory_equal_those_built_from_their_rows(
+    engine: Engine, anvil: Anvil, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass builds the leaves of the manifest versions it adds from their content in memory (not read
+    back), in batches of lots: each is the leaf of the record rebuilt from its stored row, and every
+    manifest has exactly one leaf, in manifest id order."""
+    monkeypatch.setattr(manifest, "MANIFEST_LOTS", 3)  # several batches
+    worker = anchorer(engine, anvil, None)
+    report = worker.run_once(force_window=True)
+    with Session(engine) as session:
+        rows = session.exec(
+            select(LedgerLeaf).where(LedgerLeaf.kind == manifest.MANIFEST).order_by(col(LedgerLeaf.id))
+        ).all()
+        ids = session.exec(select(LotManifest.id).order_by(col(LotManifest.id))).all()
+        assert [r.record_id for r in rows] == list(ids) and len(ids) > 5
+        assert report.derived["manifests"] == len(ids)
+        rebuilt = records_many(session, manifest.MANIFEST, list(ids))
+        for row, rec in zip(rows, rebuilt, strict=True):
+            assert row.canonical == canonical_bytes(rec)
+            assert row.leaf == "0x" + leaf_hash(row.canonical).hex()

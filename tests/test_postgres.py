@@ -17,6 +17,7 @@ from core.settings import Settings
 from ledger.anchor_models import AnchorWindow, LedgerLeaf, LotManifest
 from ledger.anchoring import Anchorer
 from ledger.merkle import verify
+from ledger.models import Lot
 from ledger.proofs import proof_of
 from ledger.records import record
 from ledger.trace_io import load_demo_trace
@@ -126,3 +127,37 @@ def test_update_ints_sets_the_same_rows_on_postgresql_and_sqlite(
         engine.dispose()
     expected = [(i, 3, 40 - (i - 5)) if 5 <= i < 25 else (i, None, None) for i in range(30)]
     assert got["pg"] == got["sqlite"] == expected
+
+
+def test_a_large_pass_holds_its_rows_and_places_them_on_postgresql(
+    pg: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass whose trace records go to child processes holds its leaf rows until its windows are
+    built (ledger.anchoring._Held) and writes them with their places on PostgreSQL too; a later one
+    asks which lots its records touch before storing any (manifest.lots_to_check(session, None))."""
+    from bench.anchor_world import generate
+    from ledger import anchoring
+
+    monkeypatch.setattr(anchoring, "LEAF_CHUNK", 100)  # more chunks than SPREAD_CHUNKS: children, held rows
+    url = pg.create_database("village_held")
+    migrate(url)
+    engine = get_engine(url)
+    with Session(engine) as session:
+        load_demo_trace(session)
+        session.commit()
+    settings = Settings(_env_file=None, DATABASE_URL=url, ANCHOR_PROCESSES=2, ANCHOR_WINDOW_LEAVES=400)  # type: ignore[call-arg]
+    worker = Anchorer(engine, settings)
+    for records, seed in ((900, 3), (700, 4)):
+        generate(engine, records, seed)
+        report = worker.run_once(force_window=True)
+        assert "hold_leaves" in report.timings and report.children == 2 and len(report.windows) >= 2
+    with Session(engine) as session:
+        roots = {w.seq: bytes.fromhex(w.root[2:]) for w in session.exec(select(AnchorWindow))}
+        rows = session.exec(select(LedgerLeaf)).all()
+        assert len(rows) > 1600 and all(r.window_seq in roots for r in rows)
+        for r in rows:
+            proof = [bytes.fromhex(p[2:]) for p in proof_of(session, r)]
+            assert verify(roots[r.window_seq], bytes.fromhex(r.leaf[2:]), proof), r.id
+        lots = set(session.exec(select(Lot.id)).all())
+        assert lots == {m.lot_id for m in session.exec(select(LotManifest))}  # the second pass's lots too
+    engine.dispose()
