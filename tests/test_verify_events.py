@@ -105,6 +105,27 @@ def an_event_of(engine: Engine, code: str) -> int:
         return next(r.id for r in records_of_lot(s, lot.id) if r.kind == EVENT)
 
 
+def edit_event(engine: Engine, event_id: int, **changes: object) -> dict:
+    """Edit an anchored event's attributes in place (tampering, as hand-made SQL would); the original ones."""
+    with Session(engine) as s:
+        event = s.get(TraceEvent, event_id)
+        assert event is not None
+        original = dict(event.attributes)
+        event.attributes = {**original, **changes}
+        s.add(event)
+        s.commit()
+    return original
+
+
+def restore_event(engine: Engine, event_id: int, attributes: dict) -> None:
+    with Session(engine) as s:
+        event = s.get(TraceEvent, event_id)
+        assert event is not None
+        event.attributes = attributes
+        s.add(event)
+        s.commit()
+
+
 def test_a_write_to_a_lot_invalidates_its_verified_state(world: PgWorld, service: TraceService) -> None:
     """Tampering is seen on the first scan after the write's notification, not API_VERIFY_CACHE_S later;
     a write to another lineage leaves the lot's result alone."""
@@ -128,13 +149,9 @@ def test_a_write_to_a_lot_invalidates_its_verified_state(world: PgWorld, service
     heard = service.listener.heard  # type: ignore[union-attr]
     changed_at = time.monotonic()
     event_id = an_event_of(world.engine, BAG)
-    with Session(world.engine) as s:  # an anchored event of the bag's lineage edited in place
-        event = s.get(TraceEvent, event_id)
-        assert event is not None
-        original = dict(event.attributes)
-        event.attributes = {**original, "tampered_field": 999}
-        s.add(event)
-        s.commit()
+    original = edit_event(
+        world.engine, event_id, tampered_field=999
+    )  # an anchored event of the bag's lineage edited in place
     wait_heard(service, heard)
     scan = service.checked(BAG, wait=False).result  # a page or the JSON: never the old "verified"
     assert scan["status"] == CHECKING and scan["previous"]["status"] == VERIFIED
@@ -145,12 +162,7 @@ def test_a_write_to_a_lot_invalidates_its_verified_state(world: PgWorld, service
     assert any("tampered_field" in reason for r in v["records"] for reason in r["reasons"])
 
     heard = service.listener.heard  # type: ignore[union-attr]
-    with Session(world.engine) as s:  # put back: verified again at the next check
-        event = s.get(TraceEvent, event_id)
-        assert event is not None
-        event.attributes = original
-        s.add(event)
-        s.commit()
+    restore_event(world.engine, event_id, original)  # put back: verified again at the next check
     wait_heard(service, heard)
     assert service.verification(BAG)["status"] == VERIFIED
 
@@ -230,23 +242,14 @@ def test_an_expired_result_is_renewed_without_reading_the_database(world: PgWorl
 
         event_id = an_event_of(world.engine, BAG)
         heard = svc.listener.heard
-        with Session(world.engine) as s:  # a write heard: the next check is a full one and sees it
-            ev = s.get(TraceEvent, event_id)
-            assert ev is not None
-            original = dict(ev.attributes)
-            ev.attributes = {**original, "tampered_field": 7}
-            s.add(ev)
-            s.commit()
+        original = edit_event(
+            world.engine, event_id, tampered_field=7
+        )  # a write heard: the next check is a full one and sees it
         wait_heard(svc, heard)
         times = svc.renewed
         assert svc.verification(BAG)["status"] == TAMPERED and svc.renewed == times
         heard = svc.listener.heard
-        with Session(world.engine) as s:
-            ev = s.get(TraceEvent, event_id)
-            assert ev is not None
-            ev.attributes = original
-            s.add(ev)
-            s.commit()
+        restore_event(world.engine, event_id, original)
         wait_heard(svc, heard)
         assert svc.verification(BAG)["status"] == VERIFIED
     finally:
@@ -319,25 +322,14 @@ def test_a_shared_verification_older_than_a_change_is_not_taken(
     assert a.verification(BAG)["status"] == VERIFIED
     event_id = an_event_of(world.engine, BAG)
     heard = b.listener.heard  # type: ignore[union-attr]
-    with Session(world.engine) as s:
-        event = s.get(TraceEvent, event_id)
-        assert event is not None
-        original = dict(event.attributes)
-        event.attributes = {**original, "tampered_field": 3}
-        s.add(event)
-        s.commit()
+    original = edit_event(world.engine, event_id, tampered_field=3)
     try:
         wait_heard(b, heard)
         assert b.checked(BAG, wait=False).result["status"] == CHECKING and b.adopted == 0
         assert b.verification(BAG)["status"] == TAMPERED
     finally:
         heard = b.listener.heard  # type: ignore[union-attr]
-        with Session(world.engine) as s:
-            event = s.get(TraceEvent, event_id)
-            assert event is not None
-            event.attributes = original
-            s.add(event)
-            s.commit()
+        restore_event(world.engine, event_id, original)
         wait_heard(b, heard)
     assert b.verification(BAG)["status"] == VERIFIED
 
@@ -351,13 +343,9 @@ def test_forged_shared_verification_is_refused(world: PgWorld, workers: tuple[Tr
     a, b = workers
     assert a.verification(BAG)["status"] == VERIFIED
     event_id = an_event_of(world.engine, BAG)
-    with Session(world.engine) as s:  # tampered in place, then the planted row is made after it
-        event = s.get(TraceEvent, event_id)
-        assert event is not None
-        original = dict(event.attributes)
-        event.attributes = {**original, "tampered_field": 5}
-        s.add(event)
-        s.commit()
+    original = edit_event(
+        world.engine, event_id, tampered_field=5
+    )  # tampered in place, then the planted row is made after it
     time.sleep(2 * CLOCK_SLACK_S + 0.5)  # past the clocks' slack: a row begun now postdates the change
     try:
         with Session(world.engine) as s:  # the row as stored, moved to now and re-signed with another key
@@ -385,12 +373,7 @@ def test_forged_shared_verification_is_refused(world: PgWorld, workers: tuple[Tr
         finally:
             c.close()
     finally:
-        with Session(world.engine) as s:
-            event = s.get(TraceEvent, event_id)
-            assert event is not None
-            event.attributes = original
-            s.add(event)
-            s.commit()
+        restore_event(world.engine, event_id, original)
 
 
 def test_lot_codes_learned_at_start_up_need_no_lookup(world: PgWorld) -> None:
