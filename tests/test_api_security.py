@@ -69,8 +69,9 @@ def serve_argv(command: list[str], port: int) -> list[str]:
     return [*argv, "--host", "127.0.0.1", "--port", str(port)]
 
 
-def run_serve(env: dict[str, str], *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """`village serve` that is expected to refuse to start (a server that starts runs into the timeout)."""
+def run_serve(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`village serve` that is expected to refuse to start (a server that starts runs into the timeout;
+    60 s: a refusal comes after the app's imports, slow when parallel test processes share the cores)."""
     try:
         return subprocess.run(
             [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1", "--port", str(free_port()), *args],
