@@ -66,9 +66,14 @@ demo: deps
 up: deps
 	$(BIN)/village up
 
+# The tests run in TEST_WORKERS processes (pytest-xdist), a test file to a process (its module fixtures
+# built once), the longest files first (tests/conftest.py); most tests wait on their services, so 3
+# processes keep 2 cores busy. Each process starts its own services on ports of its own.
+TEST_WORKERS ?= 3
+
 test: deps
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: venv
 	$(BIN)/ruff check .

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -49,24 +50,70 @@ def find_binary(name: str) -> str:
     return path
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+# VILLAGE_PORTS="lo-hi": free ports are drawn from that range, in turn, instead of by the kernel. Parallel
+# test workers (tests/conftest.py) each get a range of their own below the kernel's ephemeral ports, so no
+# worker can pick a port another one has chosen but not yet bound, nor one a client connection holds.
+PORTS_ENV = "VILLAGE_PORTS"
+_port_cursor: dict[str, int] = {}
+
+
+def _port_range() -> tuple[int, int] | None:
+    spec = os.environ.get(PORTS_ENV, "").strip()
+    if not spec:
+        return None
+    lo, _, hi = spec.partition("-")
+    low, high = int(lo), int(hi)
+    if not 1024 <= low < high <= 65535:
+        raise ServiceError(f"{PORTS_ENV}={spec!r}: expected 'low-high' within 1024-65535")
+    return low, high
+
+
+def _bindable(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    span = _port_range()
+    if span is None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            return int(s.getsockname()[1])
+    low, high = span
+    size = high - low + 1
+    # a random start per process (a child process draws from the same range), then in turn: a port
+    # handed out is not handed out again by this process before the whole range has been gone through
+    cursor = _port_cursor.get(f"{low}-{high}", random.randrange(size))
+    for step in range(size):
+        port = low + (cursor + step) % size
+        if _bindable(host, port):
+            _port_cursor[f"{low}-{high}"] = (cursor + step + 1) % size
+            return port
+    raise ServiceError(f"no free port in {PORTS_ENV}={low}-{high}")
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> int:
     """The first of `count` consecutive free ports (replica i of a service listens on base + i)."""
+    span = _port_range()
     for _ in range(100):
         base = free_port(host)
+        if span is not None and base + count - 1 > span[1]:
+            continue
         try:
             with contextlib.ExitStack() as stack:
                 for i in range(count):
                     s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
                     s.bind((host, base + i))
-            return base
         except OSError:
             continue
+        if span is not None:  # the next free_port starts after the last of these
+            low, high = span
+            _port_cursor[f"{low}-{high}"] = (base + count - low) % (high - low + 1)
+        return base
     raise ServiceError(f"no {count} consecutive free ports on {host}")
 
 

@@ -6,12 +6,14 @@ nothing is skipped and nothing is mocked.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -24,10 +26,61 @@ from core.localstack import LocalStack
 from core.models import Device
 from core.provisioning import provision
 from core.registry_io import load_demo
-from core.services import Postgres, postgres
+from core.services import PORTS_ENV, Postgres, postgres
 from tests.api_fixtures import api_template  # noqa: F401 (session fixture of the API tests)
 from tests.chain_fixtures import anvil, chain  # noqa: F401 (fixtures)
 from tests.webhook_receiver import receiver  # noqa: F401 (fixture: a local HTTP receiver of webhooks)
+
+TERMINAL_ENV = ("COLUMNS", "LINES")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist's controller: tell each worker the terminal variables of the run."""
+    node.workerinput["terminal_env"] = {name: os.environ.get(name) for name in TERMINAL_ENV}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test`), each worker draws its services' ports from a range of its own,
+    and has the run's COLUMNS and LINES: a worker's readline (its stdin is a pipe) sets COLUMNS=80, which
+    would fix the width of a rich console made at import (cli/ledger.py) before a test sets its own."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:
+        return
+    for name, value in workerinput.get("terminal_env", {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    if PORTS_ENV not in os.environ:
+        low = 20_000 + 1_000 * (int(workerinput["workerid"].removeprefix("gw")) % 12)  # below ephemeral ports
+        os.environ[PORTS_ENV] = f"{low}-{low + 999}"
+
+
+# The longest test files (minutes each), longest first: `make test` (pytest-xdist, --dist loadfile, files
+# handed out in collection order) starts them first, so that no worker begins one while the others finish.
+LONGEST_FILES = (
+    "test_demo.py",
+    "test_faults_lost.py",
+    "test_api_security.py",
+    "test_bench_anchor.py",
+    "test_bench_api_world.py",
+    "test_ingest.py",
+    "test_faults_supervisor.py",
+    "test_bench_and_demo.py",
+    "test_device_plane.py",
+    "test_province.py",
+    "test_dea.py",
+    "test_faults_influx.py",
+    "test_api_bench.py",
+    "test_ingest_qos.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest files first (a stable sort: every other test keeps its place and its file's order)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture(scope="module")

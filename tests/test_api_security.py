@@ -69,8 +69,9 @@ def serve_argv(command: list[str], port: int) -> list[str]:
     return [*argv, "--host", "127.0.0.1", "--port", str(port)]
 
 
-def run_serve(env: dict[str, str], *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """`village serve` that is expected to refuse to start (a server that starts runs into the timeout)."""
+def run_serve(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`village serve` that is expected to refuse to start (a server that starts runs into the timeout;
+    60 s: a refusal comes after the app's imports, slow when parallel test processes share the cores)."""
     try:
         return subprocess.run(
             [sys.executable, "-m", "cli.main", "serve", "--host", "127.0.0.1", "--port", str(free_port()), *args],
@@ -185,6 +186,9 @@ SPELLINGS = ["m35cw3xrd6r", "M35C-W3XR-D6R", "m35c-w3xr-d6r", "M-3-5-C-W-3-X-R-D
 
 def test_attack_code_spellings_fill_cache(client: TestClient) -> None:
     cache = client.app.state.trace.responses  # type: ignore[attr-defined]
+    # the lot's verification current first (this call waits for it): a page or JSON answered while it
+    # is still "checking" is not kept, and one kept when it ends would look like an entry of a spelling
+    assert client.get(f"/api/v1/trace/{BAG}/verify").status_code == 200
     cache.clear()
     for spelling in SPELLINGS:
         for path, canonical in (

@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 from core.db import get_engine
 from core.localstack import LocalStack
 from core.models import DeadLetter, DeadLetterPayload
-from core.services import free_port
+from core.services import free_ports
 from core.settings import get_settings
 from tests.conftest import DeviceClient, now_ms, wait_ingest_ready, wait_until
 
@@ -178,7 +178,7 @@ def test_ingest_killed_mid_stream_loses_nothing(stack: LocalStack) -> None:
 
 
 def test_two_replicas_split_the_load_without_loss_or_doubles(stack: LocalStack) -> None:
-    base = free_port()
+    base = free_ports(2)  # replica i serves its metrics on base + i
     stack.start_ingest(2, INGEST_METRICS_PORT=str(base))
     _ready(stack)
     devices = [DeviceClient(stack, f"paddy-{i:04d}") for i in range(3, 9)]
